@@ -1,0 +1,205 @@
+//! The config file as written: every key optional, unknown keys rejected, the original relay's keys
+//! (`server.port`, `proxy.target`, `ratelimit.*`, `redis.*`, `models:` per-1K prices, and its
+//! `logging`, `auth`, `transform`, `loadbalancer` sections) accepted beside relay's own.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use yaml_serde::Value;
+
+use super::ConfigError;
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub providers: Option<Vec<RawProvider>>,
+    pub routes: Option<Vec<RawRoute>>,
+    pub ratelimit: RawRateLimit,
+    pub redis: RawRedis,
+    pub models: BTreeMap<String, RawPrice>,
+    /// Original relay: `proxy.target` is the OpenAI origin.
+    pub proxy: RawProxy,
+    /// Original relay: `logging.enabled` turns the request log on or off.
+    pub logging: RawLogging,
+    /// Original relay sections relay does not implement: accepted with a warning.
+    pub auth: Option<Value>,
+    pub transform: Option<Value>,
+    pub loadbalancer: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    /// Original relay: `":8080"` (all interfaces) or a bare port number.
+    pub port: Option<PortSpec>,
+    pub max_body_bytes: Option<u64>,
+    #[serde(with = "super::duration")]
+    pub shutdown_timeout: Option<Duration>,
+    pub request_log: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum PortSpec {
+    Number(u16),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProvider {
+    pub name: String,
+    pub kind: Option<super::ProviderKind>,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub http2: Option<bool>,
+    pub timeouts: RawTimeouts,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTimeouts {
+    #[serde(with = "super::duration")]
+    pub connect: Option<Duration>,
+    #[serde(with = "super::duration")]
+    pub first_byte: Option<Duration>,
+    #[serde(with = "super::duration")]
+    pub idle: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRoute {
+    pub model: Option<String>,
+    pub path: Option<String>,
+    pub provider: String,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRateLimit {
+    pub enabled: Option<bool>,
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRedis {
+    pub enabled: Option<bool>,
+    pub address: Option<String>,
+    pub password: Option<String>,
+    pub db: Option<u32>,
+}
+
+/// A model price: the original relay's flat USD per 1K tokens (`gpt-4: 0.03`, input and output alike),
+/// or USD per 1M tokens by kind.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawPrice {
+    PerThousand(f64),
+    PerMillion(RawPricePerMillion),
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPricePerMillion {
+    pub input: f64,
+    pub output: f64,
+    pub cached_input: Option<f64>,
+    pub cache_write: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProxy {
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLogging {
+    pub enabled: Option<bool>,
+    /// Original relay's request-log retention; accepted, not used.
+    pub retention_days: Option<u32>,
+}
+
+/// Step 1: YAML text to a tree. An empty file is an empty mapping.
+pub fn parse_tree(text: &str, file: &str) -> Result<Value, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(Value::Mapping(Default::default()));
+    }
+    let value: Value = yaml_serde::from_str(text).map_err(|e| ConfigError::Syntax {
+        file: file.to_string(),
+        message: e.to_string(),
+    })?;
+    match value {
+        Value::Null => Ok(Value::Mapping(Default::default())),
+        Value::Mapping(_) => Ok(value),
+        _ => Err(ConfigError::Syntax {
+            file: file.to_string(),
+            message: "the top level must be a mapping of sections (server:, providers:, ...)"
+                .to_string(),
+        }),
+    }
+}
+
+/// Step 3: the (env-patched) tree to typed raw structs; errors name the key path, and the
+/// environment variable when one set that key.
+pub fn deserialize(
+    tree: Value,
+    file: &str,
+    overridden: &BTreeMap<String, String>,
+) -> Result<RawConfig, ConfigError> {
+    serde_path_to_error::deserialize(tree).map_err(|e| {
+        let path = e.path().to_string();
+        let mut message = e.inner().to_string();
+        if let Some(var) = overridden.get(&path) {
+            message.push_str(&format!(" (value from environment variable {var})"));
+        }
+        ConfigError::Invalid {
+            file: file.to_string(),
+            path,
+            message,
+        }
+    })
+}
+
+/// All leaf key paths of the schema, as `section.key` (providers' keys as `providers[].key`). Used to
+/// check that every key has an environment override.
+#[cfg(test)]
+pub fn schema_paths() -> std::collections::HashSet<String> {
+    fn walk(prefix: &str, v: &Value, out: &mut std::collections::HashSet<String>) {
+        match v {
+            Value::Mapping(m) if !m.is_empty() => {
+                for (k, sub) in m {
+                    let k = k.as_str().expect("string keys");
+                    let p = if prefix.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&p, sub, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_string());
+            }
+        }
+    }
+    let mut out = std::collections::HashSet::new();
+    walk(
+        "",
+        &yaml_serde::to_value(RawConfig::default()).unwrap(),
+        &mut out,
+    );
+    walk(
+        "providers[]",
+        &yaml_serde::to_value(RawProvider::default()).unwrap(),
+        &mut out,
+    );
+    out
+}

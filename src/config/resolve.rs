@@ -1,0 +1,535 @@
+//! Step 4: raw keys to the typed [`Config`]: defaults, the original relay's keys mapped onto the
+//! richer schema, references resolved, invariants checked.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::raw::{PortSpec, RawConfig, RawPrice, RawProvider, RawRoute};
+use super::{
+    BaseUrl, Config, ConfigError, Env, ModelPrice, Provider, ProviderKind, RateLimitConfig,
+    RedisConfig, Route, Secret, ServerConfig, Timeouts,
+};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+const DEFAULT_SHUTDOWN: Duration = Duration::from_secs(30);
+const DEFAULT_CONNECT: Duration = Duration::from_secs(10);
+const DEFAULT_FIRST_BYTE: Duration = Duration::from_secs(600);
+const DEFAULT_IDLE: Duration = Duration::from_secs(300);
+/// Path segments relay answers itself; a provider cannot take them as its prefix.
+const RESERVED_NAMES: &[&str] = &["v1", "relay", "metrics", "healthz"];
+
+struct Ctx<'a> {
+    file: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_string(),
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, ConfigError> {
+    let cx = Ctx { file };
+    let mut warnings = Vec::new();
+    let server = resolve_server(&cx, &raw, env)?;
+    let raw_providers = match raw.providers.take() {
+        Some(list) => list,
+        None => yaml_serde::from_str(super::DEFAULT_PROVIDERS_YAML).expect("valid defaults"),
+    };
+    let mut providers = Vec::with_capacity(raw_providers.len());
+    let mut names = HashSet::new();
+    for (i, p) in raw_providers.into_iter().enumerate() {
+        let provider = resolve_provider(&cx, i, p, env, &mut warnings)?;
+        if !names.insert(provider.name.clone()) {
+            return Err(cx.err(
+                format!("providers[{i}].name"),
+                format!("duplicate provider name {:?}", provider.name),
+            ));
+        }
+        providers.push(provider);
+    }
+    if let Some(target) = raw.proxy.target.as_deref() {
+        let Some(openai) = providers.iter_mut().find(|p| p.name == "openai") else {
+            return Err(cx.err(
+                "proxy.target",
+                "proxy.target sets the base URL of the provider named \"openai\", and there is none",
+            ));
+        };
+        let trimmed = target.trim_end_matches('/');
+        let url = if trimmed.ends_with("/v1") {
+            trimmed.to_string()
+        } else {
+            format!("{trimmed}/v1")
+        };
+        openai.base_url = parse_base_url(&url).map_err(|m| cx.err("proxy.target", m))?;
+    }
+
+    let routes = match raw.routes.take() {
+        Some(list) => list
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| resolve_route(&cx, i, r, &providers))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => default_routes(&providers),
+    };
+
+    let ratelimit = resolve_ratelimit(&cx, &raw)?;
+    if ratelimit.enabled {
+        warnings.push(
+            "ratelimit is configured: it is validated but not enforced yet (see the limits issue)"
+                .to_string(),
+        );
+    }
+    let redis = RedisConfig {
+        enabled: raw.redis.enabled.unwrap_or(false),
+        address: raw
+            .redis
+            .address
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| "127.0.0.1:6379".to_string()),
+        password: raw.redis.password.filter(|p| !p.is_empty()).map(Secret),
+        db: raw.redis.db.unwrap_or(0),
+    };
+
+    let mut models = BTreeMap::new();
+    for (name, price) in raw.models {
+        let path = format!("models.{name}");
+        models.insert(name, resolve_price(&cx, &path, price)?);
+    }
+
+    for (key, present) in [
+        ("auth", raw.auth.is_some()),
+        ("transform", raw.transform.is_some()),
+        ("loadbalancer", raw.loadbalancer.is_some()),
+        (
+            "logging.retention_days",
+            raw.logging.retention_days.is_some(),
+        ),
+    ] {
+        if present {
+            warnings.push(format!(
+                "{key}: a section of the original relay that relay does not implement; ignored"
+            ));
+        }
+    }
+
+    Ok(Config {
+        source: None,
+        server,
+        providers,
+        routes,
+        ratelimit,
+        redis,
+        models,
+        warnings,
+    })
+}
+
+fn resolve_server(cx: &Ctx, raw: &RawConfig, env: &Env) -> Result<ServerConfig, ConfigError> {
+    let listen_text = raw.server.listen.as_deref();
+    let mut listen = match listen_text {
+        Some(s) => parse_listen(s).map_err(|m| cx.err("server.listen", m))?,
+        None => DEFAULT_LISTEN.parse().expect("valid default"),
+    };
+    if let Some(port) = &raw.server.port {
+        let from_env = env.get("SERVER_PORT").is_some() || env.get("RELAY_SERVER_PORT").is_some();
+        let addr = match port {
+            PortSpec::Number(n) => SocketAddr::from(([0, 0, 0, 0], *n)),
+            PortSpec::Text(s) => parse_listen(s).map_err(|m| cx.err("server.port", m))?,
+        };
+        listen = match (listen_text, from_env) {
+            (None, _) => addr,
+            // An environment port overrides the file's listen port, keeping its host.
+            (Some(_), true) => SocketAddr::new(listen.ip(), addr.port()),
+            (Some(_), false) => {
+                return Err(cx.err(
+                    "server.port",
+                    "set either server.listen or the original relay's server.port, not both",
+                ))
+            }
+        };
+    }
+    let max_body_bytes = raw.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if max_body_bytes == 0 {
+        return Err(cx.err("server.max_body_bytes", "must be greater than 0"));
+    }
+    Ok(ServerConfig {
+        listen,
+        max_body_bytes,
+        shutdown_timeout: raw.server.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN),
+        request_log: raw
+            .server
+            .request_log
+            .or(raw.logging.enabled)
+            .unwrap_or(true),
+    })
+}
+
+/// `127.0.0.1:8080`, `[::1]:8080`, `:8080` (all interfaces) or a bare port (all interfaces).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(port) = s.trim_start_matches(':').parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Some(rest) = s.strip_prefix("localhost:") {
+        if let Ok(port) = rest.parse::<u16>() {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an address such as \"127.0.0.1:8080\" or \":8080\""))
+}
+
+fn resolve_provider(
+    cx: &Ctx,
+    i: usize,
+    p: RawProvider,
+    env: &Env,
+    warnings: &mut Vec<String>,
+) -> Result<Provider, ConfigError> {
+    let at = |k: &str| format!("providers[{i}].{k}");
+    if p.name.is_empty() {
+        return Err(cx.err(at("name"), "a provider needs a name"));
+    }
+    if !p
+        .name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(cx.err(
+            at("name"),
+            format!(
+                "{:?}: use letters, digits, '-', '_' or '.' (it is a URL path prefix)",
+                p.name
+            ),
+        ));
+    }
+    if RESERVED_NAMES.contains(&p.name.as_str()) {
+        return Err(cx.err(
+            at("name"),
+            format!("{:?} is reserved for relay's own paths", p.name),
+        ));
+    }
+    let Some(base) = p.base_url.as_deref() else {
+        return Err(cx.err(at("base_url"), "missing (e.g. https://api.openai.com/v1)"));
+    };
+    let base_url = parse_base_url(base).map_err(|m| cx.err(at("base_url"), m))?;
+    let api_key_env = p.api_key_env.filter(|v| !v.is_empty());
+    let api_key = match &api_key_env {
+        Some(var) => match env.get(var).filter(|v| !v.is_empty()) {
+            Some(v) => Some(Secret::new(v)),
+            None => {
+                warnings.push(format!(
+                    "{}: environment variable {var} is not set; clients must send their own key",
+                    at("api_key_env")
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    let timeouts = Timeouts {
+        connect: p.timeouts.connect.unwrap_or(DEFAULT_CONNECT),
+        first_byte: p.timeouts.first_byte.unwrap_or(DEFAULT_FIRST_BYTE),
+        idle: p.timeouts.idle.unwrap_or(DEFAULT_IDLE),
+    };
+    for (k, d) in [
+        ("timeouts.connect", timeouts.connect),
+        ("timeouts.first_byte", timeouts.first_byte),
+        ("timeouts.idle", timeouts.idle),
+    ] {
+        if d.is_zero() {
+            return Err(cx.err(at(k), "must be greater than 0"));
+        }
+    }
+    Ok(Provider {
+        name: p.name,
+        kind: p.kind.unwrap_or(ProviderKind::Openai),
+        base_url,
+        api_key_env,
+        api_key,
+        http2: p.http2.unwrap_or(false),
+        timeouts,
+    })
+}
+
+fn parse_base_url(s: &str) -> Result<BaseUrl, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    let scheme = match uri.scheme() {
+        Some(sc) if *sc == http::uri::Scheme::HTTP || *sc == http::uri::Scheme::HTTPS => sc.clone(),
+        _ => {
+            return Err(format!(
+                "{s:?}: the URL must start with http:// or https://"
+            ))
+        }
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{s:?}: the URL has no host"))?;
+    if uri.query().is_some() {
+        return Err(format!("{s:?}: a base URL cannot have a query string"));
+    }
+    Ok(BaseUrl {
+        scheme,
+        authority,
+        path: uri.path().trim_end_matches('/').to_string(),
+    })
+}
+
+fn resolve_route(
+    cx: &Ctx,
+    i: usize,
+    r: RawRoute,
+    providers: &[Provider],
+) -> Result<Route, ConfigError> {
+    let at = |k: &str| format!("routes[{i}].{k}");
+    let provider = providers
+        .iter()
+        .position(|p| p.name == r.provider)
+        .ok_or_else(|| {
+            let known: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+            let message = if r.provider.is_empty() {
+                format!("missing; one of {known:?}")
+            } else {
+                format!(
+                    "unknown provider {:?} (known: {})",
+                    r.provider,
+                    known.join(", ")
+                )
+            };
+            cx.err(at("provider"), message)
+        })?;
+    let pattern = |k: &str, s: Option<String>| -> Result<Option<glob::Pattern>, ConfigError> {
+        s.map(|s| glob::Pattern::new(&s).map_err(|e| cx.err(at(k), format!("bad glob {s:?}: {e}"))))
+            .transpose()
+    };
+    Ok(Route {
+        model: pattern("model", r.model)?,
+        path: pattern("path", r.path)?,
+        provider,
+    })
+}
+
+/// With no `routes:`: `/v1/messages*` and `claude-*` to the first Anthropic-kind provider, everything
+/// else to the first OpenAI-kind provider.
+fn default_routes(providers: &[Provider]) -> Vec<Route> {
+    let first = |kind| providers.iter().position(|p| p.kind == kind);
+    let mut routes = Vec::new();
+    if let Some(a) = first(ProviderKind::Anthropic) {
+        for (model, path) in [(None, Some("/v1/messages*")), (Some("claude-*"), None)] {
+            routes.push(Route {
+                model: model.map(|m| glob::Pattern::new(m).expect("valid")),
+                path: path.map(|p| glob::Pattern::new(p).expect("valid")),
+                provider: a,
+            });
+        }
+    }
+    if let Some(o) = first(ProviderKind::Openai) {
+        routes.push(Route {
+            model: None,
+            path: None,
+            provider: o,
+        });
+    }
+    routes
+}
+
+fn resolve_ratelimit(cx: &Ctx, raw: &RawConfig) -> Result<RateLimitConfig, ConfigError> {
+    let rl = &raw.ratelimit;
+    let rps = rl.requests_per_second.unwrap_or(0.0);
+    if !rps.is_finite() || rps < 0.0 {
+        return Err(cx.err(
+            "ratelimit.requests_per_second",
+            "must be a number ≥ 0 (0.2 = one request every 5 s)",
+        ));
+    }
+    let enabled = rl.enabled.unwrap_or(rl.requests_per_second.is_some()) && rps > 0.0;
+    let burst = rl.burst.unwrap_or_else(|| rps.ceil().max(1.0) as u32);
+    if enabled && burst == 0 {
+        return Err(cx.err("ratelimit.burst", "must be at least 1"));
+    }
+    Ok(RateLimitConfig {
+        enabled,
+        requests_per_second: rps,
+        burst,
+    })
+}
+
+/// USD amounts to integer micro-USD per 1M tokens.
+fn resolve_price(cx: &Ctx, path: &str, p: RawPrice) -> Result<ModelPrice, ConfigError> {
+    let micro = |k: &str, usd_per_million: f64| -> Result<u64, ConfigError> {
+        if !usd_per_million.is_finite() || usd_per_million < 0.0 {
+            return Err(cx.err(format!("{path}{k}"), "a price must be a number ≥ 0"));
+        }
+        Ok((usd_per_million * 1e6).round() as u64)
+    };
+    Ok(match p {
+        RawPrice::PerThousand(usd) => {
+            let v = micro("", usd * 1000.0)?;
+            ModelPrice {
+                input: v,
+                output: v,
+                cached_input: None,
+                cache_write: None,
+            }
+        }
+        RawPrice::PerMillion(m) => ModelPrice {
+            input: micro(".input", m.input)?,
+            output: micro(".output", m.output)?,
+            cached_input: m
+                .cached_input
+                .map(|v| micro(".cached_input", v))
+                .transpose()?,
+            cache_write: m
+                .cache_write
+                .map(|v| micro(".cache_write", v))
+                .transpose()?,
+        },
+    })
+}
+
+/// The effective config for people: durations as text, routes by provider name, secrets as `***`.
+pub fn to_masked_yaml(cfg: &Config) -> String {
+    #[derive(Serialize)]
+    struct View<'a> {
+        server: ServerView,
+        providers: Vec<ProviderView<'a>>,
+        routes: Vec<RouteView<'a>>,
+        ratelimit: RateLimitView,
+        redis: RedisView<'a>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        models: BTreeMap<&'a str, PriceView>,
+    }
+    #[derive(Serialize)]
+    struct ServerView {
+        listen: String,
+        max_body_bytes: u64,
+        shutdown_timeout: String,
+        request_log: bool,
+    }
+    #[derive(Serialize)]
+    struct ProviderView<'a> {
+        name: &'a str,
+        kind: ProviderKind,
+        base_url: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        api_key_env: Option<String>,
+        http2: bool,
+        timeouts: TimeoutsView,
+    }
+    #[derive(Serialize)]
+    struct TimeoutsView {
+        connect: String,
+        first_byte: String,
+        idle: String,
+    }
+    #[derive(Serialize)]
+    struct RouteView<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        model: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path: Option<&'a str>,
+        provider: &'a str,
+    }
+    #[derive(Serialize)]
+    struct RateLimitView {
+        enabled: bool,
+        requests_per_second: f64,
+        burst: u32,
+    }
+    #[derive(Serialize)]
+    struct RedisView<'a> {
+        enabled: bool,
+        address: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password: Option<&'static str>,
+        db: u32,
+    }
+    #[derive(Serialize)]
+    struct PriceView {
+        input: f64,
+        output: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cached_input: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_write: Option<f64>,
+    }
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    let usd = |micro: u64| micro as f64 / 1e6;
+    let view = View {
+        server: ServerView {
+            listen: cfg.server.listen.to_string(),
+            max_body_bytes: cfg.server.max_body_bytes,
+            shutdown_timeout: d(cfg.server.shutdown_timeout),
+            request_log: cfg.server.request_log,
+        },
+        providers: cfg
+            .providers
+            .iter()
+            .map(|p| ProviderView {
+                name: &p.name,
+                kind: p.kind,
+                base_url: p.base_url.to_string(),
+                api_key_env: p.api_key_env.as_ref().map(|var| {
+                    let state = if p.api_key.is_some() {
+                        "set: ***"
+                    } else {
+                        "not set"
+                    };
+                    format!("{var} ({state})")
+                }),
+                http2: p.http2,
+                timeouts: TimeoutsView {
+                    connect: d(p.timeouts.connect),
+                    first_byte: d(p.timeouts.first_byte),
+                    idle: d(p.timeouts.idle),
+                },
+            })
+            .collect(),
+        routes: cfg
+            .routes
+            .iter()
+            .map(|r| RouteView {
+                model: r.model.as_ref().map(|p| p.as_str()),
+                path: r.path.as_ref().map(|p| p.as_str()),
+                provider: &cfg.providers[r.provider].name,
+            })
+            .collect(),
+        ratelimit: RateLimitView {
+            enabled: cfg.ratelimit.enabled,
+            requests_per_second: cfg.ratelimit.requests_per_second,
+            burst: cfg.ratelimit.burst,
+        },
+        redis: RedisView {
+            enabled: cfg.redis.enabled,
+            address: &cfg.redis.address,
+            password: cfg.redis.password.as_ref().map(|_| "***"),
+            db: cfg.redis.db,
+        },
+        models: cfg
+            .models
+            .iter()
+            .map(|(k, p)| {
+                (
+                    k.as_str(),
+                    PriceView {
+                        input: usd(p.input),
+                        output: usd(p.output),
+                        cached_input: p.cached_input.map(usd),
+                        cache_write: p.cache_write.map(usd),
+                    },
+                )
+            })
+            .collect(),
+    };
+    yaml_serde::to_string(&view).expect("config view serializes")
+}

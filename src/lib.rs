@@ -1,0 +1,11 @@
+//! relay: a fast, terminal-first proxy and gateway for AI APIs.
+//!
+//! The request pipeline, in the order a request meets it, lives in [`proxy::pipeline`]. The modules:
+//! [`config`] (typed, validated, hot-reloaded), [`proxy`] (server, routing, upstream client,
+//! streaming), [`metrics`] (Prometheus).
+
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod server;

@@ -1,0 +1,29 @@
+//! Logging setup: `tracing` to stdout through a non-blocking writer (a background thread does the
+//! writes, so a slow terminal or pipe never blocks a request). `RELAY_LOG` sets the filter (default
+//! `info`; `relay::access=off` silences the request log).
+
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::EnvFilter;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, one line per event.
+    Pretty,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+/// Installs the global subscriber. Keep the guard alive until exit: dropping it flushes the log.
+pub fn init(format: LogFormat) -> WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let filter = EnvFilter::try_from_env("RELAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Pretty => builder.compact().init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    guard
+}

@@ -1,0 +1,142 @@
+//! The `relay` command line. Parsing only; the work is in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use relay::config::{Config, Env};
+use relay::logging::{self, LogFormat};
+use relay::server::{ServeOptions, Server};
+
+/// A fast, terminal-first proxy and gateway for AI APIs.
+///
+/// Point your app at relay (`export OPENAI_BASE_URL=http://127.0.0.1:8080/v1`, or
+/// `ANTHROPIC_BASE_URL=http://127.0.0.1:8080`) and it forwards every request to the right upstream,
+/// streaming included.
+#[derive(Parser)]
+#[command(name = "relay", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (headless).
+    Serve {
+        /// Config file (YAML). Default: configs/relay.yaml when it exists, else built-in defaults
+        /// (OpenAI and Anthropic, listening on 127.0.0.1:8080). The file is watched and reloaded
+        /// on change.
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Address to listen on, overriding server.listen (e.g. 0.0.0.0:8080).
+        #[arg(long, short, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Log line format: pretty (human) or json (one object per line). Filter with RELAY_LOG
+        /// (e.g. RELAY_LOG=debug, or RELAY_LOG=info,relay::access=off to drop the request log).
+        #[arg(long, value_enum, default_value = "pretty", value_name = "FORMAT")]
+        log_format: LogFormat,
+        /// Do not watch the config file for changes.
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// Inspect configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file (environment overrides applied) and print the effective config with
+    /// secrets masked. Exits 1 with the file and key path on an invalid config.
+    Check {
+        /// Config file. Default: configs/relay.yaml when it exists, else built-in defaults.
+        path: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .expect("no other rustls crypto provider is installed");
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            log_format,
+            no_watch,
+        } => {
+            let _guard = logging::init(log_format);
+            let opts = ServeOptions {
+                config_path: config,
+                listen,
+                env: Env::from_process(),
+                watch_config: !no_watch,
+            };
+            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match rt.block_on(serve(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("relay: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Config {
+            command: ConfigCommand::Check { path },
+        } => match Config::load_or_default(path.as_deref(), &Env::from_process()) {
+            Ok(cfg) => {
+                let origin = cfg
+                    .source
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "built-in defaults".to_string());
+                for w in &cfg.warnings {
+                    eprintln!("warning: {w}");
+                }
+                eprintln!("{origin}: ok");
+                print!("{}", cfg.to_masked_yaml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+async fn serve(opts: ServeOptions) -> Result<(), relay::server::StartError> {
+    let server = Server::start(opts).await?;
+    shutdown_signal().await;
+    server.shutdown();
+    server.wait().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,212 @@
+//! Prometheus metrics, on relay's own registry (so several servers in one process, as in tests, never
+//! share counters). Names are stable and documented in README.md.
+//!
+//! Label values are bounded: provider names come from config, a model is labelled by name only when
+//! the config or the built-in list knows it (dated ids fold to their family), anything else is
+//! `other`, so a client cannot blow up cardinality by sending made-up model names.
+
+use std::collections::HashSet;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::config::Config;
+
+/// Model families labelled by name out of the box (one per line, embedded at build time).
+const KNOWN_MODELS: &str = include_str!("../assets/known_models.txt");
+
+/// Buckets for relay's own added time: 10 µs to 100 ms.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1,
+];
+/// Buckets for upstream time to response headers: 5 ms to 2 min.
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// All of relay's metric handles.
+pub struct Metrics {
+    registry: Registry,
+    /// `relay_requests_total{provider,model,status}`: requests answered (any status, relay's own
+    /// errors included; provider is `none` when routing failed).
+    pub requests: IntCounterVec,
+    /// `relay_upstream_latency_seconds{provider}`: from sending the request upstream to its response
+    /// headers.
+    pub upstream_latency: HistogramVec,
+    /// `relay_inflight_requests`: requests whose response has not finished (streams included).
+    pub inflight: IntGauge,
+    /// `relay_overhead_seconds`: time relay adds before the client gets response headers (total
+    /// minus upstream time).
+    pub overhead: Histogram,
+    /// `relay_config_reloads_total{result="ok|error"}`.
+    pub config_reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "relay_requests_total",
+                "Requests answered, by provider, model and status",
+            ),
+            &["provider", "model", "status"],
+        )
+        .expect("valid metric");
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "relay_upstream_latency_seconds",
+                "Time from sending a request upstream to its response headers",
+            )
+            .buckets(UPSTREAM_BUCKETS.to_vec()),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let inflight = IntGauge::new(
+            "relay_inflight_requests",
+            "Requests in progress (until the last byte of the response)",
+        )
+        .expect("valid metric");
+        let overhead = Histogram::with_opts(
+            HistogramOpts::new(
+                "relay_overhead_seconds",
+                "Time relay adds before response headers: total minus upstream time",
+            )
+            .buckets(OVERHEAD_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new("relay_config_reloads_total", "Config reloads by result"),
+            &["result"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_latency.clone()),
+            Box::new(inflight.clone()),
+            Box::new(overhead.clone()),
+            Box::new(config_reloads.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        // Both results exist from the start, so a dashboard can tell "no reloads" from "no data".
+        config_reloads.with_label_values(&["ok"]);
+        config_reloads.with_label_values(&["error"]);
+        Metrics {
+            registry,
+            requests,
+            upstream_latency,
+            inflight,
+            overhead,
+            config_reloads,
+        }
+    }
+
+    /// The registry, for stages that register metrics of their own.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(8 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Maps a request's model to a bounded label value. Built once per config load.
+#[derive(Debug, Clone)]
+pub struct ModelLabels {
+    known: HashSet<String>,
+}
+
+impl ModelLabels {
+    /// Known models: the built-in list, config `models:` keys and literal (glob-free) route models.
+    pub fn from_config(cfg: &Config) -> ModelLabels {
+        let mut known: HashSet<String> = KNOWN_MODELS
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
+        known.extend(cfg.models.keys().cloned());
+        for r in &cfg.routes {
+            if let Some(p) = &r.model {
+                if !p.as_str().contains(['*', '?', '[']) {
+                    known.insert(p.as_str().to_string());
+                }
+            }
+        }
+        ModelLabels { known }
+    }
+
+    /// The label for `model`: itself when known, its family when it is a dated or suffixed variant of
+    /// a known model (`gpt-4o-2024-08-06` → `gpt-4o`), `none` when the request has no model, else
+    /// `other`.
+    pub fn label<'a>(&'a self, model: Option<&'a str>) -> &'a str {
+        let Some(model) = model else { return "none" };
+        if let Some(k) = self.known.get(model) {
+            return k;
+        }
+        // Strip trailing `-segment`s until a known family remains.
+        let mut cut = model;
+        while let Some(i) = cut.rfind('-') {
+            cut = &cut[..i];
+            if let Some(k) = self.known.get(cut) {
+                return k;
+            }
+        }
+        "other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Env};
+
+    #[test]
+    fn model_labels_are_bounded() {
+        let cfg =
+            Config::from_yaml_str("models: {my-model: 0.001}", "t.yaml", &Env::empty()).unwrap();
+        let labels = ModelLabels::from_config(&cfg);
+        assert_eq!(labels.label(Some("gpt-4o")), "gpt-4o");
+        assert_eq!(labels.label(Some("gpt-4o-2024-08-06")), "gpt-4o");
+        assert_eq!(labels.label(Some("gpt-4o-mini-2024-07-18")), "gpt-4o-mini");
+        assert_eq!(
+            labels.label(Some("claude-sonnet-4-5-20250929")),
+            "claude-sonnet-4-5"
+        );
+        assert_eq!(labels.label(Some("my-model")), "my-model");
+        assert_eq!(labels.label(Some("totally-made-up")), "other");
+        assert_eq!(labels.label(None), "none");
+    }
+
+    #[test]
+    fn renders_text_format() {
+        let m = Metrics::new();
+        m.requests
+            .with_label_values(&["openai", "gpt-4o", "200"])
+            .inc();
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"relay_requests_total{model="gpt-4o",provider="openai",status="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"relay_config_reloads_total{result="error"} 0"#));
+    }
+}

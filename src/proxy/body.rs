@@ -1,0 +1,287 @@
+//! Response bodies and the per-request record.
+//!
+//! [`RelayBody`] is what relay sends the caller: a small body relay made (errors, `/metrics`) or the
+//! upstream body forwarded frame by frame as it arrives, never collected. It watches the upstream for
+//! silence (`timeouts.idle`) and counts bytes.
+//!
+//! [`Exchange`] is the request's record. It lives in the response body, so it ends when the last byte
+//! has gone out, when the caller disconnects (the body is dropped, which drops the upstream
+//! response and so cancels the upstream request), or when the handler is dropped before answering.
+//! Its `Drop` writes the one access-log line and the request metrics.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use crate::metrics::Metrics;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every byte was handed to the connection.
+    Complete,
+    /// The caller went away first (the upstream request was dropped with it).
+    ClientGone,
+    /// The upstream body failed mid-way.
+    UpstreamError,
+    /// The upstream was silent longer than `timeouts.idle`.
+    IdleTimeout,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::ClientGone => "client_gone",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::IdleTimeout => "idle_timeout",
+        }
+    }
+}
+
+/// One request's record; see the module docs.
+pub struct Exchange {
+    metrics: Arc<Metrics>,
+    log: bool,
+    pub started: Instant,
+    pub method: Method,
+    pub path: String,
+    pub request_id: HeaderValue,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    /// Metric label for the model (bounded, see [`crate::metrics::ModelLabels`]).
+    pub model_label: String,
+    /// 0 until response headers exist; a record dropped at 0 is logged as 499 (caller gone).
+    pub status: u16,
+    /// Time from sending upstream to its response headers.
+    pub upstream: Option<Duration>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Relay's error code when relay answered with an error.
+    pub error: Option<&'static str>,
+    outcome: Option<Outcome>,
+}
+
+impl Exchange {
+    /// Opens the record and counts the request in flight.
+    pub fn begin(
+        metrics: Arc<Metrics>,
+        log: bool,
+        started: Instant,
+        method: Method,
+        path: String,
+        request_id: HeaderValue,
+    ) -> Exchange {
+        metrics.inflight.inc();
+        Exchange {
+            metrics,
+            log,
+            started,
+            method,
+            path,
+            request_id,
+            provider: None,
+            model: None,
+            model_label: String::from("none"),
+            status: 0,
+            upstream: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            error: None,
+            outcome: None,
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.metrics.inflight.dec();
+        let outcome = self.outcome.unwrap_or(Outcome::ClientGone);
+        let status = if self.status == 0 { 499 } else { self.status };
+        let provider = self.provider.as_deref().unwrap_or("none");
+        let mut buf = itoa_status(status);
+        self.metrics
+            .requests
+            .with_label_values(&[provider, &self.model_label, buf.as_str()])
+            .inc();
+        buf.clear();
+        if self.log {
+            let latency = self.started.elapsed();
+            tracing::info!(
+                target: "relay::access",
+                method = %self.method,
+                path = %self.path,
+                provider,
+                model = self.model.as_deref().unwrap_or("-"),
+                status,
+                latency_ms = latency.as_secs_f64() * 1e3,
+                upstream_ms = self.upstream.map(|d| d.as_secs_f64() * 1e3),
+                bytes_in = self.bytes_in,
+                bytes_out = self.bytes_out,
+                outcome = outcome.as_str(),
+                error = self.error,
+                request_id = self.request_id.to_str().unwrap_or("-"),
+                "request"
+            );
+        }
+    }
+}
+
+fn itoa_status(status: u16) -> String {
+    match http::StatusCode::from_u16(status) {
+        Ok(s) => s.as_str().to_string(),
+        Err(_) => status.to_string(),
+    }
+}
+
+enum Inner {
+    Full(Full<Bytes>),
+    Upstream {
+        body: Incoming,
+        idle: Duration,
+        timer: Pin<Box<Sleep>>,
+        /// False right after a frame was handed out: the next poll restarts the idle clock, so a slow
+        /// reader is never mistaken for a silent upstream.
+        armed: bool,
+    },
+}
+
+/// The body of every response relay sends.
+pub struct RelayBody {
+    inner: Inner,
+    exchange: Option<Exchange>,
+}
+
+impl RelayBody {
+    /// A body relay made itself.
+    pub fn full(bytes: impl Into<Bytes>) -> RelayBody {
+        RelayBody {
+            inner: Inner::Full(Full::new(bytes.into())),
+            exchange: None,
+        }
+    }
+
+    /// The upstream body, forwarded frame by frame; fails after `idle` of upstream silence.
+    pub fn upstream(body: Incoming, idle: Duration) -> RelayBody {
+        RelayBody {
+            inner: Inner::Upstream {
+                body,
+                idle,
+                timer: Box::pin(tokio::time::sleep(idle)),
+                armed: true,
+            },
+            exchange: None,
+        }
+    }
+
+    /// Attaches the request record; it is finished when this body is dropped.
+    pub fn with_exchange(mut self, x: Exchange) -> RelayBody {
+        self.exchange = Some(x);
+        self
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(x) = &mut self.exchange {
+            x.outcome.get_or_insert(outcome);
+        }
+    }
+
+    fn count(&mut self, frame: &Frame<Bytes>) {
+        if let (Some(x), Some(d)) = (&mut self.exchange, frame.data_ref()) {
+            x.bytes_out += d.len() as u64;
+        }
+    }
+}
+
+impl Drop for RelayBody {
+    fn drop(&mut self) {
+        if self.is_end_stream() {
+            self.finish(Outcome::Complete);
+        }
+    }
+}
+
+impl Body for RelayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Full(full) => match Pin::new(full).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            Inner::Upstream {
+                body,
+                idle,
+                timer,
+                armed,
+            } => {
+                if !*armed {
+                    timer.as_mut().reset(tokio::time::Instant::now() + *idle);
+                    *armed = true;
+                }
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        *armed = false;
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        this.finish(Outcome::UpstreamError);
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => {
+                        if timer.as_mut().poll(cx).is_ready() {
+                            let idle = *idle;
+                            this.finish(Outcome::IdleTimeout);
+                            return Poll::Ready(Some(Err(format!(
+                                "upstream sent nothing for {}",
+                                humantime::format_duration(idle)
+                            )
+                            .into())));
+                        }
+                        Poll::Pending
+                    }
+                }
+            }
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => this.count(frame),
+            Poll::Ready(None) => this.finish(Outcome::Complete),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(f) => f.is_end_stream(),
+            Inner::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(f) => f.size_hint(),
+            Inner::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}

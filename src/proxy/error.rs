@@ -1,0 +1,164 @@
+//! The one error type the edge reports: where it came from, its status, and how to render it in the
+//! caller's own dialect (OpenAI or Anthropic JSON), so official SDKs raise their usual exceptions.
+//!
+//! Errors that the upstream itself returns (4xx/5xx with a body) are not `EdgeError`s: they are passed
+//! through unchanged. Every relay-made error carries the `x-relay-error` header with its code, so a
+//! caller can tell relay's errors from the provider's.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// Which API shape the caller speaks; decides the error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    Anthropic,
+}
+
+impl Dialect {
+    /// Anthropic when the path is the Messages API or the caller sends `anthropic-version` (every
+    /// Anthropic SDK does); OpenAI otherwise.
+    pub fn of(path: &str, headers: &http::HeaderMap) -> Dialect {
+        if headers.contains_key("anthropic-version") || path.contains("/v1/messages") {
+            Dialect::Anthropic
+        } else {
+            Dialect::OpenAi
+        }
+    }
+}
+
+/// Which side caused an error (pingora's habit: errors know their source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Client,
+    Upstream,
+}
+
+/// An error relay answers itself.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("no route for {method} {path}{}", model.as_ref().map(|m| format!(" (model {m:?})")).unwrap_or_default())]
+    NoRoute {
+        method: String,
+        path: String,
+        model: Option<String>,
+    },
+    #[error("request body is over the {limit}-byte limit (server.max_body_bytes)")]
+    BodyTooLarge { limit: u64 },
+    #[error("request body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("could not read the request body: {0}")]
+    ClientBody(String),
+    #[error("upstream {provider} is unreachable: {detail}")]
+    Unreachable { provider: String, detail: String },
+    #[error("upstream {provider} did not respond within {}", humantime::format_duration(*timeout))]
+    Timeout { provider: String, timeout: Duration },
+}
+
+impl EdgeError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            EdgeError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            EdgeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            EdgeError::BadJson(_) | EdgeError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            EdgeError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
+            EdgeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn source(&self) -> Source {
+        match self {
+            EdgeError::Unreachable { .. } | EdgeError::Timeout { .. } => Source::Upstream,
+            _ => Source::Client,
+        }
+    }
+
+    /// Stable machine-readable code (`x-relay-error`, OpenAI `error.code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            EdgeError::NoRoute { .. } => "unknown_route",
+            EdgeError::BodyTooLarge { .. } => "request_too_large",
+            EdgeError::BadJson(_) => "invalid_json",
+            EdgeError::ClientBody(_) => "bad_request_body",
+            EdgeError::Unreachable { .. } => "upstream_unreachable",
+            EdgeError::Timeout { .. } => "upstream_timeout",
+        }
+    }
+
+    /// The `type` field in each dialect, matching what the provider itself uses for that status.
+    fn error_type(&self, dialect: Dialect) -> &'static str {
+        match (dialect, self) {
+            (Dialect::OpenAi, EdgeError::Unreachable { .. } | EdgeError::Timeout { .. }) => {
+                "server_error"
+            }
+            (Dialect::OpenAi, _) => "invalid_request_error",
+            (Dialect::Anthropic, EdgeError::NoRoute { .. }) => "not_found_error",
+            (Dialect::Anthropic, EdgeError::BodyTooLarge { .. }) => "request_too_large",
+            (Dialect::Anthropic, EdgeError::Unreachable { .. }) => "api_error",
+            (Dialect::Anthropic, EdgeError::Timeout { .. }) => "timeout_error",
+            (Dialect::Anthropic, _) => "invalid_request_error",
+        }
+    }
+
+    /// The JSON body in the caller's dialect.
+    pub fn body(&self, dialect: Dialect) -> Bytes {
+        let message = self.to_string();
+        let value = match dialect {
+            Dialect::OpenAi => serde_json::json!({
+                "error": {
+                    "message": message,
+                    "type": self.error_type(dialect),
+                    "param": null,
+                    "code": self.code(),
+                }
+            }),
+            Dialect::Anthropic => serde_json::json!({
+                "type": "error",
+                "error": { "type": self.error_type(dialect), "message": message },
+            }),
+        };
+        Bytes::from(serde_json::to_vec(&value).expect("json values serialize"))
+    }
+
+    /// A complete response: status, JSON body, `x-relay-error`, and the request id.
+    pub fn to_response(&self, dialect: Dialect, request_id: &HeaderValue) -> Response<Bytes> {
+        let mut resp = Response::new(self.body(dialect));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert("x-relay-error", HeaderValue::from_static(self.code()));
+        h.insert("x-request-id", request_id.clone());
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes() {
+        let e = EdgeError::BodyTooLarge { limit: 10 };
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::OpenAi)).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "request_too_large");
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::Anthropic)).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "request_too_large");
+        assert_eq!(e.status(), 413);
+    }
+
+    #[test]
+    fn dialect() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(Dialect::of("/v1/chat/completions", &h), Dialect::OpenAi);
+        assert_eq!(Dialect::of("/v1/messages", &h), Dialect::Anthropic);
+        h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        assert_eq!(Dialect::of("/v1/models", &h), Dialect::Anthropic);
+    }
+}

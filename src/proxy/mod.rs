@@ -1,0 +1,8 @@
+//! The proxy: routing, upstream client, streaming bodies, edge errors, and the pipeline that composes
+//! them ([`pipeline`] reads top to bottom in request order).
+
+pub mod body;
+pub mod error;
+pub mod pipeline;
+pub mod route;
+pub mod upstream;

@@ -1,0 +1,306 @@
+//! The request pipeline, top to bottom. Every request meets these stages in this order:
+//!
+//! 1. **admin**: `/healthz` and `/metrics` are answered here and go no further;
+//! 2. **record**: an [`Exchange`] opens (request id, in-flight gauge, access log on close);
+//! 3. **route by path**: `/<provider>/v1/...` or `/v1/...`, anything else is 404;
+//! 4. **read body**: JSON bodies are read whole (bounded by `server.max_body_bytes`, 413 above) so the
+//!    model can be read; other bodies (uploads) stream through under the same bound;
+//! 5. **route by model**: the route table picks the provider (400 when it needs a model and the body
+//!    is not JSON, 404 when nothing matches);
+//! 6. **upstream**: the request goes out byte-for-byte on the provider's pooled client (502 when
+//!    unreachable, 504 on timeout); upstream 4xx/5xx come back unchanged;
+//! 7. **respond**: headers filtered, `x-request-id` set, the body streamed frame by frame.
+//!
+//! The config is read once per request (one atomic load); a reload mid-request does not affect it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::body::{Exchange, RelayBody};
+use super::error::{Dialect, EdgeError};
+use super::route::{self, PathTarget};
+use super::upstream::{self, UpstreamBody, Upstreams};
+use crate::config::Config;
+use crate::metrics::{Metrics, ModelLabels};
+
+/// Everything derived from one config: swapped as a whole on reload.
+pub struct Runtime {
+    pub config: Config,
+    pub upstreams: Upstreams,
+    pub labels: ModelLabels,
+}
+
+impl Runtime {
+    /// Builds the runtime for `config`, reusing the connection pools of `previous` where possible.
+    pub fn new(config: Config, previous: Option<&Runtime>) -> Runtime {
+        let upstreams = Upstreams::new(&config, previous.map(|p| &p.upstreams));
+        let labels = ModelLabels::from_config(&config);
+        Runtime {
+            config,
+            upstreams,
+            labels,
+        }
+    }
+}
+
+/// State shared by every request of one server.
+pub struct State {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The hyper service function.
+pub async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<RelayBody>, Infallible> {
+    let started = Instant::now();
+    if let Some(resp) = admin(&state, &req) {
+        return Ok(resp);
+    }
+    let rt = state.runtime.load_full();
+    let request_id = match req.headers().get("x-request-id") {
+        Some(v) => v.clone(),
+        None => HeaderValue::try_from(uuid::Uuid::new_v4().to_string()).expect("uuid is ASCII"),
+    };
+    let dialect = Dialect::of(req.uri().path(), req.headers());
+    let mut x = Exchange::begin(
+        state.metrics.clone(),
+        rt.config.server.request_log,
+        started,
+        req.method().clone(),
+        req.uri().path().to_string(),
+        request_id,
+    );
+    let resp = match forward(&rt, &state.metrics, &mut x, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            x.error = Some(e.code());
+            e.to_response(dialect, &x.request_id).map(RelayBody::full)
+        }
+    };
+    x.status = resp.status().as_u16();
+    Ok(resp.map(|b| b.with_exchange(x)))
+}
+
+/// Stage 1: relay's own endpoints.
+fn admin(state: &State, req: &Request<Incoming>) -> Option<Response<RelayBody>> {
+    let (content_type, body) = match req.uri().path() {
+        "/healthz" => (
+            "application/json",
+            Bytes::from_static(b"{\"status\":\"ok\"}"),
+        ),
+        "/metrics" => (
+            "text/plain; version=0.0.4; charset=utf-8",
+            Bytes::from(state.metrics.render()),
+        ),
+        _ => return None,
+    };
+    let mut resp = Response::new(RelayBody::full(body));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Some(resp)
+}
+
+/// Stages 3–7.
+async fn forward(
+    rt: &Runtime,
+    metrics: &Metrics,
+    x: &mut Exchange,
+    req: Request<Incoming>,
+) -> Result<Response<RelayBody>, EdgeError> {
+    let cfg = &rt.config;
+    let (mut parts, body) = req.into_parts();
+    let no_route = |model: Option<String>| EdgeError::NoRoute {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        model,
+    };
+
+    // 3. Route by path.
+    let target = route::classify(cfg, parts.uri.path());
+    if target == PathTarget::Unknown {
+        return Err(no_route(None));
+    }
+
+    // 4. Read the body.
+    let body = read_body(
+        body,
+        &parts.headers,
+        &parts.method,
+        cfg.server.max_body_bytes,
+    )
+    .await?;
+    let model = match &body {
+        ClientBody::Whole(bytes) => {
+            x.bytes_in = bytes.len() as u64;
+            let strict =
+                matches!(target, PathTarget::Table { path } if route::needs_model(cfg, path));
+            peek_model(bytes, strict)?
+        }
+        ClientBody::Stream(_) => None,
+    };
+    x.model_label = rt.labels.label(model.as_deref()).to_string();
+    x.model = model;
+
+    // 5. Route by model.
+    let (index, rest) = match target {
+        PathTarget::Explicit { provider, rest } => (provider, rest),
+        PathTarget::Table { path } => match route::select(cfg, path, x.model.as_deref()) {
+            Some(i) => (i, path),
+            None => return Err(no_route(x.model.clone())),
+        },
+        PathTarget::Unknown => unreachable!("handled above"),
+    };
+    let provider = &cfg.providers[index];
+    x.provider = Some(provider.name.clone());
+
+    // 6. Upstream.
+    let mut path_and_query = route::upstream_path(&provider.base_url.path, rest);
+    if let Some(q) = parts.uri.query() {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    parts
+        .headers
+        .entry("x-request-id")
+        .or_insert_with(|| x.request_id.clone());
+    let upstream_req = upstream::build_request(
+        provider,
+        &path_and_query,
+        parts.method,
+        parts.headers,
+        body.into(),
+    )?;
+    let sent = Instant::now();
+    let resp = rt.upstreams.send(index, provider, upstream_req).await?;
+    let upstream_time = sent.elapsed();
+    x.upstream = Some(upstream_time);
+    metrics
+        .upstream_latency
+        .with_label_values(&[&provider.name])
+        .observe(upstream_time.as_secs_f64());
+
+    // 7. Respond.
+    let (mut rparts, rbody) = resp.into_parts();
+    upstream::strip_hop_by_hop(&mut rparts.headers);
+    rparts
+        .headers
+        .entry("x-request-id")
+        .or_insert_with(|| x.request_id.clone());
+    metrics.overhead.observe(
+        x.started
+            .elapsed()
+            .saturating_sub(upstream_time)
+            .as_secs_f64(),
+    );
+    Ok(Response::from_parts(
+        rparts,
+        RelayBody::upstream(rbody, provider.timeouts.idle),
+    ))
+}
+
+/// The caller's body as relay holds it.
+enum ClientBody {
+    /// Read whole (JSON): forwarded byte-for-byte.
+    Whole(Bytes),
+    /// Streamed through (uploads), bounded.
+    Stream(Limited<Incoming>),
+}
+
+impl From<ClientBody> for UpstreamBody {
+    fn from(b: ClientBody) -> UpstreamBody {
+        match b {
+            ClientBody::Whole(bytes) => Either::Left(Full::new(bytes)),
+            ClientBody::Stream(s) => Either::Right(s),
+        }
+    }
+}
+
+/// Reads a JSON (or untyped) body whole, bounded by `limit`; streams any other body through under the
+/// same bound. A declared `Content-Length` over the limit is refused before reading.
+async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    method: &Method,
+    limit: u64,
+) -> Result<ClientBody, EdgeError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(EdgeError::BodyTooLarge { limit });
+    }
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    if body.is_end_stream() || matches!(*method, Method::GET | Method::HEAD) && declared.is_none() {
+        return Ok(ClientBody::Whole(Bytes::new()));
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| {
+            let ct = ct.trim_start().to_ascii_lowercase();
+            ct.starts_with("application/json") || ct.contains("+json")
+        });
+    if !is_json {
+        return Ok(ClientBody::Stream(Limited::new(body, limit_usize)));
+    }
+    match Limited::new(body, limit_usize).collect().await {
+        Ok(collected) => Ok(ClientBody::Whole(collected.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(EdgeError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(EdgeError::ClientBody(e.to_string())),
+    }
+}
+
+/// Reads `model` from a JSON body without changing it. `strict`: routing needs the model, so a body
+/// that is not JSON is a 400; otherwise the upstream judges it.
+fn peek_model(body: &[u8], strict: bool) -> Result<Option<String>, EdgeError> {
+    #[derive(Deserialize)]
+    struct Peek {
+        #[serde(default)]
+        model: Option<String>,
+    }
+    if body.is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<Peek>(body) {
+        Ok(p) => Ok(p.model),
+        Err(e) if strict && (e.is_syntax() || e.is_eof()) => Err(EdgeError::BadJson(e.to_string())),
+        // Valid JSON of another shape (an array, a non-string model): no model to route by.
+        Err(_) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peek() {
+        assert_eq!(
+            peek_model(br#"{"model":"gpt-4o","x":[1,2]}"#, true)
+                .unwrap()
+                .as_deref(),
+            Some("gpt-4o")
+        );
+        assert_eq!(peek_model(b"", true).unwrap(), None);
+        assert_eq!(peek_model(b"[1]", true).unwrap(), None);
+        assert!(matches!(
+            peek_model(b"{nope", true),
+            Err(EdgeError::BadJson(_))
+        ));
+        assert_eq!(peek_model(b"{nope", false).unwrap(), None);
+    }
+}

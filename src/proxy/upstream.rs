@@ -1,0 +1,243 @@
+//! The upstream side: pooled HTTP clients and the request relay sends.
+//!
+//! One hyper-util client per distinct connection setting (HTTP/1.1 keep-alive pool by default; HTTP/2
+//! when a provider sets `http2: true`), over rustls with the webpki roots. Clients survive config
+//! reloads when their settings do not change, so a reload keeps warm connections.
+//!
+//! Headers: hop-by-hop headers (and those named in `Connection`) are removed both ways; `Host` comes
+//! from the provider's URL; `Authorization`, `x-api-key`, `anthropic-version` and every other
+//! end-to-end header pass through. When the caller sends no key and the provider has `api_key_env`,
+//! the key is injected (`Authorization: Bearer` for OpenAI-kind, `x-api-key` for Anthropic-kind).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body_util::{Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::error::EdgeError;
+use crate::config::{Config, Provider, ProviderKind};
+
+/// The body relay sends upstream: the bytes it read (JSON, forwarded byte-for-byte) or the caller's
+/// body streamed through under the size limit.
+pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// What makes two providers able to share a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ClientKey {
+    http2: bool,
+    connect_timeout: Duration,
+}
+
+/// Clients for every provider of one config, by provider index.
+#[derive(Clone)]
+pub struct Upstreams {
+    by_key: HashMap<ClientKey, HttpsClient>,
+    per_provider: Vec<HttpsClient>,
+}
+
+impl Upstreams {
+    /// Builds clients for `cfg`, reusing those of `previous` whose settings match.
+    pub fn new(cfg: &Config, previous: Option<&Upstreams>) -> Upstreams {
+        let mut by_key: HashMap<ClientKey, HttpsClient> = HashMap::new();
+        let per_provider = cfg
+            .providers
+            .iter()
+            .map(|p| {
+                let key = ClientKey {
+                    http2: p.http2,
+                    connect_timeout: p.timeouts.connect,
+                };
+                by_key
+                    .entry(key)
+                    .or_insert_with(|| {
+                        previous
+                            .and_then(|prev| prev.by_key.get(&key).cloned())
+                            .unwrap_or_else(|| build_client(key))
+                    })
+                    .clone()
+            })
+            .collect();
+        Upstreams {
+            by_key,
+            per_provider,
+        }
+    }
+
+    /// Sends `req` to provider `index`, waiting at most its `first_byte` timeout for the response
+    /// headers.
+    pub async fn send(
+        &self,
+        index: usize,
+        provider: &Provider,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, EdgeError> {
+        let client = &self.per_provider[index];
+        match tokio::time::timeout(provider.timeouts.first_byte, client.request(req)).await {
+            Err(_elapsed) => Err(EdgeError::Timeout {
+                provider: provider.name.clone(),
+                timeout: provider.timeouts.first_byte,
+            }),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(classify_error(provider, &e)),
+        }
+    }
+}
+
+fn build_client(key: ClientKey) -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(key.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http();
+    let connector = if key.http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    };
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_only(key.http2)
+        .build(connector)
+}
+
+/// Maps a client error to the edge error the caller sees: timeouts (connect included) are 504,
+/// everything else (refused, reset, TLS, DNS) is 502.
+fn classify_error(provider: &Provider, e: &hyper_util::client::legacy::Error) -> EdgeError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    let mut detail = e.to_string();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return EdgeError::Timeout {
+                    provider: provider.name.clone(),
+                    timeout: provider.timeouts.connect,
+                };
+            }
+        }
+        detail = format!("{detail}: {s}");
+        source = s.source();
+    }
+    EdgeError::Unreachable {
+        provider: provider.name.clone(),
+        detail,
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus `host`, which
+/// relay sets from the provider URL.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including any that `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in &named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+/// Builds the upstream request: provider URL, filtered headers, injected key, same body.
+pub fn build_request(
+    provider: &Provider,
+    path_and_query: &str,
+    method: http::Method,
+    mut headers: HeaderMap,
+    body: UpstreamBody,
+) -> Result<Request<UpstreamBody>, EdgeError> {
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    inject_key(provider, &mut headers);
+    let uri = Uri::builder()
+        .scheme(provider.base_url.scheme.clone())
+        .authority(provider.base_url.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| EdgeError::ClientBody(format!("invalid request path: {e}")))?;
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+fn inject_key(provider: &Provider, headers: &mut HeaderMap) {
+    let Some(key) = &provider.api_key else { return };
+    if headers.contains_key(header::AUTHORIZATION) || headers.contains_key("x-api-key") {
+        return;
+    }
+    match provider.kind {
+        ProviderKind::Openai => {
+            if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", key.expose())) {
+                v.set_sensitive(true);
+                headers.insert(header::AUTHORIZATION, v);
+            }
+        }
+        ProviderKind::Anthropic => {
+            if let Ok(mut v) = HeaderValue::from_str(key.expose()) {
+                v.set_sensitive(true);
+                headers.insert("x-api-key", v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_removed_end_to_end_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sk-x"),
+        );
+        h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key(header::AUTHORIZATION) && h.contains_key("anthropic-version"));
+    }
+}

@@ -1,0 +1,257 @@
+//! The server: binds, accepts, serves HTTP/1.1 and h2c, reloads config, shuts down gracefully.
+//!
+//! [`Server::start`] is what `relay serve` and the tests call: it loads the config, binds (port 0 works),
+//! starts the accept loop and the config watcher, and returns at once with the bound address. Shutdown
+//! stops accepting, lets in-flight requests (streams included) finish for up to
+//! `server.shutdown_timeout`, then drops what is left.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::config::watch::{ConfigWatcher, DEFAULT_DEBOUNCE};
+use crate::config::{Config, ConfigError, Env};
+use crate::metrics::Metrics;
+use crate::proxy::pipeline::{self, Runtime, State};
+
+/// How to start a server.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Config file; `None` uses `configs/relay.yaml` when it exists, else the built-in defaults.
+    pub config_path: Option<PathBuf>,
+    /// Overrides `server.listen` (e.g. `127.0.0.1:0` in tests).
+    pub listen: Option<SocketAddr>,
+    /// Environment snapshot for overrides and `api_key_env`.
+    pub env: Env,
+    /// Watch the config file and reload on change (default on for `relay serve`).
+    pub watch_config: bool,
+}
+
+/// The result of one config reload attempt, broadcast to [`Server::reloads`] subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReloadEvent {
+    /// The new config is live.
+    Applied,
+    /// The new config was invalid; the message names file and key path. The old config stays live.
+    Rejected(String),
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot watch {path}: {source}")]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+    reloads: broadcast::Sender<ReloadEvent>,
+    accept: JoinHandle<()>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Loads the config, binds, and starts serving in the background.
+    pub async fn start(opts: ServeOptions) -> Result<Server, StartError> {
+        let config = Config::load_or_default(opts.config_path.as_deref(), &opts.env)?;
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
+        let addr = opts.listen.unwrap_or(config.server.listen);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let source = config.source.clone();
+        let state = Arc::new(State {
+            runtime: ArcSwap::from_pointee(Runtime::new(config, None)),
+            metrics: Arc::new(Metrics::new()),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (reloads, _) = broadcast::channel(16);
+
+        let watcher = match (opts.watch_config, source) {
+            (true, Some(path)) => {
+                let w = ConfigWatcher::new(&path, DEFAULT_DEBOUNCE).map_err(|source| {
+                    StartError::Watch {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                Some(tokio::spawn(reload_loop(
+                    w,
+                    path,
+                    opts.env.clone(),
+                    state.clone(),
+                    reloads.clone(),
+                )))
+            }
+            _ => None,
+        };
+        let accept = tokio::spawn(accept_loop(listener, state.clone(), shutdown_rx));
+        tracing::info!(%addr, "relay listening");
+        Ok(Server {
+            addr,
+            state,
+            shutdown,
+            reloads,
+            accept,
+            watcher,
+        })
+    }
+
+    /// The bound address (the real port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Subscribes to config reload results.
+    pub fn reloads(&self) -> broadcast::Receiver<ReloadEvent> {
+        self.reloads.subscribe()
+    }
+
+    /// The config currently live.
+    pub fn config(&self) -> Arc<Runtime> {
+        self.state.runtime.load_full()
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
+    /// Begins a graceful shutdown: stop accepting, drain in-flight requests.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until the server has stopped (after [`Server::shutdown`]).
+    pub async fn wait(self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
+        let _ = self.accept.await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: keep serving, do not spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let svc = service_fn(move |req| pipeline::handle(state.clone(), req));
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                conns.spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let timeout = state.runtime.load().config.server.shutdown_timeout;
+    let inflight = state.metrics.inflight.get();
+    tracing::info!(inflight, timeout = %humantime::format_duration(timeout), "shutting down: draining");
+    if tokio::time::timeout(timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = state.metrics.inflight.get(),
+            "shutdown timeout reached; dropping the requests still in flight"
+        );
+    }
+    conns.shutdown().await;
+    tracing::info!("relay stopped");
+}
+
+async fn reload_loop(
+    mut watcher: ConfigWatcher,
+    path: PathBuf,
+    env: Env,
+    state: Arc<State>,
+    events: broadcast::Sender<ReloadEvent>,
+) {
+    while watcher.changed().await.is_some() {
+        let event = match Config::load(&path, &env) {
+            Ok(config) => {
+                for w in &config.warnings {
+                    tracing::warn!("{w}");
+                }
+                let old = state.runtime.load();
+                if config.server.listen != old.config.server.listen {
+                    tracing::warn!("server.listen changed; it takes effect at the next restart");
+                }
+                let runtime = Runtime::new(config, Some(&old));
+                state.runtime.store(Arc::new(runtime));
+                state
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["ok"])
+                    .inc();
+                tracing::info!(file = %path.display(), "config reloaded");
+                ReloadEvent::Applied
+            }
+            Err(e) => {
+                state
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!("config reload rejected, the previous config stays live: {e}");
+                ReloadEvent::Rejected(e.to_string())
+            }
+        };
+        let _ = events.send(event);
+    }
+}
