@@ -1,0 +1,362 @@
+//! Load harness: the same requests directly against a local mock upstream and through relay, in one
+//! run, so the figures are ratios measured under the same conditions.
+//!
+//! ```text
+//! cargo run --release --example loadtest               # default: 5 s per phase
+//! cargo run --release --example loadtest -- --secs 10 --rate 1000 --conns 32
+//! ```
+//!
+//! Phases, each for non-streaming JSON and for SSE streams (20 events):
+//! - **fixed rate** (open loop, default 1,000 req/s): latency from each request's dispatch to its last
+//!   body byte; p50 / p99, direct vs relay, and the difference (what relay adds);
+//! - **saturation** (closed loop, `--conns` connections): requests per second, direct vs relay.
+//!
+//! relay runs in-process with its default config shape (request log on, written through the
+//! non-blocking writer to a sink), its own 2-thread runtime; the mock upstream and the load generator
+//! have one thread each. All of it shares the machine's cores, as a sidecar would.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use relay::config::Env;
+use relay::server::{ServeOptions, Server};
+
+const CHAT_JSON: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"The capital of France is Paris. It has been the capital for centuries and is known for the Eiffel Tower."},"finish_reason":"stop"}],"usage":{"prompt_tokens":14,"completion_tokens":24,"total_tokens":38}}"#;
+const SSE_EVENTS: usize = 20;
+const REQUEST_JSON: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is the capital of France?"}],"temperature":0}"#;
+const REQUEST_SSE: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is the capital of France?"}],"temperature":0}"#;
+
+struct Args {
+    secs: u64,
+    rate: u64,
+    conns: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        secs: 5,
+        rate: 1000,
+        conns: 32,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    for pair in argv.chunks(2) {
+        let value = pair.get(1).and_then(|v| v.parse::<u64>().ok());
+        match (pair[0].as_str(), value) {
+            ("--secs", Some(v)) => a.secs = v,
+            ("--rate", Some(v)) => a.rate = v,
+            ("--conns", Some(v)) => a.conns = v as usize,
+            _ => {
+                eprintln!("usage: loadtest [--secs N] [--rate REQ_PER_S] [--conns N]");
+                std::process::exit(2);
+            }
+        }
+    }
+    a
+}
+
+/// A canned upstream: JSON chat completion, or an SSE stream of `SSE_EVENTS` chunks, each its own
+/// frame (as a real generation arrives), then `[DONE]`.
+async fn upstream(listener: tokio::net::TcpListener) {
+    let chunks: Arc<Vec<Bytes>> = Arc::new(
+        (0..SSE_EVENTS)
+            .map(|i| {
+                Bytes::from(format!(
+                    "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token{i} \"}},\"finish_reason\":null}}]}}\n\n"
+                ))
+            })
+            .chain(std::iter::once(Bytes::from_static(b"data: [DONE]\n\n")))
+            .collect(),
+    );
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let chunks = chunks.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let chunks = chunks.clone();
+                async move {
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let streaming = body.windows(13).any(|w| w == b"\"stream\":true");
+                    let resp = if streaming {
+                        let frames = futures_util::stream::iter(
+                            (0..chunks.len())
+                                .map(move |i| Ok::<_, Infallible>(Frame::data(chunks[i].clone()))),
+                        );
+                        Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .body(http_body_util::Either::Right(StreamBody::new(frames)))
+                    } else {
+                        Response::builder()
+                            .header("content-type", "application/json")
+                            .body(http_body_util::Either::Left(Full::new(Bytes::from_static(
+                                CHAT_JSON.as_bytes(),
+                            ))))
+                    };
+                    Ok::<_, Infallible>(resp.expect("valid response"))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(4096)
+        .build(http)
+}
+
+/// One request, body read to the end. Returns false on any failure.
+async fn one(client: &HttpClient, url: &http::Uri, body: &'static str) -> bool {
+    let req = Request::post(url.clone())
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-bench")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("valid request");
+    match client.request(req).await {
+        Ok(resp) if resp.status().is_success() => resp.into_body().collect().await.is_ok(),
+        _ => false,
+    }
+}
+
+/// Open loop at `rate` req/s for `secs`: latency from dispatch to last byte, in µs.
+async fn fixed_rate(
+    client: HttpClient,
+    url: http::Uri,
+    body: &'static str,
+    rate: u64,
+    secs: u64,
+) -> (Histogram<u64>, u64) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let period = Duration::from_nanos(1_000_000_000 / rate);
+    let start = tokio::time::Instant::now();
+    let total = rate * secs;
+    for i in 0..total {
+        let scheduled = start + period * i as u32;
+        tokio::time::sleep_until(scheduled).await;
+        let (client, url, tx) = (client.clone(), url.clone(), tx.clone());
+        tokio::spawn(async move {
+            // Timed from the real dispatch: tokio's timer has 1 ms granularity, which would
+            // otherwise swamp microsecond differences.
+            let sent = Instant::now();
+            let ok = one(&client, &url, body).await;
+            let _ = tx.send((ok, sent.elapsed()));
+        });
+    }
+    drop(tx);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let mut errors = 0;
+    while let Some((ok, latency)) = rx.recv().await {
+        if ok {
+            hist.record(latency.as_micros().max(1) as u64)
+                .expect("in range");
+        } else {
+            errors += 1;
+        }
+    }
+    (hist, errors)
+}
+
+/// Closed loop with `conns` workers for `secs`: completed requests per second.
+async fn saturate(
+    client: HttpClient,
+    url: http::Uri,
+    body: &'static str,
+    conns: usize,
+    secs: u64,
+) -> (f64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut err) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                if one(&client, &url, body).await {
+                    ok += 1;
+                } else {
+                    err += 1;
+                }
+            }
+            (ok, err)
+        }));
+    }
+    let (mut ok, mut err) = (0, 0);
+    for t in tasks {
+        let (o, e) = t.await.expect("worker");
+        ok += o;
+        err += e;
+    }
+    (ok as f64 / started.elapsed().as_secs_f64(), err)
+}
+
+fn main() {
+    let args = args();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The default config logs every request: keep that cost, send the lines nowhere.
+    let (writer, _guard) = tracing_appender::non_blocking(std::io::sink());
+    tracing_subscriber::fmt().with_writer(writer).init();
+
+    let mock_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let workers = std::env::var("RELAY_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let relay_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap();
+    let load_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let mock_addr: SocketAddr = mock_rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(upstream(l));
+        addr
+    });
+    let dir = std::env::temp_dir().join(format!("relay-loadtest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("relay.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "providers:\n  - {{name: openai, kind: openai, base_url: 'http://{mock_addr}/v1'}}\n  - {{name: anthropic, kind: anthropic, base_url: 'http://{mock_addr}/v1'}}\n"
+        ),
+    )
+    .unwrap();
+    let server = relay_rt.block_on(async {
+        Server::start(ServeOptions {
+            config_path: Some(cfg.clone()),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            env: Env::empty(),
+            watch_config: false,
+        })
+        .await
+        .expect("relay starts")
+    });
+    let relay_addr = server.local_addr();
+    let direct: http::Uri = format!("http://{mock_addr}/v1/chat/completions")
+        .parse()
+        .unwrap();
+    let proxied: http::Uri = format!("http://{relay_addr}/v1/chat/completions")
+        .parse()
+        .unwrap();
+
+    println!(
+        "relay loadtest: {} s per phase, fixed rate {} req/s, saturation {} connections, SSE {} events, {} cores",
+        args.secs,
+        args.rate,
+        args.conns,
+        SSE_EVENTS,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    println!();
+    println!("| workload | target | p50 | p99 | errors |");
+    println!("|---|---|---|---|---|");
+    let c = load_rt.block_on(async { client() });
+    for (name, body) in [("JSON", REQUEST_JSON), ("SSE", REQUEST_SSE)] {
+        // Warm both paths (connections, pools, allocators).
+        load_rt.block_on(saturate(c.clone(), direct.clone(), body, args.conns, 1));
+        load_rt.block_on(saturate(c.clone(), proxied.clone(), body, args.conns, 1));
+        let (d, de) = load_rt.block_on(fixed_rate(
+            c.clone(),
+            direct.clone(),
+            body,
+            args.rate,
+            args.secs,
+        ));
+        let (r, re) = load_rt.block_on(fixed_rate(
+            c.clone(),
+            proxied.clone(),
+            body,
+            args.rate,
+            args.secs,
+        ));
+        let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
+        println!(
+            "| {name} @ {} req/s | direct | {} µs | {} µs | {de} |",
+            args.rate,
+            us(&d, 0.5),
+            us(&d, 0.99)
+        );
+        println!(
+            "| {name} @ {} req/s | relay | {} µs | {} µs | {re} |",
+            args.rate,
+            us(&r, 0.5),
+            us(&r, 0.99)
+        );
+        println!(
+            "| {name} @ {} req/s | **added by relay** | **{} µs** | **{} µs** | |",
+            args.rate,
+            us(&r, 0.5) as i64 - us(&d, 0.5) as i64,
+            us(&r, 0.99) as i64 - us(&d, 0.99) as i64
+        );
+    }
+    println!();
+    println!("| workload | direct req/s | relay req/s | relay / direct | errors (direct, relay) |");
+    println!("|---|---|---|---|---|");
+    for (name, body) in [("JSON", REQUEST_JSON), ("SSE", REQUEST_SSE)] {
+        let (d, de) = load_rt.block_on(saturate(
+            c.clone(),
+            direct.clone(),
+            body,
+            args.conns,
+            args.secs,
+        ));
+        let (r, re) = load_rt.block_on(saturate(
+            c.clone(),
+            proxied.clone(),
+            body,
+            args.conns,
+            args.secs,
+        ));
+        println!(
+            "| {name}, {} conns | {d:.0} | {r:.0} | {:.0}% | {de}, {re} |",
+            args.conns,
+            100.0 * r / d
+        );
+    }
+    let overhead = server.metrics().overhead.get_sample_sum()
+        / server.metrics().overhead.get_sample_count().max(1) as f64;
+    println!();
+    println!(
+        "relay_overhead_seconds mean over the run: {:.1} µs",
+        overhead * 1e6
+    );
+    server.shutdown();
+    relay_rt.block_on(server.wait());
+    let _ = std::fs::remove_dir_all(&dir);
+}
