@@ -20,6 +20,7 @@ pub fn init(format: LogFormat) -> WorkerGuard {
     let filter = EnvFilter::try_from_env("RELAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_writer(writer);
     match format {
         LogFormat::Pretty => builder.compact().init(),
