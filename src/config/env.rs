@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use yaml_serde::{Mapping, Value};
 
+use super::ConfigError;
+
 /// A snapshot of environment variables. The server takes one at start; tests build their own, so no
 /// test mutates the process environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -103,6 +105,42 @@ pub struct Applied {
     pub overridden: BTreeMap<String, String>,
     /// `RELAY_*` variables that name no key (likely typos).
     pub unknown: Vec<String>,
+}
+
+impl Applied {
+    /// The variable that set `path` or a key above it (`RELAY_ROUTES` for `routes[0].provider`).
+    pub fn var_for(&self, path: &str) -> Option<&str> {
+        self.overridden
+            .iter()
+            .filter(|(key, _)| {
+                path.strip_prefix(key.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+            })
+            .max_by_key(|(key, _)| key.len())
+            .map(|(_, var)| var.as_str())
+    }
+
+    /// Adds "(value from environment variable X)" to an error about a key the environment set, so
+    /// both deserialization and validation errors name the variable.
+    pub fn annotate(&self, err: ConfigError) -> ConfigError {
+        match err {
+            ConfigError::Invalid {
+                file,
+                path,
+                mut message,
+            } => {
+                if let Some(var) = self.var_for(&path) {
+                    message.push_str(&format!(" (value from environment variable {var})"));
+                }
+                ConfigError::Invalid {
+                    file,
+                    path,
+                    message,
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 /// The variable name for a key path.

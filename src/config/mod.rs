@@ -266,8 +266,8 @@ impl Config {
     pub fn from_yaml_str(text: &str, file: &str, env: &Env) -> Result<Config, ConfigError> {
         let mut tree = raw::parse_tree(text, file)?;
         let applied = env::apply(&mut tree, env);
-        let raw = raw::deserialize(tree, file, &applied.overridden)?;
-        let mut cfg = resolve::resolve(raw, file, env)?;
+        let raw = raw::deserialize(tree, file).map_err(|e| applied.annotate(e))?;
+        let mut cfg = resolve::resolve(raw, file, env).map_err(|e| applied.annotate(e))?;
         for var in applied.unknown {
             cfg.warnings.push(format!(
                 "environment variable {var} names no config key; ignored"

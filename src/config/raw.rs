@@ -147,24 +147,13 @@ pub fn parse_tree(text: &str, file: &str) -> Result<Value, ConfigError> {
     }
 }
 
-/// Step 3: the (env-patched) tree to typed raw structs; errors name the key path, and the
-/// environment variable when one set that key.
-pub fn deserialize(
-    tree: Value,
-    file: &str,
-    overridden: &BTreeMap<String, String>,
-) -> Result<RawConfig, ConfigError> {
-    serde_path_to_error::deserialize(tree).map_err(|e| {
-        let path = e.path().to_string();
-        let mut message = e.inner().to_string();
-        if let Some(var) = overridden.get(&path) {
-            message.push_str(&format!(" (value from environment variable {var})"));
-        }
-        ConfigError::Invalid {
-            file: file.to_string(),
-            path,
-            message,
-        }
+/// Step 3: the (env-patched) tree to typed raw structs; errors name the key path (the caller adds
+/// the environment variable when one set that key, see [`super::env::Applied::annotate`]).
+pub fn deserialize(tree: Value, file: &str) -> Result<RawConfig, ConfigError> {
+    serde_path_to_error::deserialize(tree).map_err(|e| ConfigError::Invalid {
+        file: file.to_string(),
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
     })
 }
 

@@ -56,7 +56,11 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
         }
         providers.push(provider);
     }
-    if let Some(target) = raw.proxy.target.as_deref() {
+    // RELAY_PROVIDERS_OPENAI_BASE_URL (environment) wins over the file's proxy.target.
+    let env_sets_openai = env.get("RELAY_PROVIDERS_OPENAI_BASE_URL").is_some()
+        && providers.iter().any(|p| p.name == "openai");
+    let target = raw.proxy.target.as_deref().filter(|_| !env_sets_openai);
+    if let Some(target) = target {
         let Some(openai) = providers.iter_mut().find(|p| p.name == "openai") else {
             return Err(cx.err(
                 "proxy.target",
@@ -140,16 +144,20 @@ fn resolve_server(cx: &Ctx, raw: &RawConfig, env: &Env) -> Result<ServerConfig, 
         None => DEFAULT_LISTEN.parse().expect("valid default"),
     };
     if let Some(port) = &raw.server.port {
-        let from_env = env.get("SERVER_PORT").is_some() || env.get("RELAY_SERVER_PORT").is_some();
+        let listen_from_env = env.get("RELAY_SERVER_LISTEN").is_some();
+        let port_from_relay_env = env.get("RELAY_SERVER_PORT").is_some();
+        let port_from_env = port_from_relay_env || env.get("SERVER_PORT").is_some();
         let addr = match port {
             PortSpec::Number(n) => SocketAddr::from(([0, 0, 0, 0], *n)),
             PortSpec::Text(s) => parse_listen(s).map_err(|m| cx.err("server.port", m))?,
         };
-        listen = match (listen_text, from_env) {
-            (None, _) => addr,
-            // An environment port overrides the file's listen port, keeping its host.
-            (Some(_), true) => SocketAddr::new(listen.ip(), addr.port()),
-            (Some(_), false) => {
+        listen = match listen_text {
+            None => addr,
+            // RELAY_SERVER_LISTEN wins over the file's port and the legacy SERVER_PORT.
+            Some(_) if listen_from_env && !port_from_relay_env => listen,
+            // An environment port overrides the listen port, keeping its host.
+            Some(_) if port_from_env => SocketAddr::new(listen.ip(), addr.port()),
+            Some(_) => {
                 return Err(cx.err(
                     "server.port",
                     "set either server.listen or the original relay's server.port, not both",
@@ -422,7 +430,7 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         kind: ProviderKind,
         base_url: String,
         #[serde(skip_serializing_if = "Option::is_none")]
-        api_key_env: Option<String>,
+        api_key_env: Option<&'a str>,
         http2: bool,
         timeouts: TimeoutsView,
     }
@@ -479,14 +487,9 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
                 name: &p.name,
                 kind: p.kind,
                 base_url: p.base_url.to_string(),
-                api_key_env: p.api_key_env.as_ref().map(|var| {
-                    let state = if p.api_key.is_some() {
-                        "set: ***"
-                    } else {
-                        "not set"
-                    };
-                    format!("{var} ({state})")
-                }),
+                // The variable name only, so the output loads again; a variable that is not
+                // set is reported as a warning.
+                api_key_env: p.api_key_env.as_deref(),
                 http2: p.http2,
                 timeouts: TimeoutsView {
                     connect: d(p.timeouts.connect),

@@ -1,1 +1,1089 @@
+//! Table tests for the config loader: YAML (and an [`Env`] built here, never the process
+//! environment) in, a value or the exact error text out.
 
+use std::time::Duration;
+
+use super::*;
+
+/// The original relay's shipped example config, verbatim.
+const ORIGINAL_RELAY_YAML: &str = r#"
+server:
+  port: ":8080"
+auth:
+  enabled: true
+proxy:
+  target: "https://api.openai.com"
+ratelimit:
+  enabled: true
+  requests_per_second: 10.0
+  burst: 20
+redis:
+  enabled: true
+  address: "localhost:6379"
+  password: ""
+  db: 0
+logging:
+  enabled: true
+  retention_days: 30
+transform:
+  enabled: false
+  remove_headers: ["X-Internal-Secret"]
+models:
+  gpt-4: 0.03
+  gpt-3.5-turbo: 0.002
+"#;
+
+/// Environment variables for one case.
+type Vars<'a> = &'a [(&'a str, &'a str)];
+
+fn env(vars: Vars) -> Env {
+    vars.iter()
+        .fold(Env::empty(), |env, (k, v)| env.with(*k, *v))
+}
+
+fn load(yaml: &str, env: &Env) -> Config {
+    Config::from_yaml_str(yaml, "t.yaml", env)
+        .unwrap_or_else(|e| panic!("expected a valid config, got: {e}\n--- yaml:\n{yaml}"))
+}
+
+fn load_err(yaml: &str, env: &Env) -> String {
+    match Config::from_yaml_str(yaml, "t.yaml", env) {
+        Ok(cfg) => panic!("expected an error, got a config: {cfg:?}\n--- yaml:\n{yaml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn provider_names(cfg: &Config) -> Vec<&str> {
+    cfg.providers.iter().map(|p| p.name.as_str()).collect()
+}
+
+/// Routes as `model|path -> provider` for compact comparison.
+fn route_summary(cfg: &Config) -> Vec<String> {
+    cfg.routes
+        .iter()
+        .map(|r| {
+            format!(
+                "{}|{} -> {}",
+                r.model.as_ref().map_or("", |p| p.as_str()),
+                r.path.as_ref().map_or("", |p| p.as_str()),
+                cfg.providers[r.provider].name
+            )
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defaults and the original relay's config
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn defaults_without_a_file() {
+    let cfg = Config::defaults(&Env::empty());
+    assert_eq!(cfg.source, None);
+    assert_eq!(cfg.server.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(cfg.server.max_body_bytes, 32 * 1024 * 1024);
+    assert_eq!(cfg.server.shutdown_timeout, Duration::from_secs(30));
+    assert!(cfg.server.request_log);
+
+    assert_eq!(provider_names(&cfg), ["openai", "anthropic"]);
+    let openai = cfg.provider("openai").unwrap();
+    assert_eq!(openai.kind, ProviderKind::Openai);
+    assert_eq!(openai.base_url.to_string(), "https://api.openai.com/v1");
+    assert!(openai.base_url.is_https());
+    assert_eq!(openai.api_key, None);
+    assert!(!openai.http2);
+    assert_eq!(
+        openai.timeouts,
+        Timeouts {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(600),
+            idle: Duration::from_secs(300),
+        }
+    );
+    let anthropic = cfg.provider("anthropic").unwrap();
+    assert_eq!(anthropic.kind, ProviderKind::Anthropic);
+    assert_eq!(
+        anthropic.base_url.to_string(),
+        "https://api.anthropic.com/v1"
+    );
+
+    assert_eq!(
+        route_summary(&cfg),
+        [
+            "|/v1/messages* -> anthropic",
+            "claude-*| -> anthropic",
+            "| -> openai"
+        ]
+    );
+    assert!(!cfg.ratelimit.enabled);
+    assert!(!cfg.redis.enabled);
+    assert_eq!(cfg.redis.address, "127.0.0.1:6379");
+    assert!(cfg.models.is_empty());
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+
+    // An empty file, a comment-only file and an explicit null are the defaults too.
+    for text in ["", "  \n", "# nothing\n", "~\n"] {
+        assert_eq!(load(text, &Env::empty()), cfg, "{text:?}");
+    }
+}
+
+#[test]
+fn sections_left_empty_are_their_defaults() {
+    let yaml = "server:\nproviders:\nroutes:\nratelimit:\nredis:\nmodels:\n";
+    let mut cfg = load(yaml, &Env::empty());
+    cfg.warnings.clear();
+    assert_eq!(cfg, Config::defaults(&Env::empty()));
+}
+
+#[test]
+fn original_relay_config_loads_unchanged() {
+    let cfg = load(ORIGINAL_RELAY_YAML, &Env::empty());
+    assert_eq!(cfg.server.listen, "0.0.0.0:8080".parse().unwrap());
+    assert!(cfg.server.request_log, "logging.enabled: true");
+    assert_eq!(
+        cfg.provider("openai").unwrap().base_url.to_string(),
+        "https://api.openai.com/v1"
+    );
+    assert_eq!(provider_names(&cfg), ["openai", "anthropic"]);
+    assert_eq!(route_summary(&cfg).len(), 3);
+
+    assert_eq!(
+        cfg.ratelimit,
+        RateLimitConfig {
+            enabled: true,
+            requests_per_second: 10.0,
+            burst: 20,
+        }
+    );
+    assert_eq!(
+        cfg.redis,
+        RedisConfig {
+            enabled: true,
+            address: "localhost:6379".into(),
+            password: None,
+            db: 0,
+        }
+    );
+
+    let per_million = |micro| ModelPrice {
+        input: micro,
+        output: micro,
+        cached_input: None,
+        cache_write: None,
+    };
+    assert_eq!(cfg.models.len(), 2);
+    assert_eq!(cfg.models["gpt-4"], per_million(30_000_000));
+    assert_eq!(cfg.models["gpt-3.5-turbo"], per_million(2_000_000));
+
+    for key in [
+        "auth:",
+        "transform:",
+        "logging.retention_days:",
+        "ratelimit",
+    ] {
+        assert!(
+            cfg.warnings.iter().any(|w| w.starts_with(key)),
+            "no warning about {key} in {:?}",
+            cfg.warnings
+        );
+    }
+    assert_eq!(cfg.warnings.len(), 4, "{:?}", cfg.warnings);
+}
+
+#[test]
+fn original_relay_forms() {
+    // (yaml, expected listen, expected openai base_url)
+    let cases = [
+        (
+            "server: {port: 9000}",
+            "0.0.0.0:9000",
+            "https://api.openai.com/v1",
+        ),
+        (
+            "server: {port: \"9000\"}",
+            "0.0.0.0:9000",
+            "https://api.openai.com/v1",
+        ),
+        (
+            "server: {port: \"localhost:9000\"}",
+            "127.0.0.1:9000",
+            "https://api.openai.com/v1",
+        ),
+        (
+            "proxy: {target: \"http://127.0.0.1:9/\"}",
+            "127.0.0.1:8080",
+            "http://127.0.0.1:9/v1",
+        ),
+        (
+            "proxy: {target: \"https://gw.example/v1/\"}",
+            "127.0.0.1:8080",
+            "https://gw.example/v1",
+        ),
+        (
+            "proxy: {target: \"https://gw.example/openai\"}",
+            "127.0.0.1:8080",
+            "https://gw.example/openai/v1",
+        ),
+    ];
+    for (yaml, listen, base) in cases {
+        let cfg = load(yaml, &Env::empty());
+        assert_eq!(cfg.server.listen.to_string(), listen, "{yaml}");
+        assert_eq!(
+            cfg.provider("openai").unwrap().base_url.to_string(),
+            base,
+            "{yaml}"
+        );
+    }
+}
+
+#[test]
+fn ratelimit_and_prices() {
+    let cfg = load(
+        "ratelimit: {requests_per_second: 0.2}\n\
+         models:\n  m1: 0\n  m2: {input: 3, output: 15.0, cached_input: 0.3, cache_write: 3.75}\n",
+        &Env::empty(),
+    );
+    // requests_per_second alone turns the bucket on; burst defaults to ceil(rps), at least 1.
+    assert_eq!(
+        cfg.ratelimit,
+        RateLimitConfig {
+            enabled: true,
+            requests_per_second: 0.2,
+            burst: 1,
+        }
+    );
+    assert_eq!(cfg.models["m1"].input, 0);
+    assert_eq!(
+        cfg.models["m2"],
+        ModelPrice {
+            input: 3_000_000,
+            output: 15_000_000,
+            cached_input: Some(300_000),
+            cache_write: Some(3_750_000),
+        }
+    );
+    // enabled: true with a zero rate means no limit.
+    let cfg = load("ratelimit: {enabled: true}", &Env::empty());
+    assert!(!cfg.ratelimit.enabled);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors: exact text, with file name and key path
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn errors_name_file_and_key_path() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "unknown provider in a route",
+            "routes:\n  - provider: openai\n  - provider: anthropic\n  - {model: \"x\", provider: antropic}\n",
+            r#"t.yaml: routes[2].provider: unknown provider "antropic" (known: openai, anthropic)"#,
+        ),
+        (
+            "route without a provider",
+            "routes:\n  - model: gpt-*\n",
+            r#"t.yaml: routes[0].provider: missing; one of ["openai", "anthropic"]"#,
+        ),
+        (
+            "unknown key",
+            "server:\n  lisen: 127.0.0.1:1\n",
+            "t.yaml: server.lisen: unknown field `lisen`, expected one of `listen`, `port`, \
+             `max_body_bytes`, `shutdown_timeout`, `request_log`",
+        ),
+        (
+            "unknown key in a provider",
+            "providers:\n  - name: a\n    base_url: http://x\n    bogus: 1\n",
+            "t.yaml: providers[0].bogus: unknown field `bogus`, expected one of `name`, `kind`, \
+             `base_url`, `api_key_env`, `http2`, `timeouts`",
+        ),
+        (
+            "unknown section",
+            "sever: {}\n",
+            "t.yaml: sever: unknown field `sever`, expected one of `server`, `providers`, \
+             `routes`, `ratelimit`, `redis`, `models`, `proxy`, `logging`, `auth`, `transform`, \
+             `loadbalancer`",
+        ),
+        (
+            "wrong type",
+            "server:\n  max_body_bytes: \"big\"\n",
+            r#"t.yaml: server.max_body_bytes: invalid type: string "big", expected u64"#,
+        ),
+        (
+            "zero body limit",
+            "server:\n  max_body_bytes: 0\n",
+            "t.yaml: server.max_body_bytes: must be greater than 0",
+        ),
+        (
+            "bad listen",
+            "server:\n  listen: localhost\n",
+            r#"t.yaml: server.listen: "localhost" is not an address such as "127.0.0.1:8080" or ":8080""#,
+        ),
+        (
+            "bad duration",
+            "server:\n  shutdown_timeout: soon\n",
+            r#"t.yaml: server.shutdown_timeout: invalid duration "soon": expected number at 0"#,
+        ),
+        (
+            "bad duration unit",
+            "providers:\n  - name: a\n    base_url: http://x\n    timeouts: {idle: 5 parsecs}\n",
+            "t.yaml: providers[0].timeouts.idle: invalid duration \"5 parsecs\": unknown time \
+             unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, \
+             months, years (and few variations)",
+        ),
+        (
+            "negative duration",
+            "server:\n  shutdown_timeout: -5\n",
+            "t.yaml: server.shutdown_timeout: a duration cannot be negative",
+        ),
+        (
+            "zero timeout",
+            "providers:\n  - name: a\n    base_url: http://x\n    timeouts: {connect: 0s}\n",
+            "t.yaml: providers[0].timeouts.connect: must be greater than 0",
+        ),
+        (
+            "base_url without a scheme",
+            "providers:\n  - name: a\n    base_url: api.openai.com/v1\n",
+            r#"t.yaml: providers[0].base_url: "api.openai.com/v1" is not a URL: invalid format"#,
+        ),
+        (
+            "base_url host:port without a scheme",
+            "providers:\n  - name: a\n    base_url: localhost:8080\n",
+            r#"t.yaml: providers[0].base_url: "localhost:8080": the URL must start with http:// or https://"#,
+        ),
+        (
+            "base_url ftp",
+            "providers:\n  - name: a\n    base_url: ftp://files.example/v1\n",
+            r#"t.yaml: providers[0].base_url: "ftp://files.example/v1": the URL must start with http:// or https://"#,
+        ),
+        (
+            "base_url with a query",
+            "providers:\n  - name: a\n    base_url: https://x.example/v1?k=1\n",
+            r#"t.yaml: providers[0].base_url: "https://x.example/v1?k=1": a base URL cannot have a query string"#,
+        ),
+        (
+            "base_url missing",
+            "providers:\n  - name: a\n",
+            "t.yaml: providers[0].base_url: missing (e.g. https://api.openai.com/v1)",
+        ),
+        (
+            "bad proxy.target",
+            "proxy:\n  target: api.openai.com\n",
+            r#"t.yaml: proxy.target: "api.openai.com/v1" is not a URL: invalid format"#,
+        ),
+        (
+            "proxy.target without an openai provider",
+            "providers:\n  - {name: a, base_url: \"http://x\"}\nproxy:\n  target: http://y\n",
+            "t.yaml: proxy.target: proxy.target sets the base URL of the provider named \
+             \"openai\", and there is none",
+        ),
+        (
+            "duplicate provider names",
+            "providers:\n  - {name: a, base_url: \"http://x\"}\n  - {name: b, base_url: \"http://y\"}\n  - {name: a, base_url: \"http://z\"}\n",
+            r#"t.yaml: providers[2].name: duplicate provider name "a""#,
+        ),
+        (
+            "reserved provider name",
+            "providers:\n  - {name: metrics, base_url: \"http://x\"}\n",
+            r#"t.yaml: providers[0].name: "metrics" is reserved for relay's own paths"#,
+        ),
+        (
+            "provider name with a slash",
+            "providers:\n  - {name: a/b, base_url: \"http://x\"}\n",
+            r#"t.yaml: providers[0].name: "a/b": use letters, digits, '-', '_' or '.' (it is a URL path prefix)"#,
+        ),
+        (
+            "provider without a name",
+            "providers:\n  - {base_url: \"http://x\"}\n",
+            "t.yaml: providers[0].name: a provider needs a name",
+        ),
+        (
+            "unknown provider kind",
+            "providers:\n  - {name: a, kind: gemini, base_url: \"http://x\"}\n",
+            "t.yaml: providers[0].kind: unknown variant `gemini`, expected `openai` or `anthropic`",
+        ),
+        (
+            "both server.listen and server.port",
+            "server:\n  listen: 127.0.0.1:1\n  port: \":2\"\n",
+            "t.yaml: server.port: set either server.listen or the original relay's server.port, \
+             not both",
+        ),
+        (
+            "bad glob",
+            "routes:\n  - model: \"gpt-[\"\n    provider: openai\n",
+            r#"t.yaml: routes[0].model: bad glob "gpt-[": Pattern syntax error near position 4: invalid range pattern"#,
+        ),
+        (
+            "negative flat price",
+            "models:\n  gpt-4: -0.03\n",
+            "t.yaml: models.gpt-4: a price must be a number ≥ 0",
+        ),
+        (
+            "negative per-million price",
+            "models:\n  m: {input: 1, output: -2}\n",
+            "t.yaml: models.m.output: a price must be a number ≥ 0",
+        ),
+        (
+            "price that is not a number",
+            "models:\n  gpt-4: cheap\n",
+            "t.yaml: models.gpt-4: data did not match any variant of untagged enum RawPrice",
+        ),
+        (
+            "negative rate",
+            "ratelimit: {requests_per_second: -1}\n",
+            "t.yaml: ratelimit.requests_per_second: must be a number ≥ 0 (0.2 = one request every 5 s)",
+        ),
+        (
+            "zero burst",
+            "ratelimit: {requests_per_second: 1, burst: 0}\n",
+            "t.yaml: ratelimit.burst: must be at least 1",
+        ),
+        (
+            "syntax error",
+            "server:\n  listen: a\n   port: b\n",
+            "t.yaml: mapping values are not allowed in this context at line 3 column 8",
+        ),
+        (
+            "unclosed flow sequence",
+            "server:\n  listen: [\n",
+            "t.yaml: did not find expected node content at line 3 column 1, while parsing a flow node",
+        ),
+        (
+            "top level is a list",
+            "- server\n- providers\n",
+            "t.yaml: the top level must be a mapping of sections (server:, providers:, ...)",
+        ),
+        (
+            "top level is a scalar",
+            "relay\n",
+            "t.yaml: the top level must be a mapping of sections (server:, providers:, ...)",
+        ),
+    ];
+    for (name, yaml, want) in cases {
+        assert_eq!(load_err(yaml, &Env::empty()), *want, "case: {name}");
+    }
+}
+
+#[test]
+fn error_key_path() {
+    let err = Config::from_yaml_str("server: {lisen: x}", "t.yaml", &Env::empty()).unwrap_err();
+    assert_eq!(err.key_path(), Some("server.lisen"));
+    let err = Config::from_yaml_str("- x", "t.yaml", &Env::empty()).unwrap_err();
+    assert_eq!(err.key_path(), None);
+}
+
+#[test]
+fn load_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.yaml");
+    std::fs::write(&path, "server:\n  max_body_bytes: big\n").unwrap();
+    let err = Config::load(&path, &Env::empty()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: server.max_body_bytes: invalid type: string \"big\", expected u64",
+            path.display()
+        )
+    );
+
+    std::fs::write(&path, "server:\n  listen: 127.0.0.1:9\n").unwrap();
+    let cfg = Config::load(&path, &Env::empty()).unwrap();
+    assert_eq!(cfg.source.as_deref(), Some(path.as_path()));
+    assert_eq!(cfg.server.listen.port(), 9);
+
+    let missing = dir.path().join("missing.yaml");
+    let err = Config::load(&missing, &Env::empty()).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: cannot read: ", missing.display())),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Environment overrides
+// ---------------------------------------------------------------------------------------------
+
+/// A value picked out of a config, to compare as text.
+type Probe = fn(&Config) -> String;
+
+fn listen(c: &Config) -> String {
+    c.server.listen.to_string()
+}
+fn openai_base(c: &Config) -> String {
+    c.provider("openai").unwrap().base_url.to_string()
+}
+
+#[test]
+fn env_overrides() {
+    let with_listen = "server:\n  listen: 10.0.0.1:8080\n";
+    let legacy_port = "server:\n  port: \":8080\"\n";
+    let providers = "providers:\n  - {name: openai, base_url: \"https://a.example/v1\"}\n  - {name: local, base_url: \"http://127.0.0.1:1/v1\"}\n";
+    // (case, yaml, env, probe, expected)
+    let cases: &[(&str, &str, Vars, Probe, &str)] = &[
+        (
+            "RELAY_SERVER_MAX_BODY_BYTES",
+            "server: {max_body_bytes: 5}",
+            &[("RELAY_SERVER_MAX_BODY_BYTES", "1000")],
+            |c| c.server.max_body_bytes.to_string(),
+            "1000",
+        ),
+        (
+            "RELAY_SERVER_REQUEST_LOG",
+            "",
+            &[("RELAY_SERVER_REQUEST_LOG", "false")],
+            |c| c.server.request_log.to_string(),
+            "false",
+        ),
+        (
+            "RELAY_SERVER_SHUTDOWN_TIMEOUT as a bare number",
+            "",
+            &[("RELAY_SERVER_SHUTDOWN_TIMEOUT", "12")],
+            |c| format!("{:?}", c.server.shutdown_timeout),
+            "12s",
+        ),
+        (
+            "RELAY_SERVER_LISTEN over the file",
+            with_listen,
+            &[("RELAY_SERVER_LISTEN", "127.0.0.1:9000")],
+            listen,
+            "127.0.0.1:9000",
+        ),
+        (
+            "RELAY_SERVER_LISTEN over the original relay's port in the file",
+            legacy_port,
+            &[("RELAY_SERVER_LISTEN", "127.0.0.1:9000")],
+            listen,
+            "127.0.0.1:9000",
+        ),
+        (
+            "RELAY_SERVER_LISTEN wins over legacy SERVER_PORT",
+            "",
+            &[
+                ("RELAY_SERVER_LISTEN", "127.0.0.1:9000"),
+                ("SERVER_PORT", "9090"),
+            ],
+            listen,
+            "127.0.0.1:9000",
+        ),
+        (
+            "RELAY_SERVER_PORT with RELAY_SERVER_LISTEN keeps the host",
+            "",
+            &[
+                ("RELAY_SERVER_LISTEN", "127.0.0.1:9000"),
+                ("RELAY_SERVER_PORT", "9090"),
+            ],
+            listen,
+            "127.0.0.1:9090",
+        ),
+        (
+            "SERVER_PORT without a file listens on all interfaces",
+            "",
+            &[("SERVER_PORT", "9090")],
+            listen,
+            "0.0.0.0:9090",
+        ),
+        (
+            "SERVER_PORT ':9090' form",
+            "",
+            &[("SERVER_PORT", ":9090")],
+            listen,
+            "0.0.0.0:9090",
+        ),
+        (
+            "SERVER_PORT over the file's server.port",
+            legacy_port,
+            &[("SERVER_PORT", "9090")],
+            listen,
+            "0.0.0.0:9090",
+        ),
+        (
+            "SERVER_PORT with server.listen in the file keeps the file's host",
+            with_listen,
+            &[("SERVER_PORT", "9090")],
+            listen,
+            "10.0.0.1:9090",
+        ),
+        (
+            "RELAY_SERVER_PORT wins over SERVER_PORT",
+            "",
+            &[("SERVER_PORT", "9090"), ("RELAY_SERVER_PORT", "9191")],
+            listen,
+            "0.0.0.0:9191",
+        ),
+        (
+            "REDIS_ADDRESS",
+            "redis: {address: \"a:1\"}",
+            &[("REDIS_ADDRESS", "redis.internal:6380")],
+            |c| c.redis.address.clone(),
+            "redis.internal:6380",
+        ),
+        (
+            "RELAY_REDIS_ADDRESS wins over REDIS_ADDRESS",
+            "",
+            &[
+                ("REDIS_ADDRESS", "legacy:1"),
+                ("RELAY_REDIS_ADDRESS", "relay:2"),
+            ],
+            |c| c.redis.address.clone(),
+            "relay:2",
+        ),
+        (
+            "REDIS_PASSWORD",
+            "redis: {password: \"\"}",
+            &[("REDIS_PASSWORD", "hunter2")],
+            |c| c.redis.password.as_ref().unwrap().expose().to_string(),
+            "hunter2",
+        ),
+        (
+            "RELAY_REDIS_DB",
+            "",
+            &[("RELAY_REDIS_DB", "3")],
+            |c| c.redis.db.to_string(),
+            "3",
+        ),
+        (
+            "RELAY_PROVIDERS_OPENAI_BASE_URL without a providers section",
+            "",
+            &[(
+                "RELAY_PROVIDERS_OPENAI_BASE_URL",
+                "http://127.0.0.1:9999/v1",
+            )],
+            |c| format!("{:?} {}", provider_names(c), openai_base(c)),
+            r#"["openai", "anthropic"] http://127.0.0.1:9999/v1"#,
+        ),
+        (
+            "RELAY_PROVIDERS_OPENAI_BASE_URL with a providers section",
+            providers,
+            &[(
+                "RELAY_PROVIDERS_OPENAI_BASE_URL",
+                "http://127.0.0.1:9999/v1",
+            )],
+            |c| format!("{:?} {}", provider_names(c), openai_base(c)),
+            r#"["openai", "local"] http://127.0.0.1:9999/v1"#,
+        ),
+        (
+            "RELAY_PROVIDERS_OPENAI_BASE_URL wins over the file's proxy.target",
+            ORIGINAL_RELAY_YAML,
+            &[(
+                "RELAY_PROVIDERS_OPENAI_BASE_URL",
+                "http://127.0.0.1:9999/v1",
+            )],
+            openai_base,
+            "http://127.0.0.1:9999/v1",
+        ),
+        (
+            "RELAY_PROXY_TARGET",
+            "",
+            &[("RELAY_PROXY_TARGET", "http://127.0.0.1:9999")],
+            openai_base,
+            "http://127.0.0.1:9999/v1",
+        ),
+        (
+            "provider name with '-' in the variable",
+            "providers:\n  - {name: my-llm, base_url: \"http://a\"}\n",
+            &[
+                ("RELAY_PROVIDERS_MY_LLM_HTTP2", "true"),
+                ("RELAY_PROVIDERS_MY_LLM_TIMEOUTS_IDLE", "1m 30s"),
+            ],
+            |c| {
+                format!(
+                    "{} {:?}",
+                    c.providers[0].http2, c.providers[0].timeouts.idle
+                )
+            },
+            "true 90s",
+        ),
+        (
+            "RELAY_ROUTES flow YAML",
+            "",
+            &[("RELAY_ROUTES", r#"[{model: "x-*", provider: anthropic}]"#)],
+            |c| route_summary(c).join("; "),
+            "x-*| -> anthropic",
+        ),
+        (
+            "RELAY_MODELS flow YAML",
+            "",
+            &[("RELAY_MODELS", "{gpt-4: 0.03}")],
+            |c| c.models["gpt-4"].input.to_string(),
+            "30000000",
+        ),
+        (
+            "RELAY_RATELIMIT_*",
+            "",
+            &[
+                ("RELAY_RATELIMIT_REQUESTS_PER_SECOND", "2.5"),
+                ("RELAY_RATELIMIT_BURST", "5"),
+            ],
+            |c| format!("{:?}", c.ratelimit),
+            "RateLimitConfig { enabled: true, requests_per_second: 2.5, burst: 5 }",
+        ),
+    ];
+    for (name, yaml, vars, probe, want) in cases {
+        let cfg = load(yaml, &env(vars));
+        assert_eq!(probe(&cfg), *want, "case: {name}");
+    }
+}
+
+#[test]
+fn env_errors_name_key_path_and_variable() {
+    let cases: &[(&str, Vars, &str)] = &[
+        (
+            "",
+            &[("RELAY_SERVER_MAX_BODY_BYTES", "big")],
+            "t.yaml: server.max_body_bytes: invalid type: string \"big\", expected u64 \
+             (value from environment variable RELAY_SERVER_MAX_BODY_BYTES)",
+        ),
+        (
+            "",
+            &[("RELAY_SERVER_SHUTDOWN_TIMEOUT", "soon")],
+            "t.yaml: server.shutdown_timeout: invalid duration \"soon\": expected number at 0 \
+             (value from environment variable RELAY_SERVER_SHUTDOWN_TIMEOUT)",
+        ),
+        (
+            "",
+            &[("RELAY_SERVER_LISTEN", "nowhere")],
+            "t.yaml: server.listen: \"nowhere\" is not an address such as \"127.0.0.1:8080\" \
+             or \":8080\" (value from environment variable RELAY_SERVER_LISTEN)",
+        ),
+        (
+            "",
+            &[("SERVER_PORT", "eighty")],
+            "t.yaml: server.port: \"eighty\" is not an address such as \"127.0.0.1:8080\" \
+             or \":8080\" (value from environment variable SERVER_PORT)",
+        ),
+        (
+            "",
+            &[("RELAY_PROVIDERS_OPENAI_BASE_URL", "ftp://x")],
+            "t.yaml: providers[0].base_url: \"ftp://x\": the URL must start with http:// or \
+             https:// (value from environment variable RELAY_PROVIDERS_OPENAI_BASE_URL)",
+        ),
+        (
+            "providers:\n  - {name: a, base_url: \"http://x\"}\n  - {name: openai, base_url: \"http://y\"}\n",
+            &[("RELAY_PROVIDERS_OPENAI_TIMEOUTS_IDLE", "-1")],
+            "t.yaml: providers[1].timeouts.idle: invalid duration \"-1\" \
+             (value from environment variable RELAY_PROVIDERS_OPENAI_TIMEOUTS_IDLE)",
+        ),
+        (
+            "",
+            &[("RELAY_ROUTES", "[{model: \"x-*\", provider: nope}]")],
+            "t.yaml: routes[0].provider: unknown provider \"nope\" (known: openai, anthropic) \
+             (value from environment variable RELAY_ROUTES)",
+        ),
+        (
+            "",
+            &[("RELAY_ROUTES", "[{provider: openai, modle: x}]")],
+            "t.yaml: routes[0].modle: unknown field `modle`, expected one of `model`, `path`, \
+             `provider` (value from environment variable RELAY_ROUTES)",
+        ),
+        (
+            // The file's error is not blamed on an unrelated variable.
+            "server: {max_body_bytes: big}",
+            &[("RELAY_SERVER_LISTEN", "127.0.0.1:1")],
+            "t.yaml: server.max_body_bytes: invalid type: string \"big\", expected u64",
+        ),
+    ];
+    for (yaml, vars, want) in cases {
+        assert_eq!(load_err(yaml, &env(vars)), *want, "env: {vars:?}");
+    }
+}
+
+#[test]
+fn unknown_relay_variables_warn() {
+    let cfg = load(
+        "",
+        &env(&[
+            ("RELAY_FOO", "1"),
+            ("RELAY_LOG", "debug"),
+            ("RELAY_PROVIDERS_NOPE_BASE_URL", "http://x"),
+            ("RELAY_SERVER_LISTEN", "127.0.0.1:1"),
+            ("UNRELATED", "x"),
+        ]),
+    );
+    assert_eq!(
+        cfg.warnings,
+        [
+            "environment variable RELAY_FOO names no config key; ignored",
+            "environment variable RELAY_PROVIDERS_NOPE_BASE_URL names no config key; ignored",
+        ]
+    );
+}
+
+#[test]
+fn redis_password_from_env_is_masked() {
+    let cfg = load(
+        "redis: {enabled: true}",
+        &env(&[("REDIS_PASSWORD", "hunter2-clear")]),
+    );
+    assert_eq!(cfg.redis.password, Some(Secret::new("hunter2-clear")));
+    let yaml = cfg.to_masked_yaml();
+    assert!(!yaml.contains("hunter2-clear"), "{yaml}");
+    assert!(yaml.contains("password: '***'"), "{yaml}");
+    assert!(!format!("{cfg:?}").contains("hunter2-clear"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durations
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn durations() {
+    let cases: &[(&str, Duration)] = &[
+        ("\"30s\"", Duration::from_secs(30)),
+        ("30s", Duration::from_secs(30)),
+        ("\"500ms\"", Duration::from_millis(500)),
+        ("\"1m 30s\"", Duration::from_secs(90)),
+        ("5m", Duration::from_secs(300)),
+        ("2h", Duration::from_secs(7200)),
+        ("12", Duration::from_secs(12)),
+        ("\"12\"", Duration::from_secs(12)),
+        ("1.5", Duration::from_millis(1500)),
+    ];
+    for (text, want) in cases {
+        let cfg = load(
+            &format!("server: {{shutdown_timeout: {text}}}"),
+            &Env::empty(),
+        );
+        assert_eq!(cfg.server.shutdown_timeout, *want, "{text}");
+        let yaml = format!(
+            "providers:\n  - name: a\n    base_url: http://x\n    timeouts: {{connect: {text}, first_byte: {text}, idle: {text}}}\n"
+        );
+        let t = load(&yaml, &Env::empty()).providers[0].timeouts;
+        assert_eq!(
+            t,
+            Timeouts {
+                connect: *want,
+                first_byte: *want,
+                idle: *want
+            },
+            "{text}"
+        );
+    }
+    // A null duration is the default.
+    let cfg = load("server: {shutdown_timeout: ~}", &Env::empty());
+    assert_eq!(cfg.server.shutdown_timeout, Duration::from_secs(30));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys from the environment (api_key_env)
+// ---------------------------------------------------------------------------------------------
+
+const KEYED: &str = "\
+providers:
+  - name: openai
+    base_url: https://api.openai.com/v1
+    api_key_env: TEST_OPENAI_KEY
+  - name: anthropic
+    kind: anthropic
+    base_url: https://api.anthropic.com/v1
+    api_key_env: TEST_ANTHROPIC_KEY
+";
+
+#[test]
+fn api_key_env_reads_the_key_and_hides_it() {
+    let cfg = load(KEYED, &env(&[("TEST_OPENAI_KEY", "sk-test-very-secret")]));
+    let openai = cfg.provider("openai").unwrap();
+    assert_eq!(openai.api_key_env.as_deref(), Some("TEST_OPENAI_KEY"));
+    assert_eq!(
+        openai.api_key.as_ref().map(Secret::expose),
+        Some("sk-test-very-secret")
+    );
+    let anthropic = cfg.provider("anthropic").unwrap();
+    assert_eq!(anthropic.api_key, None);
+    assert_eq!(
+        cfg.warnings,
+        [
+            "providers[1].api_key_env: environment variable TEST_ANTHROPIC_KEY is not set; \
+          clients must send their own key"
+        ]
+    );
+
+    for shown in [
+        format!("{cfg:?}"),
+        format!("{cfg:#?}"),
+        format!("{openai:?}"),
+        cfg.to_masked_yaml(),
+    ] {
+        assert!(!shown.contains("sk-test-very-secret"), "{shown}");
+    }
+    assert!(format!("{openai:?}").contains("Secret(***)"));
+    assert!(cfg
+        .to_masked_yaml()
+        .contains("api_key_env: TEST_OPENAI_KEY\n"));
+
+    // An empty variable counts as not set.
+    let cfg = load(
+        KEYED,
+        &env(&[("TEST_OPENAI_KEY", ""), ("TEST_ANTHROPIC_KEY", "k")]),
+    );
+    assert_eq!(cfg.provider("openai").unwrap().api_key, None);
+    assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+    assert!(cfg.warnings[0].contains("TEST_OPENAI_KEY is not set"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// to_masked_yaml round trip
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn masked_yaml_loads_again_to_an_equal_config() {
+    let rich = "\
+server:
+  listen: \"[::1]:9000\"
+  max_body_bytes: 1000
+  shutdown_timeout: 1m 30s
+  request_log: false
+providers:
+  - name: openai
+    base_url: https://api.openai.com/v1/
+    api_key_env: TEST_OPENAI_KEY
+    http2: true
+    timeouts: {connect: 500ms, first_byte: 2m, idle: 45s}
+  - name: claude
+    kind: anthropic
+    base_url: http://127.0.0.1:8081
+    api_key_env: TEST_MISSING_KEY
+  - name: my-llm.local
+    base_url: http://10.0.0.1:11434/v1
+routes:
+  - {path: \"/v1/messages*\", provider: claude}
+  - {model: \"llama*\", path: \"/v1/chat/*\", provider: my-llm.local}
+  - {provider: openai}
+ratelimit: {enabled: false, requests_per_second: 0.2, burst: 3}
+redis: {enabled: true, address: \"redis:6379\", password: pw-in-file, db: 2}
+models:
+  gpt-4: 0.03
+  \"1.5\": 0.0000015
+  m: {input: 3, output: 15.5, cached_input: 0.3, cache_write: 3.75}
+";
+    let env = env(&[("TEST_OPENAI_KEY", "sk-round-trip")]);
+    for (name, yaml) in [
+        ("defaults", ""),
+        ("original relay", ORIGINAL_RELAY_YAML),
+        ("rich", rich),
+    ] {
+        let first = load(yaml, &env);
+        let masked = first.to_masked_yaml();
+        assert!(!masked.contains("sk-round-trip"), "{masked}");
+        assert!(!masked.contains("pw-in-file"), "{masked}");
+        let again = Config::from_yaml_str(&masked, "masked.yaml", &env)
+            .unwrap_or_else(|e| panic!("{name}: masked YAML does not load: {e}\n{masked}"));
+
+        // Equal except secrets (printed as "***") and load-time warnings.
+        let mut want = first.clone();
+        want.warnings.clear();
+        want.redis.password = want.redis.password.map(|_| Secret::new("***"));
+        let mut got = again.clone();
+        got.warnings.clear();
+        assert_eq!(got, want, "{name}\n{masked}");
+        assert_eq!(again.to_masked_yaml(), masked, "{name}: not a fixed point");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shipped files
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn example_config_is_valid() {
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/relay.example.yaml"
+    ));
+    if !path.exists() {
+        return; // written by the lead; checked once it exists
+    }
+    let cfg = Config::load(path, &Env::empty())
+        .unwrap_or_else(|e| panic!("configs/relay.example.yaml is invalid: {e}"));
+    assert!(cfg.provider("openai").is_some());
+    assert!(cfg.provider("anthropic").is_some());
+}
+
+#[test]
+fn shipped_config_is_the_defaults() {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/relay.yaml"));
+    if !path.exists() {
+        return;
+    }
+    let mut cfg = Config::load(path, &Env::empty())
+        .unwrap_or_else(|e| panic!("configs/relay.yaml is invalid: {e}"));
+    cfg.source = None;
+    assert_eq!(cfg, Config::defaults(&Env::empty()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watching the file
+// ---------------------------------------------------------------------------------------------
+
+mod watching {
+    use std::time::Duration;
+
+    use super::watch::{ConfigWatcher, DEFAULT_DEBOUNCE};
+
+    /// Failure guard only: a signal normally arrives within the debounce interval.
+    const GUARD: Duration = Duration::from_secs(10);
+    /// How long "no signal" is waited for.
+    const QUIET: Duration = Duration::from_millis(300);
+
+    async fn expect_one_signal(w: &mut ConfigWatcher) {
+        tokio::time::timeout(GUARD, w.changed())
+            .await
+            .expect("no change signalled")
+            .expect("watcher stopped");
+        assert!(
+            tokio::time::timeout(QUIET, w.changed()).await.is_err(),
+            "a second signal for one change"
+        );
+    }
+
+    async fn expect_no_signal(w: &mut ConfigWatcher) {
+        assert!(
+            tokio::time::timeout(QUIET, w.changed()).await.is_err(),
+            "signalled for another file"
+        );
+    }
+
+    #[tokio::test]
+    async fn direct_write_signals_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.yaml");
+        std::fs::write(&path, "server: {}\n").unwrap();
+        let mut w = ConfigWatcher::new(&path, DEFAULT_DEBOUNCE).unwrap();
+        std::fs::write(&path, "server: {request_log: false}\n").unwrap();
+        expect_one_signal(&mut w).await;
+    }
+
+    #[tokio::test]
+    async fn rename_over_signals_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.yaml");
+        std::fs::write(&path, "server: {}\n").unwrap();
+        let mut w = ConfigWatcher::new(&path, DEFAULT_DEBOUNCE).unwrap();
+        let tmp = dir.path().join("relay.yaml.tmp");
+        std::fs::write(&tmp, "server: {request_log: false}\n").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        expect_one_signal(&mut w).await;
+        // The watch survives the replaced inode: a second rename-over is seen too.
+        std::fs::write(&tmp, "server: {request_log: true}\n").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        expect_one_signal(&mut w).await;
+    }
+
+    #[tokio::test]
+    async fn other_files_in_the_directory_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.yaml");
+        std::fs::write(&path, "server: {}\n").unwrap();
+        let mut w = ConfigWatcher::new(&path, DEFAULT_DEBOUNCE).unwrap();
+        let other = dir.path().join("other.yaml");
+        std::fs::write(&other, "x: 1\n").unwrap();
+        let tmp = dir.path().join("other.yaml.tmp");
+        std::fs::write(&tmp, "x: 2\n").unwrap();
+        std::fs::rename(&tmp, &other).unwrap();
+        std::fs::remove_file(&other).unwrap();
+        expect_no_signal(&mut w).await;
+        // ... while the watched file still is.
+        std::fs::write(&path, "server: {request_log: false}\n").unwrap();
+        expect_one_signal(&mut w).await;
+    }
+}
