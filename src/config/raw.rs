@@ -42,7 +42,10 @@ pub struct RawServer {
 }
 
 #[derive(Debug, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a port: 8080 or \":8080\" or \"127.0.0.1:8080\""
+)]
 pub enum PortSpec {
     Number(u16),
     Text(String),
@@ -98,7 +101,10 @@ pub struct RawRedis {
 /// A model price: the original relay's flat USD per 1K tokens (`gpt-4: 0.03`, input and output alike),
 /// or USD per 1M tokens by kind.
 #[derive(Debug, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a price: USD per 1K tokens (0.03), or {input, output, cached_input, cache_write} in USD per 1M tokens"
+)]
 pub enum RawPrice {
     PerThousand(f64),
     PerMillion(RawPricePerMillion),

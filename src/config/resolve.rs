@@ -270,13 +270,18 @@ fn resolve_provider(
 }
 
 fn parse_base_url(s: &str) -> Result<BaseUrl, String> {
+    if !s.contains("://") {
+        return Err(format!(
+            "{s:?}: the URL must start with http:// or https:// (e.g. https://api.openai.com/v1)"
+        ));
+    }
     let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
     let scheme = match uri.scheme() {
         Some(sc) if *sc == http::uri::Scheme::HTTP || *sc == http::uri::Scheme::HTTPS => sc.clone(),
         _ => {
             return Err(format!(
-                "{s:?}: the URL must start with http:// or https://"
-            ))
+            "{s:?}: the URL must start with http:// or https:// (e.g. https://api.openai.com/v1)"
+        ))
         }
     };
     let authority = uri
@@ -358,6 +363,12 @@ fn resolve_ratelimit(cx: &Ctx, raw: &RawConfig) -> Result<RateLimitConfig, Confi
         return Err(cx.err(
             "ratelimit.requests_per_second",
             "must be a number ≥ 0 (0.2 = one request every 5 s)",
+        ));
+    }
+    if rl.enabled == Some(true) && rps == 0.0 {
+        return Err(cx.err(
+            "ratelimit.requests_per_second",
+            "ratelimit.enabled is true, so this must be greater than 0 (0.2 = one request every 5 s)",
         ));
     }
     let enabled = rl.enabled.unwrap_or(rl.requests_per_second.is_some()) && rps > 0.0;

@@ -262,9 +262,11 @@ fn ratelimit_and_prices() {
             cache_write: Some(3_750_000),
         }
     );
-    // enabled: true with a zero rate means no limit.
-    let cfg = load("ratelimit: {enabled: true}", &Env::empty());
-    assert!(!cfg.ratelimit.enabled);
+    // enabled: true with no rate is a mistake, not a silent "no limit".
+    assert_eq!(
+        load_err("ratelimit: {enabled: true}", &Env::empty()),
+        "t.yaml: ratelimit.requests_per_second: ratelimit.enabled is true, so this must be greater than 0 (0.2 = one request every 5 s)"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -343,17 +345,17 @@ fn errors_name_file_and_key_path() {
         (
             "base_url without a scheme",
             "providers:\n  - name: a\n    base_url: api.openai.com/v1\n",
-            r#"t.yaml: providers[0].base_url: "api.openai.com/v1" is not a URL: invalid format"#,
+            r#"t.yaml: providers[0].base_url: "api.openai.com/v1": the URL must start with http:// or https:// (e.g. https://api.openai.com/v1)"#,
         ),
         (
             "base_url host:port without a scheme",
             "providers:\n  - name: a\n    base_url: localhost:8080\n",
-            r#"t.yaml: providers[0].base_url: "localhost:8080": the URL must start with http:// or https://"#,
+            r#"t.yaml: providers[0].base_url: "localhost:8080": the URL must start with http:// or https:// (e.g. https://api.openai.com/v1)"#,
         ),
         (
             "base_url ftp",
             "providers:\n  - name: a\n    base_url: ftp://files.example/v1\n",
-            r#"t.yaml: providers[0].base_url: "ftp://files.example/v1": the URL must start with http:// or https://"#,
+            r#"t.yaml: providers[0].base_url: "ftp://files.example/v1": the URL must start with http:// or https:// (e.g. https://api.openai.com/v1)"#,
         ),
         (
             "base_url with a query",
@@ -368,7 +370,7 @@ fn errors_name_file_and_key_path() {
         (
             "bad proxy.target",
             "proxy:\n  target: api.openai.com\n",
-            r#"t.yaml: proxy.target: "api.openai.com/v1" is not a URL: invalid format"#,
+            r#"t.yaml: proxy.target: "api.openai.com/v1": the URL must start with http:// or https:// (e.g. https://api.openai.com/v1)"#,
         ),
         (
             "proxy.target without an openai provider",
@@ -425,7 +427,7 @@ fn errors_name_file_and_key_path() {
         (
             "price that is not a number",
             "models:\n  gpt-4: cheap\n",
-            "t.yaml: models.gpt-4: data did not match any variant of untagged enum RawPrice",
+            "t.yaml: models.gpt-4: a price: USD per 1K tokens (0.03), or {input, output, cached_input, cache_write} in USD per 1M tokens",
         ),
         (
             "negative rate",
@@ -756,7 +758,8 @@ fn env_errors_name_key_path_and_variable() {
             "",
             &[("RELAY_PROVIDERS_OPENAI_BASE_URL", "ftp://x")],
             "t.yaml: providers[0].base_url: \"ftp://x\": the URL must start with http:// or \
-             https:// (value from environment variable RELAY_PROVIDERS_OPENAI_BASE_URL)",
+             https:// (e.g. https://api.openai.com/v1) (value from environment variable \
+             RELAY_PROVIDERS_OPENAI_BASE_URL)",
         ),
         (
             "providers:\n  - {name: a, base_url: \"http://x\"}\n  - {name: openai, base_url: \"http://y\"}\n",
