@@ -11,9 +11,13 @@
 //!   body byte; p50 / p99, direct vs relay, and the difference (what relay adds);
 //! - **saturation** (closed loop, `--conns` connections): requests per second, direct vs relay.
 //!
-//! relay runs in-process with its default config shape (request log on, written through the
-//! non-blocking writer to a sink), its own 2-thread runtime; the mock upstream and the load generator
-//! have one thread each. All of it shares the machine's cores, as a sidecar would.
+//! Three targets: **direct** (the mock), **relay** forwarding (cache on, every request sent with
+//! `Cache-Control: no-cache`, so each one goes upstream and its answer is recorded and stored: the
+//! miss path), and **relay hit** (the same request answered from the cache).
+//!
+//! relay runs in-process with its default config (cache on, in a temp dir; request log on, written
+//! through the non-blocking writer to a sink), its own 2-thread runtime; the mock upstream and the
+//! load generator have one thread each. All of it shares the machine's cores, as a sidecar would.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -129,11 +133,25 @@ fn client() -> HttpClient {
         .build(http)
 }
 
+/// Where a request goes and how.
+#[derive(Clone)]
+struct Target {
+    url: http::Uri,
+    /// Extra request headers.
+    headers: &'static [(&'static str, &'static str)],
+}
+
+const MISS: &[(&str, &str)] = &[("cache-control", "no-cache")];
+
 /// One request, body read to the end. Returns false on any failure.
-async fn one(client: &HttpClient, url: &http::Uri, body: &'static str) -> bool {
-    let req = Request::post(url.clone())
+async fn one(client: &HttpClient, target: &Target, body: &'static str) -> bool {
+    let mut req = Request::post(target.url.clone())
         .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-bench")
+        .header("authorization", "Bearer sk-bench");
+    for (k, v) in target.headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .expect("valid request");
     match client.request(req).await {
@@ -145,7 +163,7 @@ async fn one(client: &HttpClient, url: &http::Uri, body: &'static str) -> bool {
 /// Open loop at `rate` req/s for `secs`: latency from dispatch to last byte, in µs.
 async fn fixed_rate(
     client: HttpClient,
-    url: http::Uri,
+    url: Target,
     body: &'static str,
     rate: u64,
     secs: u64,
@@ -183,7 +201,7 @@ async fn fixed_rate(
 /// Closed loop with `conns` workers for `secs`: completed requests per second.
 async fn saturate(
     client: HttpClient,
-    url: http::Uri,
+    url: Target,
     body: &'static str,
     conns: usize,
     secs: u64,
@@ -253,7 +271,8 @@ fn main() {
     std::fs::write(
         &cfg,
         format!(
-            "providers:\n  - {{name: openai, kind: openai, base_url: 'http://{mock_addr}/v1'}}\n  - {{name: anthropic, kind: anthropic, base_url: 'http://{mock_addr}/v1'}}\n"
+            "providers:\n  - {{name: openai, kind: openai, base_url: 'http://{mock_addr}/v1'}}\n  - {{name: anthropic, kind: anthropic, base_url: 'http://{mock_addr}/v1'}}\ncache:\n  path: '{}'\n",
+            dir.join("cache.redb").display()
         ),
     )
     .unwrap();
@@ -263,17 +282,29 @@ fn main() {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             env: Env::empty(),
             watch_config: false,
+            offline: false,
+            clock: Default::default(),
         })
         .await
         .expect("relay starts")
     });
     let relay_addr = server.local_addr();
-    let direct: http::Uri = format!("http://{mock_addr}/v1/chat/completions")
-        .parse()
-        .unwrap();
-    let proxied: http::Uri = format!("http://{relay_addr}/v1/chat/completions")
-        .parse()
-        .unwrap();
+    let direct = Target {
+        url: format!("http://{mock_addr}/v1/chat/completions")
+            .parse()
+            .unwrap(),
+        headers: &[],
+    };
+    let proxied = Target {
+        url: format!("http://{relay_addr}/v1/chat/completions")
+            .parse()
+            .unwrap(),
+        headers: MISS,
+    };
+    let hit = Target {
+        headers: &[],
+        ..proxied.clone()
+    };
 
     println!(
         "relay loadtest: {} s per phase, fixed rate {} req/s, saturation {} connections, SSE {} events, {} cores",
@@ -305,6 +336,14 @@ fn main() {
             args.rate,
             args.secs,
         ));
+        load_rt.block_on(saturate(c.clone(), hit.clone(), body, args.conns, 1));
+        let (h, he) = load_rt.block_on(fixed_rate(
+            c.clone(),
+            hit.clone(),
+            body,
+            args.rate,
+            args.secs,
+        ));
         let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
         println!(
             "| {name} @ {} req/s | direct | {} µs | {} µs | {de} |",
@@ -324,10 +363,16 @@ fn main() {
             us(&r, 0.5) as i64 - us(&d, 0.5) as i64,
             us(&r, 0.99) as i64 - us(&d, 0.99) as i64
         );
+        println!(
+            "| {name} @ {} req/s | relay, cache hit | {} µs | {} µs | {he} |",
+            args.rate,
+            us(&h, 0.5),
+            us(&h, 0.99)
+        );
     }
     println!();
-    println!("| workload | direct req/s | relay req/s | relay / direct | errors (direct, relay) |");
-    println!("|---|---|---|---|---|");
+    println!("| workload | direct req/s | relay req/s | relay / direct | relay hit req/s | hit / direct | errors (direct, relay, hit) |");
+    println!("|---|---|---|---|---|---|---|");
     for (name, body) in [("JSON", REQUEST_JSON), ("SSE", REQUEST_SSE)] {
         let (d, de) = load_rt.block_on(saturate(
             c.clone(),
@@ -343,10 +388,18 @@ fn main() {
             args.conns,
             args.secs,
         ));
-        println!(
-            "| {name}, {} conns | {d:.0} | {r:.0} | {:.0}% | {de}, {re} |",
+        let (h, he) = load_rt.block_on(saturate(
+            c.clone(),
+            hit.clone(),
+            body,
             args.conns,
-            100.0 * r / d
+            args.secs,
+        ));
+        println!(
+            "| {name}, {} conns | {d:.0} | {r:.0} | {:.0}% | {h:.0} | {:.2}× | {de}, {re}, {he} |",
+            args.conns,
+            100.0 * r / d,
+            h / d
         );
     }
     let overhead = server.metrics().overhead.get_sample_sum()

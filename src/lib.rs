@@ -2,8 +2,9 @@
 //!
 //! The request pipeline, in the order a request meets it, lives in [`proxy::pipeline`]. The modules:
 //! [`config`] (typed, validated, hot-reloaded), [`proxy`] (server, routing, upstream client,
-//! streaming), [`metrics`] (Prometheus).
+//! streaming), [`metrics`] (Prometheus), [`cache`] (response cache keys, entries and stores).
 
+pub mod cache;
 pub mod config;
 pub mod logging;
 pub mod metrics;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use relay::cache::cli::CacheCommand;
 use relay::config::{Config, Env};
 use relay::logging::{self, LogFormat};
 use relay::server::{ServeOptions, Server};
@@ -40,11 +41,33 @@ enum Command {
         /// Do not watch the config file for changes.
         #[arg(long)]
         no_watch: bool,
+        /// Replay only: answer from the cache and never contact an upstream; a request with no
+        /// recording gets a 504 saying so (cache.mode: offline, kept across reloads).
+        #[arg(long)]
+        offline: bool,
     },
     /// Inspect configuration.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// List, show, export, import and clear cached responses.
+    ///
+    /// Works whether or not relay is running: with no relay holding the cache file, the command
+    /// opens it directly; while `relay serve` holds it, the command goes through that server's
+    /// loopback admin API (http://<server.listen>/relay/cache/...). The Redis backend is always
+    /// opened directly.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+        /// Config file naming the store (cache.path, cache.backend) and the server
+        /// (server.listen). Default: configs/relay.yaml when it exists, else built-in defaults.
+        #[arg(long, short, global = true, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Always use the admin API of the relay at this URL (e.g. http://127.0.0.1:8080)
+        /// instead of opening the store.
+        #[arg(long, global = true, value_name = "URL")]
+        server: Option<String>,
     },
 }
 
@@ -69,6 +92,7 @@ fn main() -> ExitCode {
             listen,
             log_format,
             no_watch,
+            offline,
         } => {
             let _guard = logging::init(log_format);
             let opts = ServeOptions {
@@ -76,6 +100,8 @@ fn main() -> ExitCode {
                 listen,
                 env: Env::from_process(),
                 watch_config: !no_watch,
+                offline,
+                clock: Default::default(),
             };
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
             match rt.block_on(serve(opts)) {
@@ -87,6 +113,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Cache {
+            command,
+            config,
+            server,
+        } => cache(command, config, server),
         Command::Config {
             command: ConfigCommand::Check { path },
         } => match Config::load_or_default(path.as_deref(), &Env::from_process()) {
@@ -108,6 +139,33 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `relay cache ...`: loads the config, runs the command, prints its error. Exit 1 on failure.
+fn cache(command: CacheCommand, config: Option<PathBuf>, server: Option<String>) -> ExitCode {
+    let cfg = match Config::load_or_default(config.as_deref(), &Env::from_process()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Store warnings (a damaged file moved aside) go to stderr; RELAY_LOG overrides the filter.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RELAY_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(relay::cache::cli::run(command, &cfg, server)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -43,6 +43,17 @@ pub struct Metrics {
     pub overhead: Histogram,
     /// `relay_config_reloads_total{result="ok|error"}`.
     pub config_reloads: IntCounterVec,
+    /// `relay_cache_hits_total{provider,model}`: answered from the cache (or from a shared in-flight
+    /// upstream call) without an upstream call of their own.
+    pub cache_hits: IntCounterVec,
+    /// `relay_cache_misses_total{provider,model}`: cacheable requests that went upstream.
+    pub cache_misses: IntCounterVec,
+    /// `relay_cache_entries`: entries in the store (updated when `/metrics` is read).
+    pub cache_entries: IntGauge,
+    /// `relay_cache_bytes`: their size (updated when `/metrics` is read).
+    pub cache_bytes: IntGauge,
+    /// `relay_cache_errors_total{backend}`: store failures (each treated as a miss).
+    pub cache_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -83,8 +94,38 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let cache_hits = IntCounterVec::new(
+            Opts::new("relay_cache_hits_total", "Requests answered from the cache"),
+            &["provider", "model"],
+        )
+        .expect("valid metric");
+        let cache_misses = IntCounterVec::new(
+            Opts::new(
+                "relay_cache_misses_total",
+                "Cacheable requests that went to the upstream",
+            ),
+            &["provider", "model"],
+        )
+        .expect("valid metric");
+        let cache_entries = IntGauge::new("relay_cache_entries", "Entries in the cache store")
+            .expect("valid metric");
+        let cache_bytes = IntGauge::new("relay_cache_bytes", "Bytes held by the cache store")
+            .expect("valid metric");
+        let cache_errors = IntCounterVec::new(
+            Opts::new(
+                "relay_cache_errors_total",
+                "Cache store failures (the request went on as a miss)",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cache_hits.clone()),
+            Box::new(cache_misses.clone()),
+            Box::new(cache_entries.clone()),
+            Box::new(cache_bytes.clone()),
+            Box::new(cache_errors.clone()),
             Box::new(upstream_latency.clone()),
             Box::new(inflight.clone()),
             Box::new(overhead.clone()),
@@ -102,6 +143,11 @@ impl Metrics {
             inflight,
             overhead,
             config_reloads,
+            cache_hits,
+            cache_misses,
+            cache_entries,
+            cache_bytes,
+            cache_errors,
         }
     }
 

@@ -19,9 +19,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::cache::{self, Clock, Store};
 use crate::config::watch::{ConfigWatcher, DEFAULT_DEBOUNCE};
-use crate::config::{Config, ConfigError, Env};
+use crate::config::{CacheBackend, CacheMode, Config, ConfigError, Env};
 use crate::metrics::Metrics;
+use crate::proxy::cache::Cache;
 use crate::proxy::pipeline::{self, Runtime, State};
 
 /// How to start a server.
@@ -35,6 +37,10 @@ pub struct ServeOptions {
     pub env: Env,
     /// Watch the config file and reload on change (default on for `relay serve`).
     pub watch_config: bool,
+    /// `relay serve --offline`: cache mode `offline` whatever the config says (reloads included).
+    pub offline: bool,
+    /// Where the cache's "now" comes from (TTL, `age`). Default: the system clock.
+    pub clock: Clock,
 }
 
 /// The result of one config reload attempt, broadcast to [`Server::reloads`] subscribers.
@@ -57,6 +63,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cache: {0}")]
+    Cache(#[from] crate::cache::StoreError),
     #[error("cannot watch {path}: {source}")]
     Watch {
         path: PathBuf,
@@ -78,7 +86,10 @@ pub struct Server {
 impl Server {
     /// Loads the config, binds, and starts serving in the background.
     pub async fn start(opts: ServeOptions) -> Result<Server, StartError> {
-        let config = Config::load_or_default(opts.config_path.as_deref(), &opts.env)?;
+        let config = prepare(
+            Config::load_or_default(opts.config_path.as_deref(), &opts.env)?,
+            opts.offline,
+        );
         for w in &config.warnings {
             tracing::warn!("{w}");
         }
@@ -90,9 +101,18 @@ impl Server {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
         let source = config.source.clone();
+        let cache = if config.cache.enabled {
+            Some(Arc::new(Cache::new(
+                open_store(&config, opts.clock.clone()).await?,
+                opts.clock.clone(),
+            )))
+        } else {
+            None
+        };
         let state = Arc::new(State {
             runtime: ArcSwap::from_pointee(Runtime::new(config, None)),
             metrics: Arc::new(Metrics::new()),
+            cache,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (reloads, _) = broadcast::channel(16);
@@ -109,6 +129,7 @@ impl Server {
                     w,
                     path,
                     opts.env.clone(),
+                    opts.offline,
                     state.clone(),
                     reloads.clone(),
                 )))
@@ -212,25 +233,65 @@ async fn accept_loop(
         );
     }
     conns.shutdown().await;
+    if let Some(cache) = &state.cache {
+        if let Err(e) = cache.store().close().await {
+            tracing::warn!(error = %e, "closing the cache store");
+        }
+    }
     tracing::info!("relay stopped");
+}
+
+/// Applies the command line's `--offline` to a loaded config.
+fn prepare(mut config: Config, offline: bool) -> Config {
+    if offline {
+        config.cache.enabled = true;
+        config.cache.mode = CacheMode::Offline;
+    }
+    config
+}
+
+/// Opens the configured cache store. A Redis store that cannot be reached falls back to the local
+/// redb file, with a warning.
+async fn open_store(config: &Config, clock: Clock) -> Result<Arc<dyn Store>, StartError> {
+    match cache::open::open(config, clock.clone()).await {
+        Ok(store) => Ok(store),
+        Err(e) if config.cache.backend == CacheBackend::Redis => {
+            tracing::warn!(error = %e, "cache: Redis unreachable at start; using the local redb store instead");
+            let mut local = config.clone();
+            local.cache.backend = CacheBackend::Redb;
+            Ok(cache::open::open(&local, clock).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn reload_loop(
     mut watcher: ConfigWatcher,
     path: PathBuf,
     env: Env,
+    offline: bool,
     state: Arc<State>,
     events: broadcast::Sender<ReloadEvent>,
 ) {
     while watcher.changed().await.is_some() {
         let event = match Config::load(&path, &env) {
             Ok(config) => {
+                let config = prepare(config, offline);
                 for w in &config.warnings {
                     tracing::warn!("{w}");
                 }
                 let old = state.runtime.load();
                 if config.server.listen != old.config.server.listen {
                     tracing::warn!("server.listen changed; it takes effect at the next restart");
+                }
+                let (was, now) = (&old.config.cache, &config.cache);
+                if (was.backend, &was.path, was.max_bytes)
+                    != (now.backend, &now.path, now.max_bytes)
+                    || (now.enabled && state.cache.is_none())
+                {
+                    tracing::warn!(
+                        "cache store settings changed (enabled, backend, path, max_bytes); they take effect at the next restart"
+                    );
                 }
                 let runtime = Runtime::new(config, Some(&old));
                 state.runtime.store(Arc::new(runtime));

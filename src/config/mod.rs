@@ -45,6 +45,7 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub ratelimit: RateLimitConfig,
     pub redis: RedisConfig,
+    pub cache: CacheConfig,
     /// Price overrides by model id (see the cost issue); parsed and validated now.
     pub models: BTreeMap<String, ModelPrice>,
     /// Warnings found while loading (legacy sections that relay ignores, etc.), logged by the caller.
@@ -172,6 +173,67 @@ pub struct RedisConfig {
     pub address: String,
     pub password: Option<Secret>,
     pub db: u32,
+}
+
+/// `cache:` — the response cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Default on.
+    pub enabled: bool,
+    pub backend: CacheBackend,
+    /// The redb file. `None`: `<data dir>/relay/cache.redb`.
+    pub path: Option<PathBuf>,
+    /// How long an entry lives. `None` (`ttl: 0`): forever. Default 7 days.
+    pub ttl: Option<Duration>,
+    /// Size bound; the oldest entries are evicted above it. Default 1 GiB.
+    pub max_bytes: u64,
+    pub mode: CacheMode,
+    pub scope: CacheScope,
+    /// Top-level request fields left out of the key (default `user`, `metadata`).
+    pub ignore_fields: Vec<String>,
+    pub replay_timing: ReplayTiming,
+}
+
+/// Where cache entries live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheBackend {
+    /// One embedded file.
+    Redb,
+    /// A Redis server (`redis:` section), shared by several relays; cargo feature `redis`.
+    Redis,
+}
+
+/// How the cache is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// Serve hits, store misses.
+    Live,
+    /// Always forward; store (overwrite) every cacheable answer.
+    Record,
+    /// Never contact an upstream: hits are served, misses are an error.
+    Offline,
+}
+
+/// Who shares entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheScope {
+    /// Per caller API key (hashed): two keys never see each other's responses.
+    Key,
+    /// Everyone shares entries.
+    Global,
+}
+
+/// How a cached stream is replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayTiming {
+    /// All events at once.
+    Fast,
+    /// With the recorded pauses between events.
+    Original,
 }
 
 /// Price of a model in micro-USD per one million tokens (integers: no float drift in money).

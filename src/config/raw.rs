@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub routes: Option<Vec<RawRoute>>,
     pub ratelimit: RawRateLimit,
     pub redis: RawRedis,
+    pub cache: RawCache,
     pub models: BTreeMap<String, RawPrice>,
     /// Original relay: `proxy.target` is the OpenAI origin.
     pub proxy: RawProxy,
@@ -96,6 +97,21 @@ pub struct RawRedis {
     pub address: Option<String>,
     pub password: Option<String>,
     pub db: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCache {
+    pub enabled: Option<bool>,
+    pub backend: Option<super::CacheBackend>,
+    pub path: Option<String>,
+    #[serde(with = "super::duration")]
+    pub ttl: Option<Duration>,
+    pub max_bytes: Option<u64>,
+    pub mode: Option<super::CacheMode>,
+    pub scope: Option<super::CacheScope>,
+    pub ignore_fields: Option<Vec<String>>,
+    pub replay_timing: Option<super::ReplayTiming>,
 }
 
 /// A model price: the original relay's flat USD per 1K tokens (`gpt-4: 0.03`, input and output alike),

@@ -3,14 +3,16 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::raw::{PortSpec, RawConfig, RawPrice, RawProvider, RawRoute};
+use super::raw::{PortSpec, RawCache, RawConfig, RawPrice, RawProvider, RawRoute};
 use super::{
-    BaseUrl, Config, ConfigError, Env, ModelPrice, Provider, ProviderKind, RateLimitConfig,
-    RedisConfig, Route, Secret, ServerConfig, Timeouts,
+    BaseUrl, CacheBackend, CacheConfig, CacheMode, CacheScope, Config, ConfigError, Env,
+    ModelPrice, Provider, ProviderKind, RateLimitConfig, RedisConfig, ReplayTiming, Route, Secret,
+    ServerConfig, Timeouts,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -103,6 +105,8 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
         db: raw.redis.db.unwrap_or(0),
     };
 
+    let cache = resolve_cache(&cx, &raw.cache, &redis)?;
+
     let mut models = BTreeMap::new();
     for (name, price) in raw.models {
         let path = format!("models.{name}");
@@ -132,8 +136,69 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
         routes,
         ratelimit,
         redis,
+        cache,
         models,
         warnings,
+    })
+}
+
+const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+const DEFAULT_CACHE_MAX_BYTES: u64 = 1 << 30;
+
+fn resolve_cache(cx: &Ctx, c: &RawCache, redis: &RedisConfig) -> Result<CacheConfig, ConfigError> {
+    let backend = c.backend.unwrap_or(CacheBackend::Redb);
+    if backend == CacheBackend::Redis {
+        if !cfg!(feature = "redis") {
+            return Err(cx.err(
+                "cache.backend",
+                "the redis backend needs a relay built with `--features redis`",
+            ));
+        }
+        if !redis.enabled {
+            return Err(cx.err(
+                "cache.backend",
+                "the redis backend needs the redis: section enabled (redis.enabled: true)",
+            ));
+        }
+    }
+    let max_bytes = c.max_bytes.unwrap_or(DEFAULT_CACHE_MAX_BYTES);
+    if max_bytes == 0 {
+        return Err(cx.err(
+            "cache.max_bytes",
+            "must be greater than 0 (set cache.enabled: false to turn the cache off)",
+        ));
+    }
+    let mut ignore_fields = c
+        .ignore_fields
+        .clone()
+        .unwrap_or_else(|| vec!["user".into(), "metadata".into()]);
+    for (i, f) in ignore_fields.iter().enumerate() {
+        if f.is_empty() {
+            return Err(cx.err(
+                format!("cache.ignore_fields[{i}]"),
+                "a field name cannot be empty",
+            ));
+        }
+    }
+    ignore_fields.dedup();
+    Ok(CacheConfig {
+        enabled: c.enabled.unwrap_or(true),
+        backend,
+        path: c
+            .path
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
+        ttl: match c.ttl {
+            None => Some(DEFAULT_CACHE_TTL),
+            Some(Duration::ZERO) => None,
+            Some(d) => Some(d),
+        },
+        max_bytes,
+        mode: c.mode.unwrap_or(CacheMode::Live),
+        scope: c.scope.unwrap_or(CacheScope::Key),
+        ignore_fields,
+        replay_timing: c.replay_timing.unwrap_or(ReplayTiming::Fast),
     })
 }
 
@@ -425,6 +490,7 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         routes: Vec<RouteView<'a>>,
         ratelimit: RateLimitView,
         redis: RedisView<'a>,
+        cache: CacheView<'a>,
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         models: BTreeMap<&'a str, PriceView>,
     }
@@ -472,6 +538,19 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         #[serde(skip_serializing_if = "Option::is_none")]
         password: Option<&'static str>,
         db: u32,
+    }
+    #[derive(Serialize)]
+    struct CacheView<'a> {
+        enabled: bool,
+        backend: CacheBackend,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        ttl: String,
+        max_bytes: u64,
+        mode: CacheMode,
+        scope: CacheScope,
+        ignore_fields: &'a [String],
+        replay_timing: ReplayTiming,
     }
     #[derive(Serialize)]
     struct PriceView {
@@ -528,6 +607,17 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
             address: &cfg.redis.address,
             password: cfg.redis.password.as_ref().map(|_| "***"),
             db: cfg.redis.db,
+        },
+        cache: CacheView {
+            enabled: cfg.cache.enabled,
+            backend: cfg.cache.backend,
+            path: cfg.cache.path.as_ref().map(|p| p.display().to_string()),
+            ttl: cfg.cache.ttl.map(d).unwrap_or_else(|| "0".to_string()),
+            max_bytes: cfg.cache.max_bytes,
+            mode: cfg.cache.mode,
+            scope: cfg.cache.scope,
+            ignore_fields: &cfg.cache.ignore_fields,
+            replay_timing: cfg.cache.replay_timing,
         },
         models: cfg
             .models

@@ -302,8 +302,8 @@ fn errors_name_file_and_key_path() {
             "unknown section",
             "sever: {}\n",
             "t.yaml: sever: unknown field `sever`, expected one of `server`, `providers`, \
-             `routes`, `ratelimit`, `redis`, `models`, `proxy`, `logging`, `auth`, `transform`, \
-             `loadbalancer`",
+             `routes`, `ratelimit`, `redis`, `cache`, `models`, `proxy`, `logging`, `auth`, \
+             `transform`, `loadbalancer`",
         ),
         (
             "wrong type",

@@ -22,6 +22,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use super::cache::Tap;
 use crate::metrics::Metrics;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -145,8 +146,13 @@ fn itoa_status(status: u16) -> String {
     }
 }
 
+/// A body relay produces over time (a paced replay, a share of another request's stream).
+pub type FrameStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send>>;
+
 enum Inner {
     Full(Full<Bytes>),
+    Stream(FrameStream),
     Upstream {
         body: Incoming,
         idle: Duration,
@@ -154,6 +160,8 @@ enum Inner {
         /// False right after a frame was handed out: the next poll restarts the idle clock, so a slow
         /// reader is never mistaken for a silent upstream.
         armed: bool,
+        /// The cache's recorder / single-flight feed, when the answer is cacheable.
+        tap: Option<Box<Tap>>,
     },
 }
 
@@ -180,9 +188,28 @@ impl RelayBody {
                 idle,
                 timer: Box::pin(tokio::time::sleep(idle)),
                 armed: true,
+                tap: None,
             },
             exchange: None,
         }
+    }
+
+    /// A body relay produces over time.
+    pub fn stream(
+        s: impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send + 'static,
+    ) -> RelayBody {
+        RelayBody {
+            inner: Inner::Stream(Box::pin(s)),
+            exchange: None,
+        }
+    }
+
+    /// Lets the cache see the upstream body as it passes (no effect on other bodies).
+    pub fn with_tap(mut self, t: Option<Tap>) -> RelayBody {
+        if let Inner::Upstream { tap, .. } = &mut self.inner {
+            *tap = t.map(Box::new);
+        }
+        self
     }
 
     /// Attaches the request record; it is finished when this body is dropped.
@@ -206,8 +233,25 @@ impl RelayBody {
 
 impl Drop for RelayBody {
     fn drop(&mut self) {
-        if self.is_end_stream() {
+        let ended = self.is_end_stream();
+        if ended {
             self.finish(Outcome::Complete);
+        }
+        if let Inner::Upstream { tap, .. } = &mut self.inner {
+            match tap.take() {
+                // hyper stops polling once a sized body reports its end: finish the recording.
+                Some(mut t) if ended => t.on_end(),
+                // The caller left, others share this answer: keep reading it for them.
+                Some(t) if t.has_followers() => {
+                    let inner =
+                        std::mem::replace(&mut self.inner, Inner::Full(Full::new(Bytes::new())));
+                    if let Inner::Upstream { body, idle, .. } = inner {
+                        super::cache::drain_for_followers(body, *t, idle);
+                    }
+                }
+                // Dropped unfinished: nothing is stored.
+                Some(_) | None => {}
+            }
         }
     }
 }
@@ -228,11 +272,21 @@ impl Body for RelayBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            Inner::Stream(s) => match s.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(e))) => {
+                    this.finish(Outcome::UpstreamError);
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
             Inner::Upstream {
                 body,
                 idle,
                 timer,
                 armed,
+                tap,
             } => {
                 if !*armed {
                     timer.as_mut().reset(tokio::time::Instant::now() + *idle);
@@ -241,15 +295,29 @@ impl Body for RelayBody {
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         *armed = false;
+                        if let (Some(t), Some(d)) = (tap.as_mut(), frame.data_ref()) {
+                            t.on_data(d);
+                        }
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Poll::Ready(Some(Err(e))) => {
+                        if let Some(mut t) = tap.take() {
+                            t.on_error();
+                        }
                         this.finish(Outcome::UpstreamError);
                         return Poll::Ready(Some(Err(e.into())));
                     }
-                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Ready(None) => {
+                        if let Some(mut t) = tap.take() {
+                            t.on_end();
+                        }
+                        Poll::Ready(None)
+                    }
                     Poll::Pending => {
                         if timer.as_mut().poll(cx).is_ready() {
+                            if let Some(mut t) = tap.take() {
+                                t.on_error();
+                            }
                             let idle = *idle;
                             this.finish(Outcome::IdleTimeout);
                             return Poll::Ready(Some(Err(format!(
@@ -274,6 +342,7 @@ impl Body for RelayBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(f) => f.is_end_stream(),
+            Inner::Stream(_) => false,
             Inner::Upstream { body, .. } => body.is_end_stream(),
         }
     }
@@ -281,6 +350,7 @@ impl Body for RelayBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Full(f) => f.size_hint(),
+            Inner::Stream(_) => SizeHint::default(),
             Inner::Upstream { body, .. } => body.size_hint(),
         }
     }

@@ -55,6 +55,31 @@ pub enum EdgeError {
     Unreachable { provider: String, detail: String },
     #[error("upstream {provider} did not respond within {}", humantime::format_duration(*timeout))]
     Timeout { provider: String, timeout: Duration },
+    #[error("{}", offline_message(*reason, key))]
+    OfflineMiss { reason: MissReason, key: String },
+}
+
+/// Why a request that may not go upstream found nothing in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissReason {
+    /// `relay serve --offline` / `cache.mode: offline`, no entry for the key.
+    Offline,
+    /// Offline, and the request is not one relay records.
+    OfflineNotCacheable,
+    /// The caller sent `x-relay-cache: only`.
+    Only,
+}
+
+fn offline_message(reason: MissReason, key: &str) -> String {
+    match reason {
+        MissReason::Offline => format!(
+            "relay is offline and has no recording for this request (cache key {key}). To record one, run relay without --offline (cache.mode: live or record) and send the same request once; or import a recording with `relay cache import FILE.jsonl`."
+        ),
+        MissReason::OfflineNotCacheable => "relay is offline and this request is not one it records (only POST requests with a JSON body to chat/completions, completions, responses, messages, embeddings and moderations are); run relay without --offline to send it upstream.".to_string(),
+        MissReason::Only => format!(
+            "x-relay-cache: only was set and the cache has no entry for this request (cache key {key})"
+        ),
+    }
 }
 
 impl EdgeError {
@@ -64,13 +89,17 @@ impl EdgeError {
             EdgeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             EdgeError::BadJson(_) | EdgeError::ClientBody(_) => StatusCode::BAD_REQUEST,
             EdgeError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
-            EdgeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            EdgeError::Timeout { .. } | EdgeError::OfflineMiss { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
     }
 
     pub fn source(&self) -> Source {
         match self {
-            EdgeError::Unreachable { .. } | EdgeError::Timeout { .. } => Source::Upstream,
+            EdgeError::Unreachable { .. }
+            | EdgeError::Timeout { .. }
+            | EdgeError::OfflineMiss { .. } => Source::Upstream,
             _ => Source::Client,
         }
     }
@@ -84,12 +113,14 @@ impl EdgeError {
             EdgeError::ClientBody(_) => "bad_request_body",
             EdgeError::Unreachable { .. } => "upstream_unreachable",
             EdgeError::Timeout { .. } => "upstream_timeout",
+            EdgeError::OfflineMiss { .. } => "relay_offline_miss",
         }
     }
 
     /// The `type` field in each dialect, matching what the provider itself uses for that status.
     fn error_type(&self, dialect: Dialect) -> &'static str {
         match (dialect, self) {
+            (_, EdgeError::OfflineMiss { .. }) => "relay_offline_miss",
             (Dialect::OpenAi, EdgeError::Unreachable { .. } | EdgeError::Timeout { .. }) => {
                 "server_error"
             }

@@ -2,6 +2,7 @@
 //! them ([`pipeline`] reads top to bottom in request order).
 
 pub mod body;
+pub mod cache;
 pub mod error;
 pub mod pipeline;
 pub mod route;

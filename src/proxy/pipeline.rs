@@ -7,9 +7,11 @@
 //!    model can be read; other bodies (uploads) stream through under the same bound;
 //! 5. **route by model**: the route table picks the provider (400 when it needs a model and the body
 //!    is not JSON, 404 when nothing matches);
-//! 6. **upstream**: the request goes out byte-for-byte on the provider's pooled client (502 when
+//! 6. **cache**: a hit is replayed, an identical request in flight is shared, offline misses are
+//!    504 (see [`super::cache`]); otherwise the request goes on with a tap that records the answer;
+//! 7. **upstream**: the request goes out byte-for-byte on the provider's pooled client (502 when
 //!    unreachable, 504 on timeout); upstream 4xx/5xx come back unchanged;
-//! 7. **respond**: headers filtered, `x-request-id` set, the body streamed frame by frame.
+//! 8. **respond**: headers filtered, `x-request-id` set, the body streamed frame by frame.
 //!
 //! The config is read once per request (one atomic load); a reload mid-request does not affect it.
 
@@ -26,6 +28,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::body::{Exchange, RelayBody};
+use super::cache::{self as stage, Answer, Cache, Outcome};
 use super::error::{Dialect, EdgeError};
 use super::route::{self, PathTarget};
 use super::upstream::{self, UpstreamBody, Upstreams};
@@ -56,6 +59,8 @@ impl Runtime {
 pub struct State {
     pub runtime: ArcSwap<Runtime>,
     pub metrics: Arc<Metrics>,
+    /// The response cache (`None` when `cache.enabled` was off at start).
+    pub cache: Option<Arc<Cache>>,
 }
 
 /// The hyper service function.
@@ -64,7 +69,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<RelayBody>, Infallible> {
     let started = Instant::now();
-    if let Some(resp) = admin(&state, &req) {
+    if let Some(resp) = admin(&state, &req).await {
         return Ok(resp);
     }
     let rt = state.runtime.load_full();
@@ -81,7 +86,7 @@ pub async fn handle(
         req.uri().path().to_string(),
         request_id,
     );
-    let resp = match forward(&rt, &state.metrics, &mut x, req).await {
+    let resp = match forward(&rt, &state, &mut x, req).await {
         Ok(resp) => resp,
         Err(e) => {
             x.error = Some(e.code());
@@ -93,16 +98,31 @@ pub async fn handle(
 }
 
 /// Stage 1: relay's own endpoints.
-fn admin(state: &State, req: &Request<Incoming>) -> Option<Response<RelayBody>> {
+async fn admin(state: &State, req: &Request<Incoming>) -> Option<Response<RelayBody>> {
     let (content_type, body) = match req.uri().path() {
         "/healthz" => (
             "application/json",
             Bytes::from_static(b"{\"status\":\"ok\"}"),
         ),
-        "/metrics" => (
-            "text/plain; version=0.0.4; charset=utf-8",
-            Bytes::from(state.metrics.render()),
-        ),
+        "/metrics" => {
+            if let Some(cache) = &state.cache {
+                match cache.store().stats().await {
+                    Ok(s) => {
+                        state.metrics.cache_entries.set(s.entries as i64);
+                        state.metrics.cache_bytes.set(s.bytes as i64);
+                    }
+                    Err(_) => state
+                        .metrics
+                        .cache_errors
+                        .with_label_values(&[cache.store().backend()])
+                        .inc(),
+                }
+            }
+            (
+                "text/plain; version=0.0.4; charset=utf-8",
+                Bytes::from(state.metrics.render()),
+            )
+        }
         _ => return None,
     };
     let mut resp = Response::new(RelayBody::full(body));
@@ -114,11 +134,12 @@ fn admin(state: &State, req: &Request<Incoming>) -> Option<Response<RelayBody>> 
 /// Stages 3–7.
 async fn forward(
     rt: &Runtime,
-    metrics: &Metrics,
+    state: &State,
     x: &mut Exchange,
     req: Request<Incoming>,
 ) -> Result<Response<RelayBody>, EdgeError> {
     let cfg = &rt.config;
+    let metrics = &state.metrics;
     let (mut parts, body) = req.into_parts();
     let no_route = |model: Option<String>| EdgeError::NoRoute {
         method: parts.method.to_string(),
@@ -164,16 +185,69 @@ async fn forward(
     let provider = &cfg.providers[index];
     x.provider = Some(provider.name.clone());
 
-    // 6. Upstream.
     let mut path_and_query = route::upstream_path(&provider.base_url.path, rest);
     if let Some(q) = parts.uri.query() {
         path_and_query.push('?');
         path_and_query.push_str(q);
     }
+
+    // 6. Cache.
+    let whole = match &body {
+        ClientBody::Whole(b) => Some(b.clone()),
+        ClientBody::Stream(_) => None,
+    };
+    let (lookup, lead) = match &state.cache {
+        None => (None, None),
+        Some(cache) => match cache.plan(
+            cfg,
+            &parts.method,
+            &parts.headers,
+            &provider.name,
+            &path_and_query,
+            whole.as_ref(),
+        )? {
+            None => (None, None),
+            Some(lookup) => {
+                let served = cache.resolve(lookup, &x.request_id).await;
+                let labels = [provider.name.as_str(), x.model_label.as_str()];
+                match served? {
+                    Outcome::Served(resp) => {
+                        metrics.cache_hits.with_label_values(&labels).inc();
+                        return Ok(*resp);
+                    }
+                    Outcome::Forward(lookup, lead) => {
+                        if lookup
+                            .as_ref()
+                            .is_some_and(|l| l.status != stage::Status::Bypass)
+                        {
+                            metrics.cache_misses.with_label_values(&labels).inc();
+                        }
+                        (lookup, lead)
+                    }
+                }
+            }
+        },
+    };
+    for h in stage::CONTROL_HEADERS {
+        parts.headers.remove(h);
+    }
+    if lookup
+        .as_ref()
+        .is_some_and(|l| l.status != stage::Status::Bypass)
+    {
+        // Recorded answers must be readable (SSE events, usage): ask for them uncompressed.
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+
+    // 7. Upstream.
     parts
         .headers
         .entry("x-request-id")
         .or_insert_with(|| x.request_id.clone());
+    let method = parts.method.clone();
     let upstream_req = upstream::build_request(
         provider,
         &path_and_query,
@@ -182,7 +256,15 @@ async fn forward(
         body.into(),
     )?;
     let sent = Instant::now();
-    let resp = rt.upstreams.send(index, provider, upstream_req).await?;
+    let resp = match rt.upstreams.send(index, provider, upstream_req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            if let Some(lead) = lead {
+                lead.fail(&e);
+            }
+            return Err(e);
+        }
+    };
     let upstream_time = sent.elapsed();
     x.upstream = Some(upstream_time);
     metrics
@@ -190,9 +272,29 @@ async fn forward(
         .with_label_values(&[&provider.name])
         .observe(upstream_time.as_secs_f64());
 
-    // 7. Respond.
+    // 8. Respond.
     let (mut rparts, rbody) = resp.into_parts();
     upstream::strip_hop_by_hop(&mut rparts.headers);
+    let tap = match (&state.cache, &lookup) {
+        (Some(cache), Some(l)) if l.status != stage::Status::Bypass => cache.tap(
+            l,
+            lead,
+            Answer {
+                provider: &provider.name,
+                model: x.model.as_deref(),
+                method: &method,
+                path: &path_and_query,
+                request: whole.unwrap_or_default(),
+                status: rparts.status,
+                headers: &rparts.headers,
+            },
+            metrics,
+        ),
+        _ => None,
+    };
+    if let Some(l) = &lookup {
+        stage::mark(&mut rparts.headers, l.status, &l.key, &x.request_id);
+    }
     rparts
         .headers
         .entry("x-request-id")
@@ -205,7 +307,7 @@ async fn forward(
     );
     Ok(Response::from_parts(
         rparts,
-        RelayBody::upstream(rbody, provider.timeouts.idle),
+        RelayBody::upstream(rbody, provider.timeouts.idle).with_tap(tap),
     ))
 }
 

@@ -1,0 +1,722 @@
+//! `relay cache`: list, show, export, import, clear and count cached responses.
+//!
+//! Where a command runs:
+//! - **No relay holds the store** (or `cache.backend: redis`, which has no lock): the command opens
+//!   the configured store itself, runs, and closes it.
+//! - **A running `relay serve` holds the redb file** (opening it fails with
+//!   [`StoreError::Locked`]; redb allows one process per file): the command goes to that server's
+//!   loopback admin API ([`super::admin`]) at `http://<server.listen>/relay/cache/...`, with
+//!   `0.0.0.0` / `[::]` replaced by `127.0.0.1` / `[::1]`.
+//! - **`--server URL`**: always that server's admin API; the store is not opened.
+//!
+//! Both ways run the same operations: the direct path calls [`admin::handle`] in-process with the
+//! same request the HTTP path sends, so the answers, and therefore the output, are the same.
+
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+
+use super::admin::{
+    self, ApiError, EntryDetail, EntrySummary, Imported, Removed, ResponseView, StatsView,
+};
+use super::{Clock, Store, StoreError};
+use crate::config::Config;
+
+/// The `relay cache` subcommands.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum CacheCommand {
+    /// List cached responses, newest first.
+    ///
+    /// One aligned row per entry: key prefix (what `show` takes), provider, model, age, size,
+    /// hits, and the request's method and path.
+    Ls {
+        /// Only entries recorded for this model (exact match, e.g. gpt-4o).
+        #[arg(long, value_name = "MODEL")]
+        model: Option<String>,
+        /// Show at most this many entries (0 = all).
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        limit: usize,
+    },
+    /// Show one entry, request and response.
+    ///
+    /// Prints the entry's metadata and response headers, the request body (JSON pretty-printed),
+    /// then the response: JSON pretty-printed, or a stream's SSE events as they were sent.
+    Show {
+        /// The entry's key, or any unambiguous prefix of it (as `relay cache ls` prints).
+        #[arg(value_name = "KEY")]
+        key: String,
+    },
+    /// Export entries to a JSONL file.
+    ///
+    /// One entry per line, newest first: a portable recording to share or commit next to your
+    /// tests, loaded back with `relay cache import`. Prints the count on stderr.
+    Export {
+        /// Output file; `-` writes to stdout.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Only entries recorded for this model.
+        #[arg(long, value_name = "MODEL")]
+        model: Option<String>,
+    },
+    /// Import entries from a JSONL file made by `relay cache export`.
+    ///
+    /// Entries keep their key, expiry and hit count, and replace entries with the same key. The
+    /// whole file is checked first: a bad line aborts the import with its line number, and
+    /// nothing is imported. Prints the count.
+    Import {
+        /// Input file; `-` reads stdin.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Remove every entry, or one model's entries.
+    ///
+    /// Prints how many were removed.
+    Clear {
+        /// Only entries recorded for this model.
+        #[arg(long, value_name = "MODEL")]
+        model: Option<String>,
+    },
+    /// Show totals: entries, bytes, hits, oldest and newest entry.
+    ///
+    /// Also names the store and whether it was opened directly or through a running relay.
+    Stats,
+}
+
+/// Why a `relay cache` command failed. `Display` is the message for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Opening or closing the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reading or writing a file.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin API refused the operation (unknown key, ambiguous prefix, bad import line...).
+    #[error("{message}")]
+    Api { status: u16, message: String },
+    /// No relay answered where the CLI looked for one.
+    #[error("{}", unreachable_message(url, reason, held.as_deref()))]
+    Unreachable {
+        url: String,
+        reason: String,
+        /// The store file that is in use, when that is why the CLI went looking for a server.
+        held: Option<PathBuf>,
+    },
+    /// `--server` is not an `http://host:port` URL.
+    #[error("invalid --server URL {url:?}: {reason}")]
+    BadServer { url: String, reason: String },
+    /// The server answered something that is not relay's cache admin API.
+    #[error("{url}: {reason}")]
+    Protocol { url: String, reason: String },
+}
+
+fn unreachable_message(url: &str, reason: &str, held: Option<&Path>) -> String {
+    match held {
+        Some(path) => format!(
+            "the cache file {} is in use by another process, and no relay answers at {url} \
+             ({reason}); if `relay serve` holds it and listens elsewhere, pass --server URL",
+            path.display()
+        ),
+        None => format!("cannot reach relay at {url}: {reason}"),
+    }
+}
+
+/// Runs one `relay cache` command against the store `cfg` names, opening it directly or going
+/// through the running server that holds it (module docs); `server` (`--server URL`) forces the
+/// latter. Prints results on stdout, counts and notes on stderr.
+pub async fn run(cmd: CacheCommand, cfg: &Config, server: Option<String>) -> Result<(), CliError> {
+    let backend = Backend::connect(cfg, server.as_deref()).await?;
+    let result = execute(&backend, cmd, Clock::system().now_ms()).await;
+    let closed = backend.close().await;
+    let output = result?;
+    closed?;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_all(&output.stdout)
+        .and_then(|()| stdout.flush());
+    // A closed pipe (`relay cache ls | head`) is not an error worth reporting.
+    if let Err(e) = written {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(CliError::Io {
+                path: "stdout".into(),
+                source: e,
+            });
+        }
+    }
+    eprint!("{}", output.stderr);
+    Ok(())
+}
+
+/// What a command prints.
+#[derive(Debug, Default)]
+struct Output {
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Output {
+    fn out(text: String) -> Output {
+        Output {
+            stdout: text.into_bytes(),
+            stderr: String::new(),
+        }
+    }
+}
+
+/// Runs `cmd` against `backend`; `now_ms` is "now" for ages.
+async fn execute(backend: &Backend, cmd: CacheCommand, now_ms: u64) -> Result<Output, CliError> {
+    match cmd {
+        CacheCommand::Ls { model, limit } => {
+            let mut query = Vec::new();
+            if let Some(m) = &model {
+                query.push(format!("model={}", admin::percent_encode(m)));
+            }
+            if limit > 0 {
+                query.push(format!("limit={limit}"));
+            }
+            let rows: Vec<EntrySummary> = backend
+                .json(Method::GET, &with_query("/entries", &query), Bytes::new())
+                .await?;
+            Ok(Output::out(render_ls(&rows, model.as_deref(), now_ms)))
+        }
+        CacheCommand::Show { key } => {
+            let path = format!("/entries/{}", admin::percent_encode(key.trim()));
+            let detail: EntryDetail = backend.json(Method::GET, &path, Bytes::new()).await?;
+            Ok(Output::out(render_show(&detail, now_ms)))
+        }
+        CacheCommand::Export { file, model } => {
+            let query: Vec<String> = model
+                .iter()
+                .map(|m| format!("model={}", admin::percent_encode(m)))
+                .collect();
+            let body = backend
+                .call(Method::GET, &with_query("/export", &query), Bytes::new())
+                .await?;
+            let count = body
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count();
+            let mut output = Output::default();
+            if is_stdio(&file) {
+                output.stdout = body.to_vec();
+                let _ = writeln!(output.stderr, "exported {}", entries(count));
+            } else {
+                let path = file.clone();
+                blocking(move || std::fs::write(&path, &body))
+                    .await
+                    .map_err(|source| io_error(&file, source))?;
+                let _ = writeln!(
+                    output.stderr,
+                    "exported {} to {}",
+                    entries(count),
+                    file.display()
+                );
+            }
+            Ok(output)
+        }
+        CacheCommand::Import { file } => {
+            let body = if is_stdio(&file) {
+                blocking(|| {
+                    let mut buf = Vec::new();
+                    std::io::stdin().lock().read_to_end(&mut buf).map(|_| buf)
+                })
+                .await
+                .map_err(|source| io_error(Path::new("stdin"), source))?
+            } else {
+                let path = file.clone();
+                blocking(move || std::fs::read(&path))
+                    .await
+                    .map_err(|source| io_error(&file, source))?
+            };
+            let Imported { imported } = backend
+                .json(Method::POST, "/import", Bytes::from(body))
+                .await?;
+            let from = if is_stdio(&file) {
+                String::new()
+            } else {
+                format!(" from {}", file.display())
+            };
+            Ok(Output::out(format!(
+                "imported {}{from}\n",
+                entries(imported as usize)
+            )))
+        }
+        CacheCommand::Clear { model } => {
+            let query: Vec<String> = model
+                .iter()
+                .map(|m| format!("model={}", admin::percent_encode(m)))
+                .collect();
+            let Removed { removed } = backend
+                .json(
+                    Method::DELETE,
+                    &with_query("/entries", &query),
+                    Bytes::new(),
+                )
+                .await?;
+            let of = model.map(|m| format!(" of model {m}")).unwrap_or_default();
+            Ok(Output::out(format!(
+                "removed {}{of}\n",
+                entries(removed as usize)
+            )))
+        }
+        CacheCommand::Stats => {
+            let stats: StatsView = backend.json(Method::GET, "/stats", Bytes::new()).await?;
+            Ok(Output::out(render_stats(
+                &stats,
+                &backend.describe(),
+                now_ms,
+            )))
+        }
+    }
+}
+
+fn is_stdio(file: &Path) -> bool {
+    file.as_os_str() == "-"
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> CliError {
+    CliError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Runs blocking file or stdin I/O off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+fn with_query(path: &str, query: &[String]) -> String {
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    }
+}
+
+/// Where the operations go: the store itself, or the admin API of the relay holding it.
+enum Backend {
+    /// A store this process opened; requests go to [`admin::handle`] in-process.
+    Direct {
+        store: Arc<dyn Store>,
+        /// The store, for `stats` (the redb file, or `redis`).
+        what: String,
+    },
+    /// A running relay's admin API over HTTP.
+    Remote {
+        /// Boxed: the client is large, and a `Direct` backend needs none.
+        client: Box<Client<HttpConnector, Full<Bytes>>>,
+        /// `http://host:port`, no trailing slash.
+        base: String,
+        /// The file the server holds, when that is why we went to it.
+        held: Option<PathBuf>,
+    },
+}
+
+impl Backend {
+    /// `--server` when given; else the configured store, or the server holding it.
+    async fn connect(cfg: &Config, server: Option<&str>) -> Result<Backend, CliError> {
+        if let Some(url) = server {
+            return Ok(Backend::remote(server_base(url)?, None));
+        }
+        match super::open::open(cfg, Clock::system()).await {
+            Ok(store) => {
+                let what = match store.backend() {
+                    "redb" => super::open::redb_path(cfg)?.display().to_string(),
+                    other => other.to_owned(),
+                };
+                Ok(Backend::Direct { store, what })
+            }
+            Err(StoreError::Locked { path }) => {
+                Ok(Backend::remote(listen_base(cfg.server.listen), Some(path)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn remote(base: String, held: Option<PathBuf>) -> Backend {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Backend::Remote {
+            client: Box::new(client),
+            base,
+            held,
+        }
+    }
+
+    /// Where the commands run, for `stats`.
+    fn describe(&self) -> String {
+        match self {
+            Backend::Direct { what, .. } => format!("{what} (opened directly)"),
+            Backend::Remote {
+                base,
+                held: Some(path),
+                ..
+            } => format!("{} (through the relay at {base})", path.display()),
+            Backend::Remote {
+                base, held: None, ..
+            } => format!("the relay at {base}"),
+        }
+    }
+
+    /// Sends one admin request (`path` relative to [`admin::PREFIX`]); the body of a 2xx answer.
+    async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes, CliError> {
+        let path = format!("{}{path}", admin::PREFIX);
+        let (status, answer) = match self {
+            Backend::Direct { store, .. } => {
+                let req = request(method, &path, body)?;
+                let resp = admin::handle(store, req).await;
+                (resp.status(), resp.into_body())
+            }
+            Backend::Remote { client, base, held } => {
+                let req = request(method, &format!("{base}{path}"), body)?;
+                let unreachable = |e: &dyn std::error::Error| CliError::Unreachable {
+                    url: base.clone(),
+                    reason: error_chain(e),
+                    held: held.clone(),
+                };
+                let resp = client.request(req).await.map_err(|e| unreachable(&e))?;
+                let status = resp.status();
+                let answer = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| unreachable(&e))?
+                    .to_bytes();
+                (status, answer)
+            }
+        };
+        if status.is_success() {
+            return Ok(answer);
+        }
+        match serde_json::from_slice::<ApiError>(&answer) {
+            Ok(e) => Err(CliError::Api {
+                status: status.as_u16(),
+                message: e.error,
+            }),
+            Err(_) => Err(self.not_admin(status, &path)),
+        }
+    }
+
+    /// [`Backend::call`], its answer parsed as JSON.
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<T, CliError> {
+        let answer = self.call(method, path, body).await?;
+        serde_json::from_slice(&answer).map_err(|e| CliError::Protocol {
+            url: self.url(path),
+            reason: format!("unexpected answer: {e}"),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        match self {
+            Backend::Direct { .. } => format!("{}{path}", admin::PREFIX),
+            Backend::Remote { base, .. } => format!("{base}{}{path}", admin::PREFIX),
+        }
+    }
+
+    /// The error for an answer that is not the admin API's (an older relay, a non-loopback peer,
+    /// another program on that port).
+    fn not_admin(&self, status: StatusCode, path: &str) -> CliError {
+        let url = match self {
+            Backend::Direct { .. } => path.to_owned(),
+            Backend::Remote { base, .. } => format!("{base}{path}"),
+        };
+        CliError::Protocol {
+            url,
+            reason: format!(
+                "answered HTTP {status}, not relay's cache admin API (it is served to loopback \
+                 clients by a relay with the response cache)"
+            ),
+        }
+    }
+
+    /// Releases the store this process opened (commits its writes, unlocks the file).
+    async fn close(self) -> Result<(), CliError> {
+        match self {
+            Backend::Direct { store, .. } => Ok(store.close().await?),
+            Backend::Remote { .. } => Ok(()),
+        }
+    }
+}
+
+fn request(method: Method, uri: &str, body: Bytes) -> Result<Request<Full<Bytes>>, CliError> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    if !body.is_empty() {
+        builder = builder.header(header::CONTENT_TYPE, admin::JSONL_CONTENT_TYPE);
+    }
+    builder
+        .body(Full::new(body))
+        .map_err(|e| CliError::Protocol {
+            url: uri.to_owned(),
+            reason: format!("cannot build the request: {e}"),
+        })
+}
+
+/// An error and its sources, `a: b: c` (hyper's own message alone is terse).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
+}
+
+/// `--server`: `http://host:port` (the scheme may be left out).
+fn server_base(url: &str) -> Result<String, CliError> {
+    let bad = |reason: &str| CliError::BadServer {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let text = url.trim();
+    let text = if text.contains("://") {
+        text.to_owned()
+    } else {
+        format!("http://{text}")
+    };
+    let uri: Uri = text.parse().map_err(|_| bad("not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("relay's admin API is plain http on a loopback address"));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad(
+            "give only the scheme, host and port (http://127.0.0.1:8080)",
+        ));
+    }
+    Ok(format!("http://{authority}"))
+}
+
+/// The URL of a server listening on `listen`: an unspecified address is reached on loopback.
+fn listen_base(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, listen.port()))
+}
+
+/// `1 entry`, `3 entries`.
+fn entries(n: usize) -> String {
+    if n == 1 {
+        "1 entry".to_owned()
+    } else {
+        format!("{n} entries")
+    }
+}
+
+/// The `ls` table.
+fn render_ls(rows: &[EntrySummary], model: Option<&str>, now_ms: u64) -> String {
+    if rows.is_empty() {
+        return match model {
+            Some(m) => format!("no cache entries for model {m}\n"),
+            None => "no cache entries\n".to_owned(),
+        };
+    }
+    let header = ["KEY", "PROVIDER", "MODEL", "AGE", "SIZE", "HITS", "REQUEST"];
+    let cells: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.short.clone(),
+                r.provider.clone(),
+                r.model.clone().unwrap_or_else(|| "-".into()),
+                format_span(now_ms.saturating_sub(r.created_ms)),
+                format_size(r.size),
+                r.hits.to_string(),
+                format!("{} {}", r.method, r.path),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    // Text columns left-aligned, numbers (age, size, hits) right-aligned; no trailing spaces.
+    let right = [false, false, false, true, true, true, false];
+    let line = |row: [&str; 7]| {
+        let mut s = String::new();
+        for (i, c) in row.iter().enumerate() {
+            let pad = widths[i].saturating_sub(c.chars().count());
+            if i > 0 {
+                s.push_str("  ");
+            }
+            if right[i] {
+                s.push_str(&" ".repeat(pad));
+                s.push_str(c);
+            } else {
+                s.push_str(c);
+                if i + 1 < row.len() {
+                    s.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(header);
+    for row in &cells {
+        out.push_str(&line(row.each_ref().map(String::as_str)));
+    }
+    out
+}
+
+/// The `show` text.
+fn render_show(d: &EntryDetail, now_ms: u64) -> String {
+    let s = &d.summary;
+    let mut out = String::new();
+    let mut field = |name: &str, value: String| {
+        let _ = writeln!(out, "{name:<9} {value}");
+    };
+    field("key", s.key.clone());
+    field("provider", s.provider.clone());
+    field("model", s.model.clone().unwrap_or_else(|| "-".into()));
+    field("request", format!("{} {}", s.method, s.path));
+    field("status", s.status.to_string());
+    field("created", format_when(s.created_ms, now_ms));
+    field(
+        "expires",
+        s.expires_ms
+            .map_or_else(|| "never".to_owned(), |t| format_when(t, now_ms)),
+    );
+    field("size", format_size(s.size));
+    field("hits", s.hits.to_string());
+    if !d.headers.is_empty() {
+        out.push_str("\nresponse headers:\n");
+        for (k, v) in &d.headers {
+            let _ = writeln!(out, "  {k}: {v}");
+        }
+    }
+    out.push_str("\nrequest body:\n");
+    push_body(&mut out, &d.request);
+    match &d.response {
+        ResponseView::Json { body } => {
+            out.push_str("\nresponse body:\n");
+            push_body(&mut out, body);
+        }
+        ResponseView::Sse { events } => {
+            let _ = writeln!(out, "\nresponse stream ({}):", events_count(events.len()));
+            for e in events {
+                out.push_str(&e.data);
+            }
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn events_count(n: usize) -> String {
+    if n == 1 {
+        "1 event".to_owned()
+    } else {
+        format!("{n} events")
+    }
+}
+
+/// A body: pretty JSON, or its text as it was.
+fn push_body(out: &mut String, body: &serde_json::Value) {
+    match body {
+        serde_json::Value::String(text) => out.push_str(text),
+        value => {
+            out.push_str(&serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()))
+        }
+    }
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+}
+
+/// The `stats` lines.
+fn render_stats(s: &StatsView, store: &str, now_ms: u64) -> String {
+    let when = |t: Option<u64>| t.map_or_else(|| "-".to_owned(), |t| format_when(t, now_ms));
+    let mut out = String::new();
+    let mut field = |name: &str, value: String| {
+        let _ = writeln!(out, "{name:<13} {value}");
+    };
+    field("store", store.to_owned());
+    field("backend", s.backend.clone());
+    field("entries", s.entries.to_string());
+    field(
+        "size",
+        format!("{} ({} bytes)", format_size(s.bytes), s.bytes),
+    );
+    field("hits", s.hits.to_string());
+    field("oldest", when(s.oldest_ms));
+    field("newest", when(s.newest_ms));
+    field("write errors", s.write_errors.to_string());
+    out
+}
+
+/// A time as RFC 3339 with how long ago (or how far ahead) it is: `2023-11-14T22:13:20Z (3m ago)`.
+fn format_when(ms: u64, now_ms: u64) -> String {
+    let at = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms));
+    if ms <= now_ms {
+        format!("{at} ({} ago)", format_span(now_ms - ms))
+    } else {
+        format!("{at} (in {})", format_span(ms - now_ms))
+    }
+}
+
+/// A span in its largest whole unit: `42s`, `3m`, `2h`, `5d`.
+fn format_span(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// Bytes for people: `512 B`, `1.2 KiB`, `3.4 MiB`.
+fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    // 1023.96 KiB would print as "1024.0 KiB": move up a unit from there.
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests;

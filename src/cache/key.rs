@@ -1,0 +1,616 @@
+//! Cache keys: which requests count as "the same request".
+//!
+//! A [`CacheKey`] is the 32-byte BLAKE3 hash (in derive-key mode, context
+//! `"relay cache key v1"`) of these fields, in this order, each as a little-endian `u64` byte length
+//! followed by the bytes, so no two different inputs can run together:
+//!
+//! 1. the provider name, as configured;
+//! 2. the HTTP method, ASCII upper-cased;
+//! 3. the path and query, as sent;
+//! 4. the scope: `b"k"` + the 32-byte hash of the caller's API key, or `b"g"` for global;
+//! 5. the namespace: `b"-"` when absent, `b"n"` + the name when present;
+//! 6. the body: `b"j"` + the canonical JSON when the body parses as JSON, else `b"r"` + the raw bytes.
+//!
+//! Canonical JSON: object keys sorted by their UTF-8 bytes at every depth, no whitespace, strings and
+//! numbers re-serialized by serde_json (so `1e2` and `100.0` are one key, `100` another), and the
+//! configured top-level fields (default `user`, `metadata`) left out. Sorting is done here rather
+//! than relied on from serde_json's map type, so a dependency enabling `preserve_order` cannot
+//! silently change every key.
+//!
+//! Changing any of this changes every key: bump [`KEY_VERSION`] (the redb store then moves its old
+//! file aside) and the derive-key context together.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+
+/// Version of the key layout described in this module's docs. Stored in the cache file's `meta`
+/// table and in every exported JSONL line; a mismatch means old keys can never be hit again.
+pub const KEY_VERSION: u64 = 1;
+
+/// BLAKE3 derive-key context for cache keys; carries the layout version.
+const KEY_CONTEXT: &str = "relay cache key v1";
+/// BLAKE3 derive-key context for hashing a caller's API key into a [`Scope`].
+const SCOPE_CONTEXT: &str = "relay cache scope v1";
+
+/// A cache key: 32 bytes of BLAKE3. Displayed as 64 lowercase hex characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheKey([u8; 32]);
+
+impl CacheKey {
+    /// Number of hex characters [`CacheKey::short`] returns (the `x-relay-cache-key` header, `ls`).
+    pub const SHORT_LEN: usize = 12;
+
+    /// Wraps raw key bytes (as stored).
+    pub const fn from_bytes(bytes: [u8; 32]) -> CacheKey {
+        CacheKey(bytes)
+    }
+
+    /// The raw key bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The full key as 64 lowercase hex characters.
+    pub fn hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(HEX[usize::from(b >> 4)] as char);
+            s.push(HEX[usize::from(b & 0x0f)] as char);
+        }
+        s
+    }
+
+    /// The first [`CacheKey::SHORT_LEN`] hex characters: enough to name an entry to a person.
+    pub fn short(&self) -> String {
+        let mut s = self.hex();
+        s.truncate(Self::SHORT_LEN);
+        s
+    }
+
+    /// Parses a full 64-character hex key (either case).
+    pub fn from_hex(s: &str) -> Result<CacheKey, KeyParseError> {
+        let prefix = KeyPrefix::parse(s)?;
+        prefix.full().ok_or(KeyParseError::NotFull { len: s.len() })
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CacheKey({})", self.short())
+    }
+}
+
+impl FromStr for CacheKey {
+    type Err = KeyParseError;
+
+    fn from_str(s: &str) -> Result<CacheKey, KeyParseError> {
+        CacheKey::from_hex(s)
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Why a string is not a key or key prefix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyParseError {
+    #[error("a cache key prefix needs at least one hex character")]
+    Empty,
+    #[error("a cache key has 64 hex characters; got {len}")]
+    TooLong { len: usize },
+    #[error("a full cache key has 64 hex characters; got {len}")]
+    NotFull { len: usize },
+    #[error("{ch:?} is not a hex character")]
+    NotHex { ch: char },
+}
+
+/// A validated hex prefix of a key (1 to 64 hex characters, stored lowercase), as a person types it
+/// after `relay cache show`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPrefix {
+    /// One nibble (0..=15) per hex character.
+    nibbles: Vec<u8>,
+}
+
+impl KeyPrefix {
+    /// Parses 1 to 64 hex characters, either case; surrounding whitespace is ignored.
+    pub fn parse(s: &str) -> Result<KeyPrefix, KeyParseError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(KeyParseError::Empty);
+        }
+        if s.len() > 64 {
+            return Err(KeyParseError::TooLong { len: s.len() });
+        }
+        let nibbles = s
+            .chars()
+            .map(|ch| {
+                ch.to_digit(16)
+                    .map(|d| d as u8)
+                    .ok_or(KeyParseError::NotHex { ch })
+            })
+            .collect::<Result<Vec<u8>, _>>()?;
+        Ok(KeyPrefix { nibbles })
+    }
+
+    /// The prefix in lowercase hex.
+    pub fn as_hex(&self) -> String {
+        self.nibbles
+            .iter()
+            .map(|&n| HEX[usize::from(n)] as char)
+            .collect()
+    }
+
+    /// Whether `key` starts with this prefix.
+    pub fn matches(&self, key: &CacheKey) -> bool {
+        self.nibbles
+            .iter()
+            .enumerate()
+            .all(|(i, &n)| nibble(key, i) == n)
+    }
+
+    /// The whole key, when all 64 characters were given.
+    pub fn full(&self) -> Option<CacheKey> {
+        (self.nibbles.len() == 64).then(|| self.bound(0))
+    }
+
+    /// The smallest and largest keys with this prefix (inclusive), for a range scan.
+    pub fn range(&self) -> (CacheKey, CacheKey) {
+        (self.bound(0x0), self.bound(0xf))
+    }
+
+    /// The key made of this prefix, padded with `fill` nibbles.
+    fn bound(&self, fill: u8) -> CacheKey {
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            let hi = self.nibbles.get(2 * i).copied().unwrap_or(fill);
+            let lo = self.nibbles.get(2 * i + 1).copied().unwrap_or(fill);
+            *byte = (hi << 4) | lo;
+        }
+        CacheKey(out)
+    }
+}
+
+fn nibble(key: &CacheKey, i: usize) -> u8 {
+    let b = key.0[i / 2];
+    if i % 2 == 0 {
+        b >> 4
+    } else {
+        b & 0x0f
+    }
+}
+
+/// Whose responses a key can hit.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Only callers presenting the same API key: holds the BLAKE3 hash of that key (never the key).
+    Key([u8; 32]),
+    /// Every caller shares entries (`cache.scope: global`).
+    Global,
+}
+
+impl Scope {
+    /// The scope of callers that send no API key at all.
+    pub const ANONYMOUS: Scope = Scope::Key([0; 32]);
+
+    /// The scope of callers presenting `api_key`: a keyed hash, so the key itself is never stored.
+    /// An empty key is [`Scope::ANONYMOUS`].
+    pub fn from_api_key(api_key: &str) -> Scope {
+        let api_key = api_key.trim();
+        if api_key.is_empty() {
+            return Scope::ANONYMOUS;
+        }
+        Scope::Key(blake3::derive_key(SCOPE_CONTEXT, api_key.as_bytes()))
+    }
+}
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Global => f.write_str("Global"),
+            Scope::Key(h) if *h == [0; 32] => f.write_str("Anonymous"),
+            Scope::Key(h) => write!(f, "Key({})", CacheKey(*h).short()),
+        }
+    }
+}
+
+/// The key scope of a request, from its API key: `authorization: Bearer <key>` (OpenAI style; any
+/// other `authorization` value is hashed whole), else `x-api-key` (Anthropic style), else
+/// [`Scope::ANONYMOUS`]. Called once per request when `cache.scope` is `key`.
+pub fn scope_for_api_key(headers: &http::HeaderMap) -> Scope {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(auth) = header("authorization") {
+        let token = match auth.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            // `Bearer` with nothing after it (the value is trimmed): no key.
+            None if auth.eq_ignore_ascii_case("bearer") => "",
+            _ => auth.as_str(),
+        };
+        if !token.is_empty() {
+            return Scope::from_api_key(token);
+        }
+    }
+    match header("x-api-key") {
+        Some(key) => Scope::from_api_key(&key),
+        None => Scope::ANONYMOUS,
+    }
+}
+
+/// Everything a cache key is made of, borrowed from the request.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyInput<'a> {
+    /// Provider name, as configured.
+    pub provider: &'a str,
+    /// HTTP method (case-insensitive).
+    pub method: &'a str,
+    /// Path and query, as sent upstream.
+    pub path_and_query: &'a str,
+    /// The request body, as received.
+    pub body: &'a [u8],
+    /// Whose entries this request may hit.
+    pub scope: Scope,
+    /// `x-relay-cache-namespace`, when sent.
+    pub namespace: Option<&'a str>,
+}
+
+/// Turns requests into keys. Built once per config load; cheap to share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyBuilder {
+    ignore_fields: Vec<String>,
+}
+
+impl KeyBuilder {
+    /// Top-level JSON fields left out of the key by default: they don't change the answer.
+    pub const DEFAULT_IGNORED: [&'static str; 2] = ["user", "metadata"];
+
+    /// A builder that leaves the given top-level JSON fields out of the key
+    /// (`cache.ignore_fields`). An empty list keeps every field.
+    pub fn new(ignore_fields: Vec<String>) -> KeyBuilder {
+        KeyBuilder { ignore_fields }
+    }
+
+    /// The top-level fields this builder ignores.
+    pub fn ignore_fields(&self) -> &[String] {
+        &self.ignore_fields
+    }
+
+    /// The key of a request (layout in the module docs). Parses the body once when it looks like
+    /// JSON; costs about as much as one `serde_json` parse and re-serialization.
+    pub fn key(&self, input: &KeyInput<'_>) -> CacheKey {
+        let mut h = blake3::Hasher::new_derive_key(KEY_CONTEXT);
+        field(&mut h, input.provider.as_bytes());
+        field(&mut h, input.method.to_ascii_uppercase().as_bytes());
+        field(&mut h, input.path_and_query.as_bytes());
+        match &input.scope {
+            Scope::Key(hash) => {
+                let mut scope = [0u8; 33];
+                scope[0] = b'k';
+                scope[1..].copy_from_slice(hash);
+                field(&mut h, &scope);
+            }
+            Scope::Global => field(&mut h, b"g"),
+        }
+        match input.namespace {
+            None => field(&mut h, b"-"),
+            Some(ns) => field(&mut h, &[b"n", ns.as_bytes()].concat()),
+        }
+        match self.canonical_json(input.body) {
+            Some(json) => field(&mut h, &[b"j", json.as_slice()].concat()),
+            None => field(&mut h, &[b"r", input.body].concat()),
+        }
+        CacheKey(*h.finalize().as_bytes())
+    }
+
+    /// The canonical form of a JSON body, or `None` when the body is not JSON.
+    fn canonical_json(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
+        // Only objects and arrays are worth parsing; a bare scalar body is hashed raw too.
+        if *first != b'{' && *first != b'[' {
+            return None;
+        }
+        let value: Value = serde_json::from_slice(body).ok()?;
+        serde_json::to_vec(&Canonical {
+            value: &value,
+            skip: &self.ignore_fields,
+        })
+        .ok()
+    }
+}
+
+impl Default for KeyBuilder {
+    /// Ignores [`KeyBuilder::DEFAULT_IGNORED`].
+    fn default() -> KeyBuilder {
+        KeyBuilder::new(
+            Self::DEFAULT_IGNORED
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        )
+    }
+}
+
+fn field(h: &mut blake3::Hasher, bytes: &[u8]) {
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+/// Serializes a JSON value with object keys sorted at every depth, leaving out `skip` fields of the
+/// top-level object only.
+struct Canonical<'a> {
+    value: &'a Value,
+    skip: &'a [String],
+}
+
+impl Serialize for Canonical<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.value {
+            Value::Object(map) => {
+                let mut fields: Vec<(&String, &Value)> = map
+                    .iter()
+                    .filter(|(k, _)| !self.skip.iter().any(|skip| skip == *k))
+                    .collect();
+                fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let mut m = s.serialize_map(Some(fields.len()))?;
+                for (k, v) in fields {
+                    m.serialize_entry(
+                        k,
+                        &Canonical {
+                            value: v,
+                            skip: &[],
+                        },
+                    )?;
+                }
+                m.end()
+            }
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for v in items {
+                    seq.serialize_element(&Canonical {
+                        value: v,
+                        skip: &[],
+                    })?;
+                }
+                seq.end()
+            }
+            scalar => scalar.serialize(s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    fn input(body: &[u8]) -> KeyInput<'_> {
+        KeyInput {
+            provider: "openai",
+            method: "POST",
+            path_and_query: "/v1/chat/completions",
+            body,
+            scope: Scope::Global,
+            namespace: None,
+        }
+    }
+
+    fn key(body: &str) -> CacheKey {
+        KeyBuilder::default().key(&input(body.as_bytes()))
+    }
+
+    #[test]
+    fn key_order_and_whitespace_do_not_matter() {
+        let a = key(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"n":1}"#);
+        let b = key(
+            "{\n  \"n\": 1,\n  \"messages\": [ { \"content\": \"hi\", \"role\": \"user\" } ],\n  \"model\": \"gpt-4o\"\n}",
+        );
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn nested_key_order_is_sorted_but_array_order_is_kept() {
+        assert_eq!(key(r#"{"a":{"x":1,"y":2}}"#), key(r#"{"a":{"y":2,"x":1}}"#));
+        assert_ne!(key(r#"{"a":[1,2]}"#), key(r#"{"a":[2,1]}"#));
+    }
+
+    #[test]
+    fn values_change_the_key() {
+        assert_ne!(
+            key(r#"{"model":"gpt-4o"}"#),
+            key(r#"{"model":"gpt-4o-mini"}"#)
+        );
+        assert_ne!(key(r#"{"stream":true}"#), key(r#"{"stream":false}"#));
+        assert_ne!(key(r#"{"n":1}"#), key(r#"{"n":"1"}"#));
+    }
+
+    #[test]
+    fn ignored_fields_are_top_level_only_and_configurable() {
+        let base = key(r#"{"model":"m"}"#);
+        assert_eq!(base, key(r#"{"model":"m","user":"alice"}"#));
+        assert_eq!(base, key(r#"{"metadata":{"trace":"x"},"model":"m"}"#));
+        // Nested `user` is content, not a top-level field.
+        assert_ne!(
+            key(r#"{"model":"m","x":{"user":"a"}}"#),
+            key(r#"{"model":"m","x":{"user":"b"}}"#)
+        );
+        let none_ignored = KeyBuilder::new(vec![]);
+        assert_ne!(
+            none_ignored.key(&input(br#"{"model":"m","user":"a"}"#)),
+            none_ignored.key(&input(br#"{"model":"m","user":"b"}"#))
+        );
+        let temp = KeyBuilder::new(vec!["temperature".into()]);
+        assert_eq!(
+            temp.key(&input(br#"{"model":"m","temperature":0.1}"#)),
+            temp.key(&input(br#"{"model":"m"}"#))
+        );
+    }
+
+    #[test]
+    fn scope_namespace_and_request_line_change_the_key() {
+        let b = KeyBuilder::default();
+        let body = br#"{"model":"m"}"#;
+        let base = b.key(&input(body));
+        let alice = KeyInput {
+            scope: Scope::from_api_key("sk-alice"),
+            ..input(body)
+        };
+        let bob = KeyInput {
+            scope: Scope::from_api_key("sk-bob"),
+            ..input(body)
+        };
+        assert_ne!(b.key(&alice), b.key(&bob));
+        assert_ne!(b.key(&alice), base);
+        let ns = KeyInput {
+            namespace: Some("suite-a"),
+            ..input(body)
+        };
+        let ns2 = KeyInput {
+            namespace: Some("suite-b"),
+            ..input(body)
+        };
+        let empty_ns = KeyInput {
+            namespace: Some(""),
+            ..input(body)
+        };
+        assert_ne!(b.key(&ns), base);
+        assert_ne!(b.key(&ns), b.key(&ns2));
+        assert_ne!(b.key(&empty_ns), base);
+        let other_provider = KeyInput {
+            provider: "azure",
+            ..input(body)
+        };
+        let other_path = KeyInput {
+            path_and_query: "/v1/chat/completions?x=1",
+            ..input(body)
+        };
+        let lower_method = KeyInput {
+            method: "post",
+            ..input(body)
+        };
+        assert_ne!(b.key(&other_provider), base);
+        assert_ne!(b.key(&other_path), base);
+        assert_eq!(b.key(&lower_method), base);
+    }
+
+    #[test]
+    fn non_json_bodies_are_hashed_raw() {
+        assert_ne!(key("not json"), key("not  json"));
+        assert_eq!(key("not json"), key("not json"));
+        // Truncated JSON is not JSON: hashed raw, so whitespace counts.
+        assert_ne!(key(r#"{"a":1"#), key(r#"{ "a":1"#));
+        // A raw body that happens to equal a canonical form still differs from the JSON one.
+        assert_ne!(key(""), key("{}"));
+        assert_eq!(key("{}"), key(" { } "));
+    }
+
+    #[test]
+    fn fields_cannot_run_together() {
+        let b = KeyBuilder::default();
+        let one = KeyInput {
+            provider: "ab",
+            method: "C",
+            ..input(b"")
+        };
+        let two = KeyInput {
+            provider: "a",
+            method: "BC",
+            ..input(b"")
+        };
+        assert_ne!(b.key(&one), b.key(&two));
+    }
+
+    #[test]
+    fn hex_short_and_parse() {
+        let k = key("{}");
+        let hex = k.hex();
+        assert_eq!(hex.len(), 64);
+        assert!(hex
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_eq!(k.short(), hex[..12]);
+        assert_eq!(CacheKey::from_hex(&hex), Ok(k));
+        assert_eq!(hex.to_uppercase().parse::<CacheKey>(), Ok(k));
+        assert_eq!(k.to_string(), hex);
+        assert_eq!(
+            CacheKey::from_hex(&hex[..10]),
+            Err(KeyParseError::NotFull { len: 10 })
+        );
+        assert_eq!(
+            CacheKey::from_hex(&format!("{hex}0")),
+            Err(KeyParseError::TooLong { len: 65 })
+        );
+        assert_eq!(KeyPrefix::parse("  "), Err(KeyParseError::Empty));
+        assert_eq!(
+            KeyPrefix::parse("12g"),
+            Err(KeyParseError::NotHex { ch: 'g' })
+        );
+    }
+
+    #[test]
+    fn prefixes_match_and_bound_ranges() {
+        let k = CacheKey::from_bytes([0xab; 32]);
+        for p in ["a", "ab", "aba", "ABAB", &k.hex()] {
+            let prefix = KeyPrefix::parse(p).unwrap();
+            assert!(prefix.matches(&k), "{p}");
+            let (lo, hi) = prefix.range();
+            assert!(lo <= k && k <= hi, "{p}");
+        }
+        for p in ["b", "abb", "aa"] {
+            assert!(!KeyPrefix::parse(p).unwrap().matches(&k), "{p}");
+        }
+        let (lo, hi) = KeyPrefix::parse("abc").unwrap().range();
+        assert_eq!(&lo.hex()[..4], "abc0");
+        assert_eq!(&hi.hex()[..4], "abcf");
+        assert!(lo.hex()[3..].chars().all(|c| c == '0'));
+        assert!(hi.hex()[3..].chars().all(|c| c == 'f'));
+        assert_eq!(KeyPrefix::parse("ABc").unwrap().as_hex(), "abc");
+        assert_eq!(KeyPrefix::parse(&k.hex()).unwrap().full(), Some(k));
+    }
+
+    #[test]
+    fn scope_from_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(scope_for_api_key(&h), Scope::ANONYMOUS);
+        h.insert("authorization", HeaderValue::from_static("Bearer sk-one"));
+        let bearer = scope_for_api_key(&h);
+        assert_eq!(bearer, Scope::from_api_key("sk-one"));
+        assert_ne!(bearer, Scope::ANONYMOUS);
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("bearer   sk-one "),
+        );
+        assert_eq!(scope_for_api_key(&h), bearer);
+        // Authorization wins over x-api-key.
+        h.insert("x-api-key", HeaderValue::from_static("sk-two"));
+        assert_eq!(scope_for_api_key(&h), bearer);
+        h.remove("authorization");
+        assert_eq!(scope_for_api_key(&h), Scope::from_api_key("sk-two"));
+        // An empty bearer falls through to x-api-key, and to anonymous without one.
+        h.insert("authorization", HeaderValue::from_static("Bearer "));
+        assert_eq!(scope_for_api_key(&h), Scope::from_api_key("sk-two"));
+        h.remove("x-api-key");
+        assert_eq!(scope_for_api_key(&h), Scope::ANONYMOUS);
+        // Another scheme still isolates callers.
+        h.insert("authorization", HeaderValue::from_static("Basic abc"));
+        assert_ne!(scope_for_api_key(&h), Scope::ANONYMOUS);
+        // The raw key never shows up in the scope.
+        let Scope::Key(hash) = Scope::from_api_key("sk-one") else {
+            panic!("expected a key scope")
+        };
+        assert!(!hash.windows(6).any(|w| w == b"sk-one"));
+        assert!(!format!("{:?}", Scope::from_api_key("sk-one")).contains("sk-one"));
+    }
+}

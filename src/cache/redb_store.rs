@@ -1,0 +1,976 @@
+//! The default cache backend: one redb file (default [`default_path`]).
+//!
+//! Tables: `entries` (key → encoded entry, see the private codec), `info` (key → created, expires,
+//! size, hits: what eviction, expiry and hit counting touch without reading bodies), `by_created`
+//! ((created_ms, key), the oldest-first eviction and newest-first listing order), `by_expiry`
+//! ((expires_ms, key), swept by every write batch) and `meta` (schema version, [`KEY_VERSION`], and
+//! the entry, byte and hit totals kept in step with every write).
+//!
+//! Threads: ONE writer thread owns every write transaction. [`Store::put`] puts the entry in a
+//! small sharded "pending" map (so reads see it at once) and queues it; the writer drains the queue
+//! and commits everything drained (puts, removals, hit counts, expiry sweep, eviction) in one
+//! transaction, then drops the pending copies. Reads run on tokio's blocking pool; redb's MVCC lets
+//! them proceed while the writer commits.
+//!
+//! Recovery: a file redb cannot open, or whose `meta` versions differ from this build's, is moved
+//! aside (`<name>.corrupt-<unix secs>` or `<name>.old-v<schema>`) with one warning, and an empty
+//! store starts in its place. A file held by another process is [`StoreError::Locked`]: redb allows
+//! one process per file, so the CLI then goes through the running server.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use redb::{Database, DatabaseError, ReadableTable, StorageError, TableDefinition, TableError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec;
+use super::entry::Entry;
+use super::key::{CacheKey, KeyPrefix, KEY_VERSION};
+use super::store::{ListFilter, ListItem, Pending, Stats, Store, StoreError, StoreOptions};
+
+/// Version of this file's table layout and the entry codec. Bump on any change: files of another
+/// version are moved aside at open.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const BACKEND: &str = "redb";
+/// Writes that may wait for the writer; a put beyond this fails with [`StoreError::QueueFull`].
+const QUEUE_CAPACITY: usize = 1024;
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 256;
+/// Most expired entries one write batch removes (the rest go in the next batches).
+const SWEEP_LIMIT: usize = 1000;
+/// `info.expires` of an entry that never expires.
+const NEVER: u64 = u64::MAX;
+
+const ENTRIES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("entries");
+/// key → (created_ms, expires_ms or NEVER, size, hits).
+const INFO: TableDefinition<[u8; 32], (u64, u64, u64, u64)> = TableDefinition::new("info");
+const BY_CREATED: TableDefinition<(u64, [u8; 32]), ()> = TableDefinition::new("by_created");
+const BY_EXPIRY: TableDefinition<(u64, [u8; 32]), ()> = TableDefinition::new("by_expiry");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const META_SCHEMA: &str = "schema_version";
+const META_KEY: &str = "key_version";
+const META_ENTRIES: &str = "entries";
+const META_BYTES: &str = "bytes";
+const META_HITS: &str = "hits";
+
+/// Where the cache lives when `cache.path` is not set: `<data dir>/relay/cache.redb`
+/// (`~/.local/share` on Linux, `~/Library/Application Support` on macOS, `%APPDATA%` on Windows).
+/// `None` when the platform has no data directory (no home directory).
+pub fn default_path() -> Option<PathBuf> {
+    dirs::data_dir().map(|d| d.join("relay").join("cache.redb"))
+}
+
+/// The redb-backed [`Store`]. Open once per process; share as `Arc<dyn Store>`.
+pub struct RedbStore {
+    path: PathBuf,
+    opts: StoreOptions,
+    /// `None` once closed.
+    db: ArcSwapOption<DbHandle>,
+    /// Resolves when the database is dropped (the file lock released), taken by `close`.
+    released: Mutex<Option<oneshot::Receiver<()>>>,
+    tx: mpsc::Sender<Op>,
+    pending: Arc<Pending>,
+    seq: AtomicU64,
+    write_errors: Arc<AtomicU64>,
+}
+
+impl RedbStore {
+    /// Opens (creating it and its directory if needed) the cache file at `path`, recovering from a
+    /// damaged or outdated file as the module docs say, and starts the writer thread.
+    ///
+    /// Blocking (file I/O, possibly a redb repair after a crash): call it before serving, or from
+    /// `spawn_blocking`. Fails with [`StoreError::Locked`] when another process holds the file.
+    pub fn open(path: impl Into<PathBuf>, opts: StoreOptions) -> Result<RedbStore, StoreError> {
+        let path = path.into();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let db = open_or_recover(&path, &opts)?;
+        let (released_tx, released_rx) = oneshot::channel();
+        let db = Arc::new(DbHandle {
+            db: Some(db),
+            on_drop: Some(released_tx),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let pending = Arc::new(Pending::default());
+        let write_errors = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            db: db.clone(),
+            rx,
+            pending: pending.clone(),
+            opts: opts.clone(),
+            write_errors: write_errors.clone(),
+            failing: false,
+        };
+        std::thread::Builder::new()
+            .name("relay-cache-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(RedbStore {
+            path,
+            opts,
+            db: ArcSwapOption::new(Some(db)),
+            released: Mutex::new(Some(released_rx)),
+            tx,
+            pending,
+            seq: AtomicU64::new(0),
+            write_errors,
+        })
+    }
+
+    /// The file this store uses.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `read` on the blocking pool against the open database.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.load_full().ok_or(StoreError::Closed)?;
+        tokio::task::spawn_blocking(move || read(db.db()))
+            .await
+            .map_err(|e| StoreError::backend(BACKEND, e))?
+    }
+
+    /// Queues an operation that does not need an answer; dropped when the queue is full.
+    fn nudge(&self, op: Op) {
+        let _ = self.tx.try_send(op);
+    }
+
+    /// Queues an operation and waits for the writer's answer.
+    async fn ask<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(op(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)
+    }
+}
+
+impl Store for RedbStore {
+    fn get(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<Entry>, StoreError>> {
+        Box::pin(async move {
+            let now = self.opts.clock.now_ms();
+            if let Some(entry) = self.pending.get(&key) {
+                if entry.is_expired(now) {
+                    return Ok(None);
+                }
+                self.nudge(Op::Hit(key));
+                return Ok(Some(Entry::clone(&entry)));
+            }
+            let found = self
+                .read(move |db| {
+                    let txn = db.begin_read().map_err(db_err)?;
+                    let info = txn.open_table(INFO).map_err(db_err)?;
+                    let Some(info) = info.get(key.as_bytes()).map_err(db_err)? else {
+                        return Ok(Lookup::Missing);
+                    };
+                    let info = Info::from(info.value());
+                    if info.expires <= now {
+                        return Ok(Lookup::Expired);
+                    }
+                    let entries = txn.open_table(ENTRIES).map_err(db_err)?;
+                    let Some(raw) = entries.get(key.as_bytes()).map_err(db_err)? else {
+                        return Ok(Lookup::Missing);
+                    };
+                    let mut entry = codec::decode(Bytes::copy_from_slice(raw.value()))
+                        .map_err(|e| corrupt(&key, e))?;
+                    entry.meta.hits = info.hits;
+                    Ok(Lookup::Found(Box::new(entry)))
+                })
+                .await?;
+            match found {
+                Lookup::Missing => Ok(None),
+                Lookup::Expired => {
+                    self.nudge(Op::Expire(key));
+                    Ok(None)
+                }
+                Lookup::Found(entry) => {
+                    self.nudge(Op::Hit(key));
+                    Ok(Some(*entry))
+                }
+            }
+        })
+    }
+
+    fn put(&self, key: CacheKey, mut entry: Entry) -> Result<(), StoreError> {
+        let size = self.opts.check_size(&entry)?;
+        if entry.meta.expires_ms.is_none() {
+            entry.meta.expires_ms = self.opts.default_expiry(self.opts.clock.now_ms());
+        }
+        let entry = Arc::new(entry);
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.pending.insert(key, seq, entry.clone());
+        let sent = self.tx.try_send(Op::Put {
+            key,
+            entry,
+            size,
+            seq,
+        });
+        sent.map_err(|e| {
+            self.pending.settle(&key, seq);
+            match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+            }
+        })
+    }
+
+    fn remove(&self, key: CacheKey) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move { self.ask(|reply| Op::Remove { key, reply }).await? })
+    }
+
+    fn list(&self, filter: ListFilter) -> BoxFuture<'_, Result<Vec<ListItem>, StoreError>> {
+        Box::pin(async move {
+            self.flush().await?;
+            let now = self.opts.clock.now_ms();
+            self.read(move |db| {
+                let txn = db.begin_read().map_err(db_err)?;
+                let by_created = txn.open_table(BY_CREATED).map_err(db_err)?;
+                let info = txn.open_table(INFO).map_err(db_err)?;
+                let entries = txn.open_table(ENTRIES).map_err(db_err)?;
+                let limit = filter.limit.unwrap_or(usize::MAX);
+                let mut out = Vec::new();
+                for row in by_created.iter().map_err(db_err)?.rev() {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let key = CacheKey::from_bytes(row.map_err(db_err)?.0.value().1);
+                    let Some(i) = info.get(key.as_bytes()).map_err(db_err)? else {
+                        continue;
+                    };
+                    let i = Info::from(i.value());
+                    if i.expires <= now {
+                        continue;
+                    }
+                    let Some(raw) = entries.get(key.as_bytes()).map_err(db_err)? else {
+                        continue;
+                    };
+                    let mut meta = match codec::decode_meta(raw.value()) {
+                        Ok(meta) => meta,
+                        Err(e) => {
+                            tracing::warn!(key = %key.short(), error = %e, "skipping a damaged cache entry");
+                            continue;
+                        }
+                    };
+                    if filter.model.is_some() && meta.model != filter.model {
+                        continue;
+                    }
+                    meta.hits = i.hits;
+                    out.push((key, meta, i.size));
+                }
+                Ok(out)
+            })
+            .await
+        })
+    }
+
+    fn find_prefix(
+        &self,
+        hex_prefix: &str,
+    ) -> BoxFuture<'_, Result<Option<(CacheKey, Entry)>, StoreError>> {
+        let prefix = KeyPrefix::parse(hex_prefix).map_err(|e| StoreError::bad_key(hex_prefix, e));
+        Box::pin(async move {
+            let prefix = prefix?;
+            self.flush().await?;
+            let now = self.opts.clock.now_ms();
+            self.read(move |db| {
+                let txn = db.begin_read().map_err(db_err)?;
+                let info = txn.open_table(INFO).map_err(db_err)?;
+                let (lo, hi) = prefix.range();
+                let mut found: Option<(CacheKey, u64)> = None;
+                for row in info
+                    .range(*lo.as_bytes()..=*hi.as_bytes())
+                    .map_err(db_err)?
+                {
+                    let (k, i) = row.map_err(db_err)?;
+                    let i = Info::from(i.value());
+                    if i.expires <= now {
+                        continue;
+                    }
+                    if found.is_some() {
+                        return Err(StoreError::AmbiguousPrefix {
+                            prefix: prefix.as_hex(),
+                        });
+                    }
+                    found = Some((CacheKey::from_bytes(k.value()), i.hits));
+                }
+                let Some((key, hits)) = found else {
+                    return Ok(None);
+                };
+                let entries = txn.open_table(ENTRIES).map_err(db_err)?;
+                let Some(raw) = entries.get(key.as_bytes()).map_err(db_err)? else {
+                    return Ok(None);
+                };
+                let mut entry = codec::decode(Bytes::copy_from_slice(raw.value()))
+                    .map_err(|e| corrupt(&key, e))?;
+                entry.meta.hits = hits;
+                Ok(Some((key, entry)))
+            })
+            .await
+        })
+    }
+
+    fn clear(&self, model: Option<String>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move { self.ask(|reply| Op::Clear { model, reply }).await? })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<Stats, StoreError>> {
+        Box::pin(async move {
+            self.flush().await?;
+            let write_errors = self.write_errors.load(Ordering::Relaxed);
+            self.read(move |db| {
+                let txn = db.begin_read().map_err(db_err)?;
+                let meta = txn.open_table(META).map_err(db_err)?;
+                let counter = |name: &str| -> Result<u64, StoreError> {
+                    Ok(meta.get(name).map_err(db_err)?.map_or(0, |v| v.value()))
+                };
+                let by_created = txn.open_table(BY_CREATED).map_err(db_err)?;
+                let oldest = by_created
+                    .first()
+                    .map_err(db_err)?
+                    .map(|(k, _)| k.value().0);
+                let newest = by_created.last().map_err(db_err)?.map(|(k, _)| k.value().0);
+                Ok(Stats {
+                    entries: counter(META_ENTRIES)?,
+                    bytes: counter(META_BYTES)?,
+                    oldest_ms: oldest,
+                    newest_ms: newest,
+                    hits: counter(META_HITS)?,
+                    write_errors,
+                })
+            })
+            .await
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { self.ask(Op::Flush).await? })
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let committed = self.ask(Op::Close).await;
+            // The writer has dropped its handle; drop ours and wait for readers still running.
+            self.db.store(None);
+            let released = self
+                .released
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(released) = released {
+                // An error only means the sender went with the handle: released either way.
+                let _ = released.await;
+            }
+            committed?
+        })
+    }
+
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+}
+
+/// What a read of one key found.
+enum Lookup {
+    Missing,
+    Expired,
+    Found(Box<Entry>),
+}
+
+/// The database, and a signal fired once it is dropped (its file lock released).
+struct DbHandle {
+    db: Option<Database>,
+    on_drop: Option<oneshot::Sender<()>>,
+}
+
+impl DbHandle {
+    fn db(&self) -> &Database {
+        self.db
+            .as_ref()
+            .expect("the database lives until the handle drops")
+    }
+}
+
+impl Drop for DbHandle {
+    fn drop(&mut self) {
+        drop(self.db.take());
+        if let Some(tx) = self.on_drop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// What the writer is asked to do.
+enum Op {
+    Put {
+        key: CacheKey,
+        entry: Arc<Entry>,
+        size: u64,
+        seq: u64,
+    },
+    /// Count one hit.
+    Hit(CacheKey),
+    /// Remove the entry if it has expired by commit time (a read found it expired).
+    Expire(CacheKey),
+    Remove {
+        key: CacheKey,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    Clear {
+        model: Option<String>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Flush(oneshot::Sender<Result<(), StoreError>>),
+    Close(oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl Op {
+    /// Whether applying the op writes anything.
+    fn mutates(&self) -> bool {
+        !matches!(self, Op::Flush(_) | Op::Close(_))
+    }
+}
+
+/// What an applied op answers.
+enum Outcome {
+    Done,
+    Removed(bool),
+    Cleared(u64),
+}
+
+/// The writer thread's state.
+struct Writer {
+    db: Arc<DbHandle>,
+    rx: mpsc::Receiver<Op>,
+    pending: Arc<Pending>,
+    opts: StoreOptions,
+    write_errors: Arc<AtomicU64>,
+    /// Whether the last batch failed (so an outage is logged once, not per batch).
+    failing: bool,
+}
+
+impl Writer {
+    /// Commits batches until closed, or until every sender is gone.
+    fn run(mut self) {
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut closing = matches!(first, Op::Close(_));
+            let mut batch = vec![first];
+            while !closing && batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(op) => {
+                        closing = matches!(op, Op::Close(_));
+                        batch.push(op);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+            if closing {
+                break;
+            }
+        }
+    }
+
+    /// Applies a batch in one transaction, then answers its waiters and drops its pending copies.
+    fn commit(&mut self, batch: Vec<Op>) {
+        let result = if batch.iter().any(Op::mutates) {
+            let now = self.opts.clock.now_ms();
+            // redb asserts on some damage; a panic here must cost this batch, not the writer.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                apply(self.db.db(), &batch, now, self.opts.max_bytes)
+            }))
+            .unwrap_or_else(|_| {
+                Err(StoreError::backend(
+                    BACKEND,
+                    "redb panicked applying a write batch",
+                ))
+            })
+        } else {
+            Ok(batch.iter().map(|_| Outcome::Done).collect())
+        };
+        match &result {
+            Ok(_) if self.failing => {
+                self.failing = false;
+                tracing::info!("cache writes succeed again");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let lost = batch
+                    .iter()
+                    .filter(|op| matches!(op, Op::Put { .. }))
+                    .count();
+                self.write_errors.fetch_add(lost as u64, Ordering::Relaxed);
+                if !self.failing {
+                    self.failing = true;
+                    tracing::warn!(error = %e, lost, "cache write failed; entries are not being stored until writes succeed again");
+                }
+            }
+        }
+        let mut outcomes = match result {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => {
+                let msg = e.to_string();
+                batch
+                    .iter()
+                    .map(|_| Err(StoreError::backend(BACKEND, msg.clone())))
+                    .collect()
+            }
+        }
+        .into_iter();
+        for op in batch {
+            let outcome = outcomes.next().unwrap_or(Ok(Outcome::Done));
+            match op {
+                Op::Put { key, seq, .. } => self.pending.settle(&key, seq),
+                Op::Hit(_) | Op::Expire(_) => {}
+                Op::Remove { reply, .. } => {
+                    let _ = reply.send(outcome.map(|o| matches!(o, Outcome::Removed(true))));
+                }
+                Op::Clear { reply, .. } => {
+                    let _ = reply.send(outcome.map(|o| match o {
+                        Outcome::Cleared(n) => n,
+                        _ => 0,
+                    }));
+                }
+                Op::Flush(reply) | Op::Close(reply) => {
+                    let _ = reply.send(outcome.map(|_| ()));
+                }
+            }
+        }
+    }
+}
+
+/// One write transaction over a batch: the ops in order, then the expiry sweep and eviction.
+fn apply(
+    db: &Database,
+    batch: &[Op],
+    now: u64,
+    max_bytes: u64,
+) -> Result<Vec<Outcome>, StoreError> {
+    let txn = db.begin_write().map_err(db_err)?;
+    let outcomes = {
+        let mut t = Tables::open(&txn)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for op in batch {
+            outcomes.push(match op {
+                Op::Put {
+                    key, entry, size, ..
+                } => {
+                    t.put(key, entry, *size)?;
+                    Outcome::Done
+                }
+                Op::Hit(key) => {
+                    t.hit(key)?;
+                    Outcome::Done
+                }
+                Op::Expire(key) => {
+                    t.expire(key, now)?;
+                    Outcome::Done
+                }
+                Op::Remove { key, .. } => Outcome::Removed(t.remove(key)?.is_some()),
+                Op::Clear { model, .. } => Outcome::Cleared(t.clear(model.as_deref())?),
+                Op::Flush(_) | Op::Close(_) => Outcome::Done,
+            });
+        }
+        t.sweep(now)?;
+        t.evict(max_bytes)?;
+        t.save_totals()?;
+        outcomes
+    };
+    txn.commit().map_err(db_err)?;
+    Ok(outcomes)
+}
+
+/// An entry's row in `info`.
+#[derive(Clone, Copy)]
+struct Info {
+    created: u64,
+    /// [`NEVER`] when the entry does not expire.
+    expires: u64,
+    size: u64,
+    hits: u64,
+}
+
+impl From<(u64, u64, u64, u64)> for Info {
+    fn from((created, expires, size, hits): (u64, u64, u64, u64)) -> Info {
+        Info {
+            created,
+            expires,
+            size,
+            hits,
+        }
+    }
+}
+
+impl Info {
+    fn row(self) -> (u64, u64, u64, u64) {
+        (self.created, self.expires, self.size, self.hits)
+    }
+}
+
+/// The tables of one write transaction, and the running totals.
+struct Tables<'txn> {
+    entries: redb::Table<'txn, [u8; 32], &'static [u8]>,
+    info: redb::Table<'txn, [u8; 32], (u64, u64, u64, u64)>,
+    by_created: redb::Table<'txn, (u64, [u8; 32]), ()>,
+    by_expiry: redb::Table<'txn, (u64, [u8; 32]), ()>,
+    meta: redb::Table<'txn, &'static str, u64>,
+    count: u64,
+    bytes: u64,
+    hits: u64,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn redb::WriteTransaction) -> Result<Tables<'txn>, StoreError> {
+        let meta = txn.open_table(META).map_err(db_err)?;
+        let total = |name: &str| -> Result<u64, StoreError> {
+            Ok(meta.get(name).map_err(db_err)?.map_or(0, |v| v.value()))
+        };
+        let (count, bytes, hits) = (total(META_ENTRIES)?, total(META_BYTES)?, total(META_HITS)?);
+        Ok(Tables {
+            entries: txn.open_table(ENTRIES).map_err(db_err)?,
+            info: txn.open_table(INFO).map_err(db_err)?,
+            by_created: txn.open_table(BY_CREATED).map_err(db_err)?,
+            by_expiry: txn.open_table(BY_EXPIRY).map_err(db_err)?,
+            meta,
+            count,
+            bytes,
+            hits,
+        })
+    }
+
+    fn put(&mut self, key: &CacheKey, entry: &Entry, size: u64) -> Result<(), StoreError> {
+        self.remove(key)?;
+        let k = *key.as_bytes();
+        let info = Info {
+            created: entry.meta.created_ms,
+            expires: entry.meta.expires_ms.unwrap_or(NEVER),
+            size,
+            hits: entry.meta.hits,
+        };
+        self.entries
+            .insert(k, codec::encode(entry).as_slice())
+            .map_err(db_err)?;
+        self.info.insert(k, info.row()).map_err(db_err)?;
+        self.by_created
+            .insert((info.created, k), ())
+            .map_err(db_err)?;
+        if info.expires != NEVER {
+            self.by_expiry
+                .insert((info.expires, k), ())
+                .map_err(db_err)?;
+        }
+        self.count += 1;
+        self.bytes += size;
+        self.hits += info.hits;
+        Ok(())
+    }
+
+    /// Removes an entry from every table; its info when it was there.
+    fn remove(&mut self, key: &CacheKey) -> Result<Option<Info>, StoreError> {
+        let k = *key.as_bytes();
+        let Some(info) = self
+            .info
+            .remove(k)
+            .map_err(db_err)?
+            .map(|v| Info::from(v.value()))
+        else {
+            return Ok(None);
+        };
+        self.entries.remove(k).map_err(db_err)?;
+        self.by_created.remove((info.created, k)).map_err(db_err)?;
+        if info.expires != NEVER {
+            self.by_expiry.remove((info.expires, k)).map_err(db_err)?;
+        }
+        self.count = self.count.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(info.size);
+        self.hits = self.hits.saturating_sub(info.hits);
+        Ok(Some(info))
+    }
+
+    fn hit(&mut self, key: &CacheKey) -> Result<(), StoreError> {
+        let k = *key.as_bytes();
+        let Some(mut info) = self
+            .info
+            .get(k)
+            .map_err(db_err)?
+            .map(|v| Info::from(v.value()))
+        else {
+            return Ok(());
+        };
+        info.hits += 1;
+        self.info.insert(k, info.row()).map_err(db_err)?;
+        self.hits += 1;
+        Ok(())
+    }
+
+    fn expire(&mut self, key: &CacheKey, now: u64) -> Result<(), StoreError> {
+        let expired = self
+            .info
+            .get(*key.as_bytes())
+            .map_err(db_err)?
+            .is_some_and(|v| Info::from(v.value()).expires <= now);
+        if expired {
+            self.remove(key)?;
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self, model: Option<&str>) -> Result<u64, StoreError> {
+        let Some(model) = model else {
+            let n = self.count;
+            self.entries.retain(|_, _| false).map_err(db_err)?;
+            self.info.retain(|_, _| false).map_err(db_err)?;
+            self.by_created.retain(|_, _| false).map_err(db_err)?;
+            self.by_expiry.retain(|_, _| false).map_err(db_err)?;
+            (self.count, self.bytes, self.hits) = (0, 0, 0);
+            return Ok(n);
+        };
+        let mut keys = Vec::new();
+        for row in self.entries.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            if codec::decode_meta(v.value()).is_ok_and(|m| m.model.as_deref() == Some(model)) {
+                keys.push(CacheKey::from_bytes(k.value()));
+            }
+        }
+        let mut n = 0;
+        for key in keys {
+            n += u64::from(self.remove(&key)?.is_some());
+        }
+        Ok(n)
+    }
+
+    /// Removes up to [`SWEEP_LIMIT`] entries expired at `now`.
+    fn sweep(&mut self, now: u64) -> Result<(), StoreError> {
+        let mut expired = Vec::new();
+        for row in self.by_expiry.range(..=(now, [0xff; 32])).map_err(db_err)? {
+            if expired.len() >= SWEEP_LIMIT {
+                break;
+            }
+            expired.push(CacheKey::from_bytes(row.map_err(db_err)?.0.value().1));
+        }
+        for key in expired {
+            self.remove(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the oldest entries until the total is within `max_bytes`.
+    fn evict(&mut self, max_bytes: u64) -> Result<(), StoreError> {
+        while self.bytes > max_bytes {
+            let oldest = self
+                .by_created
+                .first()
+                .map_err(db_err)?
+                .map(|(k, _)| k.value().1);
+            let Some(k) = oldest else {
+                break;
+            };
+            self.remove(&CacheKey::from_bytes(k))?;
+        }
+        Ok(())
+    }
+
+    fn save_totals(&mut self) -> Result<(), StoreError> {
+        for (name, value) in [
+            (META_ENTRIES, self.count),
+            (META_BYTES, self.bytes),
+            (META_HITS, self.hits),
+        ] {
+            self.meta.insert(name, value).map_err(db_err)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a file could not be opened as this store.
+enum OpenFailure {
+    /// Another process holds it.
+    Locked,
+    /// Moving the file aside would not help (permissions, a missing directory...).
+    Fatal(StoreError),
+    /// Damaged or of another version: move it aside with this suffix and start empty.
+    Unusable { reason: String, suffix: String },
+}
+
+fn open_or_recover(path: &Path, opts: &StoreOptions) -> Result<Database, StoreError> {
+    let secs = opts.clock.now_ms() / 1000;
+    let failure = match try_open_guarded(path, secs) {
+        Ok(db) => return Ok(db),
+        Err(failure) => failure,
+    };
+    let (reason, suffix) = match failure {
+        OpenFailure::Locked => return Err(locked(path)),
+        OpenFailure::Fatal(e) => return Err(e),
+        OpenFailure::Unusable { reason, suffix } => (reason, suffix),
+    };
+    let moved = move_aside(path, &suffix)?;
+    tracing::warn!(
+        path = %path.display(),
+        moved_to = %moved.display(),
+        %reason,
+        "cache store unusable; moved it aside and started an empty one"
+    );
+    match try_open_guarded(path, secs) {
+        Ok(db) => Ok(db),
+        Err(OpenFailure::Locked) => Err(locked(path)),
+        Err(OpenFailure::Fatal(e)) => Err(e),
+        Err(OpenFailure::Unusable { reason, .. }) => Err(StoreError::backend(BACKEND, reason)),
+    }
+}
+
+/// [`try_open`], with a panic inside redb (it asserts on some damaged headers, such as a truncated
+/// file) taken as a damaged file rather than a crash. Unwinding drops the half-open database, so
+/// the file lock is released before the file is moved.
+fn try_open_guarded(path: &Path, secs: u64) -> Result<Database, OpenFailure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| try_open(path, secs))).unwrap_or_else(
+        |panic| {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(OpenFailure::Unusable {
+                reason: format!("redb failed on the file: {msg}"),
+                suffix: format!("corrupt-{secs}"),
+            })
+        },
+    )
+}
+
+fn try_open(path: &Path, secs: u64) -> Result<Database, OpenFailure> {
+    let corrupt = |reason: String| OpenFailure::Unusable {
+        reason,
+        suffix: format!("corrupt-{secs}"),
+    };
+    let db = match Database::builder()
+        .create_with_file_format_v3(true)
+        .create(path)
+    {
+        Ok(db) => db,
+        Err(DatabaseError::DatabaseAlreadyOpen) => return Err(OpenFailure::Locked),
+        Err(DatabaseError::Storage(StorageError::Io(e))) if !io_means_corrupt(&e) => {
+            return Err(OpenFailure::Fatal(StoreError::Io {
+                path: path.to_owned(),
+                source: e,
+            }))
+        }
+        Err(e) => return Err(corrupt(e.to_string())),
+    };
+    match read_versions(&db) {
+        Ok(None) => {
+            init(&db).map_err(|e| corrupt(e.to_string()))?;
+            Ok(db)
+        }
+        Ok(Some((SCHEMA_VERSION, KEY_VERSION))) => Ok(db),
+        Ok(Some((schema, key))) => Err(OpenFailure::Unusable {
+            reason: format!(
+                "file has schema v{schema} and key v{key}; this relay uses schema v{SCHEMA_VERSION} and key v{KEY_VERSION}"
+            ),
+            suffix: format!("old-v{schema}"),
+        }),
+        Err(e) => Err(corrupt(e.to_string())),
+    }
+}
+
+/// I/O errors from reading a file that is not a (whole) redb database, as opposed to errors
+/// about the file system that moving the file would not fix.
+fn io_means_corrupt(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::InvalidData
+            | std::io::ErrorKind::InvalidInput
+    )
+}
+
+/// `(schema, key)` versions recorded in the file; `None` for a new, empty database; `(0, 0)` for a
+/// database without this store's `meta` table.
+fn read_versions(db: &Database) -> Result<Option<(u64, u64)>, StoreError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(TableError::TableDoesNotExist(_)) => {
+            let empty = txn.list_tables().map_err(db_err)?.next().is_none();
+            return Ok(if empty { None } else { Some((0, 0)) });
+        }
+        Err(e) => return Err(db_err(e)),
+    };
+    let version = |name: &str| -> Result<u64, StoreError> {
+        Ok(meta.get(name).map_err(db_err)?.map_or(0, |v| v.value()))
+    };
+    Ok(Some((version(META_SCHEMA)?, version(META_KEY)?)))
+}
+
+/// Creates every table and records this build's versions.
+fn init(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        txn.open_table(ENTRIES).map_err(db_err)?;
+        txn.open_table(INFO).map_err(db_err)?;
+        txn.open_table(BY_CREATED).map_err(db_err)?;
+        txn.open_table(BY_EXPIRY).map_err(db_err)?;
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        for (name, value) in [
+            (META_SCHEMA, SCHEMA_VERSION),
+            (META_KEY, KEY_VERSION),
+            (META_ENTRIES, 0),
+            (META_BYTES, 0),
+            (META_HITS, 0),
+        ] {
+            meta.insert(name, value).map_err(db_err)?;
+        }
+    }
+    txn.commit().map_err(db_err)
+}
+
+/// Renames `path` to `<path>.<suffix>` (adding `-1`, `-2`... if that exists); the new path.
+fn move_aside(path: &Path, suffix: &str) -> Result<PathBuf, StoreError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{suffix}"));
+    let mut target = PathBuf::from(&name);
+    let mut n = 0;
+    while target.exists() {
+        n += 1;
+        let mut numbered = name.clone();
+        numbered.push(format!("-{n}"));
+        target = PathBuf::from(numbered);
+    }
+    std::fs::rename(path, &target).map_err(|source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(target)
+}
+
+fn locked(path: &Path) -> StoreError {
+    StoreError::Locked {
+        path: path.to_owned(),
+    }
+}
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::backend(BACKEND, e.into())
+}
+
+fn corrupt(key: &CacheKey, e: codec::CodecError) -> StoreError {
+    StoreError::Corrupt {
+        key: key.hex(),
+        reason: e.to_string(),
+    }
+}

@@ -1,0 +1,346 @@
+//! The [`Store`] trait every cache backend implements, and what it shares: options, clock, errors.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+
+use super::entry::{Entry, EntryMeta};
+use super::key::CacheKey;
+
+/// A cache backend. Shared as `Arc<dyn Store>`; every method may be called from async code
+/// concurrently: none blocks the calling thread on disk or network.
+pub trait Store: Send + Sync + 'static {
+    /// The entry under `key`, if present and not expired. An expired entry is a miss and is removed
+    /// in the background. A hit counts towards the entry's `hits` lazily (batched with later
+    /// writes, never awaited, dropped if the write queue is full); the returned `meta.hits` does
+    /// not include this hit. An entry queued by [`Store::put`] is found even before it is
+    /// committed. Any error means "treat as a miss".
+    fn get(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<Entry>, StoreError>>;
+
+    /// Stores `entry` under `key`, replacing any entry there. Never waits for disk or network: the
+    /// entry is queued for the backend's single writer, and visible to [`Store::get`] at once.
+    ///
+    /// When `entry.meta.expires_ms` is `None`, the store's default TTL applies, counted from now.
+    /// Fails without storing when the entry alone exceeds the size bound
+    /// ([`StoreError::TooLarge`]), the write queue is full ([`StoreError::QueueFull`]), or the
+    /// store is closed. A write that fails later (disk full) is logged and counted in
+    /// [`Stats::write_errors`].
+    fn put(&self, key: CacheKey, entry: Entry) -> Result<(), StoreError>;
+
+    /// Removes the entry under `key`; resolves once removed. `true` when there was one.
+    fn remove(&self, key: CacheKey) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Unexpired entries, newest first (by `created_ms`), with each entry's accounted size
+    /// ([`Entry::size`]). For `relay cache ls`: reads every entry's meta, not for the request path.
+    fn list(&self, filter: ListFilter) -> BoxFuture<'_, Result<Vec<ListItem>, StoreError>>;
+
+    /// The one unexpired entry whose hex key starts with `hex_prefix` (1 to 64 hex characters,
+    /// either case). `Ok(None)` when none matches; [`StoreError::AmbiguousPrefix`] when several do;
+    /// [`StoreError::BadKey`] when the prefix is not hex.
+    fn find_prefix(
+        &self,
+        hex_prefix: &str,
+    ) -> BoxFuture<'_, Result<Option<(CacheKey, Entry)>, StoreError>>;
+
+    /// Removes every entry, or only those whose model is `model`; resolves once done, with the
+    /// number removed. Writes queued before the call are applied first.
+    fn clear(&self, model: Option<String>) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Totals over stored entries. Expired entries count until the writer sweeps them (each write
+    /// batch does); hits count once committed.
+    fn stats(&self) -> BoxFuture<'_, Result<Stats, StoreError>>;
+
+    /// Resolves when every write queued before the call (puts, removals, hit counts) is committed.
+    /// For tests, `relay cache` commands and shutdown.
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Commits everything queued, stops the writer and releases the backend (the redb file lock).
+    /// Later calls fail with [`StoreError::Closed`]. Call at shutdown; dropping the store without it
+    /// still commits queued writes, but in the background.
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The backend's name, for the `backend` metric label and logs: `redb` or `redis`.
+    fn backend(&self) -> &'static str;
+}
+
+/// One row of [`Store::list`]: the key, the entry's meta (hits included), and its accounted size in
+/// bytes ([`Entry::size`]).
+pub type ListItem = (CacheKey, EntryMeta, u64);
+
+/// Which entries [`Store::list`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only entries recorded for this model (exact match).
+    pub model: Option<String>,
+    /// At most this many (the newest); all when `None`.
+    pub limit: Option<usize>,
+}
+
+/// Totals reported by [`Store::stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Stored entries.
+    pub entries: u64,
+    /// Their accounted bytes ([`Entry::size`]), what `max_bytes` bounds.
+    pub bytes: u64,
+    /// `created_ms` of the oldest entry, unix milliseconds.
+    pub oldest_ms: Option<u64>,
+    /// `created_ms` of the newest entry, unix milliseconds.
+    pub newest_ms: Option<u64>,
+    /// Hits summed over the stored entries.
+    pub hits: u64,
+    /// Writes lost since this store was opened (a batch that failed to commit).
+    pub write_errors: u64,
+}
+
+/// Options every backend takes at open.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Default time to live of an entry from when it is put (`cache.ttl`); `None` = forever.
+    /// Default: 7 days.
+    pub ttl: Option<Duration>,
+    /// Size bound over [`Entry::size`] (`cache.max_bytes`); the oldest entries are evicted past it.
+    /// Default: 1 GiB.
+    pub max_bytes: u64,
+    /// Where "now" comes from. Default: the system clock.
+    pub clock: Clock,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            ttl: Some(Duration::from_secs(7 * 24 * 3600)),
+            max_bytes: 1 << 30,
+            clock: Clock::system(),
+        }
+    }
+}
+
+/// The largest entry any backend takes, whatever `max_bytes` says: 2 GiB.
+const MAX_ENTRY_BYTES: u64 = 1 << 31;
+
+impl StoreOptions {
+    /// The expiry of an entry put at `now_ms` with the default TTL.
+    pub(crate) fn default_expiry(&self, now_ms: u64) -> Option<u64> {
+        self.ttl
+            .map(|ttl| now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)))
+    }
+
+    /// Rejects an entry that could never fit, before it is queued.
+    pub(crate) fn check_size(&self, entry: &Entry) -> Result<u64, StoreError> {
+        let size = entry.size();
+        // The private codec stores lengths as u32, and redb values stay under 3 GiB.
+        let max = self.max_bytes.min(MAX_ENTRY_BYTES);
+        if size > max {
+            return Err(StoreError::TooLarge { size, max });
+        }
+        Ok(size)
+    }
+}
+
+/// The current time in unix milliseconds, injected so tests control TTLs without sleeping.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Clock {
+        Clock(Arc::new(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0)
+        }))
+    }
+
+    /// A clock reading `now` (unix milliseconds) from a function.
+    pub fn from_fn(now: impl Fn() -> u64 + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
+    }
+
+    /// Now, in unix milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::system()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Clock(now_ms={})", self.now_ms())
+    }
+}
+
+/// A clock that only moves when told: for tests of TTLs and ages.
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    /// A clock standing at `now_ms` (unix milliseconds).
+    pub fn new(now_ms: u64) -> ManualClock {
+        ManualClock(Arc::new(AtomicU64::new(now_ms)))
+    }
+
+    /// A [`Clock`] reading this one.
+    pub fn clock(&self) -> Clock {
+        let t = self.0.clone();
+        Clock::from_fn(move || t.load(Ordering::SeqCst))
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// Sets the clock to `now_ms`.
+    pub fn set(&self, now_ms: u64) {
+        self.0.store(now_ms, Ordering::SeqCst);
+    }
+
+    /// The clock's reading.
+    pub fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Queued puts of the keys whose first byte falls in one shard: key → (put sequence number, entry).
+type Shard = Mutex<HashMap<CacheKey, (u64, Arc<Entry>)>>;
+
+/// Entries queued but not yet committed, visible to `get`. Sharded by the key's first byte so
+/// concurrent requests rarely meet on a lock, and each lock is held for one map operation.
+#[derive(Default)]
+pub(crate) struct Pending {
+    shards: [Shard; 16],
+}
+
+impl Pending {
+    fn shard(&self, key: &CacheKey) -> MutexGuard<'_, HashMap<CacheKey, (u64, Arc<Entry>)>> {
+        self.shards[usize::from(key.as_bytes()[0] & 0x0f)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn insert(&self, key: CacheKey, seq: u64, entry: Arc<Entry>) {
+        self.shard(&key).insert(key, (seq, entry));
+    }
+
+    pub(crate) fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        self.shard(key).get(key).map(|(_, e)| e.clone())
+    }
+
+    /// Forgets the queued put `seq` of `key`, unless a later put replaced it.
+    pub(crate) fn settle(&self, key: &CacheKey, seq: u64) {
+        let mut shard = self.shard(key);
+        if shard.get(key).is_some_and(|(s, _)| *s == seq) {
+            shard.remove(key);
+        }
+    }
+}
+
+/// What can go wrong in a cache store. For the request path every error means "treat as a miss"
+/// (or "don't store"); the variants matter to the CLI and to logs.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The cache file is held by another process (redb allows one): use that process's admin API.
+    #[error("cache store {} is in use by another process", path.display())]
+    Locked { path: PathBuf },
+    /// The store was closed ([`Store::close`]) or its writer stopped.
+    #[error("cache store is closed")]
+    Closed,
+    /// Too many writes are queued; this one was dropped.
+    #[error("cache write queue is full; entry not stored")]
+    QueueFull,
+    /// The entry alone is bigger than the size bound.
+    #[error("entry of {size} bytes exceeds the cache bound of {max} bytes")]
+    TooLarge { size: u64, max: u64 },
+    /// A key or key prefix that is not hex.
+    #[error("invalid cache key {input:?}: {reason}")]
+    BadKey { input: String, reason: String },
+    /// More than one entry starts with the prefix.
+    #[error("cache key prefix {prefix} matches several entries; give more characters")]
+    AmbiguousPrefix { prefix: String },
+    /// A filesystem error (creating the directory, moving a corrupt file aside).
+    #[error("cache store {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored entry could not be decoded.
+    #[error("cache entry {key} is damaged: {reason}")]
+    Corrupt { key: String, reason: String },
+    /// The backend failed (a redb transaction, a Redis command).
+    #[error("cache {backend} error: {source}")]
+    Backend {
+        backend: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn backend(
+        backend: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
+        StoreError::Backend {
+            backend,
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn bad_key(input: &str, reason: impl fmt::Display) -> StoreError {
+        StoreError::BadKey {
+            input: input.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let m = ManualClock::new(1_000);
+        let c = m.clock();
+        assert_eq!(c.now_ms(), 1_000);
+        m.advance(Duration::from_secs(2));
+        assert_eq!(c.now_ms(), 3_000);
+        m.set(5);
+        assert_eq!(c.now_ms(), 5);
+        assert!(Clock::system().now_ms() > 1_600_000_000_000);
+    }
+
+    #[test]
+    fn default_expiry_and_size_check() {
+        let opts = StoreOptions {
+            ttl: Some(Duration::from_secs(1)),
+            max_bytes: 100,
+            clock: Clock::system(),
+        };
+        assert_eq!(opts.default_expiry(10), Some(1_010));
+        let forever = StoreOptions {
+            ttl: None,
+            ..opts.clone()
+        };
+        assert_eq!(forever.default_expiry(10), None);
+        let big = crate::cache::entry::tests::json_entry("m", 1, &"x".repeat(200));
+        assert!(matches!(
+            opts.check_size(&big),
+            Err(StoreError::TooLarge { max: 100, .. })
+        ));
+    }
+}

@@ -1,0 +1,446 @@
+//! A mock upstream that speaks OpenAI and Anthropic: JSON and SSE responses, error statuses, and slow,
+//! holding and stalling modes. It runs a real hyper server (HTTP/1.1 and h2c) on 127.0.0.1 port 0 and
+//! records what it receives, so tests can check what relay really sent.
+//!
+//! Request headers steer it:
+//! - `x-mock-status: <code>`: answer with that status and an error body in the mock's own dialect;
+//! - `x-mock: hold`: stream the first SSE event, then wait for [`Mock::release`] before the rest (a
+//!   JSON answer waits for the release before its headers);
+//! - `x-mock: stall-headers`: never answer; `x-mock: stall-body`: send headers and one event, then nothing;
+//! - `x-mock: hop-headers`: add hop-by-hop headers to the response (relay must strip them);
+//! - `x-mock-interval-ms: <n>`: pause between SSE events.
+//!
+//! Every wait a test does on the mock is on a signal (a watch channel), never a sleep.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Which API the mock imitates (error shapes, default answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    OpenAi,
+    Anthropic,
+}
+
+/// One request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: http::Method,
+    /// Path and query.
+    pub uri: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A counter tests can wait on.
+#[derive(Clone)]
+pub struct Counter(Arc<watch::Sender<usize>>);
+
+impl Default for Counter {
+    fn default() -> Self {
+        Counter(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+    pub fn get(&self) -> usize {
+        *self.0.borrow()
+    }
+    /// Resolves once the count reaches `n`; panics after 10 s (a failing test, not a sync point).
+    pub async fn wait_for(&self, n: usize, what: &str) {
+        let mut rx = self.0.subscribe();
+        let waited = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| *v >= n)).await;
+        assert!(
+            matches!(waited, Ok(Ok(_))),
+            "timed out waiting for {what} to reach {n} (at {})",
+            self.get()
+        );
+    }
+}
+
+struct Shared {
+    name: String,
+    kind: Kind,
+    requests: Mutex<Vec<Recorded>>,
+    released: watch::Sender<bool>,
+    calls: Counter,
+    connections: Counter,
+    first_event_sent: Counter,
+    completed: Counter,
+    cancelled: Counter,
+}
+
+/// A running mock upstream; stops when dropped.
+pub struct Mock {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Mock {
+    pub async fn start(name: &str, kind: Kind) -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            kind,
+            requests: Mutex::new(Vec::new()),
+            released: watch::channel(false).0,
+            calls: Counter::default(),
+            connections: Counter::default(),
+            first_event_sent: Counter::default(),
+            completed: Counter::default(),
+            cancelled: Counter::default(),
+        });
+        let s = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                s.connections.inc();
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(s.clone(), req));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Mock { addr, shared, task }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>/v1`, the base URL relay's config points at.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// The last request received.
+    pub fn last(&self) -> Recorded {
+        self.requests().pop().expect("the mock received no request")
+    }
+
+    /// Requests received (a counter tests can wait on).
+    pub fn calls(&self) -> &Counter {
+        &self.shared.calls
+    }
+
+    /// TCP connections accepted.
+    pub fn connections(&self) -> &Counter {
+        &self.shared.connections
+    }
+
+    /// SSE responses whose first event has been handed to the connection.
+    pub fn first_event_sent(&self) -> &Counter {
+        &self.shared.first_event_sent
+    }
+
+    /// Responses that ended before the mock had sent all of it (the requester went away).
+    pub fn cancelled(&self) -> &Counter {
+        &self.shared.cancelled
+    }
+
+    /// Responses fully produced.
+    pub fn completed(&self) -> &Counter {
+        &self.shared.completed
+    }
+
+    /// Lets every held stream (`x-mock: hold`) continue, now and later.
+    pub fn release(&self) {
+        self.shared.released.send_replace(true);
+    }
+}
+
+/// Marks a response cancelled when dropped before it was marked complete.
+struct Guard {
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl Guard {
+    fn complete(mut self) {
+        self.done = true;
+        self.shared.completed.inc();
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.cancelled.inc();
+        }
+    }
+}
+
+type MockBody = BoxBody<Bytes, Infallible>;
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<MockBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let rec = Recorded {
+        method: parts.method.clone(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    };
+    shared.requests.lock().unwrap().push(rec);
+    shared.calls.inc();
+    let guard = Guard {
+        shared: shared.clone(),
+        done: false,
+    };
+
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let mode = header("x-mock").unwrap_or_default();
+    let path = parts.uri.path().to_string();
+
+    if let Some(status) = header("x-mock-status").and_then(|s| s.parse::<u16>().ok()) {
+        let body = error_body(shared.kind, status);
+        let resp = Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .header("retry-after", "7")
+            .header("x-mock-name", &shared.name)
+            .body(full(body))
+            .unwrap();
+        guard.complete();
+        return Ok(resp);
+    }
+    if mode == "stall-headers" {
+        let _guard = guard;
+        let never: Infallible = std::future::pending().await;
+        match never {}
+    }
+
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let model = json["model"].as_str().unwrap_or("mock-model").to_string();
+    let streaming = json["stream"].as_bool().unwrap_or(false);
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header("x-mock-name", &shared.name)
+        .header("x-upstream-only", "kept");
+    if mode == "hop-headers" {
+        builder = builder
+            .header("connection", "keep-alive, x-mock-hop")
+            .header("x-mock-hop", "1")
+            .header("keep-alive", "timeout=5");
+    }
+
+    if !streaming {
+        if mode == "hold" {
+            shared.first_event_sent.inc();
+            let mut released = shared.released.subscribe();
+            let _ = released.wait_for(|r| *r).await;
+        }
+        let body = if path.ends_with("/messages") {
+            anthropic_json(&model)
+        } else if path.ends_with("/chat/completions") {
+            openai_json(&model)
+        } else {
+            serde_json::json!({"mock": shared.name, "path": path, "method": parts.method.as_str()})
+                .to_string()
+        };
+        guard.complete();
+        return Ok(builder
+            .header("content-type", "application/json")
+            .body(full(body))
+            .unwrap());
+    }
+
+    let events = if path.ends_with("/messages") {
+        anthropic_sse(&model)
+    } else {
+        openai_sse(&model)
+    };
+    let interval = header("x-mock-interval-ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    let hold = mode == "hold";
+    let stall = mode == "stall-body";
+    let released = shared.released.subscribe();
+    struct St {
+        events: std::vec::IntoIter<String>,
+        sent: usize,
+        guard: Option<Guard>,
+        released: watch::Receiver<bool>,
+    }
+    let st = St {
+        events: events.into_iter(),
+        sent: 0,
+        guard: Some(guard),
+        released,
+    };
+    let body = stream::unfold(st, move |mut st| async move {
+        if st.sent == 1 {
+            st.guard.as_ref().unwrap().shared.first_event_sent.inc();
+            if hold {
+                let _ = st.released.wait_for(|r| *r).await;
+            }
+            if stall {
+                std::future::pending::<()>().await;
+            }
+        }
+        if st.sent > 0 {
+            if let Some(d) = interval {
+                tokio::time::sleep(d).await;
+            }
+        }
+        match st.events.next() {
+            Some(ev) => {
+                st.sent += 1;
+                Some((Ok::<_, Infallible>(Frame::data(Bytes::from(ev))), st))
+            }
+            None => {
+                st.guard.take().unwrap().complete();
+                None
+            }
+        }
+    });
+    Ok(builder
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(BoxBody::new(StreamBody::new(body)))
+        .unwrap())
+}
+
+fn full(b: impl Into<Bytes>) -> MockBody {
+    BoxBody::new(Full::new(b.into()))
+}
+
+/// The error body a provider sends for `status`.
+pub fn error_body(kind: Kind, status: u16) -> String {
+    match kind {
+        Kind::OpenAi => serde_json::json!({"error": {"message": format!("mock error {status}"), "type": "requests", "param": null, "code": "rate_limit_exceeded"}}).to_string(),
+        Kind::Anthropic => serde_json::json!({"type": "error", "error": {"type": "rate_limit_error", "message": format!("mock error {status}")}}).to_string(),
+    }
+}
+
+pub fn openai_json(model: &str) -> String {
+    serde_json::json!({
+        "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello world"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
+    })
+    .to_string()
+}
+
+pub fn anthropic_json(model: &str) -> String {
+    serde_json::json!({
+        "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": "Hello world"}],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 9, "output_tokens": 2}
+    })
+    .to_string()
+}
+
+/// OpenAI chat completion chunks, one SSE event each, ending with `[DONE]`.
+pub fn openai_sse(model: &str) -> Vec<String> {
+    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+        let v = serde_json::json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {v}\n\n")
+    };
+    vec![
+        chunk(
+            serde_json::json!({"role": "assistant", "content": ""}),
+            serde_json::Value::Null,
+        ),
+        chunk(
+            serde_json::json!({"content": "Hello"}),
+            serde_json::Value::Null,
+        ),
+        chunk(
+            serde_json::json!({"content": " world"}),
+            serde_json::Value::Null,
+        ),
+        chunk(serde_json::json!({}), serde_json::json!("stop")),
+        "data: [DONE]\n\n".to_string(),
+    ]
+}
+
+/// Anthropic Messages stream events, `message_start` to `message_stop`.
+pub fn anthropic_sse(model: &str) -> Vec<String> {
+    let ev = |name: &str, v: serde_json::Value| format!("event: {name}\ndata: {v}\n\n");
+    vec![
+        ev(
+            "message_start",
+            serde_json::json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
+            "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 9, "output_tokens": 1}}}),
+        ),
+        ev(
+            "content_block_start",
+            serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        ev("ping", serde_json::json!({"type": "ping"})),
+        ev(
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+        ),
+        ev(
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " world"}}),
+        ),
+        ev(
+            "content_block_stop",
+            serde_json::json!({"type": "content_block_stop", "index": 0}),
+        ),
+        ev(
+            "message_delta",
+            serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 2}}),
+        ),
+        ev("message_stop", serde_json::json!({"type": "message_stop"})),
+    ]
+}
