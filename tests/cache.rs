@@ -650,3 +650,77 @@ async fn redis_backend_is_shared_and_survives_redis_going_away() {
         "{m}"
     );
 }
+
+/// Runs `relay cache <args> --server <relay>` (the running server holds the redb file).
+async fn cache_cli(relay: &Relay, args: &[&str]) -> (bool, String, String) {
+    let out = within(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+            .arg("cache")
+            .args(args)
+            .arg("--server")
+            .arg(relay.url(""))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn export_clear_import_then_hit_through_the_running_server() {
+    let (openai, _anthropic, relay) = cached_setup("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("session.jsonl");
+    let file = file.to_str().unwrap();
+    let json = chat_body("gpt-4o", false);
+    let sse = chat_body("gpt-4o", true);
+    let (_, cache, recorded_json) = call(&relay, CHAT, &json, &[]).await;
+    assert_eq!(cache.as_deref(), Some("MISS"));
+    let (_, cache, recorded_sse) = call(&relay, CHAT, &sse, &[]).await;
+    assert_eq!(cache.as_deref(), Some("MISS"));
+
+    let (ok, _, err) = cache_cli(&relay, &["export", file]).await;
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(file).unwrap().lines().count(), 2);
+    let (ok, out, err) = cache_cli(&relay, &["clear"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains('2'), "{out}");
+    let (ok, out, _) = cache_cli(&relay, &["ls"]).await;
+    assert!(ok);
+    assert!(!out.contains("gpt-4o"), "cleared: {out}");
+
+    let (ok, out, err) = cache_cli(&relay, &["import", file]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains('2'), "{out}");
+    let (_, cache, replayed_json) = call(&relay, CHAT, &json, &[]).await;
+    assert_eq!(cache.as_deref(), Some("HIT"));
+    assert_eq!(replayed_json, recorded_json);
+    let (_, cache, replayed_sse) = call(&relay, CHAT, &sse, &[]).await;
+    assert_eq!(cache.as_deref(), Some("HIT"));
+    assert_eq!(replayed_sse, recorded_sse);
+    assert_eq!(
+        openai.calls().get(),
+        2,
+        "imported entries answer without upstream calls"
+    );
+}
+
+#[tokio::test]
+async fn the_admin_api_answers_loopback_and_404s_other_paths() {
+    let (_openai, _anthropic, relay) = cached_setup("").await;
+    let resp = within(client().request(get(&relay.url("/relay/cache/stats"))))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let stats: serde_json::Value = serde_json::from_slice(&bytes(resp).await).unwrap();
+    assert_eq!(stats["entries"], 0, "{stats}");
+    let resp = within(client().request(get(&relay.url("/relay/nope"))))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}

@@ -16,6 +16,7 @@
 //! The config is read once per request (one atomic load); a reload mid-request does not affect it.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,6 +33,7 @@ use super::cache::{self as stage, Answer, Cache, Outcome};
 use super::error::{Dialect, EdgeError};
 use super::route::{self, PathTarget};
 use super::upstream::{self, UpstreamBody, Upstreams};
+use crate::cache;
 use crate::config::Config;
 use crate::metrics::{Metrics, ModelLabels};
 
@@ -66,12 +68,14 @@ pub struct State {
 /// The hyper service function.
 pub async fn handle(
     state: Arc<State>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<RelayBody>, Infallible> {
     let started = Instant::now();
-    if let Some(resp) = admin(&state, &req).await {
-        return Ok(resp);
-    }
+    let req = match admin(&state, peer, req).await {
+        Ok(resp) => return Ok(resp),
+        Err(req) => req,
+    };
     let rt = state.runtime.load_full();
     let request_id = match req.headers().get("x-request-id") {
         Some(v) => v.clone(),
@@ -97,9 +101,20 @@ pub async fn handle(
     Ok(resp.map(|b| b.with_exchange(x)))
 }
 
-/// Stage 1: relay's own endpoints.
-async fn admin(state: &State, req: &Request<Incoming>) -> Option<Response<RelayBody>> {
-    let (content_type, body) = match req.uri().path() {
+/// Stage 1: relay's own endpoints. Anything else is handed back to go on through the pipeline.
+///
+/// `/relay/...` (the cache admin API) answers loopback peers only: it can read and delete every
+/// recording. Other peers get a 404 there, as for any unknown path.
+async fn admin(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<RelayBody>, Request<Incoming>> {
+    let path = req.uri().path();
+    if path == RELAY_PREFIX || path.starts_with(RELAY_PREFIX_SLASH) {
+        return Ok(relay_api(state, peer, req).await);
+    }
+    let (content_type, body) = match path {
         "/healthz" => (
             "application/json",
             Bytes::from_static(b"{\"status\":\"ok\"}"),
@@ -123,12 +138,52 @@ async fn admin(state: &State, req: &Request<Incoming>) -> Option<Response<RelayB
                 Bytes::from(state.metrics.render()),
             )
         }
-        _ => return None,
+        _ => return Err(req),
     };
     let mut resp = Response::new(RelayBody::full(body));
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    Some(resp)
+    Ok(resp)
+}
+
+/// Relay's own API under `/relay`.
+const RELAY_PREFIX: &str = "/relay";
+const RELAY_PREFIX_SLASH: &str = "/relay/";
+
+/// `/relay/...`: loopback peers only.
+async fn relay_api(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<RelayBody> {
+    let path = req.uri().path();
+    let found = if !peer.ip().is_loopback() {
+        None
+    } else if path == cache::admin::PREFIX
+        || path.starts_with(&format!("{}/", cache::admin::PREFIX))
+    {
+        match &state.cache {
+            Some(c) => Some(cache::admin::handle(c.store(), req).await),
+            None => Some(json_error(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "the cache is off (cache.enabled: false)",
+            )),
+        }
+    } else {
+        None
+    };
+    found
+        .unwrap_or_else(|| json_error(http::StatusCode::NOT_FOUND, "no such relay endpoint"))
+        .map(RelayBody::full)
+}
+
+/// `{"error": "..."}`, the admin API's error shape.
+fn json_error(status: http::StatusCode, message: &str) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from(
+        serde_json::json!({ "error": message }).to_string(),
+    ));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// Stages 3–7.
