@@ -21,6 +21,7 @@ pub mod admin;
 pub mod cli;
 mod codec;
 pub mod entry;
+mod hot;
 pub mod key;
 pub mod open;
 pub mod redb_store;

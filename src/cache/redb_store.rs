@@ -9,8 +9,10 @@
 //! Threads: ONE writer thread owns every write transaction. [`Store::put`] puts the entry in a
 //! small sharded "pending" map (so reads see it at once) and queues it; the writer drains the queue
 //! and commits everything drained (puts, removals, hit counts, expiry sweep, eviction) in one
-//! transaction, then drops the pending copies. Reads run on tokio's blocking pool; redb's MVCC lets
-//! them proceed while the writer commits.
+//! transaction, then drops the pending copies. Reads first look in the in-memory front
+//! (`hot`: recently written and read entries, up to 64 MiB, kept consistent by the writer), then run on
+//! tokio's blocking pool; redb's MVCC lets them proceed while the writer commits. Batches of nothing
+//! but hit counts commit without an fsync, with a durable commit at least once a second.
 //!
 //! Recovery: a file redb cannot open, or whose `meta` versions differ from this build's, is moved
 //! aside (`<name>.corrupt-<unix secs>` or `<name>.old-v<schema>`) with one warning, and an empty
@@ -29,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec;
 use super::entry::Entry;
+use super::hot::{self, Hot};
 use super::key::{CacheKey, KeyPrefix, KEY_VERSION};
 use super::store::{ListFilter, ListItem, Pending, Stats, Store, StoreError, StoreOptions};
 
@@ -76,6 +79,7 @@ pub struct RedbStore {
     released: Mutex<Option<oneshot::Receiver<()>>>,
     tx: mpsc::Sender<Op>,
     pending: Arc<Pending>,
+    hot: Arc<Hot>,
     seq: AtomicU64,
     write_errors: Arc<AtomicU64>,
 }
@@ -102,14 +106,17 @@ impl RedbStore {
         });
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let pending = Arc::new(Pending::default());
+        let hot = Arc::new(Hot::new(opts.max_bytes.min(hot::DEFAULT_BUDGET)));
         let write_errors = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             db: db.clone(),
             rx,
             pending: pending.clone(),
+            hot: hot.clone(),
             opts: opts.clone(),
             write_errors: write_errors.clone(),
             failing: false,
+            last_durable: std::time::Instant::now(),
         };
         std::thread::Builder::new()
             .name("relay-cache-writer".into())
@@ -125,6 +132,7 @@ impl RedbStore {
             released: Mutex::new(Some(released_rx)),
             tx,
             pending,
+            hot,
             seq: AtomicU64::new(0),
             write_errors,
         })
@@ -165,7 +173,18 @@ impl RedbStore {
 impl Store for RedbStore {
     fn get(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<Entry>, StoreError>> {
         Box::pin(async move {
+            if self.db.load().is_none() {
+                return Err(StoreError::Closed);
+            }
             let now = self.opts.clock.now_ms();
+            if let Some(slot) = self.hot.get(&key) {
+                if slot.entry.is_expired(now) {
+                    self.nudge(Op::Expire(key));
+                    return Ok(None);
+                }
+                self.nudge(Op::Hit(key));
+                return Ok(Some(slot.hit()));
+            }
             if let Some(entry) = self.pending.get(&key) {
                 if entry.is_expired(now) {
                     return Ok(None);
@@ -173,6 +192,7 @@ impl Store for RedbStore {
                 self.nudge(Op::Hit(key));
                 return Ok(Some(Entry::clone(&entry)));
             }
+            let generation = self.hot.generation();
             let found = self
                 .read(move |db| {
                     let txn = db.begin_read().map_err(db_err)?;
@@ -202,6 +222,9 @@ impl Store for RedbStore {
                 }
                 Lookup::Found(entry) => {
                     self.nudge(Op::Hit(key));
+                    let (size, hits) = (entry.size(), entry.meta.hits);
+                    let kept = Arc::new(Entry::clone(&entry));
+                    self.hot.insert_if(generation, key, kept, size, hits + 1);
                     Ok(Some(*entry))
                 }
             }
@@ -218,10 +241,14 @@ impl Store for RedbStore {
         self.pending.insert(key, seq, entry.clone());
         let sent = self.tx.try_send(Op::Put {
             key,
-            entry,
+            entry: entry.clone(),
             size,
             seq,
         });
+        if sent.is_ok() {
+            let hits = entry.meta.hits;
+            self.hot.insert(key, entry, size, hits);
+        }
         sent.map_err(|e| {
             self.pending.settle(&key, seq);
             match e {
@@ -459,10 +486,13 @@ struct Writer {
     db: Arc<DbHandle>,
     rx: mpsc::Receiver<Op>,
     pending: Arc<Pending>,
+    hot: Arc<Hot>,
     opts: StoreOptions,
     write_errors: Arc<AtomicU64>,
     /// Whether the last batch failed (so an outage is logged once, not per batch).
     failing: bool,
+    /// When the last commit that reached the disk (fsync) happened.
+    last_durable: std::time::Instant,
 }
 
 impl Writer {
@@ -491,9 +521,19 @@ impl Writer {
     fn commit(&mut self, batch: Vec<Op>) {
         let result = if batch.iter().any(Op::mutates) {
             let now = self.opts.clock.now_ms();
+            // Hit counts (and expiry of entries a read found stale) are bookkeeping: under a stream
+            // of hits they are committed without an fsync, with a durable commit at least once per
+            // [`LAZY_SYNC`]. Everything else is durable when its batch commits.
+            let durable = batch
+                .iter()
+                .any(|op| !matches!(op, Op::Hit(_) | Op::Expire(_)))
+                || self.last_durable.elapsed() >= LAZY_SYNC;
+            if durable {
+                self.last_durable = std::time::Instant::now();
+            }
             // redb asserts on some damage; a panic here must cost this batch, not the writer.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                apply(self.db.db(), &batch, now, self.opts.max_bytes)
+                apply(self.db.db(), &batch, now, self.opts.max_bytes, durable)
             }))
             .unwrap_or_else(|_| {
                 Err(StoreError::backend(
@@ -502,8 +542,27 @@ impl Writer {
                 ))
             })
         } else {
-            Ok(batch.iter().map(|_| Outcome::Done).collect())
+            Ok(Applied {
+                outcomes: batch.iter().map(|_| Outcome::Done).collect(),
+                gone: Vec::new(),
+                cleared: false,
+            })
         };
+        match &result {
+            Ok(applied) if applied.cleared => self.hot.clear(),
+            Ok(applied) => self.hot.remove_all(&applied.gone),
+            Err(_) => {
+                // Puts that did not land must not be served from memory either.
+                let lost: Vec<CacheKey> = batch
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::Put { key, .. } => Some(*key),
+                        _ => None,
+                    })
+                    .collect();
+                self.hot.remove_all(&lost);
+            }
+        }
         match &result {
             Ok(_) if self.failing => {
                 self.failing = false;
@@ -523,7 +582,7 @@ impl Writer {
             }
         }
         let mut outcomes = match result {
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect::<Vec<_>>(),
+            Ok(applied) => applied.outcomes.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => {
                 let msg = e.to_string();
                 batch
@@ -561,9 +620,13 @@ fn apply(
     batch: &[Op],
     now: u64,
     max_bytes: u64,
-) -> Result<Vec<Outcome>, StoreError> {
-    let txn = db.begin_write().map_err(db_err)?;
-    let outcomes = {
+    durable: bool,
+) -> Result<Applied, StoreError> {
+    let mut txn = db.begin_write().map_err(db_err)?;
+    if !durable {
+        txn.set_durability(redb::Durability::None);
+    }
+    let applied = {
         let mut t = Tables::open(&txn)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for op in batch {
@@ -582,7 +645,7 @@ fn apply(
                     t.expire(key, now)?;
                     Outcome::Done
                 }
-                Op::Remove { key, .. } => Outcome::Removed(t.remove(key)?.is_some()),
+                Op::Remove { key, .. } => Outcome::Removed(t.drop_entry(key)?),
                 Op::Clear { model, .. } => Outcome::Cleared(t.clear(model.as_deref())?),
                 Op::Flush(_) | Op::Close(_) => Outcome::Done,
             });
@@ -590,11 +653,28 @@ fn apply(
         t.sweep(now)?;
         t.evict(max_bytes)?;
         t.save_totals()?;
-        outcomes
+        Applied {
+            outcomes,
+            gone: std::mem::take(&mut t.gone),
+            cleared: t.cleared,
+        }
     };
     txn.commit().map_err(db_err)?;
-    Ok(outcomes)
+    Ok(applied)
 }
+
+/// What a committed batch did.
+struct Applied {
+    /// One per op, in order.
+    outcomes: Vec<Outcome>,
+    /// Entries it removed (besides replacing): to drop from the in-memory front.
+    gone: Vec<CacheKey>,
+    /// Whether it removed every entry.
+    cleared: bool,
+}
+
+/// How long hit counts may go without an fsync (see [`Writer::commit`]).
+const LAZY_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An entry's row in `info`.
 #[derive(Clone, Copy)]
@@ -633,6 +713,10 @@ struct Tables<'txn> {
     count: u64,
     bytes: u64,
     hits: u64,
+    /// Keys removed by [`Tables::drop_entry`].
+    gone: Vec<CacheKey>,
+    /// Set by a full clear.
+    cleared: bool,
 }
 
 impl<'txn> Tables<'txn> {
@@ -651,6 +735,8 @@ impl<'txn> Tables<'txn> {
             count,
             bytes,
             hits,
+            gone: Vec::new(),
+            cleared: false,
         })
     }
 
@@ -679,6 +765,15 @@ impl<'txn> Tables<'txn> {
         self.bytes += size;
         self.hits += info.hits;
         Ok(())
+    }
+
+    /// Removes an entry for good (not to replace it): noted in `gone`. Whether it was there.
+    fn drop_entry(&mut self, key: &CacheKey) -> Result<bool, StoreError> {
+        let found = self.remove(key)?.is_some();
+        if found {
+            self.gone.push(*key);
+        }
+        Ok(found)
     }
 
     /// Removes an entry from every table; its info when it was there.
@@ -726,7 +821,7 @@ impl<'txn> Tables<'txn> {
             .map_err(db_err)?
             .is_some_and(|v| Info::from(v.value()).expires <= now);
         if expired {
-            self.remove(key)?;
+            self.drop_entry(key)?;
         }
         Ok(())
     }
@@ -739,6 +834,7 @@ impl<'txn> Tables<'txn> {
             self.by_created.retain(|_, _| false).map_err(db_err)?;
             self.by_expiry.retain(|_, _| false).map_err(db_err)?;
             (self.count, self.bytes, self.hits) = (0, 0, 0);
+            self.cleared = true;
             return Ok(n);
         };
         let mut keys = Vec::new();
@@ -750,7 +846,7 @@ impl<'txn> Tables<'txn> {
         }
         let mut n = 0;
         for key in keys {
-            n += u64::from(self.remove(&key)?.is_some());
+            n += u64::from(self.drop_entry(&key)?);
         }
         Ok(n)
     }
@@ -765,7 +861,7 @@ impl<'txn> Tables<'txn> {
             expired.push(CacheKey::from_bytes(row.map_err(db_err)?.0.value().1));
         }
         for key in expired {
-            self.remove(&key)?;
+            self.drop_entry(&key)?;
         }
         Ok(())
     }
@@ -781,7 +877,7 @@ impl<'txn> Tables<'txn> {
             let Some(k) = oldest else {
                 break;
             };
-            self.remove(&CacheKey::from_bytes(k))?;
+            self.drop_entry(&CacheKey::from_bytes(k))?;
         }
         Ok(())
     }

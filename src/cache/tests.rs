@@ -53,6 +53,7 @@ macro_rules! store_suite {
             ttl_expiry_uses_the_injected_clock,
             no_ttl_keeps_entries_forever,
             eviction_removes_oldest_first_at_the_size_bound,
+            evicted_entries_are_never_served,
             too_large_entries_are_refused,
             list_newest_first_with_model_filter_and_limit,
             clear_all_or_by_model,
@@ -256,6 +257,40 @@ where
     assert_eq!(stats.entries, 2);
     assert!(s.get(key(4)).await.unwrap().is_some());
     assert!(s.get(key(5)).await.unwrap().is_some());
+}
+
+/// Many small entries (what a store keeps in memory, if it does): whatever the store evicts at its
+/// bound is a miss from then on.
+pub(crate) async fn evicted_entries_are_never_served<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions) -> Fut,
+    Fut: Future<Output = Opened>,
+{
+    let clock = ManualClock::new(T0);
+    let one = json_entry("m", T0, "{}").size();
+    let opened = open(options(&clock, None, 100 * one)).await;
+    let s = &opened.store;
+    for n in 0..100u8 {
+        s.put(key(n), json_entry("m", T0 + u64::from(n), "{}"))
+            .unwrap();
+    }
+    s.flush().await.unwrap();
+    for n in 0..100u8 {
+        assert!(s.get(key(n)).await.unwrap().is_some(), "key {n}");
+    }
+    // Twenty more push out the twenty oldest.
+    for n in 100..120u8 {
+        s.put(key(n), json_entry("m", T0 + u64::from(n), "{}"))
+            .unwrap();
+    }
+    s.flush().await.unwrap();
+    for n in 0..20u8 {
+        assert_eq!(s.get(key(n)).await.unwrap(), None, "evicted key {n}");
+    }
+    for n in 20..120u8 {
+        assert!(s.get(key(n)).await.unwrap().is_some(), "key {n}");
+    }
+    assert_eq!(s.stats().await.unwrap().entries, 100);
 }
 
 pub(crate) async fn too_large_entries_are_refused<F, Fut>(open: &F)
