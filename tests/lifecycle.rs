@@ -268,6 +268,11 @@ async fn graceful_shutdown_refuses_new_connections_and_drains_streams() {
         .await
         .unwrap();
     assert_eq!(text(resp).await, mock::openai_json(MODEL));
+    // The mock counts a response complete after its last byte is written, which can be just after
+    // the client has read it.
+    a.completed()
+        .wait_for(1, "the plain response completed")
+        .await;
 
     // Once released, the mock paces the remaining events 20 ms apart (as a real generation does),
     // so the stream outlasts the drain's start by a margin: a server that cut it short instead of

@@ -677,27 +677,6 @@ async fn environment_overrides_config_keys() {
 
 // ---------------------------------------------------------------- observability
 
-/// The value of the sample `name{labels}` in Prometheus text, labels matched as a set.
-fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (n, rest) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if n != name {
-                return None;
-            }
-            let have: Vec<&str> = rest.split(',').filter(|s| !s.is_empty()).collect();
-            let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-            (have.len() == want.len() && want.iter().all(|w| have.contains(&w.as_str())))
-                .then(|| value.parse().unwrap())
-        })
-}
-
 #[tokio::test]
 async fn healthz_and_metrics() {
     let (openai, _anthropic, relay) = setup("").await;
@@ -722,9 +701,9 @@ async fn healthz_and_metrics() {
         .unwrap();
     let resp = within(c.request(req)).await.unwrap();
     let m = relay.metrics().await;
-    assert_eq!(sample(&m, "relay_inflight_requests", &[]), Some(1.0), "{m}");
+    assert_eq!(metric(&m, "relay_inflight_requests", &[]), Some(1.0), "{m}");
     assert_eq!(
-        sample(
+        metric(
             &m,
             "relay_requests_total",
             &[
@@ -737,7 +716,7 @@ async fn healthz_and_metrics() {
         "{m}"
     );
     assert_eq!(
-        sample(
+        metric(
             &m,
             "relay_requests_total",
             &[("provider", "none"), ("model", "none"), ("status", "404")]
@@ -746,7 +725,7 @@ async fn healthz_and_metrics() {
         "{m}"
     );
     assert_eq!(
-        sample(
+        metric(
             &m,
             "relay_upstream_latency_seconds_count",
             &[("provider", "openai")]
@@ -755,7 +734,7 @@ async fn healthz_and_metrics() {
         "{m}"
     );
     assert!(
-        sample(&m, "relay_overhead_seconds_count", &[]).unwrap() >= 2.0,
+        metric(&m, "relay_overhead_seconds_count", &[]).unwrap() >= 2.0,
         "{m}"
     );
     assert!(m.contains("# TYPE relay_upstream_latency_seconds histogram"));

@@ -33,7 +33,9 @@ use super::codec;
 use super::entry::Entry;
 use super::hot::{self, Hot};
 use super::key::{CacheKey, KeyPrefix, KEY_VERSION};
-use super::store::{ListFilter, ListItem, Pending, Stats, Store, StoreError, StoreOptions};
+use super::store::{
+    ListFilter, ListItem, Pending, Stats, Store, StoreError, StoreOptions, WriteOp as Op,
+};
 
 /// Version of this file's table layout and the entry codec. Bump on any change: files of another
 /// version are moved aside at open.
@@ -440,37 +442,6 @@ impl Drop for DbHandle {
         if let Some(tx) = self.on_drop.take() {
             let _ = tx.send(());
         }
-    }
-}
-
-/// What the writer is asked to do.
-enum Op {
-    Put {
-        key: CacheKey,
-        entry: Arc<Entry>,
-        size: u64,
-        seq: u64,
-    },
-    /// Count one hit.
-    Hit(CacheKey),
-    /// Remove the entry if it has expired by commit time (a read found it expired).
-    Expire(CacheKey),
-    Remove {
-        key: CacheKey,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
-    },
-    Clear {
-        model: Option<String>,
-        reply: oneshot::Sender<Result<u64, StoreError>>,
-    },
-    Flush(oneshot::Sender<Result<(), StoreError>>),
-    Close(oneshot::Sender<Result<(), StoreError>>),
-}
-
-impl Op {
-    /// Whether applying the op writes anything.
-    fn mutates(&self) -> bool {
-        !matches!(self, Op::Flush(_) | Op::Close(_))
     }
 }
 

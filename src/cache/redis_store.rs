@@ -29,7 +29,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec;
 use super::entry::Entry;
 use super::key::{CacheKey, KeyPrefix, KEY_VERSION};
-use super::store::{ListFilter, ListItem, Pending, Stats, Store, StoreError, StoreOptions};
+use super::store::{
+    ListFilter, ListItem, Pending, Stats, Store, StoreError, StoreOptions, WriteOp as Op,
+};
 
 /// Version of this key layout and the entry codec; part of every key name.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -485,33 +487,6 @@ impl Store for RedisStore {
 
     fn backend(&self) -> &'static str {
         BACKEND
-    }
-}
-
-enum Op {
-    Put {
-        key: CacheKey,
-        entry: Arc<Entry>,
-        size: u64,
-        seq: u64,
-    },
-    Hit(CacheKey),
-    Expire(CacheKey),
-    Remove {
-        key: CacheKey,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
-    },
-    Clear {
-        model: Option<String>,
-        reply: oneshot::Sender<Result<u64, StoreError>>,
-    },
-    Flush(oneshot::Sender<Result<(), StoreError>>),
-    Close(oneshot::Sender<Result<(), StoreError>>),
-}
-
-impl Op {
-    fn mutates(&self) -> bool {
-        !matches!(self, Op::Flush(_) | Op::Close(_))
     }
 }
 

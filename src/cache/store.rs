@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::oneshot;
+
 use futures_util::future::BoxFuture;
 
 use super::entry::{Entry, EntryMeta};
@@ -211,6 +213,37 @@ impl ManualClock {
     /// The clock's reading.
     pub fn now_ms(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What a store's writer task is asked to do (both backends queue writes to one writer).
+pub(crate) enum WriteOp {
+    Put {
+        key: CacheKey,
+        entry: Arc<Entry>,
+        size: u64,
+        seq: u64,
+    },
+    /// Count one hit.
+    Hit(CacheKey),
+    /// Remove the entry if it has expired by commit time (a read found it expired).
+    Expire(CacheKey),
+    Remove {
+        key: CacheKey,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    Clear {
+        model: Option<String>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Flush(oneshot::Sender<Result<(), StoreError>>),
+    Close(oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl WriteOp {
+    /// Whether applying the op writes anything.
+    pub(crate) fn mutates(&self) -> bool {
+        !matches!(self, WriteOp::Flush(_) | WriteOp::Close(_))
     }
 }
 
