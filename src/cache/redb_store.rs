@@ -234,6 +234,10 @@ impl Store for RedbStore {
     }
 
     fn put(&self, key: CacheKey, mut entry: Entry) -> Result<(), StoreError> {
+        // The writer may not have dropped its queue yet when `close` returns.
+        if self.db.load().is_none() {
+            return Err(StoreError::Closed);
+        }
         let size = self.opts.check_size(&entry)?;
         if entry.meta.expires_ms.is_none() {
             entry.meta.expires_ms = self.opts.default_expiry(self.opts.clock.now_ms());
