@@ -324,12 +324,15 @@ impl Tally {
                     .with_label_values(&["completion"])
                     .observe(u.output as f64);
             }
-            counts.input = u.input;
-            counts.cached_input = u.cached_input;
-            counts.cache_write = u.cache_write;
-            counts.output = u.output;
-            counts.reasoning = u.reasoning;
-            counts.estimated = u64::from(u.estimated);
+            if !self.hit {
+                // Tokens are what went upstream; a hit's are only its saving.
+                counts.input = u.input;
+                counts.cached_input = u.cached_input;
+                counts.cache_write = u.cache_write;
+                counts.output = u.output;
+                counts.reasoning = u.reasoning;
+                counts.estimated = u64::from(u.estimated);
+            }
         }
         let pm = [provider, x.model_label.as_str()];
         if x.cost_micros > 0 {
