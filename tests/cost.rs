@@ -641,3 +641,92 @@ async fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Every metric the Grafana dashboard queries is one relay exports (under that exact name, with
+/// `_bucket` / `_sum` / `_count` only on histograms).
+#[tokio::test]
+async fn grafana_dashboard_queries_only_metrics_relay_exports() {
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    let yaml = aliases_yaml(
+        &openai,
+        &anthropic,
+        "cache: {enabled: true}\nbudgets:\n  alice: {daily: 10}\n",
+    );
+    let env = Env::empty()
+        .with("ALICE_KEY", "sk-alice")
+        .with("BOB_KEY", "sk-bob");
+    let relay = Relay::start_with(&yaml, env, false).await;
+    let alice = [("authorization", "Bearer sk-alice")];
+    call(&relay, CHAT, &chat_body("gpt-4o", false), &alice).await;
+    call(&relay, CHAT, &chat_body("gpt-4o", false), &alice).await;
+    settled(&relay, 2).await;
+    let exported = relay.metrics().await;
+    let types: std::collections::HashMap<&str, &str> = exported
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/assets/grafana/relay-dashboard.json"
+    ))
+    .unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr", serde_json::Value::String(s)) => out.push(s.clone()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    walk(&dash, &mut exprs);
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let mut used = std::collections::BTreeSet::new();
+    for e in &exprs {
+        let b = e.as_bytes();
+        let mut i = 0;
+        while let Some(p) = e[i..].find("relay_") {
+            let start = i + p;
+            let mut end = start;
+            while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+                end += 1;
+            }
+            if start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_') {
+                used.insert(e[start..end].to_string());
+            }
+            i = end;
+        }
+    }
+    for name in [
+        "relay_cache_hits_total",
+        "relay_request_duration_seconds_bucket",
+        "relay_tokens_total",
+        "relay_cost_usd_total",
+        "relay_cost_saved_usd_total",
+    ] {
+        assert!(used.contains(name), "the dashboard should chart {name}");
+    }
+    for name in &used {
+        let ok = match types.get(name.as_str()) {
+            Some(_) => true,
+            None => ["_bucket", "_sum", "_count"].iter().any(|s| {
+                name.strip_suffix(s)
+                    .is_some_and(|base| types.get(base) == Some(&"histogram"))
+            }),
+        };
+        assert!(
+            ok,
+            "the dashboard queries {name}, which relay does not export:\n{exported}"
+        );
+    }
+}
