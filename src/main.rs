@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use relay::cache::cli::CacheCommand;
 use relay::config::{Config, Env};
+use relay::cost::cli::UsageArgs;
 use relay::logging::{self, LogFormat};
 use relay::server::{ServeOptions, Server};
 
@@ -69,6 +70,12 @@ enum Command {
         #[arg(long, global = true, value_name = "URL")]
         server: Option<String>,
     },
+    /// Show spending from the usage ledger: requests, tokens, cost and what the cache saved.
+    ///
+    /// A table by day, model, key or provider with a total line; --json prints what
+    /// GET /relay/usage returns, --csv one line per row. Reads the ledger file directly, or goes
+    /// through the running relay that holds it.
+    Usage(UsageArgs),
 }
 
 #[derive(Subcommand)]
@@ -118,6 +125,7 @@ fn main() -> ExitCode {
             config,
             server,
         } => cache(command, config, server),
+        Command::Usage(args) => usage(args),
         Command::Config {
             command: ConfigCommand::Check { path },
         } => match Config::load_or_default(path.as_deref(), &Env::from_process()) {
@@ -162,6 +170,32 @@ fn cache(command: CacheCommand, config: Option<PathBuf>, server: Option<String>)
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(relay::cache::cli::run(command, &cfg, server)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `relay usage`: loads the config, prints the report. Exit 1 on failure.
+fn usage(args: UsageArgs) -> ExitCode {
+    let cfg = match Config::load_or_default(args.config.as_deref(), &Env::from_process()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(relay::cost::cli::run(&args, &cfg)) {
+        Ok(out) => {
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout
+                .write_all(out.as_bytes())
+                .and_then(|()| stdout.flush());
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

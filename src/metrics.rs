@@ -8,8 +8,8 @@
 use std::collections::HashSet;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::config::Config;
@@ -25,6 +25,12 @@ const OVERHEAD_BUCKETS: &[f64] = &[
 /// Buckets for upstream time to response headers: 5 ms to 2 min.
 const UPSTREAM_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Buckets for whole-request times (to the last byte, or to the first body byte): 1 ms to 10 min.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
 ];
 
 /// All of relay's metric handles.
@@ -54,6 +60,25 @@ pub struct Metrics {
     pub cache_bytes: IntGauge,
     /// `relay_cache_errors_total{backend}`: store failures (each treated as a miss).
     pub cache_errors: IntCounterVec,
+    /// `relay_request_tokens{kind="prompt|completion"}`: tokens per request that went upstream
+    /// (prompt = all input tokens, cached included).
+    pub request_tokens: HistogramVec,
+    /// `relay_tokens_total{provider,model,kind}`: tokens of requests that went upstream, kind
+    /// `input` (uncached), `cached_input`, `cache_write`, `output` (reasoning included).
+    pub tokens: IntCounterVec,
+    /// `relay_cost_usd_total{provider,model}`: what requests cost, USD.
+    pub cost_usd: CounterVec,
+    /// `relay_cost_saved_usd_total{provider,model}`: what cache hits would have cost, USD.
+    pub cost_saved_usd: CounterVec,
+    /// `relay_request_duration_seconds{provider}`: from the request's arrival to the last byte of
+    /// the response (or the caller leaving).
+    pub request_duration: HistogramVec,
+    /// `relay_time_to_first_byte_seconds{provider}`: from the request's arrival to the first byte
+    /// of the response body.
+    pub time_to_first_byte: HistogramVec,
+    /// `relay_budget_used_ratio{key}`: spent / budget for each key alias with a budget (the larger
+    /// of the daily and monthly ratios).
+    pub budget_used_ratio: GaugeVec,
 }
 
 impl Metrics {
@@ -119,6 +144,76 @@ impl Metrics {
             &["backend"],
         )
         .expect("valid metric");
+        let request_tokens = HistogramVec::new(
+            HistogramOpts::new(
+                "relay_request_tokens",
+                "Tokens per request that went upstream, by kind (prompt or completion)",
+            )
+            .buckets(prometheus::exponential_buckets(1.0, 4.0, 11).expect("valid buckets")),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "relay_tokens_total",
+                "Tokens of requests that went upstream, by provider, model and kind (input, cached_input, cache_write, output)",
+            ),
+            &["provider", "model", "kind"],
+        )
+        .expect("valid metric");
+        let cost_usd = CounterVec::new(
+            Opts::new("relay_cost_usd_total", "What requests cost, in USD"),
+            &["provider", "model"],
+        )
+        .expect("valid metric");
+        let cost_saved_usd = CounterVec::new(
+            Opts::new(
+                "relay_cost_saved_usd_total",
+                "What cache hits would have cost, in USD",
+            ),
+            &["provider", "model"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "relay_request_duration_seconds",
+                "Time from a request's arrival to the last byte of its response",
+            )
+            .buckets(REQUEST_BUCKETS.to_vec()),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let time_to_first_byte = HistogramVec::new(
+            HistogramOpts::new(
+                "relay_time_to_first_byte_seconds",
+                "Time from a request's arrival to the first byte of its response body",
+            )
+            .buckets(REQUEST_BUCKETS.to_vec()),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let budget_used_ratio = GaugeVec::new(
+            Opts::new(
+                "relay_budget_used_ratio",
+                "Spent / budget per key alias with a budget (larger of daily and monthly)",
+            ),
+            &["key"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(request_tokens.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tokens.clone()),
+            Box::new(cost_usd.clone()),
+            Box::new(cost_saved_usd.clone()),
+            Box::new(request_duration.clone()),
+            Box::new(time_to_first_byte.clone()),
+            Box::new(budget_used_ratio.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        for kind in ["prompt", "completion"] {
+            request_tokens.with_label_values(&[kind]);
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cache_hits.clone()),
@@ -148,6 +243,13 @@ impl Metrics {
             cache_entries,
             cache_bytes,
             cache_errors,
+            request_tokens,
+            tokens,
+            cost_usd,
+            cost_saved_usd,
+            request_duration,
+            time_to_first_byte,
+            budget_used_ratio,
         }
     }
 

@@ -109,10 +109,14 @@ impl Server {
         } else {
             None
         };
+        let metrics = Arc::new(Metrics::new());
+        let cost =
+            crate::cost::Accounting::start(&config, opts.clock.clone(), metrics.clone()).await;
         let state = Arc::new(State {
             runtime: ArcSwap::from_pointee(Runtime::new(config, None)),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             cache,
+            cost,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (reloads, _) = broadcast::channel(16);
@@ -166,6 +170,11 @@ impl Server {
     /// The server's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.state.metrics
+    }
+
+    /// The server's cost accounting (ledger, budgets).
+    pub fn cost(&self) -> &Arc<crate::cost::Accounting> {
+        &self.state.cost
     }
 
     /// Begins a graceful shutdown: stop accepting, drain in-flight requests.
@@ -233,6 +242,7 @@ async fn accept_loop(
         );
     }
     conns.shutdown().await;
+    state.cost.close().await;
     if let Some(cache) = &state.cache {
         if let Err(e) = cache.store().close().await {
             tracing::warn!(error = %e, "closing the cache store");

@@ -48,6 +48,12 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Price overrides by model id (see the cost issue); parsed and validated now.
     pub models: BTreeMap<String, ModelPrice>,
+    /// `cost:` — token counting, pricing and the usage ledger.
+    pub cost: CostConfig,
+    /// `keys:` — API key aliases, in file order (names unique).
+    pub keys: Vec<KeyAlias>,
+    /// `budgets:` — spending limits by key alias, or `*` for every key without its own.
+    pub budgets: BTreeMap<String, Budget>,
     /// Warnings found while loading (legacy sections that relay ignores, etc.), logged by the caller.
     pub warnings: Vec<String>,
 }
@@ -243,6 +249,49 @@ pub struct ModelPrice {
     pub output: u64,
     pub cached_input: Option<u64>,
     pub cache_write: Option<u64>,
+}
+
+/// `cost:` — what relay counts and keeps about spending.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostConfig {
+    /// Read usage from answers, price requests, record the ledger, enforce budgets. Default on.
+    pub enabled: bool,
+    /// Streamed chat completions to OpenAI-kind providers: ask for the usage chunk. Default `inject`.
+    pub stream_usage: StreamUsage,
+    /// Keep the persistent usage ledger. Default on.
+    pub ledger: bool,
+    /// The ledger's redb file. `None`: `usage.redb` beside the cache file (`cache.path`), else
+    /// `<data dir>/relay/usage.redb`.
+    pub ledger_path: Option<PathBuf>,
+}
+
+/// `cost.stream_usage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamUsage {
+    /// Add `stream_options.include_usage: true` to streamed chat requests that lack it, and remove
+    /// the extra usage-only chunk from what the caller receives.
+    Inject,
+    /// Forward streamed requests unchanged; count tokens with tiktoken when no usage comes.
+    Off,
+}
+
+/// One `keys:` entry: a readable name for an API key, used in the ledger, budgets and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyAlias {
+    pub name: String,
+    /// The environment variable named in the config.
+    pub env: String,
+    /// Lower-case hex blake3 of the key (or a prefix of it, at least 12 digits, when the variable
+    /// holds `blake3:<hex>`). `None` when the variable is not set (a warning at load).
+    pub hash: Option<String>,
+}
+
+/// One `budgets:` entry, in micro-USD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub daily: Option<u64>,
+    pub monthly: Option<u64>,
 }
 
 /// A secret value (API key, password): `Debug` and `Display` never show it.

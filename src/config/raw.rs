@@ -20,6 +20,12 @@ pub struct RawConfig {
     pub redis: RawRedis,
     pub cache: RawCache,
     pub models: BTreeMap<String, RawPrice>,
+    /// Token counting, the usage ledger (see `crate::cost`).
+    pub cost: RawCost,
+    /// Key aliases: name → environment variable holding the API key (or `blake3:<hex>` of it).
+    pub keys: BTreeMap<String, String>,
+    /// Spending limits by key alias (or `*`).
+    pub budgets: BTreeMap<String, RawBudget>,
     /// Original relay: `proxy.target` is the OpenAI origin.
     pub proxy: RawProxy,
     /// Original relay: `logging.enabled` turns the request log on or off.
@@ -133,6 +139,23 @@ pub struct RawPricePerMillion {
     pub output: f64,
     pub cached_input: Option<f64>,
     pub cache_write: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCost {
+    pub enabled: Option<bool>,
+    pub stream_usage: Option<super::StreamUsage>,
+    pub ledger: Option<bool>,
+    pub ledger_path: Option<String>,
+}
+
+/// USD per day and/or per month.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub daily: Option<f64>,
+    pub monthly: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -14,6 +14,7 @@ use super::{
     ModelPrice, Provider, ProviderKind, RateLimitConfig, RedisConfig, ReplayTiming, Route, Secret,
     ServerConfig, Timeouts,
 };
+use super::{Budget, CostConfig, KeyAlias, StreamUsage};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
@@ -113,6 +114,52 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
         models.insert(name, resolve_price(&cx, &path, price)?);
     }
 
+    let cost = CostConfig {
+        enabled: raw.cost.enabled.unwrap_or(true),
+        stream_usage: raw.cost.stream_usage.unwrap_or(StreamUsage::Inject),
+        ledger: raw.cost.ledger.unwrap_or(true),
+        ledger_path: raw
+            .cost
+            .ledger_path
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
+    };
+    let keys = resolve_keys(&cx, &raw.keys, env, &mut warnings)?;
+    let mut budgets = BTreeMap::new();
+    for (name, b) in &raw.budgets {
+        let at = format!("budgets.{name}");
+        if name != "*" && !keys.iter().any(|k: &KeyAlias| &k.name == name) {
+            let known: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+            return Err(cx.err(
+                at,
+                format!(
+                    "{name:?} is not a key alias (keys: {}); use an alias from keys: or \"*\"",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
+        let usd = |k: &str, v: Option<f64>| -> Result<Option<u64>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(v) if v.is_finite() && v >= 0.0 => Ok(Some((v * 1e6).round() as u64)),
+                Some(_) => Err(cx.err(format!("{at}.{k}"), "a budget must be a number of USD ≥ 0")),
+            }
+        };
+        let budget = Budget {
+            daily: usd("daily", b.daily)?,
+            monthly: usd("monthly", b.monthly)?,
+        };
+        if budget.daily.is_none() && budget.monthly.is_none() {
+            return Err(cx.err(at, "set daily and/or monthly (USD)"));
+        }
+        budgets.insert(name.clone(), budget);
+    }
+
     for (key, present) in [
         ("auth", raw.auth.is_some()),
         ("transform", raw.transform.is_some()),
@@ -138,8 +185,66 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
         redis,
         cache,
         models,
+        cost,
+        keys,
+        budgets,
         warnings,
     })
+}
+
+/// `keys:`: each alias names an environment variable holding the key (hashed here, never kept) or
+/// `blake3:<hex>`, the key's hash (at least 12 hex digits).
+fn resolve_keys(
+    cx: &Ctx,
+    raw: &BTreeMap<String, String>,
+    env: &Env,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<KeyAlias>, ConfigError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (name, var) in raw {
+        let at = format!("keys.{name}");
+        if name == "*" || name.is_empty() || name.starts_with("key-") || name == "none" {
+            return Err(cx.err(
+                at,
+                format!(
+                    "{name:?} cannot be an alias (\"*\", \"none\" and \"key-...\" are reserved)"
+                ),
+            ));
+        }
+        if var.is_empty() {
+            return Err(cx.err(at, "name the environment variable that holds this key"));
+        }
+        let hash = match env.get(var).map(str::trim).filter(|v| !v.is_empty()) {
+            None => {
+                warnings.push(format!(
+                    "{at}: environment variable {var} is not set; this alias matches no key"
+                ));
+                None
+            }
+            Some(v) => match v.strip_prefix("blake3:") {
+                Some(hex) => {
+                    let hex = hex.trim().to_ascii_lowercase();
+                    if hex.len() < 12
+                        || hex.len() > 64
+                        || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+                    {
+                        return Err(cx.err(
+                            at,
+                            format!("{var} holds blake3:<hex> with a bad hash: want 12 to 64 hex digits"),
+                        ));
+                    }
+                    Some(hex)
+                }
+                None => Some(blake3::hash(v.as_bytes()).to_hex().to_string()),
+            },
+        };
+        out.push(KeyAlias {
+            name: name.clone(),
+            env: var.clone(),
+            hash,
+        });
+    }
+    Ok(out)
 }
 
 const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -493,6 +598,26 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         cache: CacheView<'a>,
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         models: BTreeMap<&'a str, PriceView>,
+        cost: CostView,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        keys: BTreeMap<&'a str, &'a str>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        budgets: BTreeMap<&'a str, BudgetView>,
+    }
+    #[derive(Serialize)]
+    struct CostView {
+        enabled: bool,
+        stream_usage: StreamUsage,
+        ledger: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ledger_path: Option<String>,
+    }
+    #[derive(Serialize)]
+    struct BudgetView {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        daily: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        monthly: Option<f64>,
     }
     #[derive(Serialize)]
     struct ServerView {
@@ -630,6 +755,34 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
                         output: usd(p.output),
                         cached_input: p.cached_input.map(usd),
                         cache_write: p.cache_write.map(usd),
+                    },
+                )
+            })
+            .collect(),
+        cost: CostView {
+            enabled: cfg.cost.enabled,
+            stream_usage: cfg.cost.stream_usage,
+            ledger: cfg.cost.ledger,
+            ledger_path: cfg
+                .cost
+                .ledger_path
+                .as_ref()
+                .map(|p| p.display().to_string()),
+        },
+        keys: cfg
+            .keys
+            .iter()
+            .map(|k| (k.name.as_str(), k.env.as_str()))
+            .collect(),
+        budgets: cfg
+            .budgets
+            .iter()
+            .map(|(k, b)| {
+                (
+                    k.as_str(),
+                    BudgetView {
+                        daily: b.daily.map(usd),
+                        monthly: b.monthly.map(usd),
                     },
                 )
             })

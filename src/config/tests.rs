@@ -302,7 +302,7 @@ fn errors_name_file_and_key_path() {
             "unknown section",
             "sever: {}\n",
             "t.yaml: sever: unknown field `sever`, expected one of `server`, `providers`, \
-             `routes`, `ratelimit`, `redis`, `cache`, `models`, `proxy`, `logging`, `auth`, \
+             `routes`, `ratelimit`, `redis`, `cache`, `models`, `cost`, `keys`, `budgets`, `proxy`, `logging`, `auth`, \
              `transform`, `loadbalancer`",
         ),
         (

@@ -72,6 +72,16 @@ pub struct Exchange {
     /// Relay's error code when relay answered with an error.
     pub error: Option<&'static str>,
     outcome: Option<Outcome>,
+    /// Tokens of this request: the provider's usage, or relay's estimate (`usage.estimated`).
+    pub usage: Option<crate::cost::Usage>,
+    /// What this request cost, micro-USD (0 for cache hits and models without a price).
+    pub cost_micros: u64,
+    /// Cache hits: what the request would have cost, micro-USD.
+    pub saved_micros: u64,
+    /// The cost stage's record, settled (priced, booked) when this record closes.
+    pub tally: Option<crate::cost::Tally>,
+    /// Time from the request's arrival to the first byte of the response body.
+    pub first_byte: Option<Duration>,
 }
 
 impl Exchange {
@@ -101,7 +111,17 @@ impl Exchange {
             bytes_out: 0,
             error: None,
             outcome: None,
+            usage: None,
+            cost_micros: 0,
+            saved_micros: 0,
+            tally: None,
+            first_byte: None,
         }
+    }
+
+    /// The caller's key as the ledger books it (alias, `key-<hash prefix>`, `none`), when known.
+    pub fn key(&self) -> Option<&str> {
+        self.tally.as_ref().map(|t| t.key.as_str())
     }
 }
 
@@ -110,7 +130,20 @@ impl Drop for Exchange {
         self.metrics.inflight.dec();
         let outcome = self.outcome.unwrap_or(Outcome::ClientGone);
         let status = if self.status == 0 { 499 } else { self.status };
+        if let Some(t) = self.tally.take() {
+            t.settle(self, status >= 400 || outcome != Outcome::Complete);
+        }
         let provider = self.provider.as_deref().unwrap_or("none");
+        self.metrics
+            .request_duration
+            .with_label_values(&[provider])
+            .observe(self.started.elapsed().as_secs_f64());
+        if let Some(t) = self.first_byte {
+            self.metrics
+                .time_to_first_byte
+                .with_label_values(&[provider])
+                .observe(t.as_secs_f64());
+        }
         let mut buf = itoa_status(status);
         self.metrics
             .requests
@@ -132,6 +165,12 @@ impl Drop for Exchange {
                 bytes_out = self.bytes_out,
                 outcome = outcome.as_str(),
                 error = self.error,
+                tokens_in = self.usage.map(|u| u.prompt()),
+                tokens_out = self.usage.map(|u| u.output),
+                tokens_cached = self.usage.map(|u| u.cached_input),
+                tokens_estimated = self.usage.map(|u| u.estimated),
+                cost_usd = self.usage.map(|_| crate::cost::usd(self.cost_micros)),
+                saved_usd = (self.saved_micros > 0).then(|| crate::cost::usd(self.saved_micros)),
                 request_id = self.request_id.to_str().unwrap_or("-"),
                 "request"
             );
@@ -169,6 +208,10 @@ enum Inner {
 pub struct RelayBody {
     inner: Inner,
     exchange: Option<Exchange>,
+    /// The cost stage's meter (reads usage; may strip the usage chunk relay asked for).
+    meter: Option<Box<crate::cost::Hook>>,
+    /// The inner body ended and the meter's held-back tail went out: the body is over.
+    over: bool,
 }
 
 impl RelayBody {
@@ -177,6 +220,8 @@ impl RelayBody {
         RelayBody {
             inner: Inner::Full(Full::new(bytes.into())),
             exchange: None,
+            meter: None,
+            over: false,
         }
     }
 
@@ -191,6 +236,8 @@ impl RelayBody {
                 tap: None,
             },
             exchange: None,
+            meter: None,
+            over: false,
         }
     }
 
@@ -201,6 +248,8 @@ impl RelayBody {
         RelayBody {
             inner: Inner::Stream(Box::pin(s)),
             exchange: None,
+            meter: None,
+            over: false,
         }
     }
 
@@ -209,6 +258,12 @@ impl RelayBody {
         if let Inner::Upstream { tap, .. } = &mut self.inner {
             *tap = t.map(Box::new);
         }
+        self
+    }
+
+    /// Lets the cost stage meter this body as it passes.
+    pub fn with_meter(mut self, m: Option<crate::cost::Hook>) -> RelayBody {
+        self.meter = m.map(Box::new);
         self
     }
 
@@ -226,6 +281,9 @@ impl RelayBody {
 
     fn count(&mut self, frame: &Frame<Bytes>) {
         if let (Some(x), Some(d)) = (&mut self.exchange, frame.data_ref()) {
+            if x.first_byte.is_none() && !d.is_empty() {
+                x.first_byte = Some(x.started.elapsed());
+            }
             x.bytes_out += d.len() as u64;
         }
     }
@@ -253,6 +311,11 @@ impl Drop for RelayBody {
                 Some(_) | None => {}
             }
         }
+        if let Some(m) = self.meter.take() {
+            if let Some(x) = self.exchange.take() {
+                m.finish(x);
+            }
+        }
     }
 }
 
@@ -265,6 +328,10 @@ impl Body for RelayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if this.over {
+            this.finish(Outcome::Complete);
+            return Poll::Ready(None);
+        }
         let polled = match &mut this.inner {
             Inner::Full(full) => match Pin::new(full).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
@@ -331,6 +398,20 @@ impl Body for RelayBody {
                 }
             }
         };
+        let polled = match (polled, this.meter.as_mut()) {
+            (Poll::Ready(Some(Ok(frame))), Some(m)) => match frame.into_data() {
+                Ok(d) => Poll::Ready(Some(Ok(Frame::data(m.on_data(d))))),
+                Err(other) => Poll::Ready(Some(Ok(other))),
+            },
+            (Poll::Ready(None), Some(m)) => match m.take_tail() {
+                Some(tail) => {
+                    this.over = true;
+                    Poll::Ready(Some(Ok(Frame::data(tail))))
+                }
+                None => Poll::Ready(None),
+            },
+            (p, _) => p,
+        };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => this.count(frame),
             Poll::Ready(None) => this.finish(Outcome::Complete),
@@ -340,6 +421,12 @@ impl Body for RelayBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.over {
+            return true;
+        }
+        if self.meter.as_ref().is_some_and(|m| m.has_tail()) {
+            return false;
+        }
         match &self.inner {
             Inner::Full(f) => f.is_end_stream(),
             Inner::Stream(_) => false,
@@ -348,6 +435,9 @@ impl Body for RelayBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.meter.as_ref().is_some_and(|m| m.rewrites()) {
+            return SizeHint::default();
+        }
         match &self.inner {
             Inner::Full(f) => f.size_hint(),
             Inner::Stream(_) => SizeHint::default(),

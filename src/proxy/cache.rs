@@ -314,6 +314,12 @@ impl Cache {
         request_id: &HeaderValue,
     ) -> http::Response<RelayBody> {
         let age = self.clock.now_ms().saturating_sub(entry.meta.created_ms) / 1000;
+        let recorded = crate::cost::RecordedUsage(match &entry.response {
+            CachedBody::Json(b) => crate::cost::usage::from_json(b),
+            CachedBody::Sse(events) => {
+                crate::cost::usage::from_sse_events(events.iter().map(|e| &e.data[..]))
+            }
+        });
         let body = match entry.response {
             CachedBody::Json(b) => RelayBody::full(b),
             CachedBody::Sse(events) => match lookup.timing {
@@ -329,6 +335,7 @@ impl Cache {
             },
         };
         let mut resp = http::Response::new(body);
+        resp.extensions_mut().insert(recorded);
         *resp.status_mut() = StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK);
         let h = resp.headers_mut();
         for (k, v) in &entry.meta.headers {

@@ -57,6 +57,19 @@ pub enum EdgeError {
     Timeout { provider: String, timeout: Duration },
     #[error("{}", offline_message(*reason, key))]
     OfflineMiss { reason: MissReason, key: String },
+    #[error("budget exceeded: key {key:?} has used its {period} budget {budget:?} (${} of ${}); it resets at {resets}", crate::cost::usd(*spent_micros), crate::cost::usd(*limit_micros))]
+    BudgetExceeded {
+        /// The key as booked (alias or hash prefix).
+        key: String,
+        /// The budget's name in `budgets:` (an alias or `*`).
+        budget: String,
+        /// `daily` or `monthly`.
+        period: &'static str,
+        limit_micros: u64,
+        spent_micros: u64,
+        /// RFC 3339 UTC.
+        resets: String,
+    },
 }
 
 /// Why a request that may not go upstream found nothing in the cache.
@@ -92,6 +105,7 @@ impl EdgeError {
             EdgeError::Timeout { .. } | EdgeError::OfflineMiss { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            EdgeError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -114,6 +128,7 @@ impl EdgeError {
             EdgeError::Unreachable { .. } => "upstream_unreachable",
             EdgeError::Timeout { .. } => "upstream_timeout",
             EdgeError::OfflineMiss { .. } => "relay_offline_miss",
+            EdgeError::BudgetExceeded { .. } => "budget_exceeded",
         }
     }
 
@@ -121,6 +136,7 @@ impl EdgeError {
     fn error_type(&self, dialect: Dialect) -> &'static str {
         match (dialect, self) {
             (_, EdgeError::OfflineMiss { .. }) => "relay_offline_miss",
+            (_, EdgeError::BudgetExceeded { .. }) => "budget_exceeded",
             (Dialect::OpenAi, EdgeError::Unreachable { .. } | EdgeError::Timeout { .. }) => {
                 "server_error"
             }
@@ -164,6 +180,13 @@ impl EdgeError {
         );
         h.insert("x-relay-error", HeaderValue::from_static(self.code()));
         h.insert("x-request-id", request_id.clone());
+        if let EdgeError::BudgetExceeded { resets, .. } = self {
+            // Retrying before the reset cannot succeed: tell the SDKs not to.
+            h.insert("x-should-retry", HeaderValue::from_static("false"));
+            if let Ok(v) = HeaderValue::try_from(resets.as_str()) {
+                h.insert("x-relay-budget-reset", v);
+            }
+        }
         resp
     }
 }

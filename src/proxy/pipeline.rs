@@ -7,8 +7,12 @@
 //!    model can be read; other bodies (uploads) stream through under the same bound;
 //! 5. **route by model**: the route table picks the provider (400 when it needs a model and the body
 //!    is not JSON, 404 when nothing matches);
-//! 6. **cache**: a hit is replayed, an identical request in flight is shared, offline misses are
+//! 6. **cost, cache**: the request is booked to a key and its metering decided (see
+//!    [`crate::cost`]; a cache hit gets its saved cost and `x-relay-cost-usd` / `x-relay-tokens`
+//!    headers). The cache: a hit is replayed, an identical request in flight is shared, offline misses are
 //!    504 (see [`super::cache`]); otherwise the request goes on with a tap that records the answer;
+//!    then a key over its budget is refused (429 `budget_exceeded`), and a streamed chat request
+//!    gets `stream_options.include_usage` added (`cost.stream_usage: inject`);
 //! 7. **upstream**: the request goes out byte-for-byte on the provider's pooled client (502 when
 //!    unreachable, 504 on timeout); upstream 4xx/5xx come back unchanged;
 //! 8. **respond**: headers filtered, `x-request-id` set, the body streamed frame by frame.
@@ -42,6 +46,8 @@ pub struct Runtime {
     pub config: Config,
     pub upstreams: Upstreams,
     pub labels: ModelLabels,
+    /// Prices, key aliases and budgets.
+    pub cost: crate::cost::Book,
 }
 
 impl Runtime {
@@ -49,10 +55,12 @@ impl Runtime {
     pub fn new(config: Config, previous: Option<&Runtime>) -> Runtime {
         let upstreams = Upstreams::new(&config, previous.map(|p| &p.upstreams));
         let labels = ModelLabels::from_config(&config);
+        let cost = crate::cost::Book::from_config(&config);
         Runtime {
             config,
             upstreams,
             labels,
+            cost,
         }
     }
 }
@@ -63,6 +71,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// The response cache (`None` when `cache.enabled` was off at start).
     pub cache: Option<Arc<Cache>>,
+    /// Usage ledger, budget spend (outlives reloads).
+    pub cost: Arc<crate::cost::Accounting>,
 }
 
 /// The hyper service function.
@@ -155,6 +165,12 @@ async fn relay_api(state: &State, peer: SocketAddr, req: Request<Incoming>) -> R
     let path = req.uri().path();
     let found = if !peer.ip().is_loopback() {
         None
+    } else if path == crate::cost::cli::PATH {
+        Some(if req.method() == Method::GET {
+            crate::cost::cli::api(&state.cost, req.uri().query()).await
+        } else {
+            json_error(http::StatusCode::METHOD_NOT_ALLOWED, "use GET")
+        })
     } else if path == cache::admin::PREFIX
         || path.starts_with(&format!("{}/", cache::admin::PREFIX))
     {
@@ -246,11 +262,24 @@ async fn forward(
         path_and_query.push_str(q);
     }
 
-    // 6. Cache.
+    // 6. Cost, then cache.
     let whole = match &body {
         ClientBody::Whole(b) => Some(b.clone()),
         ClientBody::Stream(_) => None,
     };
+    let cost = crate::cost::plan(
+        &rt.cost,
+        &state.cost,
+        provider,
+        &parts.method,
+        &path_and_query,
+        &parts.headers,
+        whole.as_ref(),
+        x.model.as_deref(),
+    );
+    if let Some(c) = &cost {
+        x.tally = Some(c.tally(false));
+    }
     let (lookup, lead) = match &state.cache {
         None => (None, None),
         Some(cache) => match cache.plan(
@@ -266,8 +295,12 @@ async fn forward(
                 let served = cache.resolve(lookup, &x.request_id).await;
                 let labels = [provider.name.as_str(), x.model_label.as_str()];
                 match served? {
-                    Outcome::Served(resp) => {
+                    Outcome::Served(mut resp) => {
                         metrics.cache_hits.with_label_values(&labels).inc();
+                        if let Some(c) = &cost {
+                            let hook = c.served(&mut resp, x);
+                            return Ok(resp.map(|b| b.with_meter(hook)));
+                        }
                         return Ok(*resp);
                     }
                     Outcome::Forward(lookup, lead) => {
@@ -282,6 +315,28 @@ async fn forward(
                 }
             }
         },
+    };
+    if let Some(c) = &cost {
+        if let Err(e) = state.cost.check_budget(&rt.cost, c.key()) {
+            if let Some(lead) = lead {
+                lead.fail(&e);
+            }
+            return Err(e);
+        }
+    }
+    let body = match body {
+        ClientBody::Whole(b) if cost.as_ref().is_some_and(|c| c.inject) => {
+            match crate::cost::inject::include_usage(&b) {
+                Some(changed) => {
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(changed.len()));
+                    ClientBody::Whole(changed)
+                }
+                None => ClientBody::Whole(b),
+            }
+        }
+        other => other,
     };
     for h in stage::CONTROL_HEADERS {
         parts.headers.remove(h);
@@ -330,6 +385,9 @@ async fn forward(
     // 8. Respond.
     let (mut rparts, rbody) = resp.into_parts();
     upstream::strip_hop_by_hop(&mut rparts.headers);
+    let hook = cost
+        .as_ref()
+        .and_then(|c| c.hook(rparts.status, &mut rparts.headers));
     let tap = match (&state.cache, &lookup) {
         (Some(cache), Some(l)) if l.status != stage::Status::Bypass => cache.tap(
             l,
@@ -362,7 +420,9 @@ async fn forward(
     );
     Ok(Response::from_parts(
         rparts,
-        RelayBody::upstream(rbody, provider.timeouts.idle).with_tap(tap),
+        RelayBody::upstream(rbody, provider.timeouts.idle)
+            .with_tap(tap)
+            .with_meter(hook),
     ))
 }
 

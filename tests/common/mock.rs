@@ -8,7 +8,15 @@
 //!   JSON answer waits for the release before its headers);
 //! - `x-mock: stall-headers`: never answer; `x-mock: stall-body`: send headers and one event, then nothing;
 //! - `x-mock: hop-headers`: add hop-by-hop headers to the response (relay must strip them);
-//! - `x-mock-interval-ms: <n>`: pause between SSE events.
+//! - `x-mock-interval-ms: <n>`: pause between SSE events;
+//! - `x-mock-usage: cached`: usage with prompt-cache and reasoning tokens (see [`cached_usage`]);
+//!   `x-mock-usage: none`: no usage at all (JSON without `usage`, no usage chunk, Anthropic events
+//!   without `usage`).
+//!
+//! Like OpenAI, a streamed chat completion whose body has `stream_options.include_usage: true` ends
+//! with a usage-only chunk (`"choices": []`) before `[DONE]` (OpenAI also adds `"usage": null` to
+//! the other chunks; the mock leaves them as they are, so a stripped stream equals
+//! [`openai_sse`]).
 //!
 //! Every wait a test does on the mock is on a signal (a watch channel), never a sleep.
 
@@ -283,10 +291,11 @@ async fn handle(
             let mut released = shared.released.subscribe();
             let _ = released.wait_for(|r| *r).await;
         }
+        let usage = header("x-mock-usage").unwrap_or_default();
         let body = if path.ends_with("/messages") {
-            anthropic_json(&model)
+            with_usage(anthropic_json(&model), Kind::Anthropic, &usage)
         } else if path.ends_with("/chat/completions") {
-            openai_json(&model)
+            with_usage(openai_json(&model), Kind::OpenAi, &usage)
         } else {
             serde_json::json!({"mock": shared.name, "path": path, "method": parts.method.as_str()})
                 .to_string()
@@ -298,8 +307,14 @@ async fn handle(
             .unwrap());
     }
 
+    let usage = header("x-mock-usage").unwrap_or_default();
     let events = if path.ends_with("/messages") {
         anthropic_sse(&model)
+            .into_iter()
+            .map(|ev| sse_with_usage(ev, &usage))
+            .collect()
+    } else if json["stream_options"]["include_usage"] == true && usage != "none" {
+        openai_sse_with_usage_chunk(&model, &usage)
     } else {
         openai_sse(&model)
     };
@@ -443,4 +458,76 @@ pub fn anthropic_sse(model: &str) -> Vec<String> {
         ),
         ev("message_stop", serde_json::json!({"type": "message_stop"})),
     ]
+}
+
+/// The usage a mock reports with `x-mock-usage: cached`.
+pub fn cached_usage(kind: Kind) -> serde_json::Value {
+    match kind {
+        Kind::OpenAi => {
+            serde_json::json!({"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100,
+            "prompt_tokens_details": {"cached_tokens": 800, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 40}})
+        }
+        Kind::Anthropic => {
+            serde_json::json!({"input_tokens": 200, "cache_creation_input_tokens": 100,
+            "cache_read_input_tokens": 800, "output_tokens": 100})
+        }
+    }
+}
+
+/// A JSON answer with its usage replaced (`cached`) or removed (`none`).
+fn with_usage(body: String, kind: Kind, mode: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    match mode {
+        "cached" => v["usage"] = cached_usage(kind),
+        "none" => {
+            v.as_object_mut().unwrap().remove("usage");
+        }
+        _ => return body,
+    }
+    v.to_string()
+}
+
+/// An Anthropic stream event with its usage replaced or removed.
+fn sse_with_usage(ev: String, mode: &str) -> String {
+    if mode != "cached" && mode != "none" {
+        return ev;
+    }
+    let (head, data) = ev.split_once("data: ").unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
+    let slot = if v["type"] == "message_start" {
+        &mut v["message"]
+    } else {
+        &mut v
+    };
+    if slot.get("usage").is_some() {
+        if mode == "none" {
+            slot.as_object_mut().unwrap().remove("usage");
+        } else if v["type"] == "message_start" {
+            v["message"]["usage"] = cached_usage(Kind::Anthropic);
+            v["message"]["usage"]["output_tokens"] = serde_json::json!(1);
+        } else {
+            v["usage"] = serde_json::json!({"output_tokens": 100});
+        }
+    }
+    format!("{head}data: {v}\n\n")
+}
+
+/// OpenAI chunks as sent with `stream_options.include_usage: true`: [`openai_sse`] with the
+/// usage-only chunk before `[DONE]`.
+pub fn openai_sse_with_usage_chunk(model: &str, mode: &str) -> Vec<String> {
+    let mut events: Vec<String> = openai_sse(model)
+        .into_iter()
+        .filter(|e| e != "data: [DONE]\n\n")
+        .collect();
+    let usage = if mode == "cached" {
+        cached_usage(Kind::OpenAi)
+    } else {
+        serde_json::json!({"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11})
+    };
+    let last = serde_json::json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+        "model": model, "choices": [], "usage": usage});
+    events.push(format!("data: {last}\n\n"));
+    events.push("data: [DONE]\n\n".to_string());
+    events
 }

@@ -1,0 +1,582 @@
+//! `relay usage` and `GET /relay/usage`: the ledger summed over a period, grouped by day, model,
+//! key or provider, with totals and the dollars the cache saved.
+//!
+//! Both give the same [`Report`]: the endpoint as JSON; the command as a table, `--json` (the
+//! endpoint's JSON) or `--csv`. The command reads the ledger file directly when no relay holds it,
+//! and goes through the running relay's loopback endpoint when one does (redb allows one process
+//! per file), like `relay cache`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+
+use super::budget::Day;
+use super::ledger::{self, Counts, Ledger, LedgerError, Row};
+use super::Accounting;
+use crate::cache::Clock;
+use crate::config::Config;
+
+/// The endpoint's path.
+pub const PATH: &str = "/relay/usage";
+
+/// How rows are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum By {
+    Day,
+    Model,
+    Key,
+    Provider,
+}
+
+impl By {
+    fn as_str(self) -> &'static str {
+        match self {
+            By::Day => "day",
+            By::Model => "model",
+            By::Key => "key",
+            By::Provider => "provider",
+        }
+    }
+
+    fn parse(s: &str) -> Option<By> {
+        match s {
+            "day" => Some(By::Day),
+            "model" => Some(By::Model),
+            "key" => Some(By::Key),
+            "provider" => Some(By::Provider),
+            _ => None,
+        }
+    }
+}
+
+/// `relay usage` options.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct UsageArgs {
+    /// Period: the last N days including today (`7d`, `1d` = today), or from a date (`2025-11-01`).
+    #[arg(long, default_value = "7d", value_name = "PERIOD")]
+    pub since: String,
+    /// Group rows by day, model, key (alias or hash prefix) or provider.
+    #[arg(long, value_enum, default_value = "day", value_name = "GROUP")]
+    pub by: By,
+    /// Print the report as JSON (what GET /relay/usage returns).
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print the report as CSV (one line per row, then the total).
+    #[arg(long)]
+    pub csv: bool,
+    /// Config file naming the ledger (cost.ledger_path, cache.path) and the server (server.listen).
+    #[arg(long, short, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Always ask the relay at this URL (e.g. http://127.0.0.1:8080) instead of opening the ledger.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+}
+
+/// The summed ledger for one period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// First day included (UTC, `YYYY-MM-DD`).
+    pub since: String,
+    /// Last day included (today, UTC).
+    pub until: String,
+    pub by: By,
+    /// The date of the built-in price table.
+    pub prices_as_of: String,
+    pub rows: Vec<ReportRow>,
+    pub total: ReportRow,
+}
+
+/// One group's sums. Money in micro-USD (integers) and in USD.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRow {
+    /// The day, model, key or provider.
+    pub group: String,
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub cost_usd: f64,
+    pub saved_usd: f64,
+}
+
+impl ReportRow {
+    fn new(group: String, counts: Counts) -> ReportRow {
+        ReportRow {
+            group,
+            cost_usd: counts.cost_micros as f64 / 1e6,
+            saved_usd: counts.saved_micros as f64 / 1e6,
+            counts,
+        }
+    }
+}
+
+/// Where a period starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// The last N days, today included.
+    Days(u32),
+    Date(Day),
+}
+
+impl Since {
+    pub fn parse(s: &str) -> Result<Since, String> {
+        let s = s.trim();
+        if let Some(n) = s.strip_suffix('d') {
+            return match n.parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(Since::Days(n)),
+                _ => Err(format!("{s:?}: want a number of days ≥ 1, e.g. 7d")),
+            };
+        }
+        Day::parse(s)
+            .map(Since::Date)
+            .ok_or_else(|| format!("{s:?}: want a number of days (7d) or a date (2025-11-01)"))
+    }
+
+    /// The first day of the period, seen from `today`.
+    pub fn first_day(self, today: Day) -> Day {
+        match self {
+            Since::Days(n) => today.plus_days(-(i64::from(n) - 1)),
+            Since::Date(d) => d,
+        }
+    }
+}
+
+/// Sums `rows` (already from `since` on) by `by`. Rows are in group order; the total sums all.
+pub fn report(rows: &[Row], since: Day, today: Day, by: By) -> Report {
+    let mut groups: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut total = Counts::default();
+    for (k, c) in rows {
+        if Day::parse(&k.day).is_none_or(|d| d < since || d > today) {
+            continue;
+        }
+        let g = match by {
+            By::Day => &k.day,
+            By::Model => &k.model,
+            By::Key => &k.key,
+            By::Provider => &k.provider,
+        };
+        groups.entry(g.clone()).or_default().add(c);
+        total.add(c);
+    }
+    Report {
+        since: since.to_string(),
+        until: today.to_string(),
+        by,
+        prices_as_of: super::prices::builtin().as_of.clone(),
+        rows: groups
+            .into_iter()
+            .map(|(g, c)| ReportRow::new(g, c))
+            .collect(),
+        total: ReportRow::new("total".to_string(), total),
+    }
+}
+
+/// `GET /relay/usage?since=7d&by=day` for a running server (loopback peers only; see the
+/// pipeline's `relay_api`).
+pub async fn api(acct: &Accounting, query: Option<&str>) -> Response<Bytes> {
+    let mut since = Since::Days(7);
+    let mut by = By::Day;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "since" => match Since::parse(v) {
+                Ok(s) => since = s,
+                Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("since: {e}")),
+            },
+            "by" => match By::parse(v) {
+                Some(b) => by = b,
+                None => {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        "by: want day, model, key or provider",
+                    )
+                }
+            },
+            other => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown parameter {other:?} (since, by)"),
+                )
+            }
+        }
+    }
+    let today = Day::of_ms(acct.now_ms());
+    let first = since.first_day(today);
+    match acct.rows(first.to_string()).await {
+        Ok(rows) => {
+            let r = report(&rows, first, today, by);
+            let mut resp = Response::new(Bytes::from(
+                serde_json::to_vec(&r).expect("reports serialize"),
+            ));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from(
+        serde_json::json!({ "error": message }).to_string(),
+    ));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Why `relay usage` failed. `Display` is the message for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("{0}")]
+    Args(String),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("the usage ledger {} is in use, and no relay answers at {url} ({reason}); if `relay serve` holds it and listens elsewhere, pass --server URL", held.display())]
+    Unreachable {
+        url: String,
+        reason: String,
+        held: PathBuf,
+    },
+    #[error("{url}: {reason}")]
+    Remote { url: String, reason: String },
+    #[error(
+        "the usage ledger is off (cost.ledger: false, or no data directory; set cost.ledger_path)"
+    )]
+    Off,
+}
+
+/// Runs `relay usage`: returns what to print on stdout.
+pub async fn run(args: &UsageArgs, cfg: &Config) -> Result<String, UsageError> {
+    let since = Since::parse(&args.since).map_err(|e| UsageError::Args(format!("--since {e}")))?;
+    let report = match &args.server {
+        Some(url) => remote(url.trim_end_matches('/'), since, args, None).await?,
+        None => {
+            let Some(path) = ledger::path(cfg) else {
+                return Err(UsageError::Off);
+            };
+            let today = Day::of_ms(Clock::system().now_ms());
+            let first = since.first_day(today);
+            if !path.exists() {
+                report(&[], first, today, args.by)
+            } else {
+                let p = path.clone();
+                let from = first.to_string();
+                let opened = tokio::task::spawn_blocking(move || {
+                    Ledger::open(&p).and_then(|l| l.rows(&from))
+                })
+                .await
+                .map_err(|e| UsageError::Args(e.to_string()))?;
+                match opened {
+                    Ok(rows) => report(&rows, first, today, args.by),
+                    Err(LedgerError::Locked { path }) => {
+                        remote(&listen_base(cfg.server.listen), since, args, Some(path)).await?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    };
+    Ok(if args.json {
+        let mut s = serde_json::to_string_pretty(&report).expect("reports serialize");
+        s.push('\n');
+        s
+    } else if args.csv {
+        render_csv(&report)
+    } else {
+        render_table(&report)
+    })
+}
+
+/// `http://host:port` for a listen address, with the unspecified address replaced by loopback.
+fn listen_base(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+async fn remote(
+    base: &str,
+    since: Since,
+    args: &UsageArgs,
+    held: Option<PathBuf>,
+) -> Result<Report, UsageError> {
+    let since_text = match since {
+        Since::Days(n) => format!("{n}d"),
+        Since::Date(d) => d.to_string(),
+    };
+    let url = format!("{base}{PATH}?since={since_text}&by={}", args.by.as_str());
+    let fail = |reason: String| match &held {
+        Some(p) => UsageError::Unreachable {
+            url: base.to_string(),
+            reason,
+            held: p.clone(),
+        },
+        None => UsageError::Remote {
+            url: base.to_string(),
+            reason,
+        },
+    };
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| UsageError::Args(format!("invalid --server URL {base:?}: {e}")))?;
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let req = http::Request::get(uri)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| UsageError::Args(e.to_string()))?;
+    let resp = client.request(req).await.map_err(|e| fail(e.to_string()))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .to_bytes();
+    if !status.is_success() {
+        let msg = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        return Err(UsageError::Remote {
+            url: base.to_string(),
+            reason: msg,
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| UsageError::Remote {
+        url: base.to_string(),
+        reason: format!("not a usage report: {e}"),
+    })
+}
+
+/// The report as an aligned table with a total line.
+pub fn render_table(r: &Report) -> String {
+    let head = [
+        r.by.as_str(),
+        "requests",
+        "hits",
+        "misses",
+        "errors",
+        "input",
+        "cached",
+        "output",
+        "cost $",
+        "saved $",
+    ];
+    let line = |row: &ReportRow| -> Vec<String> {
+        let c = &row.counts;
+        vec![
+            row.group.clone(),
+            c.requests.to_string(),
+            c.hits.to_string(),
+            c.misses.to_string(),
+            c.errors.to_string(),
+            (c.input + c.cache_write).to_string(),
+            c.cached_input.to_string(),
+            c.output.to_string(),
+            super::usd(c.cost_micros),
+            super::usd(c.saved_micros),
+        ]
+    };
+    let mut cells: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
+    cells.extend(r.rows.iter().map(line));
+    cells.push(line(&r.total));
+    let widths: Vec<usize> = (0..head.len())
+        .map(|i| cells.iter().map(|row| row[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "usage {} to {} (UTC), by {}; prices as of {}",
+        r.since,
+        r.until,
+        r.by.as_str(),
+        r.prices_as_of
+    );
+    if r.rows.is_empty() {
+        out.push_str("no requests recorded in this period\n");
+    }
+    let n = cells.len();
+    for (j, row) in cells.iter().enumerate() {
+        if j == n - 1 {
+            let _ = writeln!(
+                out,
+                "{}",
+                "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
+            );
+        }
+        let mut l = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            if i == 0 {
+                let _ = write!(l, "{cell:<w$}", w = widths[i]);
+            } else {
+                let _ = write!(l, "{cell:>w$}", w = widths[i]);
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    }
+    let saved = r.total.counts.saved_micros;
+    if saved > 0 {
+        let _ = writeln!(
+            out,
+            "the cache saved ${} ({} hits)",
+            super::usd(saved),
+            r.total.counts.hits
+        );
+    }
+    out
+}
+
+/// The report as CSV: a header, one line per group, then `total`.
+pub fn render_csv(r: &Report) -> String {
+    let mut out = format!(
+        "{},requests,hits,misses,errors,estimated,input_tokens,cached_input_tokens,cache_write_tokens,output_tokens,reasoning_tokens,cost_usd,saved_usd\n",
+        r.by.as_str()
+    );
+    for row in r.rows.iter().chain(std::iter::once(&r.total)) {
+        let c = &row.counts;
+        let group = if row.group.contains([',', '"']) {
+            format!("\"{}\"", row.group.replace('"', "\"\""))
+        } else {
+            row.group.clone()
+        };
+        let _ = writeln!(
+            out,
+            "{group},{},{},{},{},{},{},{},{},{},{},{},{}",
+            c.requests,
+            c.hits,
+            c.misses,
+            c.errors,
+            c.estimated,
+            c.input,
+            c.cached_input,
+            c.cache_write,
+            c.output,
+            c.reasoning,
+            super::usd(c.cost_micros),
+            super::usd(c.saved_micros)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cost::ledger::RowKey;
+
+    fn row(day: &str, model: &str, key: &str, cost: u64, hits: u64) -> Row {
+        (
+            RowKey {
+                day: day.into(),
+                provider: "openai".into(),
+                model: model.into(),
+                key: key.into(),
+            },
+            Counts {
+                requests: 1 + hits,
+                hits,
+                misses: 1,
+                input: 10,
+                output: 5,
+                cost_micros: cost,
+                saved_micros: hits * cost,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn since_parsing() {
+        let today = Day::parse("2025-11-25").unwrap();
+        assert_eq!(
+            Since::parse("7d").unwrap().first_day(today).to_string(),
+            "2025-11-19"
+        );
+        assert_eq!(Since::parse("1d").unwrap().first_day(today), today);
+        assert_eq!(
+            Since::parse("2025-11-01")
+                .unwrap()
+                .first_day(today)
+                .to_string(),
+            "2025-11-01"
+        );
+        assert!(Since::parse("0d").is_err());
+        assert!(Since::parse("last week").is_err());
+    }
+
+    #[test]
+    fn grouping_and_totals() {
+        let rows = vec![
+            row("2025-11-18", "gpt-4o", "alice", 1_000, 0), // before the period
+            row("2025-11-24", "gpt-4o", "alice", 2_000, 1),
+            row("2025-11-25", "gpt-4o", "bob", 3_000, 0),
+            row("2025-11-25", "claude-sonnet-4-5", "alice", 4_000, 0),
+        ];
+        let today = Day::parse("2025-11-25").unwrap();
+        let since = Since::Days(7).first_day(today);
+        let r = report(&rows, since, today, By::Model);
+        let groups: Vec<&str> = r.rows.iter().map(|r| r.group.as_str()).collect();
+        assert_eq!(groups, ["claude-sonnet-4-5", "gpt-4o"]);
+        assert_eq!(r.rows[1].counts.cost_micros, 5_000);
+        assert_eq!(r.total.counts.cost_micros, 9_000);
+        assert_eq!(r.total.counts.saved_micros, 2_000);
+        assert_eq!(r.total.counts.requests, 4);
+        let by_key = report(&rows, since, today, By::Key);
+        assert_eq!(by_key.rows[0].group, "alice");
+        assert_eq!(by_key.rows[0].counts.cost_micros, 6_000);
+        let table = render_table(&by_key);
+        assert!(
+            table.contains("usage 2025-11-19 to 2025-11-25 (UTC), by key"),
+            "{table}"
+        );
+        let total_line = table.lines().find(|l| l.starts_with("total")).unwrap();
+        assert!(
+            total_line.contains("0.009000") && total_line.contains("0.002000"),
+            "{table}"
+        );
+        assert!(
+            table.contains("the cache saved $0.002000 (1 hits)"),
+            "{table}"
+        );
+        let csv = render_csv(&by_key);
+        assert_eq!(csv.lines().count(), 4);
+        assert!(
+            csv.lines()
+                .last()
+                .unwrap()
+                .starts_with("total,4,1,3,0,0,30,0,0,15,0,0.009000,0.002000"),
+            "{csv}"
+        );
+        let json = serde_json::to_value(&by_key).unwrap();
+        assert_eq!(json["total"]["cost_micros"], 9000);
+        assert_eq!(json["by"], "key");
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(back, by_key);
+    }
+}

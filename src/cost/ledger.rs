@@ -1,0 +1,493 @@
+//! The usage ledger: what was spent, persisted, aggregated by UTC day × provider × model × key.
+//!
+//! One redb file of its own (`cost.ledger_path`; default `usage.redb` beside the cache file, else
+//! `<data dir>/relay/usage.redb`). Unlike the cache it is not disposable: a file written by an older
+//! format is migrated in place, a file of a newer format (or one that cannot be opened) is left
+//! untouched and relay runs without a ledger, with a warning.
+//!
+//! Layout (format [`LEDGER_VERSION`]):
+//! - table `meta`: `version` → the format;
+//! - table `usage`: key `"<YYYY-MM-DD>\x1f<provider>\x1f<model label>\x1f<key label>"` (so a range
+//!   from a day on is a key range), value [`Counts`] as little-endian u64s in field order. Fields are
+//!   only ever appended: a shorter value reads its missing fields as 0.
+//!
+//! Writes never wait for the disk on the request path: [`Writer::add`] queues a record (bounded
+//! channel, never blocking: a full queue drops the record and warns once) for one writer task,
+//! which sums records in memory and commits them in one transaction at least every
+//! [`FLUSH_EVERY`], so a crash loses at most the last second. The key label is an alias or a hash
+//! prefix of the API key, never the key.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+
+/// The on-disk format this build writes.
+pub const LEDGER_VERSION: u64 = 1;
+/// The longest time a settled request waits in memory before it is committed.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Records queued for the writer before new ones are dropped.
+const QUEUE: usize = 16 * 1024;
+/// Distinct rows held before an early commit.
+const MAX_PENDING: usize = 4096;
+const SEP: char = '\u{1f}';
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const USAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("usage");
+
+/// The ledger file a config names.
+pub fn path(cfg: &Config) -> Option<PathBuf> {
+    if let Some(p) = &cfg.cost.ledger_path {
+        return Some(p.clone());
+    }
+    match &cfg.cache.path {
+        Some(cache) => Some(cache.with_file_name("usage.redb")),
+        None => dirs::data_dir().map(|d| d.join("relay").join("usage.redb")),
+    }
+}
+
+/// One ledger row's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RowKey {
+    /// UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    pub provider: String,
+    /// The model's metric label (family name, `other`, `none`).
+    pub model: String,
+    /// Key alias, `key-<hash prefix>` or `none`.
+    pub key: String,
+}
+
+impl RowKey {
+    fn encode(&self) -> String {
+        format!(
+            "{}{SEP}{}{SEP}{}{SEP}{}",
+            self.day, self.provider, self.model, self.key
+        )
+    }
+
+    fn decode(s: &str) -> Option<RowKey> {
+        let mut it = s.split(SEP);
+        Some(RowKey {
+            day: it.next()?.to_string(),
+            provider: it.next()?.to_string(),
+            model: it.next()?.to_string(),
+            key: it.next()?.to_string(),
+        })
+    }
+}
+
+/// Sums for one row (or one request).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub requests: u64,
+    /// Answered from the cache (or a shared in-flight call).
+    pub hits: u64,
+    /// Went upstream and got a complete 2xx answer.
+    pub misses: u64,
+    /// Relay's or the upstream's errors, and answers that did not complete.
+    pub errors: u64,
+    /// Requests whose tokens relay counted itself (no usage from the provider).
+    pub estimated: u64,
+    pub input: u64,
+    pub cached_input: u64,
+    pub cache_write: u64,
+    pub output: u64,
+    pub reasoning: u64,
+    pub cost_micros: u64,
+    pub saved_micros: u64,
+}
+
+impl Counts {
+    fn fields(&self) -> [u64; 12] {
+        [
+            self.requests,
+            self.hits,
+            self.misses,
+            self.errors,
+            self.estimated,
+            self.input,
+            self.cached_input,
+            self.cache_write,
+            self.output,
+            self.reasoning,
+            self.cost_micros,
+            self.saved_micros,
+        ]
+    }
+
+    fn from_fields(f: [u64; 12]) -> Counts {
+        Counts {
+            requests: f[0],
+            hits: f[1],
+            misses: f[2],
+            errors: f[3],
+            estimated: f[4],
+            input: f[5],
+            cached_input: f[6],
+            cache_write: f[7],
+            output: f[8],
+            reasoning: f[9],
+            cost_micros: f[10],
+            saved_micros: f[11],
+        }
+    }
+
+    /// Adds `o` field by field.
+    pub fn add(&mut self, o: &Counts) {
+        let mut f = self.fields();
+        for (a, b) in f.iter_mut().zip(o.fields()) {
+            *a = a.saturating_add(b);
+        }
+        *self = Counts::from_fields(f);
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        self.fields().iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    fn decode(b: &[u8]) -> Counts {
+        let mut f = [0u64; 12];
+        for (i, chunk) in b.chunks_exact(8).take(12).enumerate() {
+            f[i] = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        }
+        Counts::from_fields(f)
+    }
+}
+
+/// A row: its key and its sums.
+pub type Row = (RowKey, Counts);
+
+/// Why the ledger cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("{}: in use by another process (a running relay?)", path.display())]
+    Locked { path: PathBuf },
+    #[error("{}: written by a newer relay (ledger format v{found}, this relay reads up to v{LEDGER_VERSION}); left untouched", path.display())]
+    Newer { path: PathBuf, found: u64 },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Db { path: PathBuf, message: String },
+}
+
+/// The open ledger file.
+pub struct Ledger {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger at `path`. Blocking: call on the blocking pool.
+    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| LedgerError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(LedgerError::Locked {
+                    path: path.to_owned(),
+                })
+            }
+            Err(e) => {
+                return Err(LedgerError::Db {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })
+            }
+        };
+        let l = Ledger {
+            db,
+            path: path.to_owned(),
+        };
+        l.prepare()?;
+        Ok(l)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> LedgerError {
+        LedgerError::Db {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Creates the tables of a new file, checks the version of an existing one, migrates older ones.
+    fn prepare(&self) -> Result<(), LedgerError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            let found = meta
+                .get("version")
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert("version", LEDGER_VERSION)
+                        .map_err(|e| self.err(e))?;
+                }
+                Some(v) if v > LEDGER_VERSION => {
+                    return Err(LedgerError::Newer {
+                        path: self.path.clone(),
+                        found: v,
+                    })
+                }
+                // v1 is the first format: nothing to migrate yet. A future format adds its
+                // migration here, in this transaction.
+                Some(_) => {}
+            }
+            txn.open_table(USAGE).map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Adds every row of `batch` to the stored sums, in one transaction.
+    pub fn add(&self, batch: &HashMap<RowKey, Counts>) -> Result<(), LedgerError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = txn.open_table(USAGE).map_err(|e| self.err(e))?;
+            for (k, c) in batch {
+                let key = k.encode();
+                let mut sum = t
+                    .get(key.as_str())
+                    .map_err(|e| self.err(e))?
+                    .map(|v| Counts::decode(v.value()))
+                    .unwrap_or_default();
+                sum.add(c);
+                t.insert(key.as_str(), sum.encode().as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Rows of `since` (`YYYY-MM-DD`) and later, in key order.
+    pub fn rows(&self, since: &str) -> Result<Vec<Row>, LedgerError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(USAGE).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in t.range(since..).map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if let Some(key) = RowKey::decode(k.value()) {
+                out.push((key, Counts::decode(v.value())));
+            }
+        }
+        Ok(out)
+    }
+}
+
+enum Msg {
+    Add(RowKey, Counts),
+    Rows(String, oneshot::Sender<Result<Vec<Row>, String>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// The handle to the ledger's writer task (module docs).
+pub struct Writer {
+    tx: mpsc::Sender<Msg>,
+    full: Arc<AtomicBool>,
+}
+
+impl Writer {
+    /// Starts the writer task, which owns `ledger` until [`Writer::close`].
+    pub fn spawn(ledger: Ledger) -> Writer {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(Arc::new(ledger), rx));
+        Writer {
+            tx,
+            full: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Queues one request's record. Never waits.
+    pub fn add(&self, key: RowKey, counts: Counts) {
+        match self.tx.try_send(Msg::Add(key, counts)) {
+            Ok(()) => {
+                self.full.store(false, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("usage ledger queue is full; records are being dropped");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Commits what is queued, then reads the rows from `since` on.
+    pub async fn rows(&self, since: String) -> Result<Vec<Row>, String> {
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Rows(since, ack))
+            .await
+            .map_err(|_| "the usage ledger is closed".to_string())?;
+        rx.await
+            .map_err(|_| "the usage ledger is closed".to_string())?
+    }
+
+    /// Commits what is queued and closes the file (its lock is released when this returns).
+    pub async fn close(&self) {
+        let (ack, rx) = oneshot::channel();
+        if self.tx.send(Msg::Close(ack)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+async fn run(ledger: Arc<Ledger>, mut rx: mpsc::Receiver<Msg>) {
+    let mut pending: HashMap<RowKey, Counts> = HashMap::new();
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                None => {
+                    flush(&ledger, &mut pending, &mut failing).await;
+                    return;
+                }
+                Some(Msg::Add(k, c)) => {
+                    pending.entry(k).or_default().add(&c);
+                    if pending.len() >= MAX_PENDING {
+                        flush(&ledger, &mut pending, &mut failing).await;
+                    }
+                }
+                Some(Msg::Rows(since, ack)) => {
+                    flush(&ledger, &mut pending, &mut failing).await;
+                    let l = ledger.clone();
+                    let rows = tokio::task::spawn_blocking(move || l.rows(&since))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()));
+                    let _ = ack.send(rows);
+                }
+                Some(Msg::Close(ack)) => {
+                    flush(&ledger, &mut pending, &mut failing).await;
+                    drop(ledger);
+                    let _ = ack.send(());
+                    return;
+                }
+            },
+            _ = tick.tick() => {
+                if !pending.is_empty() {
+                    flush(&ledger, &mut pending, &mut failing).await;
+                }
+            }
+        }
+    }
+}
+
+/// Commits `pending`; on failure keeps it to retry at the next tick.
+async fn flush(ledger: &Arc<Ledger>, pending: &mut HashMap<RowKey, Counts>, failing: &mut bool) {
+    if pending.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(pending);
+    let l = ledger.clone();
+    let result = tokio::task::spawn_blocking(move || l.add(&batch).map_err(|e| (e, batch))).await;
+    match result {
+        Ok(Ok(())) => {
+            if std::mem::replace(failing, false) {
+                tracing::info!("usage ledger writes work again");
+            }
+        }
+        Ok(Err((e, batch))) => {
+            if !std::mem::replace(failing, true) {
+                tracing::warn!("usage ledger write failed, will retry: {e}");
+            }
+            for (k, c) in batch {
+                pending.entry(k).or_default().add(&c);
+            }
+        }
+        Err(e) => tracing::warn!("usage ledger writer: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(day: &str, model: &str, k: &str) -> RowKey {
+        RowKey {
+            day: day.into(),
+            provider: "openai".into(),
+            model: model.into(),
+            key: k.into(),
+        }
+    }
+
+    #[test]
+    fn counts_round_trip_and_short_values_read_as_zero() {
+        let c = Counts {
+            requests: 3,
+            cost_micros: 7,
+            saved_micros: 9,
+            ..Default::default()
+        };
+        assert_eq!(Counts::decode(&c.encode()), c);
+        let short = &c.encode()[..16];
+        assert_eq!(Counts::decode(short).requests, 3);
+        assert_eq!(Counts::decode(short).saved_micros, 0);
+    }
+
+    #[test]
+    fn rows_accumulate_and_persist_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("usage.redb");
+        {
+            let l = Ledger::open(&path).unwrap();
+            let one = Counts {
+                requests: 1,
+                cost_micros: 5,
+                ..Default::default()
+            };
+            let mut batch = HashMap::new();
+            batch.insert(key("2025-11-24", "gpt-4o", "a"), one);
+            batch.insert(key("2025-11-25", "gpt-4o", "a"), one);
+            l.add(&batch).unwrap();
+            l.add(&batch).unwrap();
+            assert!(matches!(
+                Ledger::open(&path),
+                Err(LedgerError::Locked { .. })
+            ));
+        }
+        let l = Ledger::open(&path).unwrap();
+        let rows = l.rows("2025-11-25").unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].0, key("2025-11-25", "gpt-4o", "a"));
+        assert_eq!((rows[0].1.requests, rows[0].1.cost_micros), (2, 10));
+        assert_eq!(l.rows("2025-01-01").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_newer_format_is_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.redb");
+        {
+            let l = Ledger::open(&path).unwrap();
+            let txn = l.db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("version", LEDGER_VERSION + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Ledger::open(&path).err().unwrap();
+        assert!(matches!(err, LedgerError::Newer { found: 2, .. }), "{err}");
+        assert!(path.exists());
+    }
+}

@@ -1,0 +1,672 @@
+//! Cost: tokens per request, prices, the usage ledger and budgets.
+//!
+//! What comes in: the routed request (provider, model, the caller's key, the JSON body) and the
+//! answer's bytes as they stream to the caller. What goes out: on the request's [`Exchange`], its
+//! [`Usage`], its cost and (cache hits) the cost it saved, which the access-log line, the metrics,
+//! the ledger and the budgets all read from there when the exchange closes.
+//!
+//! The pieces, in the order a request meets them (see `proxy::pipeline`):
+//! 1. [`plan`]: after routing, decide what to meter, which key to book it to, and whether to ask an
+//!    OpenAI-kind upstream for the stream's usage chunk (`cost.stream_usage: inject`, [`inject`]);
+//! 2. [`Accounting::check_budget`]: before going upstream, refuse a key that is over its budget;
+//! 3. [`Hook`] rides on the response body: a [`usage::Meter`] reads the usage as the bytes pass
+//!    (and removes the usage-only chunk the caller did not ask for);
+//! 4. [`Hook::finish`] when the body ends or is dropped: the usage, or a tiktoken estimate made on
+//!    the blocking pool ([`tokens`]), lands on the exchange;
+//! 5. [`Tally::settle`] when the exchange closes: prices ([`prices`]), metrics, the budget spend and
+//!    one record for the [`ledger`]'s writer task.
+
+pub mod budget;
+pub mod cli;
+pub mod inject;
+pub mod ledger;
+pub mod prices;
+pub mod tokens;
+pub mod usage;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+pub use prices::{cost_micros, usd, Prices};
+pub use usage::{Meter, MeterMode, Usage};
+
+use crate::cache::Clock;
+use crate::config::{Budget, Config, ModelPrice, Provider, ProviderKind, StreamUsage};
+use crate::metrics::Metrics;
+use crate::proxy::body::Exchange;
+use crate::proxy::error::EdgeError;
+
+/// Upstream paths (suffixes) whose answers carry token usage.
+const METERED_SUFFIXES: &[&str] = &[
+    "/chat/completions",
+    "/completions",
+    "/responses",
+    "/messages",
+    "/embeddings",
+];
+
+/// Everything cost needs from one config: prices, key aliases, budgets. Built at config load and
+/// swapped with it.
+#[derive(Debug, Clone)]
+pub struct Book {
+    pub prices: Prices,
+    enabled: bool,
+    stream_usage: StreamUsage,
+    /// (hash or hash prefix, alias name).
+    aliases: Vec<(String, String)>,
+    budgets: BTreeMap<String, Budget>,
+}
+
+impl Book {
+    pub fn from_config(cfg: &Config) -> Book {
+        Book {
+            prices: Prices::from_config(cfg),
+            enabled: cfg.cost.enabled,
+            stream_usage: cfg.cost.stream_usage,
+            aliases: cfg
+                .keys
+                .iter()
+                .filter_map(|k| Some((k.hash.clone()?, k.name.clone())))
+                .collect(),
+            budgets: cfg.budgets.clone(),
+        }
+    }
+
+    /// How the ledger and budgets name a key: its alias, else `key-` and the first 12 hex digits of
+    /// its blake3 hash, or `none` when the request carries no key.
+    pub fn key_label(&self, key: Option<&str>) -> String {
+        let Some(key) = key else {
+            return "none".to_string();
+        };
+        let hex = blake3::hash(key.as_bytes()).to_hex();
+        for (h, name) in &self.aliases {
+            if hex.starts_with(h.as_str()) {
+                return name.clone();
+            }
+        }
+        format!("key-{}", &hex[..12])
+    }
+
+    /// The budget that applies to `key` (its alias's own, else `*`), with its name.
+    pub fn budget_for(&self, key: &str) -> Option<(&str, &Budget)> {
+        self.budgets
+            .get_key_value(key)
+            .or_else(|| self.budgets.get_key_value("*"))
+            .map(|(k, b)| (k.as_str(), b))
+    }
+
+    /// Alias names that have a budget of their own (the `relay_budget_used_ratio` labels).
+    pub fn budgeted_aliases(&self) -> impl Iterator<Item = &str> {
+        self.budgets
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "*")
+    }
+}
+
+/// The caller's API key (`Authorization: Bearer`, else `x-api-key`), else the key relay injects
+/// for the provider.
+fn caller_key<'a>(headers: &'a HeaderMap, provider: &'a Provider) -> Option<&'a str> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(auth) = header("authorization") {
+        let token = match auth.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            _ => auth,
+        };
+        if !token.is_empty() && !token.eq_ignore_ascii_case("bearer") {
+            return Some(token);
+        }
+    }
+    header("x-api-key").or_else(|| provider.api_key.as_ref().map(|k| k.expose()))
+}
+
+/// Server-wide cost state: the ledger writer, budget spend, once-only warnings. Outlives config
+/// reloads.
+pub struct Accounting {
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    ledger: Option<ledger::Writer>,
+    /// Where the ledger lives (shown by `relay usage`), when it is open.
+    ledger_path: Option<PathBuf>,
+    spend: budget::Spend,
+    /// Models already warned about (no price). Bounded.
+    warned: Mutex<HashSet<String>>,
+    /// Requests settled so far (tests wait on it).
+    settled: watch::Sender<u64>,
+}
+
+/// Most unknown models remembered for once-only warnings.
+const MAX_WARNED: usize = 1024;
+
+impl Accounting {
+    /// Opens the ledger (when `cost.ledger`) and loads this month's spend from it. A ledger that
+    /// cannot be opened (held by another process, written by a newer relay, damaged) is reported
+    /// and relay runs without it: usage is still counted in metrics and logs.
+    pub async fn start(cfg: &Config, clock: Clock, metrics: Arc<Metrics>) -> Arc<Accounting> {
+        let mut ledger = None;
+        let mut ledger_path = None;
+        if cfg.cost.enabled && cfg.cost.ledger {
+            match ledger::path(cfg) {
+                None => tracing::warn!(
+                    "no platform data directory for the usage ledger; set cost.ledger_path"
+                ),
+                Some(path) => {
+                    let p = path.clone();
+                    match tokio::task::spawn_blocking(move || ledger::Ledger::open(&p)).await {
+                        Ok(Ok(l)) => {
+                            ledger = Some(ledger::Writer::spawn(l));
+                            ledger_path = Some(path);
+                        }
+                        Ok(Err(e)) => tracing::warn!(
+                            "usage ledger unavailable, spending is not recorded: {e}"
+                        ),
+                        Err(e) => tracing::warn!("usage ledger: {e}"),
+                    }
+                }
+            }
+        }
+        let acct = Accounting {
+            clock,
+            metrics,
+            ledger,
+            ledger_path,
+            spend: budget::Spend::new(),
+            warned: Mutex::new(HashSet::new()),
+            settled: watch::channel(0).0,
+        };
+        if let Some(l) = &acct.ledger {
+            let now = acct.clock.now_ms();
+            let since = budget::Day::of_ms(now).month_start();
+            match l.rows(since.to_string()).await {
+                Ok(rows) => acct.spend.seed(&rows, now),
+                Err(e) => tracing::warn!("usage ledger: cannot read this month's spend: {e}"),
+            }
+        }
+        Arc::new(acct)
+    }
+
+    /// Now, unix milliseconds (the injected clock).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The ledger file, when the ledger is open.
+    pub fn ledger_path(&self) -> Option<&PathBuf> {
+        self.ledger_path.as_ref()
+    }
+
+    /// Requests settled so far; a test waits on this before reading the ledger or metrics.
+    pub fn settled(&self) -> watch::Receiver<u64> {
+        self.settled.subscribe()
+    }
+
+    /// Refuses a request whose key is over its daily or monthly budget (429 `budget_exceeded`).
+    pub fn check_budget(&self, book: &Book, key: &str) -> Result<(), EdgeError> {
+        let Some((name, budget)) = book.budget_for(key) else {
+            return Ok(());
+        };
+        let now = self.now_ms();
+        let spent = self.spend.get(key, now);
+        let verdict = budget::check(budget, spent, now);
+        if name != "*" {
+            self.metrics
+                .budget_used_ratio
+                .with_label_values(&[name])
+                .set(verdict.ratio);
+        }
+        match verdict.exceeded {
+            None => Ok(()),
+            Some(over) => Err(EdgeError::BudgetExceeded {
+                key: key.to_string(),
+                budget: name.to_string(),
+                period: over.period,
+                limit_micros: over.limit_micros,
+                spent_micros: over.spent_micros,
+                resets: over.resets.clone(),
+            }),
+        }
+    }
+
+    /// The ledger rows from `since` (YYYY-MM-DD) on, everything queued included.
+    pub async fn rows(&self, since: String) -> Result<Vec<ledger::Row>, String> {
+        match &self.ledger {
+            Some(l) => l.rows(since).await,
+            None => Err(
+                "the usage ledger is off (cost.ledger: false, or it could not be opened)".into(),
+            ),
+        }
+    }
+
+    /// Writes what is queued and closes the ledger file (server shutdown).
+    pub async fn close(&self) {
+        if let Some(l) = &self.ledger {
+            l.close().await;
+        }
+    }
+
+    fn warn_unpriced(&self, model: &str) {
+        let mut w = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if w.len() < MAX_WARNED && w.insert(model.to_string()) {
+            tracing::warn!(
+                model,
+                "no price for this model: its requests are counted at $0 (add it under models: in the config)"
+            );
+        }
+    }
+}
+
+/// The accounting of one request, carried by its [`Exchange`] and settled when it closes.
+pub struct Tally {
+    acct: Arc<Accounting>,
+    /// The caller's key as booked (alias, `key-<hash prefix>`, `none`).
+    pub key: String,
+    /// Answered without an upstream call (cache hit or shared flight): cost 0, the price is saved.
+    pub hit: bool,
+    price: Option<ModelPrice>,
+    /// The budget alias whose gauge to update after booking.
+    budget: Option<(String, Budget)>,
+}
+
+impl Tally {
+    /// Prices the exchange's usage, then books it: metrics, budget spend, one ledger record.
+    /// `failed`: the answer was an error or did not complete.
+    pub fn settle(self, x: &mut Exchange, failed: bool) {
+        let acct = &self.acct;
+        let provider = x.provider.as_deref().unwrap_or("none");
+        let m = &acct.metrics;
+        let mut counts = ledger::Counts {
+            requests: 1,
+            ..Default::default()
+        };
+        if let Some(u) = x.usage {
+            let micros = match &self.price {
+                Some(p) => cost_micros(p, &u),
+                None => {
+                    if u.total() > 0 {
+                        acct.warn_unpriced(x.model.as_deref().unwrap_or("-"));
+                    }
+                    0
+                }
+            };
+            if self.hit {
+                x.saved_micros = micros;
+            } else {
+                x.cost_micros = micros;
+            }
+            let labels = |kind| [provider, x.model_label.as_str(), kind];
+            for (kind, n) in [
+                ("input", u.input),
+                ("cached_input", u.cached_input),
+                ("cache_write", u.cache_write),
+                ("output", u.output),
+            ] {
+                if n > 0 && !self.hit {
+                    m.tokens.with_label_values(&labels(kind)).inc_by(n);
+                }
+            }
+            if !self.hit {
+                m.request_tokens
+                    .with_label_values(&["prompt"])
+                    .observe(u.prompt() as f64);
+                m.request_tokens
+                    .with_label_values(&["completion"])
+                    .observe(u.output as f64);
+            }
+            if !self.hit {
+                // Tokens are what went upstream; a hit's are only its saving.
+                counts.input = u.input;
+                counts.cached_input = u.cached_input;
+                counts.cache_write = u.cache_write;
+                counts.output = u.output;
+                counts.reasoning = u.reasoning;
+                counts.estimated = u64::from(u.estimated);
+            }
+        }
+        let pm = [provider, x.model_label.as_str()];
+        if x.cost_micros > 0 {
+            m.cost_usd
+                .with_label_values(&pm)
+                .inc_by(x.cost_micros as f64 / 1e6);
+        }
+        if x.saved_micros > 0 {
+            m.cost_saved_usd
+                .with_label_values(&pm)
+                .inc_by(x.saved_micros as f64 / 1e6);
+        }
+        counts.cost_micros = x.cost_micros;
+        counts.saved_micros = x.saved_micros;
+        if self.hit {
+            counts.hits = 1;
+        } else if failed {
+            counts.errors = 1;
+        } else {
+            counts.misses = 1;
+        }
+        let now = acct.now_ms();
+        if x.cost_micros > 0 {
+            acct.spend.add(&self.key, now, x.cost_micros);
+        }
+        if let Some((name, b)) = &self.budget {
+            let ratio = budget::check(b, acct.spend.get(&self.key, now), now).ratio;
+            m.budget_used_ratio.with_label_values(&[name]).set(ratio);
+        }
+        if let Some(l) = &acct.ledger {
+            let key = ledger::RowKey {
+                day: budget::Day::of_ms(now).to_string(),
+                provider: provider.to_string(),
+                model: x.model_label.clone(),
+                key: self.key.clone(),
+            };
+            l.add(key, counts);
+        }
+        acct.settled.send_modify(|n| *n += 1);
+    }
+}
+
+/// What cost decided for one request (see [`plan`]).
+pub struct Plan {
+    acct: Arc<Accounting>,
+    key: String,
+    price: Option<ModelPrice>,
+    budget: Option<(String, Budget)>,
+    /// The answer carries usage worth reading.
+    metered: bool,
+    /// Ask the upstream for the usage chunk (and strip it from the answer).
+    pub inject: bool,
+    /// Keep streamed text for a tiktoken count (no usage will come).
+    keep_text: bool,
+    model: String,
+    request: Option<Bytes>,
+}
+
+/// Stage "cost" of the pipeline, after routing: books the request to a key and decides how to meter
+/// it. `None` when `cost.enabled` is off.
+#[allow(clippy::too_many_arguments)]
+pub fn plan(
+    book: &Book,
+    acct: &Arc<Accounting>,
+    provider: &Provider,
+    method: &Method,
+    upstream_path: &str,
+    headers: &HeaderMap,
+    body: Option<&Bytes>,
+    model: Option<&str>,
+) -> Option<Plan> {
+    if !book.enabled {
+        return None;
+    }
+    let key = book.key_label(caller_key(headers, provider));
+    let price = model.and_then(|m| book.prices.lookup(m)).map(|(_, p)| p);
+    let budget = book
+        .budget_for(&key)
+        .filter(|(name, _)| *name != "*")
+        .map(|(n, b)| (n.to_string(), *b));
+    let path = upstream_path.split('?').next().unwrap_or_default();
+    let metered = *method == Method::POST
+        && body.is_some_and(|b| !b.is_empty())
+        && METERED_SUFFIXES.iter().any(|s| path.ends_with(s));
+    let mut p = Plan {
+        acct: acct.clone(),
+        key,
+        price,
+        budget,
+        metered,
+        inject: false,
+        keep_text: true,
+        model: model.unwrap_or_default().to_string(),
+        request: None,
+    };
+    if !metered {
+        return Some(p);
+    }
+    let body = body.expect("metered requests have a body");
+    let chat_like = path.ends_with("/chat/completions") || path.ends_with("/completions");
+    if chat_like {
+        if let Some(s) = stream_request(body) {
+            // An explicit `include_usage: false` is respected.
+            let asked = s.include_usage == Some(true);
+            p.inject = !asked
+                && s.include_usage.is_none()
+                && provider.kind == ProviderKind::Openai
+                && book.stream_usage == StreamUsage::Inject;
+            p.keep_text = !asked && !p.inject;
+        }
+    } else if path.ends_with("/messages") || path.ends_with("/responses") {
+        // Their streams always end with usage.
+        p.keep_text = !is_stream(body);
+    }
+    if p.keep_text || p.inject {
+        // Possibly counted later (no usage, or an upstream that ignores stream_options).
+        p.request = Some(body.clone());
+        p.keep_text = true;
+    }
+    Some(p)
+}
+
+/// `stream` and `stream_options.include_usage` of a request body, when `stream` is true.
+struct StreamAsk {
+    include_usage: Option<bool>,
+}
+
+fn stream_request(body: &[u8]) -> Option<StreamAsk> {
+    // Cheap test first: most requests are not streamed.
+    if !contains(body, b"\"stream\"") {
+        return None;
+    }
+    #[derive(Deserialize)]
+    struct Opts {
+        include_usage: Option<bool>,
+    }
+    #[derive(Deserialize)]
+    struct Peek {
+        stream: Option<bool>,
+        stream_options: Option<Opts>,
+    }
+    let p: Peek = serde_json::from_slice(body).ok()?;
+    (p.stream == Some(true)).then(|| StreamAsk {
+        include_usage: p.stream_options.and_then(|o| o.include_usage),
+    })
+}
+
+fn is_stream(body: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Peek {
+        stream: Option<bool>,
+    }
+    contains(body, b"\"stream\"")
+        && serde_json::from_slice::<Peek>(body).is_ok_and(|p| p.stream == Some(true))
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Carried into the cache's replay: the usage recorded with a cached answer.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordedUsage(pub Option<Usage>);
+
+impl Plan {
+    /// The key this request is booked to.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The accounting record to put on the exchange (so errors are booked too).
+    pub fn tally(&self, hit: bool) -> Tally {
+        Tally {
+            acct: self.acct.clone(),
+            key: self.key.clone(),
+            hit,
+            price: self.price,
+            budget: self.budget.clone(),
+        }
+    }
+
+    /// A hook for an upstream answer (`None` for errors and answers without usage). Removes
+    /// `Content-Length` when the hook will rewrite the body.
+    pub fn hook(&self, status: http::StatusCode, headers: &mut HeaderMap) -> Option<Hook> {
+        if !self.metered || !status.is_success() {
+            return None;
+        }
+        let ct = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let meter = Meter::new(
+            ct,
+            MeterMode {
+                keep_text: self.keep_text,
+                strip_usage_chunk: self.inject,
+            },
+        );
+        if meter.rewrites() {
+            headers.remove(http::header::CONTENT_LENGTH);
+        }
+        Some(Hook {
+            meter,
+            model: self.model.clone(),
+            request: self.request.clone(),
+        })
+    }
+
+    /// A response served without an upstream call of its own (a cache hit, or a share of an
+    /// identical request in flight). The usage recorded with a cached answer gives the saved cost
+    /// and the `x-relay-cost-usd` / `x-relay-saved-usd` / `x-relay-tokens` headers at once; a shared
+    /// answer is metered as it streams. When the caller did not ask for the usage chunk and relay
+    /// would have injected it, the chunk is removed from the replay too.
+    pub fn served<B>(&self, resp: &mut http::Response<B>, x: &mut Exchange) -> Option<Hook> {
+        x.tally = Some(self.tally(true));
+        if !self.metered {
+            return None;
+        }
+        let strip = self.inject
+            && resp
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let recorded = resp.extensions_mut().remove::<RecordedUsage>();
+        if let Some(RecordedUsage(Some(u))) = recorded {
+            x.usage = Some(u);
+            let saved = self.price.map(|p| cost_micros(&p, &u)).unwrap_or(0);
+            let h = resp.headers_mut();
+            h.insert("x-relay-cost-usd", HeaderValue::from_static("0.000000"));
+            if let Ok(v) = HeaderValue::try_from(usd(saved)) {
+                h.insert("x-relay-saved-usd", v);
+            }
+            if let Ok(v) = HeaderValue::try_from(tokens_header(&u)) {
+                h.insert("x-relay-tokens", v);
+            }
+            if !strip {
+                return None;
+            }
+        }
+        let ct = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let meter = Meter::new(
+            &ct,
+            MeterMode {
+                keep_text: self.keep_text && x.usage.is_none(),
+                strip_usage_chunk: strip,
+            },
+        );
+        if meter.rewrites() {
+            resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+        }
+        Some(Hook {
+            meter,
+            model: self.model.clone(),
+            request: self.request.clone().filter(|_| x.usage.is_none()),
+        })
+    }
+}
+
+/// `x-relay-tokens`: `in=<prompt>;out=<output>;cached=<cached input>` (`;estimated` when counted by
+/// relay).
+pub fn tokens_header(u: &Usage) -> String {
+    let mut s = format!(
+        "in={};out={};cached={}",
+        u.prompt(),
+        u.output,
+        u.cached_input
+    );
+    if u.estimated {
+        s.push_str(";estimated");
+    }
+    s
+}
+
+/// Rides on a response body: meters it, and settles the usage onto the exchange at the end.
+pub struct Hook {
+    meter: Meter,
+    model: String,
+    request: Option<Bytes>,
+}
+
+impl Hook {
+    /// See [`Meter::on_data`].
+    pub fn on_data(&mut self, data: Bytes) -> Bytes {
+        self.meter.on_data(data)
+    }
+
+    /// See [`Meter::take_tail`].
+    pub fn take_tail(&mut self) -> Option<Bytes> {
+        self.meter.take_tail()
+    }
+
+    /// See [`Meter::has_tail`].
+    pub fn has_tail(&self) -> bool {
+        self.meter.has_tail()
+    }
+
+    /// True when the hook may change the body's bytes.
+    pub fn rewrites(&self) -> bool {
+        self.meter.rewrites()
+    }
+
+    /// The body ended or was dropped: puts the usage on `x` and closes it. When the answer carried
+    /// no usage, the tokens are counted with tiktoken on the blocking pool and `x` closes there.
+    pub fn finish(self, mut x: Exchange) {
+        let reading = self.meter.finish();
+        if let Some(u) = reading.usage {
+            x.usage = Some(u);
+            return;
+        }
+        if x.usage.is_some() {
+            return;
+        }
+        let (Some(request), Some(output)) = (self.request, reading.text) else {
+            return;
+        };
+        let est = tokens::Estimate {
+            model: self.model,
+            request,
+            output,
+        };
+        let count = move || {
+            x.usage = Some(est.count());
+            drop(x);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(count);
+            }
+            Err(_) => count(),
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! Token usage as the providers report it, and the [`Meter`] that reads it from an answer as the
+//! answer streams to the caller.
+//!
+//! In: the bytes of an upstream (or replayed) response, frame by frame, exactly as the caller gets
+//! them. Out: one [`Usage`], normalised so that every token is priced once at its own rate:
+//!
+//! - **OpenAI** counts cached tokens *inside* `prompt_tokens` (`prompt_tokens_details.cached_tokens`,
+//!   or `input_tokens_details.cached_tokens` for the Responses API): `input` is `prompt_tokens`
+//!   minus the cached ones, `cached_input` the cached ones.
+//! - **Anthropic** reports `cache_read_input_tokens` and `cache_creation_input_tokens` *outside*
+//!   `input_tokens`: `input` is `input_tokens`, `cached_input` the reads, `cache_write` the writes.
+//! - Reasoning tokens (`completion_tokens_details.reasoning_tokens`) are part of `output` and are
+//!   priced as output; they are kept apart only to be shown.
+//!
+//! Where the usage sits: JSON bodies carry a top-level `usage` (read once the body ended; bodies
+//! over [`MAX_JSON`] are not read). SSE streams are parsed event by event, holding only the event
+//! being received: the OpenAI usage-only chunk before `[DONE]`, Anthropic `message_start`
+//! (`message.usage`) merged with `message_delta` (`usage`), the Responses API's
+//! `response.completed` (`response.usage`). When a stream carries no usage, the meter keeps the
+//! streamed text so the tokens can be counted (see [`super::tokens`]).
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+/// Tokens of one request, in the four kinds that have their own price.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Input tokens billed at the input rate (neither read from nor written to a prompt cache).
+    pub input: u64,
+    /// Input tokens read from the provider's prompt cache (cached-input rate).
+    pub cached_input: u64,
+    /// Input tokens written to the provider's prompt cache (Anthropic; cache-write rate).
+    pub cache_write: u64,
+    /// Output tokens, reasoning included.
+    pub output: u64,
+    /// Of `output`, the reasoning tokens (shown, not priced separately).
+    pub reasoning: u64,
+    /// Counted by relay with a tokenizer because the provider reported none.
+    pub estimated: bool,
+}
+
+impl Usage {
+    /// All input tokens, whatever their rate (what the provider calls the prompt).
+    pub fn prompt(&self) -> u64 {
+        self.input + self.cached_input + self.cache_write
+    }
+
+    /// Prompt plus output.
+    pub fn total(&self) -> u64 {
+        self.prompt() + self.output
+    }
+}
+
+/// A `usage` object as any of the providers write it; fields absent in one dialect are `None`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct RawUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<Details>,
+    completion_tokens_details: Option<Details>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    input_tokens_details: Option<Details>,
+    output_tokens_details: Option<Details>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct Details {
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+}
+
+impl RawUsage {
+    /// Fields present in `later` replace this one's (Anthropic's `message_delta` after
+    /// `message_start`).
+    fn merge(&mut self, later: RawUsage) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if later.$f.is_some() { self.$f = later.$f; } )* };
+        }
+        take!(
+            prompt_tokens,
+            completion_tokens,
+            prompt_tokens_details,
+            completion_tokens_details,
+            input_tokens,
+            output_tokens,
+            input_tokens_details,
+            output_tokens_details,
+            cache_read_input_tokens,
+            cache_creation_input_tokens
+        );
+    }
+
+    /// Normalises (module docs). `None` when no input count is present.
+    fn normalise(&self) -> Option<Usage> {
+        let cached_of = |d: &Option<Details>| d.as_ref().and_then(|d| d.cached_tokens).unwrap_or(0);
+        let reasoning_of =
+            |d: &Option<Details>| d.as_ref().and_then(|d| d.reasoning_tokens).unwrap_or(0);
+        if let Some(prompt) = self.prompt_tokens {
+            // OpenAI chat / completions / embeddings: cached tokens are inside prompt_tokens.
+            let cached = cached_of(&self.prompt_tokens_details).min(prompt);
+            return Some(Usage {
+                input: prompt - cached,
+                cached_input: cached,
+                cache_write: 0,
+                output: self.completion_tokens.unwrap_or(0),
+                reasoning: reasoning_of(&self.completion_tokens_details),
+                estimated: false,
+            });
+        }
+        let input = self.input_tokens?;
+        let output = self.output_tokens.unwrap_or(0);
+        if self.input_tokens_details.is_some() || self.output_tokens_details.is_some() {
+            // OpenAI Responses API: cached tokens are inside input_tokens.
+            let cached = cached_of(&self.input_tokens_details).min(input);
+            return Some(Usage {
+                input: input - cached,
+                cached_input: cached,
+                cache_write: 0,
+                output,
+                reasoning: reasoning_of(&self.output_tokens_details),
+                estimated: false,
+            });
+        }
+        // Anthropic: cache reads and writes are outside input_tokens.
+        Some(Usage {
+            input,
+            cached_input: self.cache_read_input_tokens.unwrap_or(0),
+            cache_write: self.cache_creation_input_tokens.unwrap_or(0),
+            output,
+            reasoning: 0,
+            estimated: false,
+        })
+    }
+}
+
+/// The largest JSON answer the meter holds to read its usage (usage sits at its end).
+pub const MAX_JSON: usize = 8 << 20;
+/// The largest single SSE event the meter holds; a longer one is passed on unread.
+const MAX_EVENT: usize = 4 << 20;
+/// The most streamed text kept for counting.
+const MAX_TEXT: usize = 4 << 20;
+
+/// The usage in a whole JSON answer (top-level `usage`), if any.
+pub fn from_json(body: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct Top {
+        usage: Option<RawUsage>,
+    }
+    serde_json::from_slice::<Top>(body).ok()?.usage?.normalise()
+}
+
+/// The usage in a sequence of whole SSE events (a recorded stream), if any.
+pub fn from_sse_events<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Option<Usage> {
+    let mut acc: Option<RawUsage> = None;
+    for e in events {
+        for data in data_lines(e) {
+            absorb_usage(&mut acc, data);
+        }
+    }
+    acc?.normalise()
+}
+
+/// Reads the usage of one SSE `data:` payload into `acc`, when it has one.
+fn absorb_usage(acc: &mut Option<RawUsage>, data: &[u8]) {
+    if !has_usage_object(data) {
+        return;
+    }
+    #[derive(Deserialize)]
+    struct Nested {
+        usage: Option<RawUsage>,
+    }
+    #[derive(Deserialize)]
+    struct Event {
+        usage: Option<RawUsage>,
+        message: Option<Nested>,
+        response: Option<Nested>,
+    }
+    let Ok(ev) = serde_json::from_slice::<Event>(data) else {
+        return;
+    };
+    for found in [
+        ev.usage,
+        ev.message.and_then(|m| m.usage),
+        ev.response.and_then(|r| r.usage),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        match acc {
+            Some(a) => a.merge(found),
+            None => *acc = Some(found),
+        }
+    }
+}
+
+/// True when `data` holds `"usage"` followed by an object (not `null`): a cheap test before parsing,
+/// since OpenAI streams that include usage carry `"usage":null` in every other chunk.
+fn has_usage_object(data: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"\"usage\"";
+    let mut from = 0;
+    while let Some(i) = find(&data[from..], NEEDLE) {
+        let mut j = from + i + NEEDLE.len();
+        while j < data.len() && (data[j].is_ascii_whitespace() || data[j] == b':') {
+            j += 1;
+        }
+        if data.get(j) == Some(&b'{') {
+            return true;
+        }
+        from = j;
+    }
+    false
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    let first = needle[0];
+    let mut i = 0;
+    while i + needle.len() <= hay.len() {
+        match hay[i..=hay.len() - needle.len()]
+            .iter()
+            .position(|b| *b == first)
+        {
+            None => return None,
+            Some(p) => {
+                i += p;
+                if &hay[i..i + needle.len()] == needle {
+                    return Some(i);
+                }
+                i += 1;
+            }
+        }
+    }
+    None
+}
+
+/// The `data:` payloads of one SSE event (`data: [DONE]` included).
+fn data_lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
+    event.split(|b| *b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let rest = line.strip_prefix(b"data:")?;
+        Some(rest.strip_prefix(b" ").unwrap_or(rest))
+    })
+}
+
+/// The end (exclusive) of the first complete SSE event in `buf`: after a blank line.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i + 1 < buf.len() {
+        if buf[i] == b'\n' {
+            if buf[i + 1] == b'\n' {
+                return Some(i + 2);
+            }
+            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// True for OpenAI's usage-only chunk: `"choices": []` and a usage object.
+fn is_usage_only_chunk(event: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Chunk {
+        choices: Option<Vec<serde::de::IgnoredAny>>,
+        usage: Option<serde::de::IgnoredAny>,
+    }
+    data_lines(event).any(|d| {
+        has_usage_object(d)
+            && serde_json::from_slice::<Chunk>(d)
+                .is_ok_and(|c| c.usage.is_some() && c.choices.is_some_and(|c| c.is_empty()))
+    })
+}
+
+/// The generated text of one SSE payload: OpenAI chat `choices[].delta.content`, completions
+/// `choices[].text`, Anthropic `delta.text`, Responses API `delta` (a string).
+fn delta_text(data: &[u8], out: &mut String) {
+    if data == b"[DONE]" {
+        return;
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    if let Some(choices) = v.get("choices").and_then(|c| c.as_array()) {
+        for c in choices {
+            for t in [c.pointer("/delta/content"), c.get("text")]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(s) = t.as_str() {
+                    out.push_str(s);
+                }
+            }
+        }
+    }
+    match v.get("delta") {
+        Some(serde_json::Value::String(s)) => out.push_str(s),
+        Some(d) => {
+            for k in ["text", "partial_json", "thinking"] {
+                if let Some(s) = d.get(k).and_then(|t| t.as_str()) {
+                    out.push_str(s);
+                }
+            }
+        }
+        None => {}
+    }
+}
+
+/// What a [`Meter`] does besides reading usage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeterMode {
+    /// Keep the generated text of a stream, to count tokens when no usage arrives.
+    pub keep_text: bool,
+    /// Remove OpenAI's usage-only chunk from what the caller receives (relay asked for it, the
+    /// caller did not: `cost.stream_usage: inject`).
+    pub strip_usage_chunk: bool,
+}
+
+enum Body {
+    Json {
+        buf: BytesMut,
+        over: bool,
+        keep_text: bool,
+    },
+    Sse(Box<SseState>),
+}
+
+struct SseState {
+    partial: BytesMut,
+    usage: Option<RawUsage>,
+    text: Option<String>,
+    strip: bool,
+    /// An event too long to hold went by: stop reading (and stripping).
+    blind: bool,
+}
+
+/// Reads usage from an answer as it passes (module docs). Lives on the response body.
+pub struct Meter {
+    body: Body,
+}
+
+/// What the meter found when the answer ended (or was cut off).
+#[derive(Debug, Default)]
+pub struct Reading {
+    /// The provider's usage, when the answer carried one.
+    pub usage: Option<Usage>,
+    /// The generated text, when no usage came and the meter was asked to keep it.
+    pub text: Option<String>,
+}
+
+impl Meter {
+    /// A meter for an answer whose `Content-Type` is `content_type`.
+    pub fn new(content_type: &str, mode: MeterMode) -> Meter {
+        let body = if content_type
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("text/event-stream")
+        {
+            Body::Sse(Box::new(SseState {
+                partial: BytesMut::new(),
+                usage: None,
+                text: mode.keep_text.then(String::new),
+                strip: mode.strip_usage_chunk,
+                blind: false,
+            }))
+        } else {
+            Body::Json {
+                buf: BytesMut::new(),
+                over: false,
+                keep_text: mode.keep_text,
+            }
+        };
+        Meter { body }
+    }
+
+    /// True when the meter may change the bytes (the body's length is then unknown in advance).
+    pub fn rewrites(&self) -> bool {
+        matches!(&self.body, Body::Sse(s) if s.strip)
+    }
+
+    /// Sees one chunk of the answer; returns what the caller gets (the same bytes unless the
+    /// usage-only chunk is stripped, in which case whole events are passed on as they complete).
+    pub fn on_data(&mut self, data: Bytes) -> Bytes {
+        match &mut self.body {
+            Body::Json { buf, over, .. } => {
+                if !*over {
+                    if buf.len() + data.len() > MAX_JSON {
+                        *over = true;
+                        *buf = BytesMut::new();
+                    } else {
+                        buf.extend_from_slice(&data);
+                    }
+                }
+                data
+            }
+            Body::Sse(s) => s.on_data(data),
+        }
+    }
+
+    /// Bytes held back (an unfinished last event while stripping); call once the answer ended.
+    pub fn take_tail(&mut self) -> Option<Bytes> {
+        match &mut self.body {
+            Body::Sse(s) if s.strip && !s.partial.is_empty() => Some(s.partial.split().freeze()),
+            _ => None,
+        }
+    }
+
+    /// True when bytes are held back.
+    pub fn has_tail(&self) -> bool {
+        matches!(&self.body, Body::Sse(s) if s.strip && !s.partial.is_empty())
+    }
+
+    /// What was found.
+    pub fn finish(self) -> Reading {
+        match self.body {
+            Body::Json {
+                buf,
+                over,
+                keep_text,
+            } => {
+                let usage = if over { None } else { from_json(&buf) };
+                let text = (usage.is_none() && keep_text && !over)
+                    .then(|| super::tokens::answer_text(&buf));
+                Reading { usage, text }
+            }
+            Body::Sse(mut s) => {
+                // A last event without its blank line still counts.
+                if !s.partial.is_empty() && !s.blind {
+                    let ev = s.partial.split().freeze();
+                    s.read_event(&ev);
+                }
+                let usage = s.usage.as_ref().and_then(RawUsage::normalise);
+                Reading {
+                    text: if usage.is_none() { s.text } else { None },
+                    usage,
+                }
+            }
+        }
+    }
+}
+
+impl SseState {
+    fn on_data(&mut self, data: Bytes) -> Bytes {
+        if self.blind {
+            return data;
+        }
+        if !self.strip {
+            self.partial.extend_from_slice(&data);
+            self.drain_events(|_, _| {});
+            self.check_bound();
+            return data;
+        }
+        // Stripping: pass on whole events only. When the chunk holds exactly whole events and none
+        // is dropped, the chunk itself goes on (no copy).
+        let aligned = self.partial.is_empty() && data.ends_with(b"\n\n");
+        self.partial.extend_from_slice(&data);
+        let mut out = BytesMut::new();
+        let mut dropped = false;
+        self.drain_events(|ev, usage_only| {
+            if usage_only {
+                dropped = true;
+            } else {
+                out.extend_from_slice(ev);
+            }
+        });
+        if self.partial.len() > MAX_EVENT {
+            // Never lose the caller's bytes: give up stripping and pass everything on.
+            out.extend_from_slice(&self.partial.split());
+            self.blind = true;
+            return out.freeze();
+        }
+        if aligned && !dropped && self.partial.is_empty() {
+            return data;
+        }
+        out.freeze()
+    }
+
+    fn check_bound(&mut self) {
+        if self.partial.len() > MAX_EVENT {
+            self.partial = BytesMut::new();
+            self.blind = true;
+        }
+    }
+
+    /// Splits off every complete event, reads it, and hands it to `sink` with whether it is the
+    /// usage-only chunk (only checked while stripping).
+    fn drain_events(&mut self, mut sink: impl FnMut(&[u8], bool)) {
+        while let Some(end) = event_end(&self.partial) {
+            let ev = self.partial.split_to(end).freeze();
+            self.read_event(&ev);
+            let usage_only = self.strip && is_usage_only_chunk(&ev);
+            sink(&ev, usage_only);
+        }
+    }
+
+    fn read_event(&mut self, ev: &[u8]) {
+        for data in data_lines(ev) {
+            absorb_usage(&mut self.usage, data);
+            if let Some(t) = &mut self.text {
+                if t.len() < MAX_TEXT {
+                    delta_text(data, t);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(ct: &str, mode: MeterMode, chunks: &[&str]) -> (String, Reading) {
+        let mut m = Meter::new(ct, mode);
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend_from_slice(&m.on_data(Bytes::copy_from_slice(c.as_bytes())));
+        }
+        if let Some(t) = m.take_tail() {
+            out.extend_from_slice(&t);
+        }
+        (String::from_utf8(out).unwrap(), m.finish())
+    }
+
+    #[test]
+    fn openai_json_with_cached_and_reasoning_tokens() {
+        let body = r#"{"id":"x","usage":{"prompt_tokens":1000,"completion_tokens":100,"total_tokens":1100,
+            "prompt_tokens_details":{"cached_tokens":800,"audio_tokens":0},
+            "completion_tokens_details":{"reasoning_tokens":40}}}"#;
+        let (out, r) = run("application/json", MeterMode::default(), &[body]);
+        assert_eq!(out, body);
+        assert_eq!(
+            r.usage.unwrap(),
+            Usage {
+                input: 200,
+                cached_input: 800,
+                cache_write: 0,
+                output: 100,
+                reasoning: 40,
+                estimated: false
+            }
+        );
+    }
+
+    #[test]
+    fn anthropic_json_cache_tokens_are_outside_input() {
+        let body = r#"{"type":"message","usage":{"input_tokens":200,"cache_creation_input_tokens":100,"cache_read_input_tokens":800,"output_tokens":50}}"#;
+        let u = from_json(body.as_bytes()).unwrap();
+        assert_eq!(
+            (u.input, u.cached_input, u.cache_write, u.output),
+            (200, 800, 100, 50)
+        );
+        assert_eq!(u.prompt(), 1100);
+    }
+
+    #[test]
+    fn responses_api_cached_inside_input() {
+        let body = r#"{"usage":{"input_tokens":100,"input_tokens_details":{"cached_tokens":60},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":3}}}"#;
+        let u = from_json(body.as_bytes()).unwrap();
+        assert_eq!(
+            (u.input, u.cached_input, u.output, u.reasoning),
+            (40, 60, 7, 3)
+        );
+    }
+
+    #[test]
+    fn json_without_usage() {
+        assert_eq!(from_json(br#"{"data":[]}"#), None);
+        assert_eq!(from_json(b"not json"), None);
+        assert_eq!(from_json(br#"{"usage":null}"#), None);
+    }
+
+    const OPENAI_STREAM: &[&str] = &[
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}],\"usage\":null}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n",
+        "data: [DONE]\n\n",
+    ];
+
+    #[test]
+    fn openai_sse_usage_chunk_read_and_kept() {
+        let (out, r) = run(
+            "text/event-stream; charset=utf-8",
+            MeterMode::default(),
+            OPENAI_STREAM,
+        );
+        assert_eq!(out, OPENAI_STREAM.concat());
+        let u = r.usage.unwrap();
+        assert_eq!((u.input, u.output), (9, 2));
+        assert!(r.text.is_none());
+    }
+
+    #[test]
+    fn openai_sse_usage_chunk_stripped_across_odd_chunking() {
+        let all = OPENAI_STREAM.concat();
+        // Split everywhere, including inside events and inside the blank line.
+        let pieces: Vec<String> = all
+            .as_bytes()
+            .chunks(7)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        let mode = MeterMode {
+            keep_text: false,
+            strip_usage_chunk: true,
+        };
+        let (out, r) = run("text/event-stream", mode, &refs);
+        let expected: String = all.replace(
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n",
+            "",
+        );
+        assert_eq!(out, expected);
+        assert_eq!(r.usage.unwrap().output, 2);
+    }
+
+    #[test]
+    fn sse_without_usage_keeps_text() {
+        let chunks = &[
+            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\" world\"}}]}\n\ndata: [DONE]\n\n",
+        ];
+        let mode = MeterMode {
+            keep_text: true,
+            strip_usage_chunk: false,
+        };
+        let (_, r) = run("text/event-stream", mode, chunks);
+        assert_eq!(r.usage, None);
+        assert_eq!(r.text.as_deref(), Some("Hello world"));
+    }
+
+    #[test]
+    fn anthropic_sse_merges_start_and_delta() {
+        let chunks = &[
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":20,\"cache_creation_input_tokens\":5,\"cache_read_input_tokens\":100,\"output_tokens\":1}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":42}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        ];
+        let (_, r) = run("text/event-stream", MeterMode::default(), chunks);
+        let u = r.usage.unwrap();
+        assert_eq!(
+            (u.input, u.cached_input, u.cache_write, u.output),
+            (20, 100, 5, 42)
+        );
+        let recorded: Vec<&[u8]> = chunks.iter().map(|c| c.as_bytes()).collect();
+        assert_eq!(from_sse_events(recorded), Some(u));
+    }
+
+    #[test]
+    fn usage_object_detection() {
+        assert!(has_usage_object(br#"{"usage" : {"a":1}}"#));
+        assert!(!has_usage_object(br#"{"usage":null,"x":"usage"}"#));
+        assert!(has_usage_object(br#"{"usage":null,"b":{"usage":{}}}"#));
+    }
+}
