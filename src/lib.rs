@@ -2,10 +2,12 @@
 //!
 //! The request pipeline, in the order a request meets it, lives in [`proxy::pipeline`]. The modules:
 //! [`config`] (typed, validated, hot-reloaded), [`proxy`] (server, routing, upstream client,
-//! streaming), [`metrics`] (Prometheus), [`cache`] (response cache keys, entries and stores).
+//! streaming), [`metrics`] (Prometheus), [`cache`] (response cache keys, entries and stores), [`limit`] (rate limits, circuit
+//! breakers).
 
 pub mod cache;
 pub mod config;
+pub mod limit;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

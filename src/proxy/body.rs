@@ -71,6 +71,9 @@ pub struct Exchange {
     pub bytes_out: u64,
     /// Relay's error code when relay answered with an error.
     pub error: Option<&'static str>,
+    /// Tokens reserved by a tokens-per-minute rule. Whatever meters the real usage settles it
+    /// ([`crate::limit::Reservation::settle`]); dropped unsettled, the estimate stands.
+    pub tokens: Option<crate::limit::Reservation>,
     outcome: Option<Outcome>,
 }
 
@@ -100,6 +103,7 @@ impl Exchange {
             bytes_in: 0,
             bytes_out: 0,
             error: None,
+            tokens: None,
             outcome: None,
         }
     }
