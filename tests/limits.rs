@@ -112,6 +112,10 @@ async fn burst_then_429_with_retry_after_and_headers() {
         Some(2.0)
     );
     assert_eq!(
+        metric(&m, "relay_ratelimit_backend", &[("backend", "local")]),
+        Some(1.0)
+    );
+    assert_eq!(
         metric(
             &m,
             "relay_requests_total",

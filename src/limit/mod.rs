@@ -286,6 +286,8 @@ pub struct Limiter {
     remote: Option<Arc<redis::RedisLimiter>>,
     needs_key: bool,
     needs_tokens: bool,
+    /// `relay_ratelimit_backend{backend="local"}` was set by this limiter (local backend only).
+    local_gauge: std::sync::atomic::AtomicBool,
 }
 
 impl Limiter {
@@ -324,6 +326,7 @@ impl Limiter {
         Limiter {
             needs_key,
             needs_tokens,
+            local_gauge: Default::default(),
             on_limit: cfg.limits.on_limit,
             max_wait: cfg.limits.max_wait,
             local: previous.map(|p| p.local.clone()).unwrap_or_default(),
@@ -473,7 +476,24 @@ impl Limiter {
                 return (Store::Redis(remote.clone()), result);
             }
         }
-        let _ = metrics;
+        #[cfg(feature = "redis")]
+        let remote = self.remote.is_some();
+        #[cfg(not(feature = "redis"))]
+        let remote = false;
+        if !remote
+            && !self
+                .local_gauge
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            metrics
+                .ratelimit_backend
+                .with_label_values(&["local"])
+                .set(1);
+            metrics
+                .ratelimit_backend
+                .with_label_values(&["redis"])
+                .set(0);
+        }
         (
             Store::Local(self.local.clone()),
             self.local.book(slots, max_wait),
