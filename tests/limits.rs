@@ -293,7 +293,14 @@ const FAIL: [(&str, &str); 1] = [("x-mock-status", "500")];
 async fn breaker_opens_after_failures_and_rejects_fast() {
     let (openai, _backup, relay) =
         breaker_setup("{consecutive_failures: 3, cooldown: 1h}", "").await;
-    for n in 0..3 {
+    assert_eq!(chat(&relay, 0, &FAIL).await.status, 500);
+    let m = relay.metrics().await;
+    assert_eq!(
+        metric(&m, "relay_circuit_state", &[("provider", "openai")]),
+        Some(0.0),
+        "exported from the first request"
+    );
+    for n in 1..3 {
         assert_eq!(chat(&relay, n, &FAIL).await.status, 500);
     }
     let refused = chat(&relay, 9, &[]).await;

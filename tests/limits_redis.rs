@@ -127,3 +127,39 @@ async fn redis_killed_mid_load_fails_no_request_and_comes_back() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn shared_wait_mode_queues_across_relays() {
+    let redis = RedisServer::start();
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    let limits =
+        "{backend: redis, requests_per_second: 20, burst: 1, on_limit: wait, max_wait: 5s}";
+    let one = Arc::new(relay_on(redis.port(), &openai, &anthropic, limits).await);
+    let two = Arc::new(relay_on(redis.port(), &openai, &anthropic, limits).await);
+    let tasks: Vec<_> = (0..4)
+        .map(|n| {
+            let relay = if n % 2 == 0 { one.clone() } else { two.clone() };
+            tokio::spawn(async move { status(&relay, "sk-a", n).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    // One slot at a time across both relays: three of the four queued.
+    let waited: f64 = [&one, &two]
+        .iter()
+        .map(|r| async move {
+            metric(
+                &r.metrics().await,
+                "relay_ratelimit_wait_seconds_count",
+                &[],
+            )
+            .unwrap()
+        })
+        .collect::<futures_util::future::JoinAll<_>>()
+        .await
+        .into_iter()
+        .sum();
+    assert_eq!(waited, 3.0);
+}

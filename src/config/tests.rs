@@ -760,6 +760,29 @@ fn env_overrides() {
             |c| format!("{:?}", c.ratelimit),
             "RateLimitConfig { enabled: true, requests_per_second: 2.5, burst: 5 }",
         ),
+        (
+            "RELAY_RATELIMIT_RULES and a provider's breaker",
+            "",
+            &[
+                (
+                    "RELAY_RATELIMIT_RULES",
+                    "[{scope: key, tokens_per_minute: 1000}]",
+                ),
+                ("RELAY_RATELIMIT_ON_LIMIT", "wait"),
+                ("RELAY_PROVIDERS_OPENAI_BREAKER_COOLDOWN", "5s"),
+            ],
+            |c| {
+                format!(
+                    "{} {} {:?} {:?} {}",
+                    c.ratelimit.enabled,
+                    c.limits.rules[0].name,
+                    c.limits.on_limit,
+                    c.providers[0].breaker.cooldown,
+                    c.providers[0].breaker.enabled
+                )
+            },
+            "true key Wait 5s true",
+        ),
     ];
     for (name, yaml, vars, probe, want) in cases {
         let cfg = load(yaml, &env(vars));

@@ -99,6 +99,8 @@ pub struct Circuit {
     consecutive: AtomicU32,
     slot_ns: u64,
     window: [Slot; SLOTS as usize],
+    /// `relay_circuit_state` has been set for this circuit.
+    exported: std::sync::atomic::AtomicBool,
 }
 
 impl Circuit {
@@ -113,6 +115,7 @@ impl Circuit {
             probes: AtomicU32::new(0),
             consecutive: AtomicU32::new(0),
             window: Default::default(),
+            exported: Default::default(),
         }
     }
 
@@ -126,6 +129,9 @@ impl Circuit {
 
     /// The gate: a ticket to call the upstream, or how long until the circuit may let one through.
     pub fn admit(self: &Arc<Self>, metrics: &Metrics) -> Result<Ticket, Duration> {
+        if !self.exported.load(Ordering::Relaxed) && !self.exported.swap(true, Ordering::AcqRel) {
+            self.export(self.state(), metrics);
+        }
         let now = self.now();
         loop {
             match self.state.load(Ordering::Acquire) {
@@ -171,15 +177,7 @@ impl Circuit {
             return false;
         }
         let to = State::from_u8(to);
-        let level = match to {
-            State::Closed => 0,
-            State::HalfOpen => 1,
-            State::Open => 2,
-        };
-        metrics
-            .circuit_state
-            .with_label_values(&[&self.provider])
-            .set(level);
+        self.export(to, metrics);
         metrics
             .circuit_transitions
             .with_label_values(&[&self.provider, to.as_str()])
@@ -196,6 +194,18 @@ impl Circuit {
             }
         }
         true
+    }
+
+    fn export(&self, state: State, metrics: &Metrics) {
+        let level = match state {
+            State::Closed => 0,
+            State::HalfOpen => 1,
+            State::Open => 2,
+        };
+        metrics
+            .circuit_state
+            .with_label_values(&[&self.provider])
+            .set(level);
     }
 
     fn open(&self, from: u8, now: u64, metrics: &Metrics) {
