@@ -15,6 +15,10 @@
 //! `Cache-Control: no-cache`, so each one goes upstream and its answer is recorded and stored: the
 //! miss path), and **relay hit** (the same request answered from the cache).
 //!
+//! **Rate limiter** rows (JSON, fixed rate): the relay forwarding path with the limiter off, with a
+//! per-key limit far above the offered load in process, and the same limit shared through Redis
+//! (built with `--features redis` and when a `redis-server` can be spawned), and what each adds.
+//!
 //! relay runs in-process with its default config (cache on, in a temp dir; request log on, written
 //! through the non-blocking writer to a sink), its own 2-thread runtime; the mock upstream and the
 //! load generator have one thread each. All of it shares the machine's cores, as a sidecar would.
@@ -34,6 +38,10 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use relay::config::Env;
 use relay::server::{ServeOptions, Server};
+
+#[cfg(feature = "redis")]
+#[path = "../tests/common/redis.rs"]
+mod redis_server;
 
 const CHAT_JSON: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"The capital of France is Paris. It has been the capital for centuries and is known for the Eiffel Tower."},"finish_reason":"stop"}],"usage":{"prompt_tokens":14,"completion_tokens":24,"total_tokens":38}}"#;
 const SSE_EVENTS: usize = 20;
@@ -66,6 +74,129 @@ fn args() -> Args {
         }
     }
     a
+}
+
+/// Starts one more relay on `relay_rt` with the default config shape plus `extra` YAML.
+fn start_relay(
+    relay_rt: &tokio::runtime::Runtime,
+    mock_addr: SocketAddr,
+    dir: &std::path::Path,
+    name: &str,
+    extra: &str,
+) -> Server {
+    let cfg = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "providers:\n  - {{name: openai, kind: openai, base_url: 'http://{mock_addr}/v1'}}\n  - {{name: anthropic, kind: anthropic, base_url: 'http://{mock_addr}/v1'}}\ncache:\n  path: '{}'\n{extra}",
+            dir.join(format!("{name}.redb")).display()
+        ),
+    )
+    .unwrap();
+    relay_rt.block_on(async {
+        Server::start(ServeOptions {
+            config_path: Some(cfg),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            env: Env::empty(),
+            watch_config: false,
+            offline: false,
+            clock: Default::default(),
+        })
+        .await
+        .expect("relay starts")
+    })
+}
+
+/// A per-key limit far above any offered load: every request is checked, none refused.
+const LIMIT_YAML: &str =
+    "ratelimit: {rules: [{scope: key, requests_per_second: 1000000000, burst: 1000000000}]}\n";
+
+/// JSON at the fixed rate through relay with the limiter off, in process, and on Redis.
+fn limiter_rows(
+    args: &Args,
+    relay_rt: &tokio::runtime::Runtime,
+    load_rt: &tokio::runtime::Runtime,
+    c: &HttpClient,
+    mock_addr: SocketAddr,
+    dir: &std::path::Path,
+    off: &Target,
+) {
+    let target = |s: &Server| Target {
+        url: format!("http://{}/v1/chat/completions", s.local_addr())
+            .parse()
+            .unwrap(),
+        headers: MISS,
+    };
+    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
+    let mut servers = vec![(
+        "limiter in process",
+        start_relay(relay_rt, mock_addr, dir, "limited", LIMIT_YAML),
+    )];
+    #[cfg(feature = "redis")]
+    let _redis = match std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+    {
+        Ok(_) => {
+            let r = redis_server::RedisServer::start();
+            let yaml = format!(
+                "redis: {{enabled: true, address: '127.0.0.1:{}'}}\n{}",
+                r.port(),
+                LIMIT_YAML.replace("rules:", "backend: redis, rules:")
+            );
+            servers.push((
+                "limiter on Redis",
+                start_relay(relay_rt, mock_addr, dir, "limited-redis", &yaml),
+            ));
+            Some(r)
+        }
+        Err(_) => {
+            println!("(no redis-server: Redis limiter row skipped)");
+            None
+        }
+    };
+    println!();
+    println!("| workload | relay | p50 | p99 | added by the limiter (p50, p99) | errors |");
+    println!("|---|---|---|---|---|---|");
+    let body = REQUEST_JSON;
+    load_rt.block_on(saturate(c.clone(), off.clone(), body, args.conns, 1));
+    let (base, be) = load_rt.block_on(fixed_rate(
+        c.clone(),
+        off.clone(),
+        body,
+        args.rate,
+        args.secs,
+    ));
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
+    println!(
+        "| JSON @ {} req/s | limiter off | {} µs | {} µs | | {be} |",
+        args.rate,
+        us(&base, 0.5),
+        us(&base, 0.99)
+    );
+    for (name, server) in &servers {
+        let t = target(server);
+        load_rt.block_on(saturate(c.clone(), t.clone(), body, args.conns, 1));
+        let (h, e) = load_rt.block_on(fixed_rate(c.clone(), t, body, args.rate, args.secs));
+        println!(
+            "| JSON @ {} req/s | {name} | {} µs | {} µs | {} µs, {} µs | {e} |",
+            args.rate,
+            us(&h, 0.5),
+            us(&h, 0.99),
+            us(&h, 0.5) as i64 - us(&base, 0.5) as i64,
+            us(&h, 0.99) as i64 - us(&base, 0.99) as i64,
+        );
+        let rejected: u64 = server
+            .metrics()
+            .ratelimit_rejections
+            .with_label_values(&["key", "key"])
+            .get();
+        assert_eq!(rejected, 0, "{name}: the limit is above the load");
+    }
+    for (_, server) in servers {
+        server.shutdown();
+        relay_rt.block_on(server.wait());
+    }
 }
 
 /// A canned upstream: JSON chat completion, or an SSE stream of `SSE_EVENTS` chunks, each its own
@@ -402,6 +533,8 @@ fn main() {
             h / d
         );
     }
+    limiter_rows(&args, &relay_rt, &load_rt, &c, mock_addr, &dir, &proxied);
+
     let overhead = server.metrics().overhead.get_sample_sum()
         / server.metrics().overhead.get_sample_count().max(1) as f64;
     println!();

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use prometheus::{
     CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::config::Config;
@@ -79,6 +79,17 @@ pub struct Metrics {
     /// `relay_budget_used_ratio{key}`: spent / budget for each key alias with a budget (the larger
     /// of the daily and monthly ratios).
     pub budget_used_ratio: GaugeVec,
+    /// `relay_ratelimit_rejections_total{scope,rule}`: requests refused (429) by a rate-limit rule.
+    pub ratelimit_rejections: IntCounterVec,
+    /// `relay_ratelimit_wait_seconds`: how long requests queued for their slot (`on_limit: wait`).
+    pub ratelimit_wait: Histogram,
+    /// `relay_ratelimit_backend{backend}`: 1 for the backend the limiter uses now (`local` or
+    /// `redis`), 0 for the other.
+    pub ratelimit_backend: IntGaugeVec,
+    /// `relay_circuit_state{provider}`: 0 closed, 1 half-open, 2 open.
+    pub circuit_state: IntGaugeVec,
+    /// `relay_circuit_transitions_total{provider,to}`: state changes (`to`: closed, half_open, open).
+    pub circuit_transitions: IntCounterVec,
 }
 
 impl Metrics {
@@ -214,6 +225,55 @@ impl Metrics {
         for kind in ["prompt", "completion"] {
             request_tokens.with_label_values(&[kind]);
         }
+        let ratelimit_rejections = IntCounterVec::new(
+            Opts::new(
+                "relay_ratelimit_rejections_total",
+                "Requests refused by a rate-limit rule",
+            ),
+            &["scope", "rule"],
+        )
+        .expect("valid metric");
+        let ratelimit_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "relay_ratelimit_wait_seconds",
+                "Time requests waited for their rate-limit slot (on_limit: wait)",
+            )
+            .buckets(UPSTREAM_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let ratelimit_backend = IntGaugeVec::new(
+            Opts::new(
+                "relay_ratelimit_backend",
+                "The rate limiter's backend in use (1) by name",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "relay_circuit_state",
+                "Circuit breaker state by provider: 0 closed, 1 half-open, 2 open",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let circuit_transitions = IntCounterVec::new(
+            Opts::new(
+                "relay_circuit_transitions_total",
+                "Circuit breaker state changes by provider and new state",
+            ),
+            &["provider", "to"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(ratelimit_rejections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ratelimit_wait.clone()),
+            Box::new(ratelimit_backend.clone()),
+            Box::new(circuit_state.clone()),
+            Box::new(circuit_transitions.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cache_hits.clone()),
@@ -250,6 +310,11 @@ impl Metrics {
             request_duration,
             time_to_first_byte,
             budget_used_ratio,
+            ratelimit_rejections,
+            ratelimit_wait,
+            ratelimit_backend,
+            circuit_state,
+            circuit_transitions,
         }
     }
 

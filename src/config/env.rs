@@ -64,6 +64,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("ratelimit.enabled", Kind::Yaml),
     ("ratelimit.requests_per_second", Kind::Yaml),
     ("ratelimit.burst", Kind::Yaml),
+    ("ratelimit.rules", Kind::Yaml),
+    ("ratelimit.on_limit", Kind::Text),
+    ("ratelimit.max_wait", Kind::Text),
+    ("ratelimit.backend", Kind::Text),
     ("redis.enabled", Kind::Yaml),
     ("redis.address", Kind::Text),
     ("redis.password", Kind::Text),
@@ -101,6 +105,14 @@ const PROVIDER_KEYS: &[(&str, Kind)] = &[
     ("timeouts.connect", Kind::Text),
     ("timeouts.first_byte", Kind::Text),
     ("timeouts.idle", Kind::Text),
+    ("breaker.enabled", Kind::Yaml),
+    ("breaker.consecutive_failures", Kind::Yaml),
+    ("breaker.failure_ratio", Kind::Yaml),
+    ("breaker.min_requests", Kind::Yaml),
+    ("breaker.window", Kind::Text),
+    ("breaker.cooldown", Kind::Text),
+    ("breaker.half_open_requests", Kind::Yaml),
+    ("breaker.count_429", Kind::Yaml),
 ];
 
 /// The original relay's variables and the keys they set.

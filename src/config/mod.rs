@@ -44,6 +44,8 @@ pub struct Config {
     /// Routing rules, first match wins.
     pub routes: Vec<Route>,
     pub ratelimit: RateLimitConfig,
+    /// The rest of `ratelimit:`: rules, what happens at the limit, and where buckets live.
+    pub limits: LimitsConfig,
     pub redis: RedisConfig,
     pub cache: CacheConfig,
     /// Price overrides by model id (see the cost issue); parsed and validated now.
@@ -107,6 +109,46 @@ pub struct Provider {
     /// keep-alive pool.
     pub http2: bool,
     pub timeouts: Timeouts,
+    /// The provider's circuit breaker (`providers[].breaker`).
+    pub breaker: BreakerConfig,
+}
+
+/// `providers[].breaker` — when to stop sending requests to a failing upstream. Failures are
+/// connect errors, timeouts (connect, first byte) and 5xx answers (429 too with `count_429`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// Default: on when any `breaker` key is set, else off.
+    pub enabled: bool,
+    /// Open after this many failures in a row. Default 5.
+    pub consecutive_failures: u32,
+    /// Open when failures / requests in the rolling `window` reach this ratio (0 < r ≤ 1) and the
+    /// window holds at least `min_requests` requests. Default 0.5.
+    pub failure_ratio: f64,
+    /// Default 20.
+    pub min_requests: u32,
+    /// Length of the rolling window for the ratio. Default 60 s.
+    pub window: Duration,
+    /// How long the circuit stays open before probing. Default 30 s.
+    pub cooldown: Duration,
+    /// Probes let through at once while half-open. Default 1.
+    pub half_open_requests: u32,
+    /// Count upstream 429 answers as failures. Default false.
+    pub count_429: bool,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            enabled: false,
+            consecutive_failures: 5,
+            failure_ratio: 0.5,
+            min_requests: 20,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(30),
+            half_open_requests: 1,
+            count_429: false,
+        }
+    }
 }
 
 /// Upstream timeouts for one provider.
@@ -151,6 +193,9 @@ pub struct Route {
     pub path: Option<glob::Pattern>,
     /// Index into [`Config::providers`].
     pub provider: usize,
+    /// Index of the provider that takes the request when `provider`'s circuit is open or it refuses
+    /// the connection (`routes[].fallback`).
+    pub fallback: Option<usize>,
 }
 
 impl PartialEq for Route {
@@ -158,6 +203,7 @@ impl PartialEq for Route {
         self.model.as_ref().map(|p| p.as_str()) == other.model.as_ref().map(|p| p.as_str())
             && self.path.as_ref().map(|p| p.as_str()) == other.path.as_ref().map(|p| p.as_str())
             && self.provider == other.provider
+            && self.fallback == other.fallback
     }
 }
 
@@ -169,6 +215,104 @@ pub struct RateLimitConfig {
     pub requests_per_second: f64,
     /// Bucket size (requests allowed at once).
     pub burst: u32,
+}
+
+/// Rest of `ratelimit:` (the original bucket is [`RateLimitConfig`]). Applies when
+/// `ratelimit.enabled` is true.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    /// `ratelimit.rules`, in file order; names are unique.
+    pub rules: Vec<LimitRule>,
+    /// What a request over a limit gets. Default `reject`.
+    pub on_limit: OnLimit,
+    /// With `on_limit: wait`, the longest a request waits for its slot before it is rejected.
+    /// Default 10 s.
+    pub max_wait: Duration,
+    /// Where buckets live. Default `local`.
+    pub backend: LimitBackend,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            rules: Vec::new(),
+            on_limit: OnLimit::Reject,
+            max_wait: Duration::from_secs(10),
+            backend: LimitBackend::Local,
+        }
+    }
+}
+
+/// One rate-limit rule: a bucket per scope value (everyone, each API key, each model, each key and
+/// model), for requests and/or estimated tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitRule {
+    /// Unique; the metrics label and part of the bucket's identity (a reload that keeps the name
+    /// keeps the bucket). Default: the scope, plus `:<model glob>` when there is one.
+    pub name: String,
+    pub scope: LimitScope,
+    /// The rule applies only to requests whose model matches this glob (none: every request).
+    pub model: Option<glob::Pattern>,
+    /// Sustained request rate (0.2 = one request per 5 s); `None`: requests are not limited.
+    pub requests_per_second: Option<f64>,
+    /// Requests allowed at once. Default ceil(requests_per_second), at least 1.
+    pub burst: u32,
+    /// Estimated tokens (prompt + `max_tokens`) per minute; a minute's worth may go at once.
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// Who shares a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitScope {
+    /// One bucket for every request the rule matches.
+    Global,
+    /// One bucket per caller API key (its BLAKE3 hash; never the key).
+    Key,
+    /// One bucket per model name.
+    Model,
+    /// One bucket per (API key, model).
+    KeyModel,
+}
+
+impl LimitScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::Global => "global",
+            LimitScope::Key => "key",
+            LimitScope::Model => "model",
+            LimitScope::KeyModel => "key+model",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LimitScope> {
+        Some(match s.trim() {
+            "global" => LimitScope::Global,
+            "key" => LimitScope::Key,
+            "model" => LimitScope::Model,
+            "key+model" | "model+key" => LimitScope::KeyModel,
+            _ => return None,
+        })
+    }
+}
+
+/// `ratelimit.on_limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLimit {
+    /// Answer 429 at once.
+    Reject,
+    /// Queue the request for its slot, up to `ratelimit.max_wait`; 429 beyond that.
+    Wait,
+}
+
+/// `ratelimit.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitBackend {
+    /// Buckets in this process.
+    Local,
+    /// Buckets in Redis (`redis:` section, cargo feature `redis`), shared by every relay using it.
+    Redis,
 }
 
 /// `redis:` — shared cache and limits (cargo feature `redis`).

@@ -67,6 +67,23 @@ pub struct RawProvider {
     pub api_key_env: Option<String>,
     pub http2: Option<bool>,
     pub timeouts: RawTimeouts,
+    pub breaker: RawBreaker,
+}
+
+/// `providers[].breaker`: the provider's circuit breaker.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBreaker {
+    pub enabled: Option<bool>,
+    pub consecutive_failures: Option<u32>,
+    pub failure_ratio: Option<f64>,
+    pub min_requests: Option<u32>,
+    #[serde(with = "super::duration")]
+    pub window: Option<Duration>,
+    #[serde(with = "super::duration")]
+    pub cooldown: Option<Duration>,
+    pub half_open_requests: Option<u32>,
+    pub count_429: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -86,6 +103,8 @@ pub struct RawRoute {
     pub model: Option<String>,
     pub path: Option<String>,
     pub provider: String,
+    /// Provider that takes the request when `provider`'s circuit is open or refuses connections.
+    pub fallback: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -94,6 +113,23 @@ pub struct RawRateLimit {
     pub enabled: Option<bool>,
     pub requests_per_second: Option<f64>,
     pub burst: Option<u32>,
+    pub rules: Option<Vec<RawLimitRule>>,
+    pub on_limit: Option<super::OnLimit>,
+    #[serde(with = "super::duration")]
+    pub max_wait: Option<Duration>,
+    pub backend: Option<super::LimitBackend>,
+}
+
+/// One `ratelimit.rules[]` entry.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimitRule {
+    pub name: Option<String>,
+    pub scope: Option<String>,
+    pub model: Option<String>,
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -10,9 +10,10 @@ use serde::Serialize;
 
 use super::raw::{PortSpec, RawCache, RawConfig, RawPrice, RawProvider, RawRoute};
 use super::{
-    BaseUrl, CacheBackend, CacheConfig, CacheMode, CacheScope, Config, ConfigError, Env,
-    ModelPrice, Provider, ProviderKind, RateLimitConfig, RedisConfig, ReplayTiming, Route, Secret,
-    ServerConfig, Timeouts,
+    BaseUrl, BreakerConfig, CacheBackend, CacheConfig, CacheMode, CacheScope, Config, ConfigError,
+    Env, LimitBackend, LimitRule, LimitScope, LimitsConfig, ModelPrice, OnLimit, Provider,
+    ProviderKind, RateLimitConfig, RedisConfig, ReplayTiming, Route, Secret, ServerConfig,
+    Timeouts,
 };
 use super::{Budget, CostConfig, KeyAlias, StreamUsage};
 
@@ -89,12 +90,6 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
     };
 
     let ratelimit = resolve_ratelimit(&cx, &raw)?;
-    if ratelimit.enabled {
-        warnings.push(
-            "ratelimit is configured: it is validated but not enforced yet (see the limits issue)"
-                .to_string(),
-        );
-    }
     let redis = RedisConfig {
         enabled: raw.redis.enabled.unwrap_or(false),
         address: raw
@@ -107,6 +102,7 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
     };
 
     let cache = resolve_cache(&cx, &raw.cache, &redis)?;
+    let limits = resolve_limits(&cx, &raw.ratelimit, &ratelimit, &redis)?;
 
     let mut models = BTreeMap::new();
     for (name, price) in raw.models {
@@ -182,6 +178,7 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
         providers,
         routes,
         ratelimit,
+        limits,
         redis,
         cache,
         models,
@@ -428,7 +425,9 @@ fn resolve_provider(
             return Err(cx.err(at(k), "must be greater than 0"));
         }
     }
+    let breaker = resolve_breaker(cx, i, &p.breaker)?;
     Ok(Provider {
+        breaker,
         name: p.name,
         kind: p.kind.unwrap_or(ProviderKind::Openai),
         base_url,
@@ -495,10 +494,27 @@ fn resolve_route(
         s.map(|s| glob::Pattern::new(&s).map_err(|e| cx.err(at(k), format!("bad glob {s:?}: {e}"))))
             .transpose()
     };
+    let fallback = match r.fallback.as_deref().filter(|f| !f.is_empty()) {
+        None => None,
+        Some(f) => match providers.iter().position(|p| p.name == f) {
+            Some(i) if i == provider => {
+                return Err(cx.err(at("fallback"), "the fallback must be another provider"))
+            }
+            Some(i) => Some(i),
+            None => {
+                let known: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+                return Err(cx.err(
+                    at("fallback"),
+                    format!("unknown provider {f:?} (known: {})", known.join(", ")),
+                ));
+            }
+        },
+    };
     Ok(Route {
         model: pattern("model", r.model)?,
         path: pattern("path", r.path)?,
         provider,
+        fallback,
     })
 }
 
@@ -513,6 +529,7 @@ fn default_routes(providers: &[Provider]) -> Vec<Route> {
                 model: model.map(|m| glob::Pattern::new(m).expect("valid")),
                 path: path.map(|p| glob::Pattern::new(p).expect("valid")),
                 provider: a,
+                fallback: None,
             });
         }
     }
@@ -521,6 +538,7 @@ fn default_routes(providers: &[Provider]) -> Vec<Route> {
             model: None,
             path: None,
             provider: o,
+            fallback: None,
         });
     }
     routes
@@ -535,13 +553,17 @@ fn resolve_ratelimit(cx: &Ctx, raw: &RawConfig) -> Result<RateLimitConfig, Confi
             "must be a number ≥ 0 (0.2 = one request every 5 s)",
         ));
     }
-    if rl.enabled == Some(true) && rps == 0.0 {
+    let has_rules = rl.rules.as_ref().is_some_and(|r| !r.is_empty());
+    if rl.enabled == Some(true) && rps == 0.0 && !has_rules {
         return Err(cx.err(
             "ratelimit.requests_per_second",
             "ratelimit.enabled is true, so this must be greater than 0 (0.2 = one request every 5 s)",
         ));
     }
-    let enabled = rl.enabled.unwrap_or(rl.requests_per_second.is_some()) && rps > 0.0;
+    let enabled = rl
+        .enabled
+        .unwrap_or(rl.requests_per_second.is_some() || has_rules)
+        && (rps > 0.0 || has_rules);
     let burst = rl.burst.unwrap_or_else(|| rps.ceil().max(1.0) as u32);
     if enabled && burst == 0 {
         return Err(cx.err("ratelimit.burst", "must be at least 1"));
@@ -551,6 +573,152 @@ fn resolve_ratelimit(cx: &Ctx, raw: &RawConfig) -> Result<RateLimitConfig, Confi
         requests_per_second: rps,
         burst,
     })
+}
+
+const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// `ratelimit.rules`, `on_limit`, `max_wait`, `backend`.
+fn resolve_limits(
+    cx: &Ctx,
+    rl: &super::raw::RawRateLimit,
+    legacy: &RateLimitConfig,
+    redis: &RedisConfig,
+) -> Result<LimitsConfig, ConfigError> {
+    let backend = rl.backend.unwrap_or(LimitBackend::Local);
+    if backend == LimitBackend::Redis {
+        if !cfg!(feature = "redis") {
+            return Err(cx.err(
+                "ratelimit.backend",
+                "the redis backend needs a relay built with `--features redis`",
+            ));
+        }
+        if !redis.enabled {
+            return Err(cx.err(
+                "ratelimit.backend",
+                "the redis backend needs the redis: section enabled (redis.enabled: true)",
+            ));
+        }
+    }
+    let max_wait = rl.max_wait.unwrap_or(DEFAULT_MAX_WAIT);
+    let mut rules = Vec::new();
+    let mut names = HashSet::new();
+    if legacy.enabled && legacy.requests_per_second > 0.0 {
+        names.insert(crate::limit::LEGACY_RULE.to_string());
+    }
+    for (i, r) in rl.rules.iter().flatten().enumerate() {
+        let at = |k: &str| format!("ratelimit.rules[{i}].{k}");
+        let scope_text = r.scope.as_deref().unwrap_or("global");
+        let scope = LimitScope::parse(scope_text).ok_or_else(|| {
+            cx.err(
+                at("scope"),
+                format!("unknown scope {scope_text:?} (global, key, model, key+model)"),
+            )
+        })?;
+        let model = match r.model.as_deref().filter(|m| !m.is_empty()) {
+            None => None,
+            Some(m) => Some(
+                glob::Pattern::new(m)
+                    .map_err(|e| cx.err(at("model"), format!("bad glob {m:?}: {e}")))?,
+            ),
+        };
+        let rps = match r.requests_per_second {
+            None => None,
+            Some(v) if v.is_finite() && v > 0.0 => Some(v),
+            Some(_) => {
+                return Err(cx.err(
+                    at("requests_per_second"),
+                    "must be a number > 0 (0.2 = one request every 5 s)",
+                ))
+            }
+        };
+        let tpm = match r.tokens_per_minute {
+            Some(0) => return Err(cx.err(at("tokens_per_minute"), "must be greater than 0")),
+            t => t,
+        };
+        if rps.is_none() && tpm.is_none() {
+            return Err(cx.err(
+                format!("ratelimit.rules[{i}]"),
+                "a rule needs requests_per_second or tokens_per_minute",
+            ));
+        }
+        let burst = r
+            .burst
+            .unwrap_or_else(|| rps.map_or(1.0, |v: f64| v.ceil().max(1.0)) as u32);
+        if burst == 0 {
+            return Err(cx.err(at("burst"), "must be at least 1"));
+        }
+        let name = match r.name.as_deref().filter(|n| !n.is_empty()) {
+            Some(n) => n.to_string(),
+            None => match &model {
+                Some(m) => format!("{}:{}", scope.as_str(), m.as_str()),
+                None => scope.as_str().to_string(),
+            },
+        };
+        if !names.insert(name.clone()) {
+            return Err(cx.err(
+                at("name"),
+                format!("duplicate rule name {name:?} (give each rule its own name:)"),
+            ));
+        }
+        rules.push(LimitRule {
+            name,
+            scope,
+            model,
+            requests_per_second: rps,
+            burst,
+            tokens_per_minute: tpm,
+        });
+    }
+    Ok(LimitsConfig {
+        rules,
+        on_limit: rl.on_limit.unwrap_or(OnLimit::Reject),
+        max_wait,
+        backend,
+    })
+}
+
+fn resolve_breaker(
+    cx: &Ctx,
+    i: usize,
+    b: &super::raw::RawBreaker,
+) -> Result<BreakerConfig, ConfigError> {
+    let at = |k: &str| format!("providers[{i}].breaker.{k}");
+    let d = BreakerConfig::default();
+    let any = b.consecutive_failures.is_some()
+        || b.failure_ratio.is_some()
+        || b.min_requests.is_some()
+        || b.window.is_some()
+        || b.cooldown.is_some()
+        || b.half_open_requests.is_some()
+        || b.count_429.is_some();
+    let out = BreakerConfig {
+        enabled: b.enabled.unwrap_or(any),
+        consecutive_failures: b.consecutive_failures.unwrap_or(d.consecutive_failures),
+        failure_ratio: b.failure_ratio.unwrap_or(d.failure_ratio),
+        min_requests: b.min_requests.unwrap_or(d.min_requests),
+        window: b.window.unwrap_or(d.window),
+        cooldown: b.cooldown.unwrap_or(d.cooldown),
+        half_open_requests: b.half_open_requests.unwrap_or(d.half_open_requests),
+        count_429: b.count_429.unwrap_or(d.count_429),
+    };
+    if out.consecutive_failures == 0 {
+        return Err(cx.err(at("consecutive_failures"), "must be at least 1"));
+    }
+    if !(out.failure_ratio > 0.0 && out.failure_ratio <= 1.0) {
+        return Err(cx.err(at("failure_ratio"), "must be a number in (0, 1]"));
+    }
+    if out.min_requests == 0 {
+        return Err(cx.err(at("min_requests"), "must be at least 1"));
+    }
+    for (k, v) in [("window", out.window), ("cooldown", out.cooldown)] {
+        if v.is_zero() {
+            return Err(cx.err(at(k), "must be greater than 0"));
+        }
+    }
+    if out.half_open_requests == 0 {
+        return Err(cx.err(at("half_open_requests"), "must be at least 1"));
+    }
+    Ok(out)
 }
 
 /// USD amounts to integer micro-USD per 1M tokens.
@@ -593,7 +761,7 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         server: ServerView,
         providers: Vec<ProviderView<'a>>,
         routes: Vec<RouteView<'a>>,
-        ratelimit: RateLimitView,
+        ratelimit: RateLimitView<'a>,
         redis: RedisView<'a>,
         cache: CacheView<'a>,
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -635,6 +803,18 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         api_key_env: Option<&'a str>,
         http2: bool,
         timeouts: TimeoutsView,
+        breaker: BreakerView,
+    }
+    #[derive(Serialize)]
+    struct BreakerView {
+        enabled: bool,
+        consecutive_failures: u32,
+        failure_ratio: f64,
+        min_requests: u32,
+        window: String,
+        cooldown: String,
+        half_open_requests: u32,
+        count_429: bool,
     }
     #[derive(Serialize)]
     struct TimeoutsView {
@@ -649,12 +829,31 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         #[serde(skip_serializing_if = "Option::is_none")]
         path: Option<&'a str>,
         provider: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fallback: Option<&'a str>,
     }
     #[derive(Serialize)]
-    struct RateLimitView {
+    struct RateLimitView<'a> {
         enabled: bool,
         requests_per_second: f64,
         burst: u32,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        rules: Vec<RuleView<'a>>,
+        on_limit: OnLimit,
+        max_wait: String,
+        backend: LimitBackend,
+    }
+    #[derive(Serialize)]
+    struct RuleView<'a> {
+        name: &'a str,
+        scope: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        model: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        requests_per_second: Option<f64>,
+        burst: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tokens_per_minute: Option<u64>,
     }
     #[derive(Serialize)]
     struct RedisView<'a> {
@@ -711,6 +910,16 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
                     first_byte: d(p.timeouts.first_byte),
                     idle: d(p.timeouts.idle),
                 },
+                breaker: BreakerView {
+                    enabled: p.breaker.enabled,
+                    consecutive_failures: p.breaker.consecutive_failures,
+                    failure_ratio: p.breaker.failure_ratio,
+                    min_requests: p.breaker.min_requests,
+                    window: d(p.breaker.window),
+                    cooldown: d(p.breaker.cooldown),
+                    half_open_requests: p.breaker.half_open_requests,
+                    count_429: p.breaker.count_429,
+                },
             })
             .collect(),
         routes: cfg
@@ -720,12 +929,29 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
                 model: r.model.as_ref().map(|p| p.as_str()),
                 path: r.path.as_ref().map(|p| p.as_str()),
                 provider: &cfg.providers[r.provider].name,
+                fallback: r.fallback.map(|f| cfg.providers[f].name.as_str()),
             })
             .collect(),
         ratelimit: RateLimitView {
             enabled: cfg.ratelimit.enabled,
             requests_per_second: cfg.ratelimit.requests_per_second,
             burst: cfg.ratelimit.burst,
+            rules: cfg
+                .limits
+                .rules
+                .iter()
+                .map(|r| RuleView {
+                    name: &r.name,
+                    scope: r.scope.as_str(),
+                    model: r.model.as_ref().map(|m| m.as_str()),
+                    requests_per_second: r.requests_per_second,
+                    burst: r.burst,
+                    tokens_per_minute: r.tokens_per_minute,
+                })
+                .collect(),
+            on_limit: cfg.limits.on_limit,
+            max_wait: d(cfg.limits.max_wait),
+            backend: cfg.limits.backend,
         },
         redis: RedisView {
             enabled: cfg.redis.enabled,

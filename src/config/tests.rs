@@ -175,19 +175,15 @@ fn original_relay_config_loads_unchanged() {
     assert_eq!(cfg.models["gpt-4"], per_million(30_000_000));
     assert_eq!(cfg.models["gpt-3.5-turbo"], per_million(2_000_000));
 
-    for key in [
-        "auth:",
-        "transform:",
-        "logging.retention_days:",
-        "ratelimit",
-    ] {
+    for key in ["auth:", "transform:", "logging.retention_days:"] {
         assert!(
             cfg.warnings.iter().any(|w| w.starts_with(key)),
             "no warning about {key} in {:?}",
             cfg.warnings
         );
     }
-    assert_eq!(cfg.warnings.len(), 4, "{:?}", cfg.warnings);
+    // ratelimit is enforced now: no warning about it.
+    assert_eq!(cfg.warnings.len(), 3, "{:?}", cfg.warnings);
 }
 
 #[test]
@@ -296,7 +292,7 @@ fn errors_name_file_and_key_path() {
             "unknown key in a provider",
             "providers:\n  - name: a\n    base_url: http://x\n    bogus: 1\n",
             "t.yaml: providers[0].bogus: unknown field `bogus`, expected one of `name`, `kind`, \
-             `base_url`, `api_key_env`, `http2`, `timeouts`",
+             `base_url`, `api_key_env`, `http2`, `timeouts`, `breaker`",
         ),
         (
             "unknown section",
@@ -438,6 +434,50 @@ fn errors_name_file_and_key_path() {
             "zero burst",
             "ratelimit: {requests_per_second: 1, burst: 0}\n",
             "t.yaml: ratelimit.burst: must be at least 1",
+        ),
+        (
+            "unknown rule scope",
+            "ratelimit: {rules: [{scope: user, requests_per_second: 1}]}\n",
+            r#"t.yaml: ratelimit.rules[0].scope: unknown scope "user" (global, key, model, key+model)"#,
+        ),
+        (
+            "rule without a limit",
+            "ratelimit: {rules: [{scope: key}]}\n",
+            "t.yaml: ratelimit.rules[0]: a rule needs requests_per_second or tokens_per_minute",
+        ),
+        (
+            "duplicate rule names",
+            "ratelimit: {rules: [{scope: key, requests_per_second: 1}, {scope: key, tokens_per_minute: 9}]}\n",
+            r#"t.yaml: ratelimit.rules[1].name: duplicate rule name "key" (give each rule its own name:)"#,
+        ),
+        (
+            "bad on_limit",
+            "ratelimit: {requests_per_second: 1, on_limit: queue}\n",
+            "t.yaml: ratelimit.on_limit: unknown variant `queue`, expected `reject` or `wait`",
+        ),
+        (
+            "redis limits without the redis section",
+            "ratelimit: {requests_per_second: 1, backend: redis}\n",
+            if cfg!(feature = "redis") {
+                "t.yaml: ratelimit.backend: the redis backend needs the redis: section enabled (redis.enabled: true)"
+            } else {
+                "t.yaml: ratelimit.backend: the redis backend needs a relay built with `--features redis`"
+            },
+        ),
+        (
+            "breaker ratio out of range",
+            "providers:\n  - {name: a, base_url: 'http://x/v1', breaker: {failure_ratio: 1.5}}\n",
+            "t.yaml: providers[0].breaker.failure_ratio: must be a number in (0, 1]",
+        ),
+        (
+            "unknown fallback",
+            "routes:\n  - {provider: openai, fallback: nope}\n",
+            r#"t.yaml: routes[0].fallback: unknown provider "nope" (known: openai, anthropic)"#,
+        ),
+        (
+            "fallback to itself",
+            "routes:\n  - {provider: openai, fallback: openai}\n",
+            "t.yaml: routes[0].fallback: the fallback must be another provider",
         ),
         (
             "syntax error",
@@ -720,6 +760,29 @@ fn env_overrides() {
             |c| format!("{:?}", c.ratelimit),
             "RateLimitConfig { enabled: true, requests_per_second: 2.5, burst: 5 }",
         ),
+        (
+            "RELAY_RATELIMIT_RULES and a provider's breaker",
+            "",
+            &[
+                (
+                    "RELAY_RATELIMIT_RULES",
+                    "[{scope: key, tokens_per_minute: 1000}]",
+                ),
+                ("RELAY_RATELIMIT_ON_LIMIT", "wait"),
+                ("RELAY_PROVIDERS_OPENAI_BREAKER_COOLDOWN", "5s"),
+            ],
+            |c| {
+                format!(
+                    "{} {} {:?} {:?} {}",
+                    c.ratelimit.enabled,
+                    c.limits.rules[0].name,
+                    c.limits.on_limit,
+                    c.providers[0].breaker.cooldown,
+                    c.providers[0].breaker.enabled
+                )
+            },
+            "true key Wait 5s true",
+        ),
     ];
     for (name, yaml, vars, probe, want) in cases {
         let cfg = load(yaml, &env(vars));
@@ -777,7 +840,7 @@ fn env_errors_name_key_path_and_variable() {
             "",
             &[("RELAY_ROUTES", "[{provider: openai, modle: x}]")],
             "t.yaml: routes[0].modle: unknown field `modle`, expected one of `model`, `path`, \
-             `provider` (value from environment variable RELAY_ROUTES)",
+             `provider`, `fallback` (value from environment variable RELAY_ROUTES)",
         ),
         (
             // The file's error is not blamed on an unrelated variable.
@@ -942,6 +1005,7 @@ providers:
     api_key_env: TEST_OPENAI_KEY
     http2: true
     timeouts: {connect: 500ms, first_byte: 2m, idle: 45s}
+    breaker: {consecutive_failures: 3, cooldown: 10s, count_429: true}
   - name: claude
     kind: anthropic
     base_url: http://127.0.0.1:8081
@@ -951,8 +1015,16 @@ providers:
 routes:
   - {path: \"/v1/messages*\", provider: claude}
   - {model: \"llama*\", path: \"/v1/chat/*\", provider: my-llm.local}
-  - {provider: openai}
-ratelimit: {enabled: false, requests_per_second: 0.2, burst: 3}
+  - {provider: openai, fallback: claude}
+ratelimit:
+  enabled: false
+  requests_per_second: 0.2
+  burst: 3
+  on_limit: wait
+  max_wait: 2s
+  rules:
+    - {scope: key+model, model: \"gpt-*\", requests_per_second: 1.5, tokens_per_minute: 90000}
+    - {name: all, tokens_per_minute: 5}
 redis: {enabled: true, address: \"redis:6379\", password: pw-in-file, db: 2}
 models:
   gpt-4: 0.03

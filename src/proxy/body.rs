@@ -71,6 +71,9 @@ pub struct Exchange {
     pub bytes_out: u64,
     /// Relay's error code when relay answered with an error.
     pub error: Option<&'static str>,
+    /// Tokens reserved by a tokens-per-minute rule. Whatever meters the real usage settles it
+    /// ([`crate::limit::Reservation::settle`]); dropped unsettled, the estimate stands.
+    pub tokens: Option<crate::limit::Reservation>,
     outcome: Option<Outcome>,
     /// Tokens of this request: the provider's usage, or relay's estimate (`usage.estimated`).
     pub usage: Option<crate::cost::Usage>,
@@ -110,6 +113,7 @@ impl Exchange {
             bytes_in: 0,
             bytes_out: 0,
             error: None,
+            tokens: None,
             outcome: None,
             usage: None,
             cost_micros: 0,
@@ -130,6 +134,11 @@ impl Drop for Exchange {
         self.metrics.inflight.dec();
         let outcome = self.outcome.unwrap_or(Outcome::ClientGone);
         let status = if self.status == 0 { 499 } else { self.status };
+        // A tokens-per-minute reservation is settled with what the upstream metered; with no
+        // usage known (cost off, a stream cut short) the estimate stands.
+        if let (Some(r), Some(u)) = (self.tokens.take(), self.usage) {
+            r.settle(u.total());
+        }
         if let Some(t) = self.tally.take() {
             t.settle(self, status >= 400 || outcome != Outcome::Complete);
         }

@@ -70,6 +70,29 @@ pub enum EdgeError {
         /// RFC 3339 UTC.
         resets: String,
     },
+    /// A `ratelimit` rule refused the request (`on_limit: reject`, or the wait would pass
+    /// `max_wait`).
+    #[error("rate limit reached for rule {rule:?} ({}); retry after {} s", if *tokens { "tokens per minute" } else { "requests" }, retry_secs(*retry_after))]
+    RateLimited {
+        rule: String,
+        /// The limit was on tokens per minute (else on requests).
+        tokens: bool,
+        retry_after: Duration,
+        /// The `x-ratelimit-*-requests` headers of the refusing request limit.
+        headers: Option<crate::limit::RateHeaders>,
+    },
+    /// The provider's circuit breaker is open: relay does not call it until the cooldown ends.
+    #[error("upstream {provider} is failing and relay has paused requests to it (circuit open); retry after {} s", retry_secs(*retry_after))]
+    CircuitOpen {
+        provider: String,
+        retry_after: Duration,
+    },
+}
+
+/// Whole seconds, rounded up, at least 1 (`Retry-After`).
+pub fn retry_secs(d: Duration) -> u64 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    s.max(1)
 }
 
 /// Why a request that may not go upstream found nothing in the cache.
@@ -106,6 +129,8 @@ impl EdgeError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             EdgeError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            EdgeError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -113,7 +138,8 @@ impl EdgeError {
         match self {
             EdgeError::Unreachable { .. }
             | EdgeError::Timeout { .. }
-            | EdgeError::OfflineMiss { .. } => Source::Upstream,
+            | EdgeError::OfflineMiss { .. }
+            | EdgeError::CircuitOpen { .. } => Source::Upstream,
             _ => Source::Client,
         }
     }
@@ -129,6 +155,8 @@ impl EdgeError {
             EdgeError::Timeout { .. } => "upstream_timeout",
             EdgeError::OfflineMiss { .. } => "relay_offline_miss",
             EdgeError::BudgetExceeded { .. } => "budget_exceeded",
+            EdgeError::RateLimited { .. } => "rate_limit_exceeded",
+            EdgeError::CircuitOpen { .. } => "circuit_open",
         }
     }
 
@@ -137,6 +165,12 @@ impl EdgeError {
         match (dialect, self) {
             (_, EdgeError::OfflineMiss { .. }) => "relay_offline_miss",
             (_, EdgeError::BudgetExceeded { .. }) => "budget_exceeded",
+            // OpenAI's own 429 bodies say which limit: `requests` or `tokens`.
+            (Dialect::OpenAi, EdgeError::RateLimited { tokens: true, .. }) => "tokens",
+            (Dialect::OpenAi, EdgeError::RateLimited { .. }) => "requests",
+            (Dialect::Anthropic, EdgeError::RateLimited { .. }) => "rate_limit_error",
+            (Dialect::OpenAi, EdgeError::CircuitOpen { .. }) => "server_error",
+            (Dialect::Anthropic, EdgeError::CircuitOpen { .. }) => "api_error",
             (Dialect::OpenAi, EdgeError::Unreachable { .. } | EdgeError::Timeout { .. }) => {
                 "server_error"
             }
@@ -180,12 +214,34 @@ impl EdgeError {
         );
         h.insert("x-relay-error", HeaderValue::from_static(self.code()));
         h.insert("x-request-id", request_id.clone());
-        if let EdgeError::BudgetExceeded { resets, .. } = self {
-            // Retrying before the reset cannot succeed: tell the SDKs not to.
-            h.insert("x-should-retry", HeaderValue::from_static("false"));
-            if let Ok(v) = HeaderValue::try_from(resets.as_str()) {
-                h.insert("x-relay-budget-reset", v);
+        match self {
+            EdgeError::BudgetExceeded { resets, .. } => {
+                // Retrying before the reset cannot succeed: tell the SDKs not to.
+                h.insert("x-should-retry", HeaderValue::from_static("false"));
+                if let Ok(v) = HeaderValue::try_from(resets.as_str()) {
+                    h.insert("x-relay-budget-reset", v);
+                }
             }
+            EdgeError::RateLimited {
+                retry_after,
+                headers,
+                ..
+            } => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_secs(*retry_after)),
+                );
+                if let Some(rh) = headers {
+                    rh.apply(h);
+                }
+            }
+            EdgeError::CircuitOpen { retry_after, .. } => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_secs(*retry_after)),
+                );
+            }
+            _ => {}
         }
         resp
     }
@@ -205,6 +261,33 @@ mod tests {
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "request_too_large");
         assert_eq!(e.status(), 413);
+    }
+
+    #[test]
+    fn limit_errors() {
+        let e = EdgeError::RateLimited {
+            rule: "key".into(),
+            tokens: false,
+            retry_after: Duration::from_millis(4001),
+            headers: None,
+        };
+        let resp = e.to_response(Dialect::OpenAi, &HeaderValue::from_static("r1"));
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "5");
+        let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(v["error"]["type"], "requests");
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::Anthropic)).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        let e = EdgeError::CircuitOpen {
+            provider: "openai".into(),
+            retry_after: Duration::from_secs(30),
+        };
+        let resp = e.to_response(Dialect::Anthropic, &HeaderValue::from_static("r1"));
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "30");
+        assert_eq!(retry_secs(Duration::ZERO), 1);
+        assert_eq!(retry_secs(Duration::from_secs(2)), 2);
     }
 
     #[test]

@@ -13,12 +13,18 @@
 //!    504 (see [`super::cache`]); otherwise the request goes on with a tap that records the answer;
 //!    then a key over its budget is refused (429 `budget_exceeded`), and a streamed chat request
 //!    gets `stream_options.include_usage` added (`cost.stream_usage: inject`);
-//! 7. **upstream**: the request goes out byte-for-byte on the provider's pooled client (502 when
-//!    unreachable, 504 on timeout); upstream 4xx/5xx come back unchanged;
-//! 8. **respond**: headers filtered, `x-request-id` set, the body streamed frame by frame.
+//! 7. **rate limit** (after a miss: cache hits are never limited): the `ratelimit` rules pass the
+//!    request, queue it for its slot (`on_limit: wait`) or refuse it (429), see [`crate::limit`];
+//! 8. **circuit + upstream**: the provider's circuit breaker lets the call through or refuses it
+//!    (503), the route's `fallback` taking over while it is open or when the connection fails; the
+//!    request goes out byte-for-byte on the provider's pooled client (502 when unreachable, 504 on
+//!    timeout); upstream 4xx/5xx come back unchanged;
+//! 9. **respond**: headers filtered, `x-request-id` and `x-ratelimit-*` set, cost metering attached,
+//!    the body streamed frame by frame.
 //!
 //! The config is read once per request (one atomic load); a reload mid-request does not affect it.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,12 +39,13 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::body::{Exchange, RelayBody};
-use super::cache::{self as stage, Answer, Cache, Outcome};
+use super::cache::{self as stage, Answer, Cache, FlightLead, Outcome};
 use super::error::{Dialect, EdgeError};
 use super::route::{self, PathTarget};
 use super::upstream::{self, UpstreamBody, Upstreams};
 use crate::cache;
 use crate::config::Config;
+use crate::limit::{self, breaker::Breakers, Limiter};
 use crate::metrics::{Metrics, ModelLabels};
 
 /// Everything derived from one config: swapped as a whole on reload.
@@ -48,6 +55,10 @@ pub struct Runtime {
     pub labels: ModelLabels,
     /// Prices, key aliases and budgets.
     pub cost: crate::cost::Book,
+    /// Rate-limit rules; the buckets carry over from the previous runtime.
+    pub limiter: Limiter,
+    /// Circuit breakers by provider; carried over while a provider's settings are unchanged.
+    pub breakers: Breakers,
 }
 
 impl Runtime {
@@ -56,11 +67,15 @@ impl Runtime {
         let upstreams = Upstreams::new(&config, previous.map(|p| &p.upstreams));
         let labels = ModelLabels::from_config(&config);
         let cost = crate::cost::Book::from_config(&config);
+        let limiter = Limiter::new(&config, previous.map(|p| &p.limiter));
+        let breakers = Breakers::new(&config, previous.map(|p| &p.breakers));
         Runtime {
             config,
             upstreams,
             labels,
             cost,
+            limiter,
+            breakers,
         }
     }
 }
@@ -202,7 +217,7 @@ fn json_error(status: http::StatusCode, message: &str) -> Response<Bytes> {
     resp
 }
 
-/// Stages 3–7.
+/// Stages 3–9.
 async fn forward(
     rt: &Runtime,
     state: &State,
@@ -245,10 +260,10 @@ async fn forward(
     x.model = model;
 
     // 5. Route by model.
-    let (index, rest) = match target {
-        PathTarget::Explicit { provider, rest } => (provider, rest),
-        PathTarget::Table { path } => match route::select(cfg, path, x.model.as_deref()) {
-            Some(i) => (i, path),
+    let (index, fallback, rest) = match target {
+        PathTarget::Explicit { provider, rest } => (provider, None, rest),
+        PathTarget::Table { path } => match route::select_route(cfg, path, x.model.as_deref()) {
+            Some(r) => (r.provider, r.fallback, path),
             None => return Err(no_route(x.model.clone())),
         },
         PathTarget::Unknown => unreachable!("handled above"),
@@ -318,10 +333,7 @@ async fn forward(
     };
     if let Some(c) = &cost {
         if let Err(e) = state.cost.check_budget(&rt.cost, c.key()) {
-            if let Some(lead) = lead {
-                lead.fail(&e);
-            }
-            return Err(e);
+            return Err(fail_lead(lead, e));
         }
     }
     let body = match body {
@@ -338,6 +350,12 @@ async fn forward(
         }
         other => other,
     };
+    // What goes upstream when relay read it whole (usage injection included): a fallback sends it
+    // again.
+    let sent_whole = match &body {
+        ClientBody::Whole(b) => Some(b.clone()),
+        ClientBody::Stream(_) => None,
+    };
     for h in stage::CONTROL_HEADERS {
         parts.headers.remove(h);
     }
@@ -352,29 +370,49 @@ async fn forward(
         );
     }
 
-    // 7. Upstream.
+    // 7. Rate limit.
+    let limited = limit::Request {
+        headers: &parts.headers,
+        model: x.model.as_deref(),
+        body: whole.as_deref(),
+    };
+    let admitted = match rt.limiter.admit(&limited, metrics).await {
+        Ok(admitted) => admitted,
+        Err(e) => return Err(fail_lead(lead, e)),
+    };
+    x.tokens = admitted.tokens;
+
+    // 8. Circuit breaker and upstream.
     parts
         .headers
         .entry("x-request-id")
         .or_insert_with(|| x.request_id.clone());
     let method = parts.method.clone();
-    let upstream_req = upstream::build_request(
-        provider,
-        &path_and_query,
-        parts.method,
-        parts.headers,
-        body.into(),
-    )?;
     let sent = Instant::now();
-    let resp = match rt.upstreams.send(index, provider, upstream_req).await {
-        Ok(resp) => resp,
+    let call = Call {
+        primary: index,
+        fallback,
+        rest,
+        query: parts.uri.query(),
+        path_and_query: &path_and_query,
+        method: parts.method,
+        headers: parts.headers,
+        body,
+        whole: sent_whole.as_ref(),
+    };
+    let (index, resp) = match call_upstream(rt, metrics, call).await {
+        Ok(called) => called,
         Err(e) => {
-            if let Some(lead) = lead {
-                lead.fail(&e);
+            if let Some(tokens) = x.tokens.take() {
+                tokens.settle(0); // never reached the upstream: nothing was used
             }
-            return Err(e);
+            return Err(fail_lead(lead, e));
         }
     };
+    let provider = &cfg.providers[index];
+    if x.provider.as_deref() != Some(provider.name.as_str()) {
+        x.provider = Some(provider.name.clone());
+    }
     let upstream_time = sent.elapsed();
     x.upstream = Some(upstream_time);
     metrics
@@ -382,12 +420,15 @@ async fn forward(
         .with_label_values(&[&provider.name])
         .observe(upstream_time.as_secs_f64());
 
-    // 8. Respond.
+    // 9. Respond.
     let (mut rparts, rbody) = resp.into_parts();
     upstream::strip_hop_by_hop(&mut rparts.headers);
     let hook = cost
         .as_ref()
         .and_then(|c| c.hook(rparts.status, &mut rparts.headers));
+    if let Some(h) = &admitted.headers {
+        h.apply(&mut rparts.headers);
+    }
     let tap = match (&state.cache, &lookup) {
         (Some(cache), Some(l)) if l.status != stage::Status::Bypass => cache.tap(
             l,
@@ -424,6 +465,108 @@ async fn forward(
             .with_tap(tap)
             .with_meter(hook),
     ))
+}
+
+/// Fails the single flight this request leads (its followers get the same error), passing `e` on.
+fn fail_lead(lead: Option<FlightLead>, e: EdgeError) -> EdgeError {
+    if let Some(lead) = lead {
+        lead.fail(&e);
+    }
+    e
+}
+
+/// One upstream call to make (stage 8).
+struct Call<'a> {
+    /// The provider the route chose, and its fallback.
+    primary: usize,
+    fallback: Option<usize>,
+    /// The client path (`/v1/...`) and query, to build the fallback's upstream path.
+    rest: &'a str,
+    query: Option<&'a str>,
+    /// The primary's upstream path and query.
+    path_and_query: &'a str,
+    method: Method,
+    headers: HeaderMap,
+    body: ClientBody,
+    /// The body when relay read it whole: a fallback can send it again.
+    whole: Option<&'a Bytes>,
+}
+
+/// Stage 8: the circuit gate, then the upstream call. The route's provider is tried first; its
+/// fallback takes the request when the provider's circuit is open, or when the connection failed
+/// before anything was sent (only for bodies relay read whole, which it can send again). Each
+/// answer is reported to the provider's circuit: 5xx (429 with `count_429`), connect errors and
+/// timeouts as failures.
+async fn call_upstream(
+    rt: &Runtime,
+    metrics: &Metrics,
+    call: Call<'_>,
+) -> Result<(usize, Response<Incoming>), EdgeError> {
+    let cfg = &rt.config;
+    let Call {
+        primary,
+        fallback,
+        rest,
+        query,
+        path_and_query,
+        method,
+        headers,
+        body,
+        whole,
+    } = call;
+    let mut body = Some(body);
+    let mut headers = Some(headers);
+    let mut last = None;
+    for index in std::iter::once(primary).chain(fallback) {
+        let provider = &cfg.providers[index];
+        let ticket = match rt.breakers.admit(index, cfg, metrics) {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let Some(b) = body
+            .take()
+            .or_else(|| whole.cloned().map(ClientBody::Whole))
+        else {
+            break;
+        };
+        let h = if index == primary && fallback.is_some() {
+            headers.clone().expect("headers kept for the fallback")
+        } else {
+            headers.take().expect("headers kept for the fallback")
+        };
+        let pq = if index == primary {
+            Cow::Borrowed(path_and_query)
+        } else {
+            let mut p = route::upstream_path(&provider.base_url.path, rest);
+            if let Some(q) = query {
+                p.push('?');
+                p.push_str(q);
+            }
+            Cow::Owned(p)
+        };
+        let req = upstream::build_request(provider, &pq, method.clone(), h, b.into())?;
+        match rt.upstreams.send_checked(index, provider, req).await {
+            Ok(resp) => {
+                if let Some(t) = ticket {
+                    t.record_status(resp.status().as_u16(), metrics);
+                }
+                return Ok((index, resp));
+            }
+            Err((e, not_sent)) => {
+                if let Some(t) = ticket {
+                    t.record(limit::breaker::Outcome::Failure, metrics);
+                }
+                if !not_sent {
+                    return Err(e);
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.expect("the primary is always tried"))
 }
 
 /// The caller's body as relay holds it.

@@ -54,19 +54,25 @@ pub fn needs_model(cfg: &Config, path: &str) -> bool {
     false
 }
 
-/// First route that matches `path` and `model`.
+/// First route that matches `path` and `model`: its provider index.
 pub fn select(cfg: &Config, path: &str, model: Option<&str>) -> Option<usize> {
-    cfg.routes
-        .iter()
-        .find(|r| {
-            r.path.as_ref().is_none_or(|p| p.matches(path))
-                && match (&r.model, model) {
-                    (None, _) => true,
-                    (Some(p), Some(m)) => p.matches(m),
-                    (Some(_), None) => false,
-                }
-        })
-        .map(|r| r.provider)
+    select_route(cfg, path, model).map(|r| r.provider)
+}
+
+/// First route that matches `path` and `model`.
+pub fn select_route<'a>(
+    cfg: &'a Config,
+    path: &str,
+    model: Option<&str>,
+) -> Option<&'a crate::config::Route> {
+    cfg.routes.iter().find(|r| {
+        r.path.as_ref().is_none_or(|p| p.matches(path))
+            && match (&r.model, model) {
+                (None, _) => true,
+                (Some(p), Some(m)) => p.matches(m),
+                (Some(_), None) => false,
+            }
+    })
 }
 
 /// The upstream path for a client path `rest` (`/v1/...`) on a base URL path (`/v1`, or empty).

@@ -81,14 +81,30 @@ impl Upstreams {
         provider: &Provider,
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, EdgeError> {
+        self.send_checked(index, provider, req)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// Like [`Upstreams::send`]; an error also says whether the request never left relay (the
+    /// connection could not be made), so it may go to another upstream.
+    pub async fn send_checked(
+        &self,
+        index: usize,
+        provider: &Provider,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, (EdgeError, bool)> {
         let client = &self.per_provider[index];
         match tokio::time::timeout(provider.timeouts.first_byte, client.request(req)).await {
-            Err(_elapsed) => Err(EdgeError::Timeout {
-                provider: provider.name.clone(),
-                timeout: provider.timeouts.first_byte,
-            }),
+            Err(_elapsed) => Err((
+                EdgeError::Timeout {
+                    provider: provider.name.clone(),
+                    timeout: provider.timeouts.first_byte,
+                },
+                false,
+            )),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify_error(provider, &e)),
+            Ok(Err(e)) => Err((classify_error(provider, &e), e.is_connect())),
         }
     }
 }
