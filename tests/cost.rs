@@ -648,10 +648,20 @@ async fn promtool_check(text: &str) {
 async fn grafana_dashboard_queries_only_metrics_relay_exports() {
     let openai = Mock::start("openai", Kind::OpenAi).await;
     let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    // Every panel's metrics exist: a breaker on openai (its state), a rate limit that refuses the
+    // third request (rejections).
     let yaml = aliases_yaml(
         &openai,
         &anthropic,
-        "cache: {enabled: true}\nbudgets:\n  alice: {daily: 10}\n",
+        "cache: {enabled: true}\nbudgets:\n  alice: {daily: 10}\nratelimit: {requests_per_second: 0.001, burst: 2}\n",
+    )
+    .replacen(
+        &format!("base_url: {}\n", openai.base_url()),
+        &format!(
+            "base_url: {}\n    breaker: {{consecutive_failures: 5}}\n",
+            openai.base_url()
+        ),
+        1,
     );
     let env = Env::empty()
         .with("ALICE_KEY", "sk-alice")
@@ -660,7 +670,16 @@ async fn grafana_dashboard_queries_only_metrics_relay_exports() {
     let alice = [("authorization", "Bearer sk-alice")];
     call(&relay, CHAT, &chat_body("gpt-4o", false), &alice).await;
     call(&relay, CHAT, &chat_body("gpt-4o", false), &alice).await;
-    settled(&relay, 2).await;
+    // The second was a cache hit, which the limiter does not count: one more miss fits the burst.
+    assert_eq!(
+        call(&relay, CHAT, &chat_body("gpt-4.1", false), &alice)
+            .await
+            .0,
+        200
+    );
+    let refused = call(&relay, CHAT, &chat_body("gpt-4o-mini", false), &alice).await;
+    assert_eq!(refused.0, 429);
+    settled(&relay, 3).await;
     let exported = relay.metrics().await;
     let types: std::collections::HashMap<&str, &str> = exported
         .lines()
@@ -713,6 +732,8 @@ async fn grafana_dashboard_queries_only_metrics_relay_exports() {
         "relay_tokens_total",
         "relay_cost_usd_total",
         "relay_cost_saved_usd_total",
+        "relay_ratelimit_rejections_total",
+        "relay_circuit_state",
     ] {
         assert!(used.contains(name), "the dashboard should chart {name}");
     }
