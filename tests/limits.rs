@@ -326,6 +326,34 @@ async fn breaker_opens_after_failures_and_rejects_fast() {
 }
 
 #[tokio::test]
+async fn a_success_between_failures_keeps_the_circuit_closed() {
+    let (openai, _backup, relay) =
+        breaker_setup("{consecutive_failures: 3, cooldown: 1h}", "").await;
+    let seq = [("x-mock-sequence", "500,500,200")];
+    let got: Vec<u16> = {
+        let mut v = Vec::new();
+        for n in 0..9 {
+            v.push(chat(&relay, n, &seq).await.status.as_u16());
+        }
+        v
+    };
+    assert_eq!(got, [500, 500, 200, 500, 500, 200, 500, 500, 200]);
+    assert_eq!(
+        openai.calls().get(),
+        9,
+        "never opened: no run of 3 failures"
+    );
+    // Three in a row do open it.
+    let seq = [("x-mock-sequence", "503,503,503")];
+    for n in 0..3 {
+        assert_eq!(chat(&relay, n, &seq).await.status, 503);
+    }
+    let refused = chat(&relay, 10, &[]).await;
+    assert_eq!(refused.header("x-relay-error"), Some("circuit_open"));
+    assert_eq!(openai.calls().get(), 12);
+}
+
+#[tokio::test]
 async fn half_open_probe_closes_the_circuit() {
     let (openai, _backup, relay) =
         breaker_setup("{consecutive_failures: 2, cooldown: 200ms}", "").await;
