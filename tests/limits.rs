@@ -395,6 +395,46 @@ async fn half_open_probe_closes_the_circuit() {
 }
 
 #[tokio::test]
+async fn a_stream_cut_by_the_idle_timeout_is_a_failure() {
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let relay = Relay::start(&format!(
+        "providers:\n  - name: openai\n    base_url: {}\n    timeouts: {{idle: 200ms}}\n    breaker: {{consecutive_failures: 2, cooldown: 1h}}\n",
+        openai.base_url()
+    ))
+    .await;
+    let stream = r#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
+    // A complete stream is a success; a stalled one, cut after 200 ms of silence, a failure.
+    for mode in ["", "stall-body", "stall-body"] {
+        let mut req = Request::post(relay.url(CHAT)).header("content-type", "application/json");
+        if !mode.is_empty() {
+            req = req.header("x-mock", mode);
+        }
+        let resp = within(client().request(req.body(full(stream)).unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let _ = within(http_body_util::BodyExt::collect(resp.into_body())).await;
+    }
+    // The verdict lands when relay drops the stream: wait for it (bounded), then the circuit is open.
+    let state = || {
+        relay
+            .server()
+            .metrics()
+            .circuit_state
+            .with_label_values(&["openai"])
+            .get()
+    };
+    within(async {
+        while state() != 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(chat(&relay, 1, &[]).await.status, 503);
+    assert_eq!(openai.calls().get(), 3);
+}
+
+#[tokio::test]
 async fn fallback_route_takes_requests_while_open() {
     let (openai, backup, relay) = breaker_setup(
         "{consecutive_failures: 2, cooldown: 1h}",

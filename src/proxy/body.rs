@@ -74,6 +74,9 @@ pub struct Exchange {
     /// Tokens reserved by a tokens-per-minute rule. Whatever meters the real usage settles it
     /// ([`crate::limit::Reservation::settle`]); dropped unsettled, the estimate stands.
     pub tokens: Option<crate::limit::Reservation>,
+    /// The circuit-breaker ticket of a streamed answer: judged when the stream ends (cut by the
+    /// idle timeout or an upstream error: a failure; complete: a success; caller gone: neither).
+    pub circuit: Option<crate::limit::breaker::Ticket>,
     outcome: Option<Outcome>,
 }
 
@@ -104,6 +107,7 @@ impl Exchange {
             bytes_out: 0,
             error: None,
             tokens: None,
+            circuit: None,
             outcome: None,
         }
     }
@@ -113,6 +117,16 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         self.metrics.inflight.dec();
         let outcome = self.outcome.unwrap_or(Outcome::ClientGone);
+        if let Some(ticket) = self.circuit.take() {
+            use crate::limit::breaker::Outcome as Judged;
+            match outcome {
+                Outcome::Complete => ticket.record(Judged::Success, &self.metrics),
+                Outcome::IdleTimeout | Outcome::UpstreamError => {
+                    ticket.record(Judged::Failure, &self.metrics)
+                }
+                Outcome::ClientGone => drop(ticket),
+            }
+        }
         let status = if self.status == 0 { 499 } else { self.status };
         let provider = self.provider.as_deref().unwrap_or("none");
         let mut buf = itoa_status(status);
