@@ -346,7 +346,7 @@ async fn forward(
         Ok(called) => called,
         Err(e) => {
             if let Some(tokens) = x.tokens.take() {
-                tokens.settle(0); // never reached the upstream: nothing was used
+                tokens.settle(0); // no answer: nothing to meter, the reservation goes back
             }
             return Err(fail_lead(lead, e));
         }
