@@ -357,6 +357,34 @@ async fn breaker_opens_after_failures_and_rejects_fast() {
 }
 
 #[tokio::test]
+async fn a_success_between_failures_keeps_the_circuit_closed() {
+    let (openai, _backup, relay) =
+        breaker_setup("{consecutive_failures: 3, cooldown: 1h}", "").await;
+    let seq = [("x-mock-sequence", "500,500,200")];
+    let got: Vec<u16> = {
+        let mut v = Vec::new();
+        for n in 0..9 {
+            v.push(chat(&relay, n, &seq).await.status.as_u16());
+        }
+        v
+    };
+    assert_eq!(got, [500, 500, 200, 500, 500, 200, 500, 500, 200]);
+    assert_eq!(
+        openai.calls().get(),
+        9,
+        "never opened: no run of 3 failures"
+    );
+    // Three in a row do open it.
+    let seq = [("x-mock-sequence", "503,503,503")];
+    for n in 0..3 {
+        assert_eq!(chat(&relay, n, &seq).await.status, 503);
+    }
+    let refused = chat(&relay, 10, &[]).await;
+    assert_eq!(refused.header("x-relay-error"), Some("circuit_open"));
+    assert_eq!(openai.calls().get(), 12);
+}
+
+#[tokio::test]
 async fn half_open_probe_closes_the_circuit() {
     let (openai, _backup, relay) =
         breaker_setup("{consecutive_failures: 2, cooldown: 200ms}", "").await;
@@ -395,6 +423,46 @@ async fn half_open_probe_closes_the_circuit() {
         metric(&m, "relay_circuit_state", &[("provider", "openai")]),
         Some(0.0)
     );
+}
+
+#[tokio::test]
+async fn a_stream_cut_by_the_idle_timeout_is_a_failure() {
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let relay = Relay::start(&format!(
+        "providers:\n  - name: openai\n    base_url: {}\n    timeouts: {{idle: 200ms}}\n    breaker: {{consecutive_failures: 2, cooldown: 1h}}\n",
+        openai.base_url()
+    ))
+    .await;
+    let stream = r#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
+    // A complete stream is a success; a stalled one, cut after 200 ms of silence, a failure.
+    for mode in ["", "stall-body", "stall-body"] {
+        let mut req = Request::post(relay.url(CHAT)).header("content-type", "application/json");
+        if !mode.is_empty() {
+            req = req.header("x-mock", mode);
+        }
+        let resp = within(client().request(req.body(full(stream)).unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let _ = within(http_body_util::BodyExt::collect(resp.into_body())).await;
+    }
+    // The verdict lands when relay drops the stream: wait for it (bounded), then the circuit is open.
+    let state = || {
+        relay
+            .server()
+            .metrics()
+            .circuit_state
+            .with_label_values(&["openai"])
+            .get()
+    };
+    within(async {
+        while state() != 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(chat(&relay, 1, &[]).await.status, 503);
+    assert_eq!(openai.calls().get(), 3);
 }
 
 #[tokio::test]

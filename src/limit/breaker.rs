@@ -4,7 +4,7 @@
 //! [`Circuit`] is the state machine; the request path only asks its gate ([`Circuit::admit`]) and
 //! reports the outcome on the [`Ticket`] it got. States:
 //! - **closed**: every request goes through. Failures (connect errors, timeouts, 5xx; 429 with
-//!   `count_429`) are counted; `consecutive_failures` in a row, or a failure ratio ≥
+//!   `count_429`; a stream cut by the idle timeout, judged when it ends) are counted; `consecutive_failures` in a row, or a failure ratio ≥
 //!   `failure_ratio` over the rolling `window` once it holds ≥ `min_requests` requests, open it.
 //! - **open**: requests are refused at once (503 with `Retry-After` = the rest of the cooldown) and
 //!   never reach the upstream; after `cooldown` the next request moves it to half-open.

@@ -253,3 +253,32 @@ fn token_estimate() {
     );
     assert_eq!(estimate_tokens(b"not json at all!"), 4);
 }
+
+#[tokio::test(start_paused = true)]
+async fn full_buckets_are_swept_when_a_shard_grows() {
+    let b = Buckets::default();
+    let p = Params::per_second(1.0, 1);
+    let id = |n: u32| {
+        let mut id = [0u8; 32];
+        id[1..5].copy_from_slice(&n.to_le_bytes());
+        id
+    };
+    let now = b.now();
+    for n in 0..SWEEP_AT as u32 {
+        b.with_cell(&id(n), now, |c| c.book(now, 1, p, 0)).unwrap();
+    }
+    let len = || b.shards[0].read().unwrap().len();
+    assert_eq!(len(), SWEEP_AT);
+    // Still within a second: every bucket holds a booking, nothing can go.
+    b.with_cell(&id(u32::MAX), now, |_| ());
+    assert_eq!(len(), SWEEP_AT + 1);
+    // Later every bucket is full again (equal to a new one) and the next insert sweeps them.
+    advance(Duration::from_secs(2)).await;
+    let later = b.now();
+    b.with_cell(&id(u32::MAX - 1), later, |_| ());
+    assert_eq!(len(), 1);
+    // A swept bucket comes back full.
+    assert!(b
+        .with_cell(&id(0), later, |c| c.book(later, 1, p, 0))
+        .is_ok());
+}

@@ -74,6 +74,9 @@ pub struct Exchange {
     /// Tokens reserved by a tokens-per-minute rule. Whatever meters the real usage settles it
     /// ([`crate::limit::Reservation::settle`]); dropped unsettled, the estimate stands.
     pub tokens: Option<crate::limit::Reservation>,
+    /// The circuit-breaker ticket of a streamed answer: judged when the stream ends (cut by the
+    /// idle timeout or an upstream error: a failure; complete: a success; caller gone: neither).
+    pub circuit: Option<crate::limit::breaker::Ticket>,
     outcome: Option<Outcome>,
     /// Tokens of this request: the provider's usage, or relay's estimate (`usage.estimated`).
     pub usage: Option<crate::cost::Usage>,
@@ -114,6 +117,7 @@ impl Exchange {
             bytes_out: 0,
             error: None,
             tokens: None,
+            circuit: None,
             outcome: None,
             usage: None,
             cost_micros: 0,
@@ -133,6 +137,16 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         self.metrics.inflight.dec();
         let outcome = self.outcome.unwrap_or(Outcome::ClientGone);
+        if let Some(ticket) = self.circuit.take() {
+            use crate::limit::breaker::Outcome as Judged;
+            match outcome {
+                Outcome::Complete => ticket.record(Judged::Success, &self.metrics),
+                Outcome::IdleTimeout | Outcome::UpstreamError => {
+                    ticket.record(Judged::Failure, &self.metrics)
+                }
+                Outcome::ClientGone => drop(ticket),
+            }
+        }
         let status = if self.status == 0 { 499 } else { self.status };
         // A tokens-per-minute reservation is settled with what the upstream metered; with no
         // usage known (cost off, a stream cut short) the estimate stands.

@@ -400,11 +400,11 @@ async fn forward(
         body,
         whole: sent_whole.as_ref(),
     };
-    let (index, resp) = match call_upstream(rt, metrics, call).await {
+    let (index, resp) = match call_upstream(rt, metrics, call, &mut x.circuit).await {
         Ok(called) => called,
         Err(e) => {
             if let Some(tokens) = x.tokens.take() {
-                tokens.settle(0); // never reached the upstream: nothing was used
+                tokens.settle(0); // no answer: nothing to meter, the reservation goes back
             }
             return Err(fail_lead(lead, e));
         }
@@ -496,11 +496,13 @@ struct Call<'a> {
 /// fallback takes the request when the provider's circuit is open, or when the connection failed
 /// before anything was sent (only for bodies relay read whole, which it can send again). Each
 /// answer is reported to the provider's circuit: 5xx (429 with `count_429`), connect errors and
-/// timeouts as failures.
+/// timeouts as failures. A successful stream (SSE) is judged when it ends: its ticket goes to
+/// `deferred` (the request's [`Exchange`]), so a stream cut by the idle timeout is a failure.
 async fn call_upstream(
     rt: &Runtime,
     metrics: &Metrics,
     call: Call<'_>,
+    deferred: &mut Option<limit::breaker::Ticket>,
 ) -> Result<(usize, Response<Incoming>), EdgeError> {
     let cfg = &rt.config;
     let Call {
@@ -550,8 +552,15 @@ async fn call_upstream(
         let req = upstream::build_request(provider, &pq, method.clone(), h, b.into())?;
         match rt.upstreams.send_checked(index, provider, req).await {
             Ok(resp) => {
-                if let Some(t) = ticket {
-                    t.record_status(resp.status().as_u16(), metrics);
+                let stream = resp.status().is_success()
+                    && resp
+                        .headers()
+                        .get(header::CONTENT_TYPE)
+                        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                match ticket {
+                    Some(t) if stream => *deferred = Some(t),
+                    Some(t) => t.record_status(resp.status().as_u16(), metrics),
+                    None => {}
                 }
                 return Ok((index, resp));
             }

@@ -4,6 +4,8 @@
 //!
 //! Request headers steer it:
 //! - `x-mock-status: <code>`: answer with that status and an error body in the mock's own dialect;
+//! - `x-mock-sequence: 500,500,200`: the n-th request carrying this header (counted per mock) gets
+//!   the n-th status of the list (cycling); 2xx answers normally, others as `x-mock-status`;
 //! - `x-mock: hold`: stream the first SSE event, then wait for [`Mock::release`] before the rest (a
 //!   JSON answer waits for the release before its headers);
 //! - `x-mock: stall-headers`: never answer; `x-mock: stall-body`: send headers and one event, then nothing;
@@ -93,6 +95,7 @@ struct Shared {
     first_event_sent: Counter,
     completed: Counter,
     cancelled: Counter,
+    sequence_pos: std::sync::atomic::AtomicUsize,
 }
 
 /// A running mock upstream; stops when dropped.
@@ -122,6 +125,7 @@ impl Mock {
             first_event_sent: Counter::default(),
             completed: Counter::default(),
             cancelled: Counter::default(),
+            sequence_pos: Default::default(),
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -253,7 +257,20 @@ async fn handle(
     let mode = header("x-mock").unwrap_or_default();
     let path = parts.uri.path().to_string();
 
-    if let Some(status) = header("x-mock-status").and_then(|s| s.parse::<u16>().ok()) {
+    let from_sequence = header("x-mock-sequence").and_then(|list| {
+        let codes: Vec<u16> = list
+            .split(',')
+            .filter_map(|c| c.trim().parse().ok())
+            .collect();
+        let n = shared
+            .sequence_pos
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        codes.get(n % codes.len().max(1)).copied()
+    });
+    let status = header("x-mock-status")
+        .and_then(|s| s.parse::<u16>().ok())
+        .or(from_sequence.filter(|s| !(200..300).contains(s)));
+    if let Some(status) = status {
         let body = error_body(shared.kind, status);
         let resp = Response::builder()
             .status(status)
