@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

@@ -8,8 +8,8 @@
 use std::collections::HashSet;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::config::Config;
@@ -54,6 +54,9 @@ pub struct Metrics {
     pub cache_bytes: IntGauge,
     /// `relay_cache_errors_total{backend}`: store failures (each treated as a miss).
     pub cache_errors: IntCounterVec,
+    /// `relay_events_dropped_total`: live-feed events (`relay tui`, `/relay/events`) a lagging
+    /// subscriber lost; the proxy never waits for a subscriber.
+    pub events_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -119,8 +122,14 @@ impl Metrics {
             &["backend"],
         )
         .expect("valid metric");
+        let events_dropped = IntCounter::new(
+            "relay_events_dropped_total",
+            "Live request-feed events dropped because a subscriber lagged",
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(events_dropped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(cache_hits.clone()),
             Box::new(cache_misses.clone()),
             Box::new(cache_entries.clone()),
@@ -148,6 +157,7 @@ impl Metrics {
             cache_entries,
             cache_bytes,
             cache_errors,
+            events_dropped,
         }
     }
 

@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::cache::Tap;
+use crate::events::{Events, Live, Snapshot};
 use crate::metrics::Metrics;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -72,6 +73,8 @@ pub struct Exchange {
     /// Relay's error code when relay answered with an error.
     pub error: Option<&'static str>,
     outcome: Option<Outcome>,
+    /// The live feed's capture (`relay tui`, `/relay/events`); `None` while nobody subscribes.
+    live: Option<Box<Live>>,
 }
 
 impl Exchange {
@@ -101,6 +104,44 @@ impl Exchange {
             bytes_out: 0,
             error: None,
             outcome: None,
+            live: None,
+        }
+    }
+
+    /// Joins the live feed when someone subscribes to it (captures the request headers, redacted).
+    pub fn observe(&mut self, events: &Arc<Events>, request_headers: &http::HeaderMap) {
+        self.live = Live::begin(events, request_headers);
+    }
+
+    /// Keeps the start of the request body for the live feed (only while observed).
+    pub fn capture_request_body(&mut self, body: &Bytes) {
+        if let Some(live) = self.live.as_deref_mut() {
+            live.request_body(body);
+        }
+    }
+
+    /// Response headers are set: the live feed's start event (only while observed).
+    pub fn headers_sent(&mut self, headers: &http::HeaderMap) {
+        if let Some(mut live) = self.live.take() {
+            live.response_headers(headers, self.snapshot());
+            self.live = Some(live);
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            started: self.started,
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            method: self.method.as_str(),
+            path: &self.path,
+            provider: self.provider.as_deref(),
+            model: self.model.as_deref(),
+            status: self.status,
+            upstream: self.upstream,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            error: self.error,
+            outcome: self.outcome.map(Outcome::as_str),
         }
     }
 }
@@ -109,6 +150,10 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         self.metrics.inflight.dec();
         let outcome = self.outcome.unwrap_or(Outcome::ClientGone);
+        if let Some(live) = self.live.take() {
+            self.outcome = Some(outcome);
+            live.finish(self.snapshot());
+        }
         let status = if self.status == 0 { 499 } else { self.status };
         let provider = self.provider.as_deref().unwrap_or("none");
         let mut buf = itoa_status(status);
@@ -227,6 +272,9 @@ impl RelayBody {
     fn count(&mut self, frame: &Frame<Bytes>) {
         if let (Some(x), Some(d)) = (&mut self.exchange, frame.data_ref()) {
             x.bytes_out += d.len() as u64;
+            if let Some(live) = x.live.as_deref_mut() {
+                live.on_data(d, x.started);
+            }
         }
     }
 }

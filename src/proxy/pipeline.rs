@@ -35,6 +35,7 @@ use super::route::{self, PathTarget};
 use super::upstream::{self, UpstreamBody, Upstreams};
 use crate::cache;
 use crate::config::Config;
+use crate::events::{self, Events};
 use crate::metrics::{Metrics, ModelLabels};
 
 /// Everything derived from one config: swapped as a whole on reload.
@@ -63,6 +64,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// The response cache (`None` when `cache.enabled` was off at start).
     pub cache: Option<Arc<Cache>>,
+    /// The live request feed (`relay tui`, `GET /relay/events`).
+    pub events: Arc<Events>,
 }
 
 /// The hyper service function.
@@ -90,6 +93,7 @@ pub async fn handle(
         req.uri().path().to_string(),
         request_id,
     );
+    x.observe(&state.events, req.headers());
     let resp = match forward(&rt, &state, &mut x, req).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -98,6 +102,7 @@ pub async fn handle(
         }
     };
     x.status = resp.status().as_u16();
+    x.headers_sent(resp.headers());
     Ok(resp.map(|b| b.with_exchange(x)))
 }
 
@@ -153,6 +158,9 @@ const RELAY_PREFIX_SLASH: &str = "/relay/";
 /// `/relay/...`: loopback peers only.
 async fn relay_api(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<RelayBody> {
     let path = req.uri().path();
+    if path == events::PATH && peer.ip().is_loopback() {
+        return events::sse::response(state.events.subscribe());
+    }
     let found = if !peer.ip().is_loopback() {
         None
     } else if path == cache::admin::PREFIX
@@ -219,6 +227,7 @@ async fn forward(
     let model = match &body {
         ClientBody::Whole(bytes) => {
             x.bytes_in = bytes.len() as u64;
+            x.capture_request_body(bytes);
             let strict =
                 matches!(target, PathTarget::Table { path } if route::needs_model(cfg, path));
             peek_model(bytes, strict)?
