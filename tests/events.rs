@@ -184,3 +184,40 @@ async fn without_subscribers_nothing_is_published_or_dropped() {
     let mut sub = relay.server().events().subscribe();
     assert!(matches!(sub.try_next(), Next::Empty));
 }
+
+#[tokio::test]
+async fn replay_sends_the_captured_request_again_without_its_key() {
+    let (openai, _anthropic, relay) = setup("").await;
+    let mut sub = relay.server().events().subscribe();
+    let body = chat_body("gpt-4o", false);
+    let (status, _) = post(
+        &relay,
+        &body,
+        &[("authorization", "Bearer sk-secret-9"), ("x-trace", "t1")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let end = loop {
+        let ev = within(sub.recv()).await.unwrap().unwrap();
+        if ev.phase == Phase::End {
+            break ev;
+        }
+    };
+    let replay = relay::tui::actions::Replay::of(&end).unwrap();
+    let line = replay.send(&format!("http://{}", relay.addr)).await;
+    assert_eq!(line, "replayed POST /v1/chat/completions → 200");
+    openai.calls().wait_for(2, "the replayed call").await;
+    let again = openai.last();
+    assert_eq!(again.body, body);
+    assert_eq!(again.headers["x-trace"], "t1");
+    assert!(again.headers.get("authorization").is_none());
+    // The replay went through relay: it is in the feed too.
+    let replayed = loop {
+        let ev = within(sub.recv()).await.unwrap().unwrap();
+        if ev.phase == Phase::End {
+            break ev;
+        }
+    };
+    assert_ne!(replayed.seq, end.seq);
+    assert_eq!(replayed.path, CHAT);
+}

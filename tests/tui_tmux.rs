@@ -20,7 +20,9 @@ struct Tmux {
 
 impl Tmux {
     fn start(cmd: &str, width: u16, height: u16) -> Tmux {
-        let socket = format!("relay-test-{}", std::process::id());
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = format!("relay-test-{}-{n}", std::process::id());
         let t = Tmux { socket };
         let out = t.run(&[
             "-f",
@@ -141,10 +143,11 @@ async fn relay_tui_in_tmux_shows_requests_and_a_hit() {
     let tmux = Tmux::start(&cmd, 120, 40);
 
     let screen = tmux
-        .wait_for("the dashboard", |s| listening_port(s).is_some())
+        .wait_for("the dashboard", |s| {
+            listening_port(s).is_some() && s.contains("waiting for requests")
+        })
         .await;
     let port = listening_port(&screen).unwrap();
-    assert!(screen.contains("waiting for requests"), "{screen}");
 
     assert_eq!(chat(port, false).await, "MISS");
     assert_eq!(chat(port, false).await, "HIT");
@@ -166,18 +169,31 @@ async fn relay_tui_in_tmux_shows_requests_and_a_hit() {
     // The detail of the newest request (the stream): assembled text, key redacted.
     tmux.keys(&["Enter"]);
     let screen = tmux
-        .wait_for("the detail view", |s| s.contains("Request headers"))
+        .wait_for("the detail view", |s| {
+            s.contains("Request headers") && s.contains("authorization: Bearer ***")
+        })
         .await;
-    assert!(screen.contains("authorization: Bearer ***"), "{screen}");
     assert!(!screen.contains("sk-tmux-secret"), "{screen}");
     tmux.keys(&["G"]);
     tmux.wait_for("the assembled stream", |s| s.contains("Hello world"))
         .await;
 
-    // Back, help, back, quit: relay exits cleanly and gives the terminal back.
+    // A smaller terminal: the dashboard redraws to fit (80×24 is the smallest supported size).
+    assert!(tmux
+        .run(&["resize-window", "-x", "80", "-y", "24"])
+        .status
+        .success());
     tmux.keys(&["q"]);
-    tmux.wait_for("the main view", |s| s.contains("hit rate"))
+    let screen = tmux
+        .wait_for("the main view at 80x24", |s| {
+            s.lines().count() <= 24
+                && s.lines().any(|l| l.starts_with(" relay"))
+                && table_rows(s, "gpt-4o-mini").len() == 3
+        })
         .await;
+    assert!(screen.lines().all(|l| l.chars().count() <= 80), "{screen}");
+
+    // Help, back, quit: relay exits cleanly and gives the terminal back.
     tmux.keys(&["?"]);
     tmux.wait_for("the help", |s| s.contains("this help")).await;
     tmux.keys(&["Escape"]);
@@ -189,4 +205,38 @@ async fn relay_tui_in_tmux_shows_requests_and_a_hit() {
     // Logs went to the file, not the screen.
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("relay listening"), "{logged}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_tui_attach_watches_a_running_relay() {
+    let (openai, _anthropic, relay) = setup("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = format!(
+        "{} tui --attach http://{} --log-file {}; echo RELAY-EXITED $?; sleep 600",
+        env!("CARGO_BIN_EXE_relay"),
+        relay.addr,
+        dir.path().join("tui.log").display()
+    );
+    let tmux = Tmux::start(&cmd, 100, 30);
+    tmux.wait_for("the stream to connect", |s| s.contains("connected to"))
+        .await;
+    let req = json_req(
+        &relay.url("/v1/chat/completions"),
+        r#"{"model":"gpt-4o","messages":[]}"#,
+    );
+    let resp = within(client().request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = bytes(resp).await;
+    openai.calls().wait_for(1, "the upstream call").await;
+    let screen = tmux
+        .wait_for("the request's row", |s| {
+            table_rows(s, "gpt-4o").len() == 1
+                && s.contains("requests 1")
+                && s.contains(&format!("attached to http://{}", relay.addr))
+        })
+        .await;
+    assert!(!screen.contains("dropped 1"), "{screen}");
+    tmux.keys(&["C-c"]);
+    tmux.wait_for("relay to exit", |s| s.contains("RELAY-EXITED 0"))
+        .await;
 }
