@@ -1,8 +1,9 @@
 //! The live request feed: what `relay tui` and `GET /relay/events` show.
 //!
-//! Every request's [`Exchange`](crate::proxy::body::Exchange) publishes two [`RequestEvent`]s when
-//! someone is listening: a [`Phase::Start`] when its response headers are known (so a running stream
-//! shows as in flight) and a [`Phase::End`] when its body has finished. Events go into one bounded
+//! Every request's [`Exchange`](crate::proxy::body::Exchange) publishes [`RequestEvent`]s when
+//! someone is listening: a [`Phase::Start`] with status 0 when it is sent upstream (cache hits skip
+//! it), another [`Phase::Start`] when its response headers are known (so a running stream shows as in
+//! flight), and a [`Phase::End`] when its body has finished. Events go into one bounded
 //! [`tokio::sync::broadcast`] channel ([`Events`]): publishing never waits; when a subscriber lags by
 //! more than the channel's capacity, the oldest events are overwritten for it and counted in
 //! `relay_events_dropped_total`.
@@ -48,7 +49,8 @@ pub const SECRET_HEADERS: &[&str] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
-    /// Response headers are known; the body (a stream, perhaps) is still going.
+    /// The request is running: sent upstream (status 0, no response headers yet), or its response
+    /// headers are known and the body (a stream, perhaps) is still going. A request may have two.
     Start,
     /// The response has ended (or the caller left).
     End,
@@ -101,7 +103,8 @@ pub struct RequestEvent {
     pub path: String,
     pub provider: Option<String>,
     pub model: Option<String>,
-    /// Response status; 499 when the caller left before the response headers.
+    /// Response status; 0 on a start event sent before the response headers; on an end event 499
+    /// when the caller left before the response headers.
     pub status: u16,
     pub cache: Option<CacheState>,
     /// The cache key's first 12 hex characters (`x-relay-cache-key`).
@@ -373,6 +376,11 @@ impl Live {
         self.request_body = body.slice(..body.len().min(BODY_CAPTURE_LIMIT));
     }
 
+    /// The request goes upstream: publish a start event with status 0.
+    pub fn pending(&self, x: Snapshot<'_>) {
+        self.events.publish(self.event(Phase::Start, x, None));
+    }
+
     /// Response headers are known: capture them and publish the start event.
     pub fn response_headers(&mut self, headers: &HeaderMap, x: Snapshot<'_>) {
         self.response_headers = headers_list(headers);
@@ -436,7 +444,10 @@ impl Live {
             path: x.path.to_string(),
             provider: x.provider.map(str::to_string),
             model: x.model.map(str::to_string),
-            status: if x.status == 0 { 499 } else { x.status },
+            status: match (phase, x.status) {
+                (Phase::End, 0) => 499,
+                (_, s) => s,
+            },
             cache: self.cache,
             cache_key: self.cache_key.clone(),
             latency_us: latency,

@@ -92,7 +92,12 @@ async fn relay_events_streams_start_and_end_with_redacted_detail() {
     let (status, _) = post(&relay, &body, &auth).await;
     assert_eq!(status, 200);
 
+    let sent = feed.event().await;
+    assert_eq!(sent.phase, Phase::Start);
+    assert_eq!(sent.status, 0, "sent upstream, no headers yet");
+    assert_eq!(sent.cache, None);
     let start = feed.event().await;
+    assert_eq!(start.seq, sent.seq);
     assert_eq!(start.phase, Phase::Start);
     assert_eq!(start.path, CHAT);
     assert_eq!(start.provider.as_deref(), Some("openai"));
@@ -124,12 +129,13 @@ async fn relay_events_streams_start_and_end_with_redacted_detail() {
         .iter()
         .any(|(k, v)| k == "content-type" && v == "text/event-stream"));
 
-    // The same request again: a HIT, with the same key and no upstream call.
+    // The same request again: a HIT, with the same key and no upstream call (so one start event).
     let (status, _) = post(&relay, &body, &auth).await;
     assert_eq!(status, 200);
     assert_eq!(openai.calls().get(), 1);
     let start = feed.event().await;
     assert_eq!(start.cache, Some(CacheState::Hit));
+    assert_eq!(start.status, 200);
     let end = feed.event().await;
     assert_eq!(end.cache, Some(CacheState::Hit));
     assert_eq!(end.cache_key.as_deref(), Some(key.as_str()));
@@ -150,7 +156,7 @@ async fn relay_events_streams_start_and_end_with_redacted_detail() {
 async fn a_subscriber_that_never_reads_does_not_stall_requests() {
     let (openai, _anthropic, relay) = setup("").await;
     let stalled = relay.server().events().subscribe();
-    // Each request publishes a start and an end event; twice as many as the channel holds overflow it.
+    // Each request publishes three events (sent upstream, headers, end): they overflow the channel.
     let n = DEFAULT_CAPACITY;
     let body = chat_body("gpt-4o", false);
     for _ in 0..n {
@@ -158,7 +164,7 @@ async fn a_subscriber_that_never_reads_does_not_stall_requests() {
         assert_eq!(status, 200);
     }
     openai.calls().wait_for(n, "upstream calls").await;
-    let dropped = (2 * n - DEFAULT_CAPACITY) as f64;
+    let dropped = (3 * n - DEFAULT_CAPACITY) as f64;
     assert_eq!(
         metric(&relay.metrics().await, "relay_events_dropped_total", &[]),
         Some(dropped)

@@ -175,8 +175,10 @@ async fn relay_tui_in_tmux_shows_requests_and_a_hit() {
         .await;
     assert!(!screen.contains("sk-tmux-secret"), "{screen}");
     tmux.keys(&["G"]);
-    tmux.wait_for("the assembled stream", |s| s.contains("Hello world"))
-        .await;
+    tmux.wait_for("the end of the detail: assembled text and events", |s| {
+        s.contains("Hello world") && s.contains("data: [DONE]")
+    })
+    .await;
 
     // A smaller terminal: the dashboard redraws to fit (80×24 is the smallest supported size).
     assert!(tmux

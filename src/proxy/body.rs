@@ -120,6 +120,14 @@ impl Exchange {
         }
     }
 
+    /// The request is about to go upstream: the live feed's first start event, status 0 (only while
+    /// observed), so a slow answer shows as in flight before its headers arrive.
+    pub fn sending_upstream(&mut self) {
+        if let Some(live) = self.live.as_deref() {
+            live.pending(self.snapshot());
+        }
+    }
+
     /// Response headers are set: the live feed's start event (only while observed).
     pub fn headers_sent(&mut self, headers: &http::HeaderMap) {
         if let Some(mut live) = self.live.take() {

@@ -319,6 +319,7 @@ async fn forward(
         parts.headers,
         body.into(),
     )?;
+    x.sending_upstream();
     let sent = Instant::now();
     let resp = match rt.upstreams.send(index, provider, upstream_req).await {
         Ok(resp) => resp,

@@ -2,6 +2,7 @@
 //! function keys go through (tests call it directly).
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ratatui::widgets::{Paragraph, Wrap};
 
 use super::actions;
 use super::state::{Popup, State, View};
@@ -239,7 +240,7 @@ pub fn handle_key(state: &mut State, key: KeyEvent) -> Option<Command> {
                 None
             }
             Action::Down => {
-                state.detail_scroll = state.detail_scroll.saturating_add(1);
+                state.detail_scroll = (state.detail_scroll + 1).min(detail_bottom(state));
                 None
             }
             Action::Up => {
@@ -247,7 +248,10 @@ pub fn handle_key(state: &mut State, key: KeyEvent) -> Option<Command> {
                 None
             }
             Action::PageDown => {
-                state.detail_scroll = state.detail_scroll.saturating_add(state.page() as u16);
+                state.detail_scroll = state
+                    .detail_scroll
+                    .saturating_add(state.page() as u16)
+                    .min(detail_bottom(state));
                 None
             }
             Action::PageUp => {
@@ -259,7 +263,7 @@ pub fn handle_key(state: &mut State, key: KeyEvent) -> Option<Command> {
                 None
             }
             Action::Bottom => {
-                state.detail_scroll = u16::MAX / 2;
+                state.detail_scroll = detail_bottom(state);
                 None
             }
             Action::Export => export(state),
@@ -337,6 +341,20 @@ pub fn handle_key(state: &mut State, key: KeyEvent) -> Option<Command> {
             Action::Quit => Some(Command::Quit),
         },
     }
+}
+
+/// The detail view's last scroll position: its last (wrapped) line at the bottom of the screen.
+fn detail_bottom(state: &State) -> u16 {
+    let lines = state
+        .selected_row()
+        .map(|r| {
+            Paragraph::new(super::view::detail_text(&r.ev, r.in_flight()))
+                .wrap(Wrap { trim: false })
+                .line_count(state.size.0)
+        })
+        .unwrap_or(0);
+    let screen = state.size.1.saturating_sub(super::view::DETAIL_CHROME) as usize;
+    lines.saturating_sub(screen).min(u16::MAX as usize) as u16
 }
 
 fn export(state: &mut State) -> Option<Command> {

@@ -84,6 +84,9 @@ pub struct Totals {
     pub cost_micro_usd: u64,
     pub saved_micro_usd: u64,
     pub latency_us_sum: u64,
+    /// Requests that carried token counts / a price (until one does, the header shows `–`).
+    pub with_tokens: u64,
+    pub with_cost: u64,
 }
 
 impl Totals {
@@ -97,6 +100,8 @@ impl Totals {
             Some(CacheState::Miss | CacheState::Refresh) => self.misses += 1,
             _ => {}
         }
+        self.with_tokens += u64::from(ev.tokens_in.is_some() || ev.tokens_out.is_some());
+        self.with_cost += u64::from(ev.cost_micro_usd.is_some());
         self.tokens_in += ev.tokens_in.unwrap_or(0);
         self.tokens_out += ev.tokens_out.unwrap_or(0);
         self.cost_micro_usd += ev.cost_micro_usd.unwrap_or(0);
@@ -338,7 +343,7 @@ impl State {
             sec.latency_us_sum += ev.latency_us.unwrap_or(0);
         }
         let existing = match ev.phase {
-            Phase::Start => None,
+            Phase::Start => self.inflight.get(&ev.seq).copied(),
             Phase::End => self.inflight.remove(&ev.seq),
         };
         if let Some(id) = existing.and_then(|id| self.index_of(id)) {

@@ -162,6 +162,20 @@ fn detail_view() {
         assert_eq!(handle_key(&mut s, code(KeyCode::Enter)), None);
         assert_eq!(s.view, View::Detail);
         insta::assert_snapshot!(format!("detail_{w}x{h}"), draw(&s));
+        // G shows the end: the stream's events, the last line on the last row above the status bar.
+        handle_key(&mut s, key('G'));
+        let screen = draw(&s);
+        let lines: Vec<&str> = screen.lines().collect();
+        let bottom = s.detail_scroll;
+        assert!(screen.contains("data: [DONE]"), "{screen}");
+        if h == 24 {
+            assert!(bottom > 0);
+            assert!(lines[lines.len() - 2].contains("data: [DONE]"), "{screen}");
+        }
+        handle_key(&mut s, key('j'));
+        assert_eq!(s.detail_scroll, bottom, "j stops at the end");
+        handle_key(&mut s, key('k'));
+        assert_eq!(s.detail_scroll, bottom.saturating_sub(1));
     }
 }
 
@@ -236,6 +250,22 @@ fn selection_does_not_jump_while_rows_arrive() {
 #[test]
 fn an_end_event_completes_its_in_flight_row() {
     let mut s = state(80, 24);
+    assert_eq!(s.in_flight(), 1);
+    let rows = s.len();
+    // Sent upstream (status 0), then its headers: one row, updated in place.
+    let mut sent = ev(14, Phase::Start, 26);
+    sent.status = 0;
+    s.update(Msg::Event(Arc::new(sent)));
+    assert!(draw(&s).contains(" … "));
+    s.update(Msg::Event(Arc::new(ev(14, Phase::Start, 26))));
+    assert_eq!(s.len(), rows + 1);
+    assert_eq!(s.in_flight(), 2);
+    s.update(Msg::Event(Arc::new(done(
+        ev(14, Phase::Start, 26),
+        5,
+        None,
+    ))));
+    assert_eq!(s.len(), rows + 1);
     assert_eq!(s.in_flight(), 1);
     let rows = s.len();
     s.update(Msg::Event(Arc::new(done(

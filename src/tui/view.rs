@@ -18,6 +18,9 @@ use crate::events::{CacheState, Phase, RequestEvent};
 /// table header and the status bar.
 const MAIN_CHROME: u16 = 1 + 2 + 4 + 1 + 1;
 
+/// Screen rows around the detail text: title, the section's top border, the status bar.
+pub const DETAIL_CHROME: u16 = 3;
+
 /// Table rows that fit in a terminal `height` rows tall.
 pub fn table_rows(height: u16) -> usize {
     height.saturating_sub(MAIN_CHROME) as usize
@@ -109,15 +112,26 @@ fn render_main(state: &State, f: &mut Frame, area: Rect) {
         ]),
         Line::from(vec![
             " tokens ".dim(),
-            Span::raw(format!(
-                "{} in / {} out",
-                count(t.tokens_in),
-                count(t.tokens_out)
-            )),
+            Span::raw(if t.with_tokens > 0 {
+                format!("{} in / {} out", count(t.tokens_in), count(t.tokens_out))
+            } else {
+                "–".to_string()
+            }),
             "  cost ".dim(),
-            Span::raw(usd(t.cost_micro_usd)),
+            Span::raw(if t.with_cost > 0 {
+                usd(t.cost_micro_usd)
+            } else {
+                "–".to_string()
+            }),
             "  saved ".dim(),
-            Span::styled(usd(t.saved_micro_usd), Style::new().fg(Color::Green)),
+            Span::styled(
+                if t.with_cost > 0 {
+                    usd(t.saved_micro_usd)
+                } else {
+                    "–".to_string()
+                },
+                Style::new().fg(Color::Green),
+            ),
             "  dropped ".dim(),
             Span::raw(state.dropped.to_string()),
         ]),
@@ -243,7 +257,11 @@ fn table_row<'a>(state: &State, r: &Row) -> TableRow<'a> {
         Cell::from(ev.method.clone()),
         Cell::from(ev.provider.clone().unwrap_or_else(|| "-".into())),
         Cell::from(ev.model.clone().unwrap_or_else(|| "-".into())),
-        Cell::from(ev.status.to_string()).style(status_style),
+        Cell::from(match ev.status {
+            0 => "…".to_string(),
+            s => s.to_string(),
+        })
+        .style(status_style),
         Cell::from(cache).style(cache_style),
         Cell::from(latency),
         Cell::from(ev.ttfb_us.map(dur).unwrap_or_else(|| "–".into())),
@@ -291,7 +309,10 @@ pub fn detail_text(ev: &RequestEvent, in_flight: bool) -> Text<'static> {
             ev.model.as_deref().unwrap_or("-")
         ),
     ));
-    let mut status = ev.status.to_string();
+    let mut status = match ev.status {
+        0 => "waiting for the upstream's response headers".to_string(),
+        s => s.to_string(),
+    };
     if let Some(e) = &ev.error {
         status.push_str(&format!(" (relay error {e})"));
     }
