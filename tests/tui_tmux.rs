@@ -242,3 +242,18 @@ async fn relay_tui_attach_watches_a_running_relay() {
     tmux.wait_for("relay to exit", |s| s.contains("RELAY-EXITED 0"))
         .await;
 }
+
+#[test]
+fn relay_tui_without_a_terminal_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["tui", "--listen", "127.0.0.1:0", "--log-file"])
+        .arg(dir.path().join("tui.log"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "nothing drawn: {:?}", out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("relay tui needs a terminal"), "{err}");
+}

@@ -54,6 +54,7 @@ pub enum TuiError {
 /// `relay tui`: runs the proxy with `opts` and the dashboard until `q`, Ctrl-C, SIGINT or SIGTERM;
 /// then drains the proxy like `relay serve` does.
 pub fn run_local(opts: ServeOptions, log_path: Option<String>) -> Result<(), TuiError> {
+    need_terminal()?;
     let rt = tokio::runtime::Runtime::new()?;
     let server = rt.block_on(Server::start(opts))?;
     let addr = server.local_addr();
@@ -69,6 +70,7 @@ pub fn run_local(opts: ServeOptions, log_path: Option<String>) -> Result<(), Tui
 
 /// `relay tui --attach URL`: watches the relay at `url` (e.g. `http://127.0.0.1:8080`).
 pub fn run_attach(url: String, log_path: Option<String>) -> Result<(), TuiError> {
+    need_terminal()?;
     let base = url.trim_end_matches('/').to_string();
     let uri: http::Uri = format!("{base}{}", crate::events::PATH)
         .parse()
@@ -154,8 +156,14 @@ fn run(
 ) -> Result<(), TuiError> {
     let quit = Arc::new(AtomicBool::new(false));
     let signals = rt.spawn(watch_signals(quit.clone()));
-    // ratatui::init: raw mode, alternate screen, and a panic hook that restores the terminal.
-    let mut terminal = ratatui::init();
+    install_panic_hook();
+    let mut terminal = match enter_terminal() {
+        Ok(t) => t,
+        Err(e) => {
+            signals.abort();
+            return Err(TuiError::Terminal(e));
+        }
+    };
     if let Ok(size) = terminal.size() {
         state.update(Msg::Resize(size.width, size.height));
     }
@@ -163,6 +171,45 @@ fn run(
     ratatui::restore();
     signals.abort();
     result.map_err(TuiError::from)
+}
+
+/// Raw mode and the alternate screen (undone by `ratatui::restore`).
+fn enter_terminal() -> std::io::Result<DefaultTerminal> {
+    use ratatui::crossterm::{execute, terminal};
+    need_terminal()?;
+    terminal::enable_raw_mode()?;
+    let entered = execute!(std::io::stdout(), terminal::EnterAlternateScreen).and_then(|_| {
+        ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(std::io::stdout()))
+    });
+    if entered.is_err() {
+        ratatui::restore();
+    }
+    entered
+}
+
+fn need_terminal() -> std::io::Result<()> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(
+            "relay tui needs a terminal (relay serve runs headless)",
+        ))
+    }
+}
+
+/// A panic on the dashboard's thread restores the terminal, then reports as usual. A panic elsewhere
+/// (a proxy task; tokio keeps serving) goes to the log file instead of over the screen.
+fn install_panic_hook() {
+    let ui = std::thread::current().id();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() == ui {
+            ratatui::restore();
+            previous(info);
+        } else {
+            tracing::error!(target: "relay::panic", "{info}");
+        }
+    }));
 }
 
 async fn watch_signals(quit: Arc<AtomicBool>) {
