@@ -366,8 +366,8 @@ impl State {
             }
         }
         if self.follow {
+            // The view scrolls to the newest row when drawn (no per-event work over all rows).
             self.selected = None;
-            self.scroll_to_selection();
         }
     }
 
@@ -540,5 +540,87 @@ impl State {
     /// Events waiting while paused.
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(model: &str, provider: &str, status: u16, cache: Option<CacheState>) -> RequestEvent {
+        RequestEvent {
+            seq: 1,
+            phase: Phase::End,
+            time_ms: 0,
+            request_id: "req-abc".into(),
+            method: "POST".into(),
+            path: "/v1/messages".into(),
+            provider: Some(provider.into()),
+            model: Some(model.into()),
+            status,
+            cache,
+            cache_key: None,
+            latency_us: None,
+            ttfb_us: None,
+            upstream_us: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            outcome: None,
+            error: None,
+            tokens_in: None,
+            tokens_out: None,
+            cost_micro_usd: None,
+            saved_micro_usd: None,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn filter_terms() {
+        let claude = ev(
+            "claude-sonnet-4-5",
+            "anthropic",
+            429,
+            Some(CacheState::Miss),
+        );
+        let gpt = ev("gpt-4o", "openai", 200, None);
+        let cases: &[(&str, bool, bool)] = &[
+            ("", true, true),
+            ("model:claude", true, false),
+            ("MODEL:GPT", false, true),
+            ("provider:openai", false, true),
+            ("status:4xx", true, false),
+            ("status:200", false, true),
+            ("status:err", true, false),
+            ("cache:miss", true, false),
+            ("cache:none", false, true),
+            ("messages", true, true),
+            ("req-abc model:gpt", false, true),
+            ("nothing-like-this", false, false),
+        ];
+        for (text, c, g) in cases {
+            let f = Filter::parse(text);
+            assert_eq!(f.matches(&claude), *c, "{text} on claude");
+            assert_eq!(f.matches(&gpt), *g, "{text} on gpt");
+        }
+    }
+
+    #[test]
+    fn rows_are_bounded_and_the_selection_survives_eviction() {
+        let mut s = State::new("t", "http://127.0.0.1:1");
+        for seq in 0..(MAX_ROWS as u64 + 5) {
+            let mut e = ev("gpt-4o", "openai", 200, None);
+            e.seq = seq;
+            s.update(Msg::Event(Arc::new(e)));
+        }
+        assert_eq!(s.len(), MAX_ROWS);
+        assert_eq!(s.totals.requests, MAX_ROWS as u64 + 5);
+        s.top();
+        assert_eq!(s.selected_row().unwrap().ev.seq, 5);
+        let mut e = ev("gpt-4o", "openai", 200, None);
+        e.seq = 99_999;
+        s.update(Msg::Event(Arc::new(e)));
+        // The selected row was the oldest and is gone: the selection moves to the new oldest.
+        assert_eq!(s.selected_row().unwrap().ev.seq, 6);
     }
 }

@@ -172,7 +172,11 @@ fn render_table(state: &State, f: &mut Frame, area: Rect) {
     ])
     .style(Style::new().bold().add_modifier(Modifier::UNDERLINED));
     let page = table_rows(state.size.1).max(1);
-    let offset = state.offset.min(visible.len().saturating_sub(1));
+    let offset = if state.follow && state.selected.is_none() {
+        visible.len().saturating_sub(page)
+    } else {
+        state.offset.min(visible.len().saturating_sub(1))
+    };
     let rows = visible
         .iter()
         .skip(offset)
