@@ -128,8 +128,7 @@ impl Metrics {
         )
         .expect("valid metric");
         for c in [
-            Box::new(events_dropped.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(requests.clone()),
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cache_hits.clone()),
             Box::new(cache_misses.clone()),
             Box::new(cache_entries.clone()),
@@ -139,6 +138,7 @@ impl Metrics {
             Box::new(inflight.clone()),
             Box::new(overhead.clone()),
             Box::new(config_reloads.clone()),
+            Box::new(events_dropped.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }

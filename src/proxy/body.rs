@@ -8,6 +8,9 @@
 //! has gone out, when the caller disconnects (the body is dropped, which drops the upstream
 //! response and so cancels the upstream request), or when the handler is dropped before answering.
 //! Its `Drop` writes the one access-log line and the request metrics.
+//!
+//! While someone watches the live feed ([`crate::events`]: `relay tui`, `/relay/events`), the
+//! record also captures headers and the start of each body and publishes the request's events.
 
 use std::future::Future;
 use std::pin::Pin;
