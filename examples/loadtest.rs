@@ -52,6 +52,8 @@ struct Args {
     secs: u64,
     rate: u64,
     conns: usize,
+    /// `--watch 1`: a dashboard-like subscriber reads the live feed during the run (capture on).
+    watch: bool,
 }
 
 fn args() -> Args {
@@ -59,6 +61,7 @@ fn args() -> Args {
         secs: 5,
         rate: 1000,
         conns: 32,
+        watch: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
@@ -67,8 +70,11 @@ fn args() -> Args {
             ("--secs", Some(v)) => a.secs = v,
             ("--rate", Some(v)) => a.rate = v,
             ("--conns", Some(v)) => a.conns = v as usize,
+            ("--watch", Some(v)) => a.watch = v != 0,
             _ => {
-                eprintln!("usage: loadtest [--secs N] [--rate REQ_PER_S] [--conns N]");
+                eprintln!(
+                    "usage: loadtest [--secs N] [--rate REQ_PER_S] [--conns N] [--watch 0|1]"
+                );
                 std::process::exit(2);
             }
         }
@@ -420,6 +426,20 @@ fn main() {
         .expect("relay starts")
     });
     let relay_addr = server.local_addr();
+    // Like `relay tui`: a thread that drains the feed 15 times a second.
+    let watcher = args.watch.then(|| {
+        let mut sub = server.events().subscribe();
+        std::thread::spawn(move || loop {
+            loop {
+                match sub.try_next() {
+                    relay::events::Next::Event(_) | relay::events::Next::Lagged(_) => {}
+                    relay::events::Next::Empty => break,
+                    relay::events::Next::Closed => return,
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(66));
+        })
+    });
     let direct = Target {
         url: format!("http://{mock_addr}/v1/chat/completions")
             .parse()
@@ -542,7 +562,16 @@ fn main() {
         "relay_overhead_seconds mean over the run: {:.1} µs",
         overhead * 1e6
     );
+    if watcher.is_some() {
+        println!(
+            "live feed watched during the run (as by relay tui); events dropped: {}",
+            server.events().dropped()
+        );
+    }
     server.shutdown();
     relay_rt.block_on(server.wait());
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,13 +3,16 @@
 //! The request pipeline, in the order a request meets it, lives in [`proxy::pipeline`]. The modules:
 //! [`config`] (typed, validated, hot-reloaded), [`proxy`] (server, routing, upstream client,
 //! streaming), [`metrics`] (Prometheus), [`cache`] (response cache keys, entries and stores), [`cost`] (tokens,
-//! prices, the usage ledger, budgets), [`limit`] (rate limits, circuit breakers).
+//! prices, the usage ledger, budgets), [`limit`] (rate limits, circuit breakers), [`events`] (the live
+//! request feed) and [`tui`] (the `relay tui` dashboard).
 
 pub mod cache;
 pub mod config;
 pub mod cost;
+pub mod events;
 pub mod limit;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod tui;

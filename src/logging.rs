@@ -28,3 +28,35 @@ pub fn init(format: LogFormat) -> WorkerGuard {
     }
     guard
 }
+
+/// Installs the global subscriber writing to `path` (appending; parent directories created), for
+/// `relay tui`, whose screen must not be written over. No colours. Keep the guard alive until exit.
+pub fn init_file(format: LogFormat, path: &std::path::Path) -> std::io::Result<WorkerGuard> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let (writer, guard) = tracing_appender::non_blocking(file);
+    let filter = EnvFilter::try_from_env("RELAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(writer);
+    match format {
+        LogFormat::Pretty => builder.compact().init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(guard)
+}
+
+/// Where `relay tui` logs by default: `<data dir>/relay/tui.log` (e.g.
+/// `~/.local/share/relay/tui.log`), or the temp directory when there is no data dir.
+pub fn default_tui_log() -> std::path::PathBuf {
+    dirs::data_local_dir()
+        .map(|d| d.join("relay"))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("tui.log")
+}

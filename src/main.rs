@@ -47,6 +47,34 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Run the proxy with a live terminal dashboard (same flags as `serve`), or watch a running
+    /// relay with --attach.
+    ///
+    /// Logs go to a file (--log-file) while the dashboard is up. Press ? in the dashboard for keys.
+    Tui {
+        /// Config file (YAML), as for `serve`.
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Address to listen on, overriding server.listen.
+        #[arg(long, short, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Log line format in the log file.
+        #[arg(long, value_enum, default_value = "pretty", value_name = "FORMAT")]
+        log_format: LogFormat,
+        /// Log file. Default: <data dir>/relay/tui.log (~/.local/share/relay/tui.log on Linux).
+        #[arg(long, value_name = "PATH")]
+        log_file: Option<PathBuf>,
+        /// Do not watch the config file for changes.
+        #[arg(long)]
+        no_watch: bool,
+        /// Replay only: answer from the cache and never contact an upstream.
+        #[arg(long)]
+        offline: bool,
+        /// Do not run a proxy: watch the relay at this URL (e.g. http://127.0.0.1:8080) through its
+        /// loopback event stream, /relay/events.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["config", "listen", "no_watch", "offline"])]
+        attach: Option<String>,
+    },
     /// Inspect configuration.
     Config {
         #[command(subcommand)]
@@ -112,6 +140,50 @@ fn main() -> ExitCode {
             };
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
             match rt.block_on(serve(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("relay: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Tui {
+            config,
+            listen,
+            log_format,
+            log_file,
+            no_watch,
+            offline,
+            attach,
+        } => {
+            let log_path = log_file.unwrap_or_else(logging::default_tui_log);
+            let _guard = match logging::init_file(log_format, &log_path) {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!(
+                        "relay: cannot write the log file {}: {e}",
+                        log_path.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
+            let shown = Some(log_path.display().to_string());
+            let result = match attach {
+                Some(url) => relay::tui::run_attach(url, shown),
+                None => relay::tui::run_local(
+                    ServeOptions {
+                        config_path: config,
+                        listen,
+                        env: Env::from_process(),
+                        watch_config: !no_watch,
+                        offline,
+                        ..Default::default()
+                    },
+                    shown,
+                ),
+            };
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

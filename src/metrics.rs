@@ -8,8 +8,8 @@
 use std::collections::HashSet;
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::config::Config;
@@ -90,6 +90,9 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     /// `relay_circuit_transitions_total{provider,to}`: state changes (`to`: closed, half_open, open).
     pub circuit_transitions: IntCounterVec,
+    /// `relay_events_dropped_total`: live-feed events (`relay tui`, `/relay/events`) a lagging
+    /// subscriber lost; the proxy never waits for a subscriber.
+    pub events_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -274,6 +277,11 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric names");
         }
+        let events_dropped = IntCounter::new(
+            "relay_events_dropped_total",
+            "Live request-feed events dropped because a subscriber lagged",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cache_hits.clone()),
@@ -285,6 +293,7 @@ impl Metrics {
             Box::new(inflight.clone()),
             Box::new(overhead.clone()),
             Box::new(config_reloads.clone()),
+            Box::new(events_dropped.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -315,6 +324,7 @@ impl Metrics {
             ratelimit_backend,
             circuit_state,
             circuit_transitions,
+            events_dropped,
         }
     }
 

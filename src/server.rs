@@ -22,6 +22,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::cache::{self, Clock, Store};
 use crate::config::watch::{ConfigWatcher, DEFAULT_DEBOUNCE};
 use crate::config::{CacheBackend, CacheMode, Config, ConfigError, Env};
+use crate::events::{self, Events};
 use crate::metrics::Metrics;
 use crate::proxy::cache::Cache;
 use crate::proxy::pipeline::{self, Runtime, State};
@@ -112,11 +113,16 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let cost =
             crate::cost::Accounting::start(&config, opts.clock.clone(), metrics.clone()).await;
+        let events = Arc::new(Events::new(
+            events::DEFAULT_CAPACITY,
+            metrics.events_dropped.clone(),
+        ));
         let state = Arc::new(State {
             runtime: ArcSwap::from_pointee(Runtime::new(config, None)),
             metrics,
             cache,
             cost,
+            events,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (reloads, _) = broadcast::channel(16);
@@ -177,9 +183,16 @@ impl Server {
         &self.state.cost
     }
 
+    /// The live request feed (what `relay tui` shows).
+    pub fn events(&self) -> &Arc<Events> {
+        &self.state.events
+    }
+
     /// Begins a graceful shutdown: stop accepting, drain in-flight requests.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        // `/relay/events` streams never end on their own.
+        self.state.events.close();
     }
 
     /// Waits until the server has stopped (after [`Server::shutdown`]).

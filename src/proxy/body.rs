@@ -8,6 +8,9 @@
 //! has gone out, when the caller disconnects (the body is dropped, which drops the upstream
 //! response and so cancels the upstream request), or when the handler is dropped before answering.
 //! Its `Drop` writes the one access-log line and the request metrics.
+//!
+//! While someone watches the live feed ([`crate::events`]: `relay tui`, `/relay/events`), the
+//! record also captures headers and the start of each body and publishes the request's events.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +26,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::cache::Tap;
+use crate::events::{Events, Live, Snapshot};
 use crate::metrics::Metrics;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -88,6 +92,8 @@ pub struct Exchange {
     pub tally: Option<crate::cost::Tally>,
     /// Time from the request's arrival to the first byte of the response body.
     pub first_byte: Option<Duration>,
+    /// The live feed's capture (`relay tui`, `/relay/events`); `None` while nobody subscribes.
+    live: Option<Box<Live>>,
 }
 
 impl Exchange {
@@ -124,6 +130,55 @@ impl Exchange {
             saved_micros: 0,
             tally: None,
             first_byte: None,
+            live: None,
+        }
+    }
+
+    /// Joins the live feed when someone subscribes to it (captures the request headers, redacted).
+    pub fn observe(&mut self, events: &Arc<Events>, request_headers: &http::HeaderMap) {
+        self.live = Live::begin(events, request_headers);
+    }
+
+    /// Keeps the start of the request body for the live feed (only while observed).
+    pub fn capture_request_body(&mut self, body: &Bytes) {
+        if let Some(live) = self.live.as_deref_mut() {
+            live.request_body(body);
+        }
+    }
+
+    /// The request is about to go upstream: the live feed's first start event, status 0 (only while
+    /// observed), so a slow answer shows as in flight before its headers arrive.
+    pub fn sending_upstream(&mut self) {
+        if let Some(live) = self.live.as_deref() {
+            live.pending(self.snapshot());
+        }
+    }
+
+    /// Response headers are set: the live feed's start event (only while observed).
+    pub fn headers_sent(&mut self, headers: &http::HeaderMap) {
+        if let Some(mut live) = self.live.take() {
+            live.response_headers(headers, self.snapshot());
+            self.live = Some(live);
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            started: self.started,
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            method: self.method.as_str(),
+            path: &self.path,
+            provider: self.provider.as_deref(),
+            model: self.model.as_deref(),
+            status: self.status,
+            upstream: self.upstream,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            error: self.error,
+            outcome: self.outcome.map(Outcome::as_str),
+            usage: self.usage,
+            cost_micros: self.cost_micros,
+            saved_micros: self.saved_micros,
         }
     }
 
@@ -155,6 +210,11 @@ impl Drop for Exchange {
         }
         if let Some(t) = self.tally.take() {
             t.settle(self, status >= 400 || outcome != Outcome::Complete);
+        }
+        // After the cost stage: the end event carries tokens and cost.
+        if let Some(live) = self.live.take() {
+            self.outcome = Some(outcome);
+            live.finish(self.snapshot());
         }
         let provider = self.provider.as_deref().unwrap_or("none");
         self.metrics
@@ -308,6 +368,9 @@ impl RelayBody {
                 x.first_byte = Some(x.started.elapsed());
             }
             x.bytes_out += d.len() as u64;
+            if let Some(live) = x.live.as_deref_mut() {
+                live.on_data(d, x.started);
+            }
         }
     }
 }

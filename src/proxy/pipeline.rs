@@ -45,6 +45,7 @@ use super::route::{self, PathTarget};
 use super::upstream::{self, UpstreamBody, Upstreams};
 use crate::cache;
 use crate::config::Config;
+use crate::events::{self, Events};
 use crate::limit::{self, breaker::Breakers, Limiter};
 use crate::metrics::{Metrics, ModelLabels};
 
@@ -88,6 +89,8 @@ pub struct State {
     pub cache: Option<Arc<Cache>>,
     /// Usage ledger, budget spend (outlives reloads).
     pub cost: Arc<crate::cost::Accounting>,
+    /// The live request feed (`relay tui`, `GET /relay/events`).
+    pub events: Arc<Events>,
 }
 
 /// The hyper service function.
@@ -115,6 +118,7 @@ pub async fn handle(
         req.uri().path().to_string(),
         request_id,
     );
+    x.observe(&state.events, req.headers());
     let resp = match forward(&rt, &state, &mut x, req).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -123,6 +127,7 @@ pub async fn handle(
         }
     };
     x.status = resp.status().as_u16();
+    x.headers_sent(resp.headers());
     Ok(resp.map(|b| b.with_exchange(x)))
 }
 
@@ -178,6 +183,9 @@ const RELAY_PREFIX_SLASH: &str = "/relay/";
 /// `/relay/...`: loopback peers only.
 async fn relay_api(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<RelayBody> {
     let path = req.uri().path();
+    if path == events::PATH && peer.ip().is_loopback() {
+        return events::sse::response(state.events.subscribe());
+    }
     let found = if !peer.ip().is_loopback() {
         None
     } else if path == crate::cost::cli::PATH {
@@ -250,6 +258,7 @@ async fn forward(
     let model = match &body {
         ClientBody::Whole(bytes) => {
             x.bytes_in = bytes.len() as u64;
+            x.capture_request_body(bytes);
             let strict =
                 matches!(target, PathTarget::Table { path } if route::needs_model(cfg, path));
             peek_model(bytes, strict)?
@@ -388,6 +397,7 @@ async fn forward(
         .entry("x-request-id")
         .or_insert_with(|| x.request_id.clone());
     let method = parts.method.clone();
+    x.sending_upstream();
     let sent = Instant::now();
     let call = Call {
         primary: index,

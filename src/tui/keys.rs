@@ -1,0 +1,383 @@
+//! Every key binding and its help text, in one table ([`BINDINGS`]), and [`handle_key`], the one
+//! function keys go through (tests call it directly).
+
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ratatui::widgets::{Paragraph, Wrap};
+
+use super::actions;
+use super::state::{Popup, State, View};
+
+/// What a key does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Down,
+    Up,
+    Top,
+    Bottom,
+    PageDown,
+    PageUp,
+    Open,
+    Back,
+    Quit,
+    Filter,
+    Pause,
+    Clear,
+    Sort,
+    NextView,
+    Export,
+    Replay,
+    Help,
+}
+
+/// One binding: the keys, what they do, the help line.
+pub struct Binding {
+    /// As shown in the help view.
+    pub label: &'static str,
+    pub keys: &'static [KeyCode],
+    /// Needs Ctrl held.
+    pub ctrl: bool,
+    pub action: Action,
+    pub help: &'static str,
+}
+
+/// All bindings, in help order.
+pub const BINDINGS: &[Binding] = &[
+    Binding {
+        label: "j ↓",
+        keys: &[KeyCode::Char('j'), KeyCode::Down],
+        ctrl: false,
+        action: Action::Down,
+        help: "next request (scroll in detail)",
+    },
+    Binding {
+        label: "k ↑",
+        keys: &[KeyCode::Char('k'), KeyCode::Up],
+        ctrl: false,
+        action: Action::Up,
+        help: "previous request",
+    },
+    Binding {
+        label: "g Home",
+        keys: &[KeyCode::Char('g'), KeyCode::Home],
+        ctrl: false,
+        action: Action::Top,
+        help: "first request",
+    },
+    Binding {
+        label: "G End",
+        keys: &[KeyCode::Char('G'), KeyCode::End],
+        ctrl: false,
+        action: Action::Bottom,
+        help: "newest request, and follow new ones",
+    },
+    Binding {
+        label: "PgDn PgUp",
+        keys: &[KeyCode::PageDown],
+        ctrl: false,
+        action: Action::PageDown,
+        help: "page down / up",
+    },
+    Binding {
+        label: "",
+        keys: &[KeyCode::PageUp],
+        ctrl: false,
+        action: Action::PageUp,
+        help: "",
+    },
+    Binding {
+        label: "Enter",
+        keys: &[KeyCode::Enter],
+        ctrl: false,
+        action: Action::Open,
+        help: "request detail: headers, bodies, timing",
+    },
+    Binding {
+        label: "q Esc",
+        keys: &[KeyCode::Char('q'), KeyCode::Esc],
+        ctrl: false,
+        action: Action::Back,
+        help: "back; quit from the main view",
+    },
+    Binding {
+        label: "Ctrl-C",
+        keys: &[KeyCode::Char('c')],
+        ctrl: true,
+        action: Action::Quit,
+        help: "quit",
+    },
+    Binding {
+        label: "/",
+        keys: &[KeyCode::Char('/')],
+        ctrl: false,
+        action: Action::Filter,
+        help: "filter: model:gpt-4o status:5xx provider:openai cache:hit text",
+    },
+    Binding {
+        label: "p",
+        keys: &[KeyCode::Char('p')],
+        ctrl: false,
+        action: Action::Pause,
+        help: "pause / resume the table (events are held, not lost)",
+    },
+    Binding {
+        label: "z",
+        keys: &[KeyCode::Char('z')],
+        ctrl: false,
+        action: Action::Clear,
+        help: "clear rows and totals",
+    },
+    Binding {
+        label: "s",
+        keys: &[KeyCode::Char('s')],
+        ctrl: false,
+        action: Action::Sort,
+        help: "sort: arrival, latency, cost, status",
+    },
+    Binding {
+        label: "Tab",
+        keys: &[KeyCode::Tab],
+        ctrl: false,
+        action: Action::NextView,
+        help: "requests / models and limits",
+    },
+    Binding {
+        label: "e",
+        keys: &[KeyCode::Char('e')],
+        ctrl: false,
+        action: Action::Export,
+        help: "export the request as curl (keys redacted)",
+    },
+    Binding {
+        label: "r",
+        keys: &[KeyCode::Char('r')],
+        ctrl: false,
+        action: Action::Replay,
+        help: "replay the request through relay",
+    },
+    Binding {
+        label: "?",
+        keys: &[KeyCode::Char('?')],
+        ctrl: false,
+        action: Action::Help,
+        help: "this help",
+    },
+];
+
+/// What the run loop must do after a key (side effects stay out of the state).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Quit,
+    /// Save this curl command (already shown in a popup).
+    Export {
+        request_id: String,
+        curl: String,
+    },
+    /// Send this request through relay.
+    Replay(actions::Replay),
+}
+
+/// The action bound to `key`, if any.
+pub fn action(key: &KeyEvent) -> Option<Action> {
+    let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+    BINDINGS
+        .iter()
+        .find(|b| b.ctrl == ctrl && b.keys.contains(&key.code))
+        .map(|b| b.action)
+}
+
+/// Applies one key press to the state.
+pub fn handle_key(state: &mut State, key: KeyEvent) -> Option<Command> {
+    if key.kind == KeyEventKind::Release {
+        return None;
+    }
+    let act = action(&key);
+    if act == Some(Action::Quit) {
+        return Some(Command::Quit);
+    }
+    if let Some(input) = &mut state.filter_input {
+        match key.code {
+            KeyCode::Enter => {
+                let text = std::mem::take(input);
+                state.filter_input = None;
+                state.set_filter(&text);
+            }
+            KeyCode::Esc => state.filter_input = None,
+            KeyCode::Backspace => {
+                input.pop();
+            }
+            KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => input.push(c),
+            _ => {}
+        }
+        return None;
+    }
+    if state.popup.is_some() {
+        // Any key closes the popup.
+        state.popup = None;
+        return None;
+    }
+    let act = act?;
+    match state.view {
+        View::Help => {
+            if matches!(act, Action::Back | Action::Help) {
+                state.view = View::Main;
+            }
+            None
+        }
+        View::Models => match act {
+            Action::Back | Action::NextView => {
+                state.view = View::Main;
+                None
+            }
+            Action::Help => {
+                state.view = View::Help;
+                None
+            }
+            _ => None,
+        },
+        View::Detail => match act {
+            Action::Back => {
+                state.view = View::Main;
+                None
+            }
+            Action::Down => {
+                state.detail_scroll = (state.detail_scroll + 1).min(detail_bottom(state));
+                None
+            }
+            Action::Up => {
+                state.detail_scroll = state.detail_scroll.saturating_sub(1);
+                None
+            }
+            Action::PageDown => {
+                state.detail_scroll = state
+                    .detail_scroll
+                    .saturating_add(state.page() as u16)
+                    .min(detail_bottom(state));
+                None
+            }
+            Action::PageUp => {
+                state.detail_scroll = state.detail_scroll.saturating_sub(state.page() as u16);
+                None
+            }
+            Action::Top => {
+                state.detail_scroll = 0;
+                None
+            }
+            Action::Bottom => {
+                state.detail_scroll = detail_bottom(state);
+                None
+            }
+            Action::Export => export(state),
+            Action::Replay => replay(state),
+            Action::Help => {
+                state.view = View::Help;
+                None
+            }
+            _ => None,
+        },
+        View::Main => match act {
+            Action::Back => Some(Command::Quit),
+            Action::Down => {
+                state.move_by(1);
+                None
+            }
+            Action::Up => {
+                state.move_by(-1);
+                None
+            }
+            Action::PageDown => {
+                state.move_by(state.page() as isize);
+                None
+            }
+            Action::PageUp => {
+                state.move_by(-(state.page() as isize));
+                None
+            }
+            Action::Top => {
+                state.top();
+                None
+            }
+            Action::Bottom => {
+                state.bottom();
+                None
+            }
+            Action::Open => {
+                if state.selected_row().is_some() {
+                    // Pin the selection so the detail stays on this request.
+                    if let Some(id) = state.selected_row().map(|r| r.id) {
+                        state.selected = Some(id);
+                        state.follow = false;
+                    }
+                    state.detail_scroll = 0;
+                    state.view = View::Detail;
+                }
+                None
+            }
+            Action::Filter => {
+                state.filter_input = Some(state.filter.text.clone());
+                None
+            }
+            Action::Pause => {
+                state.toggle_pause();
+                None
+            }
+            Action::Clear => {
+                state.clear();
+                None
+            }
+            Action::Sort => {
+                state.cycle_sort();
+                None
+            }
+            Action::NextView => {
+                state.view = View::Models;
+                None
+            }
+            Action::Export => export(state),
+            Action::Replay => replay(state),
+            Action::Help => {
+                state.view = View::Help;
+                None
+            }
+            Action::Quit => Some(Command::Quit),
+        },
+    }
+}
+
+/// The detail view's last scroll position: its last (wrapped) line at the bottom of the screen.
+fn detail_bottom(state: &State) -> u16 {
+    let lines = state
+        .selected_row()
+        .map(|r| {
+            Paragraph::new(super::view::detail_text(&r.ev, r.in_flight()))
+                .wrap(Wrap { trim: false })
+                .line_count(state.size.0)
+        })
+        .unwrap_or(0);
+    let screen = state.size.1.saturating_sub(super::view::DETAIL_CHROME) as usize;
+    lines.saturating_sub(screen).min(u16::MAX as usize) as u16
+}
+
+fn export(state: &mut State) -> Option<Command> {
+    let row = state.selected_row()?;
+    let curl = actions::curl(&row.ev, &state.relay_url);
+    let request_id = row.ev.request_id.clone();
+    state.popup = Some(Popup {
+        title: "curl (any key closes)".to_string(),
+        text: curl.clone(),
+    });
+    Some(Command::Export { request_id, curl })
+}
+
+fn replay(state: &mut State) -> Option<Command> {
+    let row = state.selected_row()?;
+    match actions::Replay::of(&row.ev) {
+        Ok(r) => {
+            state.status = Some(format!("replaying {} {}", r.method, r.path));
+            Some(Command::Replay(r))
+        }
+        Err(why) => {
+            state.status = Some(format!("cannot replay: {why}"));
+            None
+        }
+    }
+}

@@ -1,0 +1,626 @@
+//! The dashboard's state and its one update function. Everything here is plain data and pure logic:
+//! no terminal, no clock reads (time comes in as [`Msg::Tick`]), so tests drive it directly.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::events::{CacheState, Phase, RequestEvent};
+
+/// Rows kept in the table; older ones are forgotten (totals keep counting).
+pub const MAX_ROWS: usize = 10_000;
+/// Seconds of history kept for the sparklines.
+pub const HISTORY_SECS: usize = 300;
+/// Window for the header's req/s figure.
+pub const RATE_WINDOW_SECS: u64 = 10;
+
+/// Which screen is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// Totals, sparklines, the request table.
+    Main,
+    /// One request: headers, bodies, timing.
+    Detail,
+    /// Per-model breakdown, limiter and breaker state.
+    Models,
+    /// Every key.
+    Help,
+}
+
+/// Table order (`s` cycles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    Arrival,
+    LatencyDesc,
+    CostDesc,
+    Status,
+}
+
+impl Sort {
+    pub fn next(self) -> Sort {
+        match self {
+            Sort::Arrival => Sort::LatencyDesc,
+            Sort::LatencyDesc => Sort::CostDesc,
+            Sort::CostDesc => Sort::Status,
+            Sort::Status => Sort::Arrival,
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Sort::Arrival => "arrival",
+            Sort::LatencyDesc => "latency",
+            Sort::CostDesc => "cost",
+            Sort::Status => "status",
+        }
+    }
+}
+
+/// One table row: a request's latest event.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Stable id in this table (arrival order), what the selection holds on to.
+    pub id: u64,
+    pub ev: Arc<RequestEvent>,
+}
+
+impl Row {
+    /// Still running (start seen, end not yet).
+    pub fn in_flight(&self) -> bool {
+        self.ev.phase == Phase::Start
+    }
+    pub fn is_error(&self) -> bool {
+        self.ev.phase == Phase::End && (self.ev.status >= 400 || self.ev.error.is_some())
+    }
+}
+
+/// Running totals over finished requests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    pub requests: u64,
+    pub errors: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost_micro_usd: u64,
+    pub saved_micro_usd: u64,
+    pub latency_us_sum: u64,
+    /// Requests that carried token counts / a price (until one does, the header shows `–`).
+    pub with_tokens: u64,
+    pub with_cost: u64,
+}
+
+impl Totals {
+    fn add(&mut self, ev: &RequestEvent) {
+        self.requests += 1;
+        if ev.status >= 400 || ev.error.is_some() {
+            self.errors += 1;
+        }
+        match ev.cache {
+            Some(CacheState::Hit) => self.hits += 1,
+            Some(CacheState::Miss | CacheState::Refresh) => self.misses += 1,
+            _ => {}
+        }
+        self.with_tokens += u64::from(ev.tokens_in.is_some() || ev.tokens_out.is_some());
+        self.with_cost += u64::from(ev.cost_micro_usd.is_some());
+        self.tokens_in += ev.tokens_in.unwrap_or(0);
+        self.tokens_out += ev.tokens_out.unwrap_or(0);
+        self.cost_micro_usd += ev.cost_micro_usd.unwrap_or(0);
+        self.saved_micro_usd += ev.saved_micro_usd.unwrap_or(0);
+        self.latency_us_sum += ev.latency_us.unwrap_or(0);
+    }
+
+    /// Cache hit rate in percent over cacheable requests, `None` before the first one.
+    pub fn hit_rate(&self) -> Option<f64> {
+        let n = self.hits + self.misses;
+        (n > 0).then(|| self.hits as f64 * 100.0 / n as f64)
+    }
+}
+
+/// One second of history.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Second {
+    pub requests: u64,
+    pub latency_us_sum: u64,
+}
+
+/// A parsed `/` filter: every term must match.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    pub text: String,
+    terms: Vec<Term>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Term {
+    Model(String),
+    Provider(String),
+    /// `200`, `4xx`, or `err` (>= 400).
+    Status(String),
+    /// `hit`, `miss`, `bypass`, `refresh`, `none`.
+    Cache(String),
+    Text(String),
+}
+
+impl Filter {
+    /// Parses `model:gpt-4o status:5xx provider:openai cache:hit some text`.
+    pub fn parse(text: &str) -> Filter {
+        let terms = text
+            .split_whitespace()
+            .map(|t| {
+                let lower = t.to_ascii_lowercase();
+                match lower.split_once(':') {
+                    Some(("model", v)) => Term::Model(v.to_string()),
+                    Some(("provider", v)) => Term::Provider(v.to_string()),
+                    Some(("status", v)) => Term::Status(v.to_string()),
+                    Some(("cache", v)) => Term::Cache(v.to_string()),
+                    _ => Term::Text(lower),
+                }
+            })
+            .collect();
+        Filter {
+            text: text.trim().to_string(),
+            terms,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+
+    pub fn matches(&self, ev: &RequestEvent) -> bool {
+        let has = |field: Option<&str>, v: &str| {
+            field.is_some_and(|f| f.to_ascii_lowercase().contains(v))
+        };
+        self.terms.iter().all(|t| match t {
+            Term::Model(v) => has(ev.model.as_deref(), v),
+            Term::Provider(v) => has(ev.provider.as_deref(), v),
+            Term::Status(v) => {
+                let s = ev.status.to_string();
+                match v.as_str() {
+                    "err" | "error" => ev.status >= 400 || ev.error.is_some(),
+                    v if v.len() == 3 && v.ends_with("xx") => s.starts_with(&v[..1]),
+                    v => s == v,
+                }
+            }
+            Term::Cache(v) => match ev.cache {
+                Some(c) => c.as_str().eq_ignore_ascii_case(v),
+                None => v == "none" || v == "-",
+            },
+            Term::Text(v) => {
+                has(Some(&ev.path), v)
+                    || has(ev.model.as_deref(), v)
+                    || has(ev.provider.as_deref(), v)
+                    || has(Some(&ev.request_id), v)
+                    || has(Some(&ev.method), v)
+                    || has(ev.error.as_deref(), v)
+            }
+        })
+    }
+}
+
+/// Per-model figures for the breakdown view.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelStats {
+    pub totals: Totals,
+}
+
+/// A box over the current view (the `e` export).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Popup {
+    pub title: String,
+    pub text: String,
+}
+
+/// What comes in besides keys.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    /// A request event from the feed.
+    Event(Arc<RequestEvent>),
+    /// The feed dropped that many events for us.
+    Lagged(u64),
+    /// The wall clock, milliseconds since the Unix epoch.
+    Tick(u64),
+    /// The terminal's size (columns, rows).
+    Resize(u16, u16),
+    /// A line for the status bar (replay results, export paths, connection state).
+    Status(String),
+}
+
+/// The whole dashboard.
+#[derive(Debug, Clone)]
+pub struct State {
+    /// Where the requests come from: `listening on ...` or `attached to ...`.
+    pub source: String,
+    /// The relay that exports and replays address (`http://127.0.0.1:8080`).
+    pub relay_url: String,
+    /// The log file while the TUI runs.
+    pub log_path: Option<String>,
+    pub view: View,
+    rows: VecDeque<Row>,
+    next_id: u64,
+    /// Request seq → row id, for requests still in flight.
+    inflight: HashMap<u64, u64>,
+    /// Selected row id; `None` with `follow` means the newest.
+    pub selected: Option<u64>,
+    /// Keep the selection on the newest row as rows arrive (`G`); any other move turns it off.
+    pub follow: bool,
+    /// First visible row (index into the visible list).
+    pub offset: usize,
+    /// Terminal size.
+    pub size: (u16, u16),
+    pub detail_scroll: u16,
+    pub filter: Filter,
+    /// The filter being typed (`/`), `None` when not editing.
+    pub filter_input: Option<String>,
+    pub paused: bool,
+    /// Events that came in while paused, applied on resume (bounded by [`MAX_ROWS`]).
+    held: VecDeque<Arc<RequestEvent>>,
+    pub sort: Sort,
+    pub totals: Totals,
+    pub models: BTreeMap<String, ModelStats>,
+    /// Per-second history, keyed by Unix second.
+    history: BTreeMap<u64, Second>,
+    pub now_ms: u64,
+    /// Events the feed dropped for this dashboard.
+    pub dropped: u64,
+    pub status: Option<String>,
+    pub popup: Option<Popup>,
+}
+
+impl State {
+    /// A dashboard for the relay at `relay_url`; `source` says where events come from.
+    pub fn new(source: impl Into<String>, relay_url: impl Into<String>) -> State {
+        State {
+            source: source.into(),
+            relay_url: relay_url.into(),
+            log_path: None,
+            view: View::Main,
+            rows: VecDeque::new(),
+            next_id: 0,
+            inflight: HashMap::new(),
+            selected: None,
+            follow: true,
+            offset: 0,
+            size: (80, 24),
+            detail_scroll: 0,
+            filter: Filter::default(),
+            filter_input: None,
+            paused: false,
+            held: VecDeque::new(),
+            sort: Sort::Arrival,
+            totals: Totals::default(),
+            models: BTreeMap::new(),
+            history: BTreeMap::new(),
+            now_ms: 0,
+            dropped: 0,
+            status: None,
+            popup: None,
+        }
+    }
+
+    /// Applies one message.
+    pub fn update(&mut self, msg: Msg) {
+        match msg {
+            Msg::Event(ev) => {
+                if self.paused {
+                    if self.held.len() >= MAX_ROWS {
+                        self.held.pop_front();
+                        self.dropped += 1;
+                    }
+                    self.held.push_back(ev);
+                } else {
+                    self.apply(ev);
+                }
+            }
+            Msg::Lagged(n) => self.dropped += n,
+            Msg::Tick(now) => {
+                self.now_ms = now;
+                let keep_from = (now / 1000).saturating_sub(HISTORY_SECS as u64);
+                while self
+                    .history
+                    .first_key_value()
+                    .is_some_and(|(s, _)| *s < keep_from)
+                {
+                    self.history.pop_first();
+                }
+            }
+            Msg::Resize(w, h) => {
+                self.size = (w, h);
+                self.scroll_to_selection();
+            }
+            Msg::Status(s) => self.status = Some(s),
+        }
+    }
+
+    fn apply(&mut self, ev: Arc<RequestEvent>) {
+        if ev.phase == Phase::End {
+            self.totals.add(&ev);
+            let model = ev.model.clone().unwrap_or_else(|| "-".to_string());
+            self.models.entry(model).or_default().totals.add(&ev);
+            let done_ms = ev.time_ms + ev.latency_us.unwrap_or(0) / 1000;
+            let sec = self.history.entry(done_ms / 1000).or_default();
+            sec.requests += 1;
+            sec.latency_us_sum += ev.latency_us.unwrap_or(0);
+        }
+        let existing = match ev.phase {
+            Phase::Start => self.inflight.get(&ev.seq).copied(),
+            Phase::End => self.inflight.remove(&ev.seq),
+        };
+        if let Some(id) = existing.and_then(|id| self.index_of(id)) {
+            self.rows[id].ev = ev;
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        if ev.phase == Phase::Start {
+            self.inflight.insert(ev.seq, id);
+        }
+        self.rows.push_back(Row { id, ev });
+        if self.rows.len() > MAX_ROWS {
+            if let Some(old) = self.rows.pop_front() {
+                self.inflight.remove(&old.ev.seq);
+                if self.selected == Some(old.id) {
+                    self.selected = self.rows.front().map(|r| r.id);
+                }
+                self.offset = self.offset.saturating_sub(1);
+            }
+        }
+        if self.follow {
+            // The view scrolls to the newest row when drawn (no per-event work over all rows).
+            self.selected = None;
+        }
+    }
+
+    fn index_of(&self, id: u64) -> Option<usize> {
+        let first = self.rows.front()?.id;
+        let i = id.checked_sub(first)? as usize;
+        (i < self.rows.len() && self.rows[i].id == id).then_some(i)
+    }
+
+    /// Rows that pass the filter, in the current sort order.
+    pub fn visible(&self) -> Vec<&Row> {
+        let mut rows: Vec<&Row> = self
+            .rows
+            .iter()
+            .filter(|r| self.filter.matches(&r.ev))
+            .collect();
+        match self.sort {
+            Sort::Arrival => {}
+            Sort::LatencyDesc => rows.sort_by_key(|r| std::cmp::Reverse(r.ev.latency_us)),
+            Sort::CostDesc => rows.sort_by_key(|r| std::cmp::Reverse(r.ev.cost_micro_usd)),
+            Sort::Status => rows.sort_by_key(|r| std::cmp::Reverse(r.ev.status)),
+        }
+        rows
+    }
+
+    /// Index of the selection in `visible` (the newest row when following).
+    pub fn selected_index(&self, visible: &[&Row]) -> Option<usize> {
+        if visible.is_empty() {
+            return None;
+        }
+        match self.selected {
+            Some(id) => visible.iter().position(|r| r.id == id),
+            None if self.follow => Some(visible.len() - 1),
+            None => None,
+        }
+    }
+
+    /// The selected row.
+    pub fn selected_row(&self) -> Option<&Row> {
+        let visible = self.visible();
+        self.selected_index(&visible).map(|i| visible[i])
+    }
+
+    /// Table rows that fit on screen (see [`super::view::table_rows`]).
+    pub fn page(&self) -> usize {
+        super::view::table_rows(self.size.1).max(1)
+    }
+
+    /// Moves the selection by `delta` rows in the visible list (clamped).
+    pub fn move_by(&mut self, delta: isize) {
+        let visible = self.visible();
+        if visible.is_empty() {
+            return;
+        }
+        let cur = self.selected_index(&visible).unwrap_or(visible.len() - 1) as isize;
+        let to = (cur + delta).clamp(0, visible.len() as isize - 1) as usize;
+        self.selected = Some(visible[to].id);
+        self.follow = false;
+        self.scroll_to_selection();
+    }
+
+    /// Selects the first visible row.
+    pub fn top(&mut self) {
+        let first = self.visible().first().map(|r| r.id);
+        if let Some(id) = first {
+            self.selected = Some(id);
+            self.follow = false;
+            self.scroll_to_selection();
+        }
+    }
+
+    /// Selects the newest row and follows new ones.
+    pub fn bottom(&mut self) {
+        self.selected = None;
+        self.follow = true;
+        self.scroll_to_selection();
+    }
+
+    /// Keeps the selected row on screen; otherwise leaves the view where it is.
+    pub fn scroll_to_selection(&mut self) {
+        let visible = self.visible();
+        let page = self.page();
+        let (sel, len) = (self.selected_index(&visible), visible.len());
+        drop(visible);
+        let Some(i) = sel else {
+            self.offset = 0;
+            return;
+        };
+        if i < self.offset {
+            self.offset = i;
+        } else if i >= self.offset + page {
+            self.offset = i + 1 - page;
+        }
+        let max = len.saturating_sub(page);
+        self.offset = self.offset.min(max);
+    }
+
+    pub fn set_filter(&mut self, text: &str) {
+        self.filter = Filter::parse(text);
+        self.scroll_to_selection();
+    }
+
+    pub fn toggle_pause(&mut self) {
+        self.paused = !self.paused;
+        if !self.paused {
+            while let Some(ev) = self.held.pop_front() {
+                self.apply(ev);
+            }
+        }
+    }
+
+    /// Forgets every row and total (`z`).
+    pub fn clear(&mut self) {
+        self.rows.clear();
+        self.inflight.clear();
+        self.held.clear();
+        self.selected = None;
+        self.follow = true;
+        self.offset = 0;
+        self.totals = Totals::default();
+        self.models.clear();
+        self.history.clear();
+        self.dropped = 0;
+    }
+
+    pub fn cycle_sort(&mut self) {
+        self.sort = self.sort.next();
+        self.scroll_to_selection();
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Requests per second over the last [`RATE_WINDOW_SECS`] full seconds.
+    pub fn rate(&self) -> f64 {
+        let now = self.now_ms / 1000;
+        let from = now.saturating_sub(RATE_WINDOW_SECS);
+        let n: u64 = self.history.range(from..now).map(|(_, s)| s.requests).sum();
+        n as f64 / RATE_WINDOW_SECS as f64
+    }
+
+    /// The last `n` seconds (oldest first, the current one last): requests and mean latency in ms.
+    pub fn series(&self, n: usize) -> (Vec<u64>, Vec<u64>) {
+        let now = self.now_ms / 1000;
+        let from = (now + 1).saturating_sub(n as u64);
+        (from..=now)
+            .map(|s| {
+                let sec = self.history.get(&s).copied().unwrap_or_default();
+                let mean_ms = sec
+                    .latency_us_sum
+                    .checked_div(sec.requests)
+                    .map(|us| us.div_ceil(1000))
+                    .unwrap_or(0);
+                (sec.requests, mean_ms)
+            })
+            .unzip()
+    }
+
+    /// Rows held (for tests and the status bar).
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Events waiting while paused.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(model: &str, provider: &str, status: u16, cache: Option<CacheState>) -> RequestEvent {
+        RequestEvent {
+            seq: 1,
+            phase: Phase::End,
+            time_ms: 0,
+            request_id: "req-abc".into(),
+            method: "POST".into(),
+            path: "/v1/messages".into(),
+            provider: Some(provider.into()),
+            model: Some(model.into()),
+            status,
+            cache,
+            cache_key: None,
+            latency_us: None,
+            ttfb_us: None,
+            upstream_us: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            outcome: None,
+            error: None,
+            tokens_in: None,
+            tokens_out: None,
+            cost_micro_usd: None,
+            saved_micro_usd: None,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn filter_terms() {
+        let claude = ev(
+            "claude-sonnet-4-5",
+            "anthropic",
+            429,
+            Some(CacheState::Miss),
+        );
+        let gpt = ev("gpt-4o", "openai", 200, None);
+        let cases: &[(&str, bool, bool)] = &[
+            ("", true, true),
+            ("model:claude", true, false),
+            ("MODEL:GPT", false, true),
+            ("provider:openai", false, true),
+            ("status:4xx", true, false),
+            ("status:200", false, true),
+            ("status:err", true, false),
+            ("cache:miss", true, false),
+            ("cache:none", false, true),
+            ("messages", true, true),
+            ("req-abc model:gpt", false, true),
+            ("nothing-like-this", false, false),
+        ];
+        for (text, c, g) in cases {
+            let f = Filter::parse(text);
+            assert_eq!(f.matches(&claude), *c, "{text} on claude");
+            assert_eq!(f.matches(&gpt), *g, "{text} on gpt");
+        }
+    }
+
+    #[test]
+    fn rows_are_bounded_and_the_selection_survives_eviction() {
+        let mut s = State::new("t", "http://127.0.0.1:1");
+        for seq in 0..(MAX_ROWS as u64 + 5) {
+            let mut e = ev("gpt-4o", "openai", 200, None);
+            e.seq = seq;
+            s.update(Msg::Event(Arc::new(e)));
+        }
+        assert_eq!(s.len(), MAX_ROWS);
+        assert_eq!(s.totals.requests, MAX_ROWS as u64 + 5);
+        s.top();
+        assert_eq!(s.selected_row().unwrap().ev.seq, 5);
+        let mut e = ev("gpt-4o", "openai", 200, None);
+        e.seq = 99_999;
+        s.update(Msg::Event(Arc::new(e)));
+        // The selected row was the oldest and is gone: the selection moves to the new oldest.
+        assert_eq!(s.selected_row().unwrap().ev.seq, 6);
+    }
+}

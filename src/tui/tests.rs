@@ -1,0 +1,381 @@
+//! Snapshot tests of every view at 80×24 and 120×40 from a fixed event list and a fixed clock, and
+//! key handling driven through [`handle_key`].
+
+use std::sync::Arc;
+
+use ratatui::backend::TestBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::Terminal;
+
+use super::*;
+use crate::events::{CacheState, Detail, Phase, RequestEvent};
+
+/// 2026-01-02 10:00:00 UTC.
+const T0: u64 = 1_767_348_000_000;
+
+fn ev(seq: u64, phase: Phase, at_s: u64) -> RequestEvent {
+    RequestEvent {
+        seq,
+        phase,
+        time_ms: T0 + at_s * 1000,
+        request_id: format!("req-{seq:04}"),
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        provider: Some("openai".into()),
+        model: Some("gpt-4o-mini".into()),
+        status: 200,
+        cache: None,
+        cache_key: None,
+        latency_us: None,
+        ttfb_us: None,
+        upstream_us: None,
+        bytes_in: 120,
+        bytes_out: 480,
+        outcome: None,
+        error: None,
+        tokens_in: None,
+        tokens_out: None,
+        cost_micro_usd: None,
+        saved_micro_usd: None,
+        detail: None,
+    }
+}
+
+fn done(mut e: RequestEvent, latency_ms: u64, cache: Option<CacheState>) -> RequestEvent {
+    e.phase = Phase::End;
+    e.latency_us = Some(latency_ms * 1000);
+    e.ttfb_us = Some(latency_ms * 1000 * 3 / 4);
+    e.upstream_us = (cache != Some(CacheState::Hit)).then_some(latency_ms * 1000 / 2);
+    e.cache = cache;
+    e.cache_key = cache.map(|_| "3f9a1c0b7d2e".to_string());
+    e.outcome = Some("complete".into());
+    e
+}
+
+fn stream_detail() -> Detail {
+    Detail {
+        request_headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("authorization".into(), "Bearer ***".into()),
+        ],
+        request_body: r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#.into(),
+        request_truncated: false,
+        response_headers: vec![
+            ("content-type".into(), "text/event-stream".into()),
+            ("x-relay-cache".into(), "MISS".into()),
+        ],
+        response_body: "data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\" world\"}}]}\n\ndata: [DONE]\n\n".into(),
+        response_truncated: false,
+    }
+}
+
+/// A fixed session: OpenAI and Anthropic calls, a hit, errors, one stream still running.
+fn events() -> Vec<RequestEvent> {
+    let mut out = Vec::new();
+    for i in 0..12u64 {
+        let mut e = ev(i + 1, Phase::End, i * 2);
+        let (model, provider) = match i % 3 {
+            0 => ("gpt-4o-mini", "openai"),
+            1 => ("claude-sonnet-4-5", "anthropic"),
+            _ => ("gpt-4o", "openai"),
+        };
+        e.model = Some(model.into());
+        e.provider = Some(provider.into());
+        if provider == "anthropic" {
+            e.path = "/v1/messages".into();
+        }
+        let cache = match i % 4 {
+            0 => Some(CacheState::Miss),
+            1 => Some(CacheState::Hit),
+            2 => None,
+            _ => Some(CacheState::Bypass),
+        };
+        let mut e = done(e, 40 + i * 37, cache);
+        e.tokens_in = Some(900 + i * 100);
+        e.tokens_out = Some(20 + i * 5);
+        e.cost_micro_usd = Some(if cache == Some(CacheState::Hit) {
+            0
+        } else {
+            1_250 + i * 10
+        });
+        e.saved_micro_usd = (cache == Some(CacheState::Hit)).then_some(1_300);
+        if i == 5 {
+            e.status = 429;
+        }
+        if i == 9 {
+            e.status = 502;
+            e.error = Some("upstream_unreachable".into());
+            e.upstream_us = None;
+        }
+        if i == 0 {
+            e.detail = Some(Box::new(stream_detail()));
+        }
+        out.push(e);
+    }
+    // A stream still running.
+    let mut running = ev(13, Phase::Start, 25);
+    running.cache = Some(CacheState::Miss);
+    out.push(running);
+    out
+}
+
+fn state(w: u16, h: u16) -> State {
+    let mut s = State::new("listening on 127.0.0.1:8080", "http://127.0.0.1:8080");
+    s.log_path = Some("/home/dev/.local/share/relay/tui.log".into());
+    s.update(Msg::Resize(w, h));
+    s.update(Msg::Tick(T0 + 26_500));
+    for e in events() {
+        s.update(Msg::Event(Arc::new(e)));
+    }
+    s
+}
+
+fn draw(s: &State) -> String {
+    let (w, h) = s.size;
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| render(s, f)).unwrap();
+    t.backend().to_string()
+}
+
+fn key(c: char) -> KeyEvent {
+    KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)
+}
+
+fn code(c: KeyCode) -> KeyEvent {
+    KeyEvent::new(c, KeyModifiers::NONE)
+}
+
+const SIZES: [(u16, u16); 2] = [(80, 24), (120, 40)];
+
+#[test]
+fn main_view() {
+    for (w, h) in SIZES {
+        insta::assert_snapshot!(format!("main_{w}x{h}"), draw(&state(w, h)));
+    }
+}
+
+#[test]
+fn detail_view() {
+    for (w, h) in SIZES {
+        let mut s = state(w, h);
+        handle_key(&mut s, key('g'));
+        assert_eq!(handle_key(&mut s, code(KeyCode::Enter)), None);
+        assert_eq!(s.view, View::Detail);
+        insta::assert_snapshot!(format!("detail_{w}x{h}"), draw(&s));
+        // G shows the end: the stream's events, the last line on the last row above the status bar.
+        handle_key(&mut s, key('G'));
+        let screen = draw(&s);
+        let lines: Vec<&str> = screen.lines().collect();
+        let bottom = s.detail_scroll;
+        assert!(screen.contains("data: [DONE]"), "{screen}");
+        if h == 24 {
+            assert!(bottom > 0);
+            assert!(lines[lines.len() - 2].contains("data: [DONE]"), "{screen}");
+        }
+        handle_key(&mut s, key('j'));
+        assert_eq!(s.detail_scroll, bottom, "j stops at the end");
+        handle_key(&mut s, key('k'));
+        assert_eq!(s.detail_scroll, bottom.saturating_sub(1));
+    }
+}
+
+#[test]
+fn filter_view() {
+    for (w, h) in SIZES {
+        let mut s = state(w, h);
+        handle_key(&mut s, key('/'));
+        for c in "model:gpt-4o cache:miss".chars() {
+            handle_key(&mut s, key(c));
+        }
+        insta::assert_snapshot!(format!("filter_typing_{w}x{h}"), draw(&s));
+        handle_key(&mut s, code(KeyCode::Enter));
+        assert!(s.filter_input.is_none());
+        assert!(s
+            .visible()
+            .iter()
+            .all(|r| r.ev.cache == Some(CacheState::Miss)
+                && r.ev.model.as_deref().unwrap().starts_with("gpt-4o")));
+        insta::assert_snapshot!(format!("filter_{w}x{h}"), draw(&s));
+    }
+}
+
+#[test]
+fn help_view() {
+    for (w, h) in SIZES {
+        let mut s = state(w, h);
+        handle_key(&mut s, key('?'));
+        assert_eq!(s.view, View::Help);
+        insta::assert_snapshot!(format!("help_{w}x{h}"), draw(&s));
+        handle_key(&mut s, code(KeyCode::Esc));
+        assert_eq!(s.view, View::Main);
+    }
+}
+
+#[test]
+fn breakdown_view() {
+    for (w, h) in SIZES {
+        let mut s = state(w, h);
+        handle_key(&mut s, code(KeyCode::Tab));
+        assert_eq!(s.view, View::Models);
+        insta::assert_snapshot!(format!("models_{w}x{h}"), draw(&s));
+        handle_key(&mut s, code(KeyCode::Tab));
+        assert_eq!(s.view, View::Main);
+    }
+}
+
+#[test]
+fn selection_does_not_jump_while_rows_arrive() {
+    let mut s = state(80, 24);
+    handle_key(&mut s, key('k'));
+    handle_key(&mut s, key('k'));
+    let picked = s.selected_row().unwrap().ev.seq;
+    let offset = s.offset;
+    for i in 0..40 {
+        let e = done(ev(100 + i, Phase::End, 26), 10, None);
+        s.update(Msg::Event(Arc::new(e)));
+    }
+    assert_eq!(s.selected_row().unwrap().ev.seq, picked);
+    assert_eq!(s.offset, offset);
+    // G follows the newest again.
+    handle_key(&mut s, key('G'));
+    assert_eq!(s.selected_row().unwrap().ev.seq, 139);
+    s.update(Msg::Event(Arc::new(done(
+        ev(140, Phase::End, 26),
+        10,
+        None,
+    ))));
+    assert_eq!(s.selected_row().unwrap().ev.seq, 140);
+}
+
+#[test]
+fn an_end_event_completes_its_in_flight_row() {
+    let mut s = state(80, 24);
+    assert_eq!(s.in_flight(), 1);
+    let rows = s.len();
+    // Sent upstream (status 0), then its headers: one row, updated in place.
+    let mut sent = ev(14, Phase::Start, 26);
+    sent.status = 0;
+    s.update(Msg::Event(Arc::new(sent)));
+    assert!(draw(&s).contains(" … "));
+    s.update(Msg::Event(Arc::new(ev(14, Phase::Start, 26))));
+    assert_eq!(s.len(), rows + 1);
+    assert_eq!(s.in_flight(), 2);
+    s.update(Msg::Event(Arc::new(done(
+        ev(14, Phase::Start, 26),
+        5,
+        None,
+    ))));
+    assert_eq!(s.len(), rows + 1);
+    assert_eq!(s.in_flight(), 1);
+    let rows = s.len();
+    s.update(Msg::Event(Arc::new(done(
+        ev(13, Phase::Start, 25),
+        1500,
+        Some(CacheState::Miss),
+    ))));
+    assert_eq!(s.in_flight(), 0);
+    assert_eq!(s.len(), rows);
+    assert!(!s.visible().last().unwrap().in_flight());
+}
+
+#[test]
+fn keys_move_pause_clear_sort_and_quit() {
+    let mut s = state(80, 24);
+    assert!(s.follow);
+    handle_key(&mut s, key('g'));
+    assert_eq!(s.selected_row().unwrap().ev.seq, 1);
+    handle_key(&mut s, key('j'));
+    handle_key(&mut s, code(KeyCode::Down));
+    assert_eq!(s.selected_row().unwrap().ev.seq, 3);
+    handle_key(&mut s, code(KeyCode::PageDown));
+    assert_eq!(s.selected_row().unwrap().ev.seq, 13);
+    handle_key(&mut s, code(KeyCode::PageUp));
+    assert_eq!(s.selected_row().unwrap().ev.seq, 1);
+
+    handle_key(&mut s, key('p'));
+    assert!(s.paused);
+    s.update(Msg::Event(Arc::new(done(ev(50, Phase::End, 26), 10, None))));
+    assert_eq!(s.len(), 13);
+    handle_key(&mut s, key('p'));
+    assert_eq!(s.len(), 14);
+
+    handle_key(&mut s, key('s'));
+    assert_eq!(s.sort, state::Sort::LatencyDesc);
+    let lat: Vec<_> = s.visible().iter().map(|r| r.ev.latency_us).collect();
+    assert!(lat.windows(2).all(|w| w[0] >= w[1]), "{lat:?}");
+
+    handle_key(&mut s, key('z'));
+    assert_eq!(s.len(), 0);
+    assert_eq!(s.totals.requests, 0);
+
+    assert_eq!(handle_key(&mut s, key('q')), Some(Command::Quit));
+    let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+    s.view = View::Detail;
+    assert_eq!(handle_key(&mut s, ctrl_c), Some(Command::Quit));
+    // q in a sub-view goes back rather than quitting.
+    assert_eq!(handle_key(&mut s, key('q')), None);
+    assert_eq!(s.view, View::Main);
+}
+
+#[test]
+fn export_and_replay_the_selected_request() {
+    let mut s = state(80, 24);
+    handle_key(&mut s, key('g'));
+    match handle_key(&mut s, key('e')) {
+        Some(Command::Export { request_id, curl }) => {
+            assert_eq!(request_id, "req-0001");
+            assert!(curl.starts_with("curl -X POST 'http://127.0.0.1:8080/v1/chat/completions'"));
+            assert!(curl.contains("authorization: Bearer ***"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(s.popup.is_some());
+    insta::assert_snapshot!("export_80x24", draw(&s));
+    handle_key(&mut s, key('x'));
+    assert!(s.popup.is_none());
+    match handle_key(&mut s, key('r')) {
+        Some(Command::Replay(r)) => {
+            assert_eq!(r.path, "/v1/chat/completions");
+            assert!(r.headers.iter().all(|(k, _)| k != "authorization"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A request captured without detail cannot be replayed: the status bar says why.
+    handle_key(&mut s, key('j'));
+    assert_eq!(handle_key(&mut s, key('r')), None);
+    assert!(s.status.as_deref().unwrap().starts_with("cannot replay"));
+}
+
+#[test]
+fn every_action_has_a_key_and_help() {
+    use keys::{Action, BINDINGS};
+    for a in [
+        Action::Down,
+        Action::Up,
+        Action::Top,
+        Action::Bottom,
+        Action::PageDown,
+        Action::PageUp,
+        Action::Open,
+        Action::Back,
+        Action::Quit,
+        Action::Filter,
+        Action::Pause,
+        Action::Clear,
+        Action::Sort,
+        Action::NextView,
+        Action::Export,
+        Action::Replay,
+        Action::Help,
+    ] {
+        assert!(BINDINGS.iter().any(|b| b.action == a), "{a:?}");
+    }
+    let help = draw(&{
+        let mut s = state(120, 40);
+        s.view = View::Help;
+        s
+    });
+    for b in BINDINGS.iter().filter(|b| !b.label.is_empty()) {
+        assert!(help.contains(b.help), "{}", b.help);
+    }
+}

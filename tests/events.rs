@@ -1,0 +1,229 @@
+//! The live request feed end to end: `GET /relay/events` through a real relay in front of the mock
+//! upstream, and a subscriber that never reads (the proxy must not wait for it).
+
+mod common;
+
+use bytes::Bytes;
+use common::mock::{Kind, Mock};
+use common::*;
+use http::{Request, StatusCode};
+use relay::events::sse::{Message, Parser};
+use relay::events::{CacheState, Next, Phase, RequestEvent, DEFAULT_CAPACITY};
+
+const CHAT: &str = "/v1/chat/completions";
+
+fn chat_body(model: &str, stream: bool) -> String {
+    format!(
+        r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    )
+}
+
+async fn post(relay: &Relay, body: &str, headers: &[(&str, &str)]) -> (StatusCode, Bytes) {
+    let mut req = Request::post(relay.url(CHAT)).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = within(client().request(req.body(full(body.to_string())).unwrap()))
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, bytes(resp).await)
+}
+
+/// An open `/relay/events` stream.
+struct Feed {
+    body: hyper::body::Incoming,
+    parser: Parser,
+    raw: String,
+    pending: std::collections::VecDeque<Message>,
+}
+
+impl Feed {
+    async fn open(relay: &Relay) -> Feed {
+        let resp = within(client().request(get(&relay.url("/relay/events"))))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let mut body = resp.into_body();
+        // The opening comment: from here on the server holds our subscription.
+        let first = next_chunk(&mut body).await.expect("opening comment");
+        assert!(first.starts_with(b": relay events"));
+        Feed {
+            body,
+            parser: Parser::default(),
+            raw: String::new(),
+            pending: Default::default(),
+        }
+    }
+
+    async fn next(&mut self) -> Message {
+        loop {
+            if let Some(m) = self.pending.pop_front() {
+                return m;
+            }
+            let chunk = next_chunk(&mut self.body).await.expect("the feed goes on");
+            self.raw.push_str(&String::from_utf8_lossy(&chunk));
+            self.pending.extend(self.parser.push(&chunk));
+        }
+    }
+
+    async fn event(&mut self) -> RequestEvent {
+        match self.next().await {
+            Message::Event(e) => *e,
+            Message::Dropped(n) => panic!("dropped {n}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn relay_events_streams_start_and_end_with_redacted_detail() {
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    let relay = Relay::start(&format!(
+        "{}cache:\n  enabled: true\n",
+        providers(&openai, &anthropic)
+    ))
+    .await;
+    let mut feed = Feed::open(&relay).await;
+
+    let body = chat_body("gpt-4o-mini", true);
+    let auth = [("authorization", "Bearer sk-secret-123")];
+    let (status, _) = post(&relay, &body, &auth).await;
+    assert_eq!(status, 200);
+
+    let sent = feed.event().await;
+    assert_eq!(sent.phase, Phase::Start);
+    assert_eq!(sent.status, 0, "sent upstream, no headers yet");
+    assert_eq!(sent.cache, None);
+    let start = feed.event().await;
+    assert_eq!(start.seq, sent.seq);
+    assert_eq!(start.phase, Phase::Start);
+    assert_eq!(start.path, CHAT);
+    assert_eq!(start.provider.as_deref(), Some("openai"));
+    assert_eq!(start.model.as_deref(), Some("gpt-4o-mini"));
+    assert_eq!(start.status, 200);
+    assert_eq!(start.cache, Some(CacheState::Miss));
+    assert!(start.latency_us.is_none());
+
+    let end = feed.event().await;
+    assert_eq!(end.phase, Phase::End);
+    assert_eq!(end.seq, start.seq);
+    assert_eq!(end.outcome.as_deref(), Some("complete"));
+    assert!(end.latency_us.is_some() && end.ttfb_us.is_some() && end.upstream_us.is_some());
+    assert_eq!(end.bytes_in, body.len() as u64);
+    assert!(end.bytes_out > 0);
+    let key = end.cache_key.clone().expect("cache key");
+    assert_eq!(key.len(), 12);
+    let detail = end
+        .detail
+        .as_ref()
+        .expect("detail captured while subscribed");
+    assert_eq!(detail.request_body, body);
+    assert!(detail.response_body.contains("data: [DONE]"));
+    assert!(detail
+        .request_headers
+        .contains(&("authorization".to_string(), "Bearer ***".to_string())));
+    assert!(detail
+        .response_headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v == "text/event-stream"));
+
+    // The same request again: a HIT, with the same key and no upstream call (so one start event).
+    let (status, _) = post(&relay, &body, &auth).await;
+    assert_eq!(status, 200);
+    assert_eq!(openai.calls().get(), 1);
+    let start = feed.event().await;
+    assert_eq!(start.cache, Some(CacheState::Hit));
+    assert_eq!(start.status, 200);
+    let end = feed.event().await;
+    assert_eq!(end.cache, Some(CacheState::Hit));
+    assert_eq!(end.cache_key.as_deref(), Some(key.as_str()));
+    assert!(end.upstream_us.is_none());
+
+    // Relay's own error: status and code.
+    let (status, _) = post(&relay, "{nope", &[]).await;
+    assert_eq!(status, 400);
+    let _start = feed.event().await;
+    let end = feed.event().await;
+    assert_eq!(end.status, 400);
+    assert_eq!(end.error.as_deref(), Some("invalid_json"));
+
+    assert!(!feed.raw.contains("sk-secret"), "{}", feed.raw);
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_does_not_stall_requests() {
+    let (openai, _anthropic, relay) = setup("").await;
+    let stalled = relay.server().events().subscribe();
+    // Each request publishes three events (sent upstream, headers, end): they overflow the channel.
+    let n = DEFAULT_CAPACITY;
+    let body = chat_body("gpt-4o", false);
+    for _ in 0..n {
+        let (status, _) = post(&relay, &body, &[]).await;
+        assert_eq!(status, 200);
+    }
+    openai.calls().wait_for(n, "upstream calls").await;
+    let dropped = (3 * n - DEFAULT_CAPACITY) as f64;
+    assert_eq!(
+        metric(&relay.metrics().await, "relay_events_dropped_total", &[]),
+        Some(dropped)
+    );
+    // The stalled subscriber finds out what it lost when it reads, then gets the newest events.
+    let mut stalled = stalled;
+    assert!(matches!(stalled.try_next(), Next::Lagged(l) if l as f64 == dropped));
+    assert!(matches!(stalled.try_next(), Next::Event(_)));
+}
+
+#[tokio::test]
+async fn without_subscribers_nothing_is_published_or_dropped() {
+    let (_openai, _anthropic, relay) = setup("").await;
+    for _ in 0..(DEFAULT_CAPACITY + 10) {
+        let (status, _) = post(&relay, &chat_body("gpt-4o", false), &[]).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        metric(&relay.metrics().await, "relay_events_dropped_total", &[]),
+        Some(0.0)
+    );
+    // A subscriber arriving now sees only what comes after it.
+    let mut sub = relay.server().events().subscribe();
+    assert!(matches!(sub.try_next(), Next::Empty));
+}
+
+#[tokio::test]
+async fn replay_sends_the_captured_request_again_without_its_key() {
+    let (openai, _anthropic, relay) = setup("").await;
+    let mut sub = relay.server().events().subscribe();
+    let body = chat_body("gpt-4o", false);
+    let (status, _) = post(
+        &relay,
+        &body,
+        &[("authorization", "Bearer sk-secret-9"), ("x-trace", "t1")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let end = loop {
+        let ev = within(sub.recv()).await.unwrap().unwrap();
+        if ev.phase == Phase::End {
+            break ev;
+        }
+    };
+    let replay = relay::tui::actions::Replay::of(&end).unwrap();
+    let line = replay.send(&format!("http://{}", relay.addr)).await;
+    assert_eq!(line, "replayed POST /v1/chat/completions → 200");
+    openai.calls().wait_for(2, "the replayed call").await;
+    let again = openai.last();
+    assert_eq!(again.body, body);
+    assert_eq!(again.headers["x-trace"], "t1");
+    assert!(again.headers.get("authorization").is_none());
+    // The replay went through relay: it is in the feed too.
+    let replayed = loop {
+        let ev = within(sub.recv()).await.unwrap().unwrap();
+        if ev.phase == Phase::End {
+            break ev;
+        }
+    };
+    assert_ne!(replayed.seq, end.seq);
+    assert_eq!(replayed.path, CHAT);
+}
