@@ -6,7 +6,9 @@
 
 pub mod cache;
 pub mod config;
+pub mod forward;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod tls;

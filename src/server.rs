@@ -24,7 +24,7 @@ use crate::config::watch::{ConfigWatcher, DEFAULT_DEBOUNCE};
 use crate::config::{CacheBackend, CacheMode, Config, ConfigError, Env};
 use crate::metrics::Metrics;
 use crate::proxy::cache::Cache;
-use crate::proxy::pipeline::{self, Runtime, State};
+use crate::proxy::pipeline::{Runtime, State};
 
 /// How to start a server.
 #[derive(Debug, Clone, Default)]
@@ -65,6 +65,8 @@ pub enum StartError {
     },
     #[error("cache: {0}")]
     Cache(#[from] crate::cache::StoreError),
+    #[error("server.tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot watch {path}: {source}")]
     Watch {
         path: PathBuf,
@@ -101,6 +103,16 @@ impl Server {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
         let source = config.source.clone();
+        let tls_acceptor = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || crate::tls::acceptor(&config))
+                .await
+                .expect("TLS setup does not panic")?
+        };
+        let forward = Arc::new(crate::forward::Forward::new(
+            crate::tls::ca_dir(&config),
+            addr,
+        ));
         let cache = if config.cache.enabled {
             Some(Arc::new(Cache::new(
                 open_store(&config, opts.clock.clone()).await?,
@@ -136,8 +148,15 @@ impl Server {
             }
             _ => None,
         };
-        let accept = tokio::spawn(accept_loop(listener, state.clone(), shutdown_rx));
-        tracing::info!(%addr, "relay listening");
+        let https = tls_acceptor.is_some();
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            state.clone(),
+            shutdown_rx,
+            forward,
+            tls_acceptor,
+        ));
+        tracing::info!(%addr, https, "relay listening");
         Ok(Server {
             addr,
             state,
@@ -182,10 +201,15 @@ impl Server {
     }
 }
 
+/// How long a client has to finish the TLS handshake (`server.tls`).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
+    forward: Arc<crate::forward::Forward>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
@@ -206,8 +230,33 @@ async fn accept_loop(
                 };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
-                let svc = service_fn(move |req| pipeline::handle(state.clone(), peer, req));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let forward = forward.clone();
+                // The forward proxy (CONNECT, absolute-form) first; it hands the rest to the pipeline.
+                let svc = service_fn(move |req| {
+                    crate::forward::handle(forward.clone(), state.clone(), peer, req)
+                });
+                if let Some(tls) = &tls {
+                    // HTTPS: the handshake runs in the connection's task, never in this loop.
+                    let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
+                    conns.spawn(async move {
+                        let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                        if let Err(e) = watcher.watch(conn.into_owned()).await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                    continue;
+                }
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .into_owned();
                 let conn = graceful.watch(conn);
                 conns.spawn(async move {
                     if let Err(e) = conn.await {
