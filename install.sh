@@ -71,9 +71,9 @@ echo
 echo "next steps:"
 case ":$PATH:" in
   *":$bindir:"*) ;;
-  *) echo "  export PATH=\"$bindir:\$PATH\"        # $bindir is not on your PATH yet" ;;
+  *) echo "  export PATH=\"$bindir:\$PATH\"   # $bindir is not on your PATH yet" ;;
 esac
-echo "  relay config check $config     # validate your config"
-echo "  relay serve                        # listen on 127.0.0.1:8080 (reads $config)"
+echo "  relay config check   # validate $config"
+echo "  relay serve          # listen on 127.0.0.1:8080 with $config"
 echo "  export OPENAI_BASE_URL=http://127.0.0.1:8080/v1 ANTHROPIC_BASE_URL=http://127.0.0.1:8080"
-echo "  relay ca path                      # only for HTTPS (server.tls: auto) or HTTPS_PROXY interception"
+echo "  relay ca path        # only for HTTPS (server.tls: auto) or HTTPS_PROXY interception"

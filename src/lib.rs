@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod config;
 pub mod forward;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

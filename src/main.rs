@@ -79,6 +79,16 @@ enum Command {
         #[arg(long, short, global = true, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Check that a running relay answers /healthz (exit 0) — the container HEALTHCHECK.
+    Health {
+        /// URL to ask. Default: http://127.0.0.1:<port of server.listen>/healthz (https://localhost
+        /// when server.tls is on, trusting relay's CA or the configured certificate).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Config file (for server.listen and server.tls). Default: as for `serve`.
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -140,6 +150,24 @@ fn main() -> ExitCode {
             command: CaCommand::Path,
             config,
         } => ca_path(config),
+        Command::Health { url, config } => {
+            let result = Config::load_or_default(config.as_deref(), &Env::from_process())
+                .map_err(|e| e.to_string())
+                .and_then(|cfg| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("tokio runtime");
+                    rt.block_on(relay::health::check(&cfg, url.as_deref()))
+                });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Config {
             command: ConfigCommand::Check { path },
         } => match Config::load_or_default(path.as_deref(), &Env::from_process()) {
