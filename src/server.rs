@@ -333,6 +333,13 @@ async fn reload_loop(
                 if config.server.listen != old.config.server.listen {
                     tracing::warn!("server.listen changed; it takes effect at the next restart");
                 }
+                if (&config.server.tls, &config.server.ca_dir)
+                    != (&old.config.server.tls, &old.config.server.ca_dir)
+                {
+                    tracing::warn!(
+                        "server.tls or server.ca_dir changed; it takes effect at the next restart"
+                    );
+                }
                 let (was, now) = (&old.config.cache, &config.cache);
                 if (was.backend, &was.path, was.max_bytes)
                     != (now.backend, &now.path, now.max_bytes)

@@ -495,3 +495,79 @@ fn tls_and_proxy_config_errors_name_the_key() {
     assert_eq!(cfg.server.tls, relay::config::ServerTls::Auto);
     assert_eq!(cfg.proxy.intercept, relay::config::Intercept::Off);
 }
+
+/// The whole user story with a real, independent client: `relay ca path` prints the trust
+/// variables, and Python's urllib with `HTTPS_PROXY` pointed at relay (and those variables) calls
+/// `https://api.openai.com/...`, which relay intercepts: a MISS, then a HIT, one upstream call.
+#[tokio::test]
+async fn python_client_with_https_proxy_and_ca_path_variables() {
+    let (_origin, mock, relay, dir) = intercepting_setup("").await;
+    let ca_dir = dir.path().join("ca").display().to_string();
+    let config = relay.config_path.clone();
+    let printed = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(["ca", "path", "--config"])
+            .arg(&config)
+            .env("RELAY_SERVER_CA_DIR", &ca_dir)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let stdout = String::from_utf8(printed.stdout).unwrap();
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        dir.path().join("ca").join("ca.pem").display().to_string()
+    );
+    let vars: Vec<(String, String)> = lines
+        .map(|l| {
+            let (k, v) = l.strip_prefix("export ").unwrap().split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    let names: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
+    for want in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"] {
+        assert!(names.contains(&want), "{stdout}");
+    }
+
+    const SCRIPT: &str = r#"
+import json, urllib.request
+body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+for _ in range(2):
+    req = urllib.request.Request("https://api.openai.com/v1/chat/completions", data=body,
+        headers={"Content-Type": "application/json", "Authorization": "Bearer sk-test"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        print(r.status, r.headers["x-relay-cache"], json.load(r)["choices"][0]["message"]["content"])
+"#;
+    let proxy = format!("http://{}", relay.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args(["-c", SCRIPT])
+            .env("HTTPS_PROXY", &proxy)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .env_remove("https_proxy");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "200 MISS Hello world\n200 HIT Hello world\n"
+    );
+    assert_eq!(mock.calls().get(), 1);
+}
