@@ -35,7 +35,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
-use tokio::sync::OnceCell;
+use tokio::sync::{watch, OnceCell};
 
 use crate::proxy::body::RelayBody;
 use crate::proxy::error::{Dialect, EdgeError};
@@ -61,11 +61,29 @@ pub struct Forward {
     plain: Client<HttpConnector, Incoming>,
     /// relay's own listening address (an absolute-form request to it is an ordinary request).
     local: SocketAddr,
+    /// Intercepted connections open now; the server's drain waits for 0 ([`Forward::drained`]).
+    active: watch::Sender<usize>,
+    /// The server's shutdown signal: intercepted connections finish their requests and close.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Counts one intercepted connection while it lives.
+struct Active(Arc<Forward>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.send_modify(|n| *n -= 1);
+    }
 }
 
 impl Forward {
-    /// `ca_dir`: where the local CA lives (see [`tls::ca_dir`]); `local`: the bound address.
-    pub fn new(ca_dir: Result<PathBuf, TlsError>, local: SocketAddr) -> Forward {
+    /// `ca_dir`: where the local CA lives (see [`tls::ca_dir`]); `local`: the bound address;
+    /// `shutdown`: the server's shutdown signal.
+    pub fn new(
+        ca_dir: Result<PathBuf, TlsError>,
+        local: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) -> Forward {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
@@ -77,7 +95,20 @@ impl Forward {
                 .pool_timer(TokioTimer::new())
                 .build(http),
             local,
+            active: watch::channel(0).0,
+            shutdown,
         }
+    }
+
+    /// Resolves when no intercepted connection is open (after shutdown: all drained).
+    pub async fn drained(&self) {
+        let mut rx = self.active.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    fn track(self: &Arc<Self>) -> Active {
+        self.active.send_modify(|n| *n += 1);
+        Active(self.clone())
     }
 
     /// The local CA, opened (or made) on first use on the blocking pool.
@@ -198,7 +229,8 @@ async fn connect(
                 }
             };
             tracing::debug!(%host, %provider, "CONNECT intercepted");
-            tokio::spawn(intercept(req, tls, state, peer, provider, api_root));
+            let active = fwd.track();
+            tokio::spawn(intercept(req, tls, state, peer, provider, api_root, active));
             Response::new(RelayBody::full(Bytes::new()))
         }
         None => {
@@ -257,7 +289,9 @@ async fn intercept(
     peer: SocketAddr,
     provider: String,
     api_root: String,
+    active: Active,
 ) {
+    let mut shutdown = active.0.shutdown.clone();
     let upgraded = match hyper::upgrade::on(req).await {
         Ok(u) => u,
         Err(e) => {
@@ -289,9 +323,21 @@ async fn intercept(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
     builder.http2().timer(TokioTimer::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    // On shutdown: finish the requests in flight (streams included), then close, as the server
+    // does with its own connections; the server's drain waits for this (`active`).
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { drop(shutdown.wait_for(|s| *s).await) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "intercepted connection ended with an error");
     }
+    drop(active);
 }
 
 /// `<api_root>/<rest>` on the provider's host → `/<provider>/v1/<rest>`, the explicit-provider path

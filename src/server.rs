@@ -109,10 +109,6 @@ impl Server {
                 .await
                 .expect("TLS setup does not panic")?
         };
-        let forward = Arc::new(crate::forward::Forward::new(
-            crate::tls::ca_dir(&config),
-            addr,
-        ));
         let cache = if config.cache.enabled {
             Some(Arc::new(Cache::new(
                 open_store(&config, opts.clock.clone()).await?,
@@ -127,6 +123,11 @@ impl Server {
             cache,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let forward = Arc::new(crate::forward::Forward::new(
+            crate::tls::ca_dir(&state.runtime.load().config),
+            addr,
+            shutdown_rx.clone(),
+        ));
         let (reloads, _) = broadcast::channel(16);
 
         let watcher = match (opts.watch_config, source) {
@@ -272,10 +273,12 @@ async fn accept_loop(
     let timeout = state.runtime.load().config.server.shutdown_timeout;
     let inflight = state.metrics.inflight.get();
     tracing::info!(inflight, timeout = %humantime::format_duration(timeout), "shutting down: draining");
-    if tokio::time::timeout(timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // Connections intercepted by the forward proxy drain within the same limit.
+    let drained = async {
+        graceful.shutdown().await;
+        forward.drained().await;
+    };
+    if tokio::time::timeout(timeout, drained).await.is_err() {
         tracing::warn!(
             remaining = state.metrics.inflight.get(),
             "shutdown timeout reached; dropping the requests still in flight"

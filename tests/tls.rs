@@ -571,3 +571,85 @@ for _ in range(2):
     );
     assert_eq!(mock.calls().get(), 1);
 }
+
+#[tokio::test]
+async fn intercepted_streams_are_forwarded_and_replayed() {
+    let (_origin, mock, relay, dir) = intercepting_setup("").await;
+    let relay_ca = dir.path().join("ca").join("ca.pem");
+    let body =
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut got = Vec::new();
+    for want in ["MISS", "HIT"] {
+        let req = Request::post(CHAT)
+            .header("host", "api.openai.com")
+            .header("content-type", "application/json")
+            .header("authorization", "Bearer sk-test")
+            .body(full(body))
+            .unwrap();
+        let p = within(via_proxy(
+            relay.addr,
+            "api.openai.com",
+            443,
+            roots_from_file(&relay_ca),
+            req,
+        ))
+        .await
+        .expect("streamed request through the proxy");
+        assert_eq!(header(&p.response, "x-relay-cache"), Some(want));
+        assert_eq!(
+            header(&p.response, "content-type"),
+            Some("text/event-stream")
+        );
+        got.push(text(p.response).await);
+    }
+    assert!(got[0].ends_with("data: [DONE]\n\n"), "{}", got[0]);
+    assert_eq!(got[0], got[1], "the replay is the recorded stream");
+    assert_eq!(got[0], common::mock::openai_sse("gpt-4o-mini").concat());
+    assert_eq!(mock.calls().get(), 1);
+}
+
+#[tokio::test]
+async fn shutdown_drains_intercepted_streams() {
+    let (_origin, mock, mut relay, dir) = intercepting_setup("").await;
+    let relay_ca = dir.path().join("ca").join("ca.pem");
+    let body =
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"drain"}]}"#;
+    let req = Request::post(CHAT)
+        .header("host", "api.openai.com")
+        .header("content-type", "application/json")
+        .header("x-mock", "hold")
+        .body(full(body))
+        .unwrap();
+    let p = within(via_proxy(
+        relay.addr,
+        "api.openai.com",
+        443,
+        roots_from_file(&relay_ca),
+        req,
+    ))
+    .await
+    .unwrap();
+    let mut stream = p.response.into_body();
+    let sse = common::mock::openai_sse("gpt-4o-mini");
+    let first = read_at_least(&mut stream, sse[0].len()).await;
+
+    let server = relay.take();
+    server.shutdown();
+    let stopped = tokio::spawn(server.wait());
+    // The stream is held upstream, so the drain cannot finish (a bounded number of yields, no sleep).
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !stopped.is_finished(),
+        "the server stopped with an intercepted stream in flight"
+    );
+    mock.release();
+    let rest = read_to_end(&mut stream).await;
+    assert_eq!(
+        String::from_utf8([first, rest].concat()).unwrap(),
+        sse.concat()
+    );
+    within(stopped).await.expect("server stops after the drain");
+    assert_eq!(mock.cancelled().get(), 0);
+}

@@ -269,3 +269,81 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_slice(&text)
         .map_err(|e| format!("{}: no PEM private key in the file: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Env};
+
+    fn cfg(yaml: &str) -> Config {
+        Config::from_yaml_str(yaml, "t.yaml", &Env::empty()).unwrap()
+    }
+
+    fn target(c: &Config, host: &str, port: u16) -> Option<(String, String)> {
+        c.proxy
+            .intercepts(&c.providers, host, port)
+            .map(|t| (c.providers[t.provider].name.clone(), t.api_root))
+    }
+
+    const PROVIDERS: &str = "\
+providers:
+  - {name: gw, kind: openai, base_url: 'https://gateway.example:8443/openai/v1'}
+  - {name: claude, kind: anthropic, base_url: 'http://127.0.0.1:9000'}
+  - {name: openai, kind: openai, base_url: 'http://127.0.0.1:11434/v1'}
+";
+
+    #[test]
+    fn hosts_map_to_providers() {
+        let c = cfg(PROVIDERS);
+        let t = |h, p| target(&c, h, p);
+        // A base_url's host and port, with its path as the API root.
+        assert_eq!(
+            t("gateway.example", 8443),
+            Some(("gw".into(), "/openai/v1".into()))
+        );
+        assert_eq!(
+            t("GATEWAY.example.", 8443),
+            Some(("gw".into(), "/openai/v1".into()))
+        );
+        assert_eq!(t("gateway.example", 443), None);
+        assert_eq!(t("127.0.0.1", 9000), Some(("claude".into(), "".into())));
+        // Well-known hosts: the provider of that name, else the first of that kind.
+        assert_eq!(
+            t("api.openai.com", 443),
+            Some(("openai".into(), "/v1".into()))
+        );
+        assert_eq!(
+            t("api.anthropic.com", 443),
+            Some(("claude".into(), "/v1".into()))
+        );
+        assert_eq!(t("api.openai.com", 8443), None);
+        assert_eq!(t("example.com", 443), None);
+        // Defaults: both public APIs.
+        let d = cfg("");
+        assert_eq!(
+            target(&d, "api.anthropic.com", 443),
+            Some(("anthropic".into(), "/v1".into()))
+        );
+    }
+
+    #[test]
+    fn intercept_setting_narrows_or_disables() {
+        let off = cfg(&format!("{PROVIDERS}proxy: {{intercept: false}}"));
+        assert_eq!(target(&off, "api.openai.com", 443), None);
+        let some = cfg(&format!(
+            "{PROVIDERS}proxy: {{intercept: [gateway.example]}}"
+        ));
+        assert_eq!(target(&some, "api.openai.com", 443), None);
+        assert_eq!(
+            target(&some, "gateway.example", 8443).map(|t| t.0),
+            Some("gw".to_string())
+        );
+        // A well-known host needs a provider of its kind.
+        let err = Config::from_yaml_str(
+            "providers: [{name: a, kind: anthropic, base_url: 'https://x.example/v1'}]\nproxy: {intercept: [api.openai.com]}",
+            "t.yaml",
+            &Env::empty(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key_path(), Some("proxy.intercept[0]"));
+    }
+}
