@@ -653,3 +653,33 @@ async fn shutdown_drains_intercepted_streams() {
     within(stopped).await.expect("server stops after the drain");
     assert_eq!(mock.cancelled().get(), 0);
 }
+
+#[tokio::test]
+async fn intercepted_tunnels_speak_http2_by_alpn() {
+    let (_origin, mock, relay, dir) = intercepting_setup("").await;
+    let relay_ca = dir.path().join("ca").join("ca.pem");
+    for want in ["MISS", "HIT"] {
+        let req = Request::post(format!("https://api.openai.com{CHAT}"))
+            .header("content-type", "application/json")
+            .body(full(BODY))
+            .unwrap();
+        let resp = within(via_proxy_h2(
+            relay.addr,
+            "api.openai.com",
+            443,
+            roots_from_file(&relay_ca),
+            req,
+        ))
+        .await
+        .expect("HTTP/2 request through the proxy");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        assert_eq!(header(&resp, "x-relay-cache"), Some(want));
+        assert_eq!(
+            json(resp).await["choices"][0]["message"]["content"],
+            "Hello world"
+        );
+    }
+    assert_eq!(mock.calls().get(), 1);
+    assert_eq!(mock.last().uri, CHAT);
+}

@@ -198,3 +198,35 @@ pub async fn via_http_proxy(relay: SocketAddr, req: Request<Body>) -> Response<I
     tokio::spawn(conn);
     sender.send_request(req).await.unwrap()
 }
+
+/// [`via_proxy`] speaking HTTP/2 inside the tunnel (ALPN `h2`), as Go and curl clients may.
+pub async fn via_proxy_h2(
+    relay: SocketAddr,
+    host: &str,
+    port: u16,
+    roots: RootCertStore,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, String> {
+    let (code, tcp) = connect_tunnel(relay, host, port).await;
+    if code != 200 {
+        return Err(format!("CONNECT answered {code}"));
+    }
+    let mut cfg = client_config(roots);
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let name = ServerName::try_from(host.to_string()).unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS inside the tunnel: {e}"))?;
+    let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+    if alpn.as_deref() != Some(b"h2".as_slice()) {
+        return Err(format!("ALPN {alpn:?}, not h2"));
+    }
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    sender.send_request(req).await.map_err(|e| e.to_string())
+}
