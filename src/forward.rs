@@ -132,7 +132,11 @@ impl Forward {
             return Ok(c.clone());
         }
         let ca = self.ca().await?;
-        let name = host.to_string();
+        // An IPv6 authority is bracketed (`[::1]`); the certificate names the bare address.
+        let name = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let cfg = tokio::task::spawn_blocking(move || {
             let (ck, _, _) = ca.issue(&[&name])?;
             tls::server_config(ck)
@@ -237,9 +241,9 @@ async fn connect(
             if !peer.ip().is_loopback() {
                 return forbidden(&host);
             }
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
             let upstream =
-                match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((&*host, port)))
-                    .await
+                match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((bare, port))).await
                 {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {

@@ -74,8 +74,8 @@ enum Command {
     Ca {
         #[command(subcommand)]
         command: CaCommand,
-        /// Config file naming the CA directory (server.ca_dir). Default: configs/relay.yaml when
-        /// it exists, else built-in defaults (<data dir>/relay/ca).
+        /// Config file naming the CA directory (server.ca_dir; default <data dir>/relay/ca).
+        /// Default: as for `serve`.
         #[arg(long, short, global = true, value_name = "PATH")]
         config: Option<PathBuf>,
     },
