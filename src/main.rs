@@ -27,9 +27,9 @@ struct Cli {
 enum Command {
     /// Run the proxy (headless).
     Serve {
-        /// Config file (YAML). Default: configs/relay.yaml when it exists, else built-in defaults
-        /// (OpenAI and Anthropic, listening on 127.0.0.1:8080). The file is watched and reloaded
-        /// on change.
+        /// Config file (YAML). Default: configs/relay.yaml when it exists, else
+        /// ~/.config/relay/relay.yaml when it exists, else built-in defaults (OpenAI and Anthropic,
+        /// listening on 127.0.0.1:8080). The file is watched and reloaded on change.
         #[arg(long, short, value_name = "PATH")]
         config: Option<PathBuf>,
         /// Address to listen on, overriding server.listen (e.g. 0.0.0.0:8080).
@@ -90,7 +90,8 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
         /// Config file naming the store (cache.path, cache.backend) and the server
-        /// (server.listen). Default: configs/relay.yaml when it exists, else built-in defaults.
+        /// (server.listen). Default: configs/relay.yaml when it exists, else
+        /// ~/.config/relay/relay.yaml when it exists, else built-in defaults.
         #[arg(long, short, global = true, value_name = "PATH")]
         config: Option<PathBuf>,
         /// Always use the admin API of the relay at this URL (e.g. http://127.0.0.1:8080)
@@ -104,6 +105,32 @@ enum Command {
     /// GET /relay/usage returns, --csv one line per row. Reads the ledger file directly, or goes
     /// through the running relay that holds it.
     Usage(UsageArgs),
+    /// relay's local certificate authority (HTTPS with server.tls: auto, HTTPS_PROXY interception).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+        /// Config file naming the CA directory (server.ca_dir; default <data dir>/relay/ca).
+        /// Default: as for `serve`.
+        #[arg(long, short, global = true, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Check that a running relay answers /healthz (exit 0) — the container HEALTHCHECK.
+    Health {
+        /// URL to ask. Default: http://127.0.0.1:<port of server.listen>/healthz (https://localhost
+        /// when server.tls is on, trusting relay's CA or the configured certificate).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Config file (for server.listen and server.tls). Default: as for `serve`.
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Print the CA certificate's path (making the CA on first use), then the environment
+    /// variables that make clients trust it, ready for `eval "$(relay ca path | tail -n +2)"`.
+    Path,
 }
 
 #[derive(Subcommand)]
@@ -111,7 +138,8 @@ enum ConfigCommand {
     /// Validate a config file (environment overrides applied) and print the effective config with
     /// secrets masked. Exits 1 with the file and key path on an invalid config.
     Check {
-        /// Config file. Default: configs/relay.yaml when it exists, else built-in defaults.
+        /// Config file. Default: configs/relay.yaml when it exists, else
+        /// ~/.config/relay/relay.yaml when it exists, else built-in defaults.
         path: Option<PathBuf>,
     },
 }
@@ -198,6 +226,28 @@ fn main() -> ExitCode {
             server,
         } => cache(command, config, server),
         Command::Usage(args) => usage(args),
+        Command::Ca {
+            command: CaCommand::Path,
+            config,
+        } => ca_path(config),
+        Command::Health { url, config } => {
+            let result = Config::load_or_default(config.as_deref(), &Env::from_process())
+                .map_err(|e| e.to_string())
+                .and_then(|cfg| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("tokio runtime");
+                    rt.block_on(relay::health::check(&cfg, url.as_deref()))
+                });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Config {
             command: ConfigCommand::Check { path },
         } => match Config::load_or_default(path.as_deref(), &Env::from_process()) {
@@ -272,6 +322,42 @@ fn usage(args: UsageArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `relay ca path`: the CA file, then `export` lines for the clients' trust variables.
+fn ca_path(config: Option<PathBuf>) -> ExitCode {
+    let run = || -> anyhow::Result<()> {
+        let cfg = Config::load_or_default(config.as_deref(), &Env::from_process())?;
+        let ca = relay::tls::LocalCa::load_or_create(&relay::tls::ca_dir(&cfg)?)?;
+        let ca_file = ca.cert_path();
+        // SSL_CERT_FILE and REQUESTS_CA_BUNDLE replace the default roots: give them the system
+        // bundle plus relay's CA, so other hosts keep working.
+        let bundle = relay::tls::trust_bundle(&ca)?.unwrap_or_else(|| ca_file.clone());
+        println!("{}", ca_file.display());
+        println!("export SSL_CERT_FILE={}", shell_quote(&bundle));
+        println!("export REQUESTS_CA_BUNDLE={}", shell_quote(&bundle));
+        println!("export NODE_EXTRA_CA_CERTS={}", shell_quote(&ca_file));
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A path as one shell word.
+fn shell_quote(p: &std::path::Path) -> String {
+    let s = p.display().to_string();
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%".contains(c))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 

@@ -25,7 +25,7 @@ use crate::config::{CacheBackend, CacheMode, Config, ConfigError, Env};
 use crate::events::{self, Events};
 use crate::metrics::Metrics;
 use crate::proxy::cache::Cache;
-use crate::proxy::pipeline::{self, Runtime, State};
+use crate::proxy::pipeline::{Runtime, State};
 
 /// How to start a server.
 #[derive(Debug, Clone, Default)]
@@ -66,6 +66,8 @@ pub enum StartError {
     },
     #[error("cache: {0}")]
     Cache(#[from] crate::cache::StoreError),
+    #[error("server.tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot watch {path}: {source}")]
     Watch {
         path: PathBuf,
@@ -102,6 +104,12 @@ impl Server {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
         let source = config.source.clone();
+        let tls_acceptor = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || crate::tls::acceptor(&config))
+                .await
+                .expect("TLS setup does not panic")?
+        };
         let cache = if config.cache.enabled {
             Some(Arc::new(Cache::new(
                 open_store(&config, opts.clock.clone()).await?,
@@ -125,6 +133,11 @@ impl Server {
             events,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let forward = Arc::new(crate::forward::Forward::new(
+            crate::tls::ca_dir(&state.runtime.load().config),
+            addr,
+            shutdown_rx.clone(),
+        ));
         let (reloads, _) = broadcast::channel(16);
 
         let watcher = match (opts.watch_config, source) {
@@ -146,8 +159,15 @@ impl Server {
             }
             _ => None,
         };
-        let accept = tokio::spawn(accept_loop(listener, state.clone(), shutdown_rx));
-        tracing::info!(%addr, "relay listening");
+        let https = tls_acceptor.is_some();
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            state.clone(),
+            shutdown_rx,
+            forward,
+            tls_acceptor,
+        ));
+        tracing::info!(%addr, https, "relay listening");
         Ok(Server {
             addr,
             state,
@@ -204,10 +224,15 @@ impl Server {
     }
 }
 
+/// How long a client has to finish the TLS handshake (`server.tls`).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
+    forward: Arc<crate::forward::Forward>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
@@ -228,8 +253,33 @@ async fn accept_loop(
                 };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
-                let svc = service_fn(move |req| pipeline::handle(state.clone(), peer, req));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let forward = forward.clone();
+                // The forward proxy (CONNECT, absolute-form) first; it hands the rest to the pipeline.
+                let svc = service_fn(move |req| {
+                    crate::forward::handle(forward.clone(), state.clone(), peer, req)
+                });
+                if let Some(tls) = &tls {
+                    // HTTPS: the handshake runs in the connection's task, never in this loop.
+                    let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
+                    conns.spawn(async move {
+                        let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                        if let Err(e) = watcher.watch(conn.into_owned()).await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                    continue;
+                }
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .into_owned();
                 let conn = graceful.watch(conn);
                 conns.spawn(async move {
                     if let Err(e) = conn.await {
@@ -245,10 +295,12 @@ async fn accept_loop(
     let timeout = state.runtime.load().config.server.shutdown_timeout;
     let inflight = state.metrics.inflight.get();
     tracing::info!(inflight, timeout = %humantime::format_duration(timeout), "shutting down: draining");
-    if tokio::time::timeout(timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // Connections intercepted by the forward proxy drain within the same limit.
+    let drained = async {
+        graceful.shutdown().await;
+        forward.drained().await;
+    };
+    if tokio::time::timeout(timeout, drained).await.is_err() {
         tracing::warn!(
             remaining = state.metrics.inflight.get(),
             "shutdown timeout reached; dropping the requests still in flight"
@@ -306,6 +358,13 @@ async fn reload_loop(
                 let old = state.runtime.load();
                 if config.server.listen != old.config.server.listen {
                     tracing::warn!("server.listen changed; it takes effect at the next restart");
+                }
+                if (&config.server.tls, &config.server.ca_dir)
+                    != (&old.config.server.tls, &old.config.server.ca_dir)
+                {
+                    tracing::warn!(
+                        "server.tls or server.ca_dir changed; it takes effect at the next restart"
+                    );
                 }
                 let (was, now) = (&old.config.cache, &config.cache);
                 if (was.backend, &was.path, was.max_bytes)

@@ -20,6 +20,7 @@ mod duration;
 pub mod env;
 mod raw;
 mod resolve;
+pub mod tls;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -29,9 +30,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use env::Env;
+pub use tls::{Intercept, ProxyConfig, ServerTls, UpstreamConfig};
 
 /// The file relay reads when `--config` is not given and the file exists.
 pub const DEFAULT_CONFIG_PATH: &str = "configs/relay.yaml";
+
+/// The user's config, read when `--config` is not given and [`DEFAULT_CONFIG_PATH`] does not exist:
+/// `$XDG_CONFIG_HOME/relay/relay.yaml` (`~/.config/relay/relay.yaml` on Linux).
+pub fn user_config_path() -> Option<PathBuf> {
+    dirs::config_dir().map(|d| d.join("relay").join("relay.yaml"))
+}
 
 /// The whole effective configuration, validated. Cheap to share behind an `Arc`; never mutated.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +64,10 @@ pub struct Config {
     pub keys: Vec<KeyAlias>,
     /// `budgets:` — spending limits by key alias, or `*` for every key without its own.
     pub budgets: BTreeMap<String, Budget>,
+    /// `proxy:` — forward-proxy mode (`CONNECT` interception).
+    pub proxy: ProxyConfig,
+    /// `upstream:` — upstream TLS trust.
+    pub upstream: UpstreamConfig,
     /// Warnings found while loading (legacy sections that relay ignores, etc.), logged by the caller.
     pub warnings: Vec<String>,
 }
@@ -72,6 +84,11 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// One structured log line per request. Default on.
     pub request_log: bool,
+    /// Serve HTTPS. Default off.
+    pub tls: ServerTls,
+    /// Where the local CA lives (`ca.pem`, `ca-key.pem`, and the `tls: auto` certificate). `None`:
+    /// `<data dir>/relay/ca`.
+    pub ca_dir: Option<PathBuf>,
 }
 
 /// The API dialect a provider speaks; decides which header carries an injected key and which error
@@ -506,14 +523,18 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Loads `path` if given, else [`DEFAULT_CONFIG_PATH`] if it exists, else the defaults.
+    /// Loads `path` if given, else [`DEFAULT_CONFIG_PATH`] if it exists, else the user's config
+    /// ([`user_config_path`], where install.sh puts one) if it exists, else the defaults.
     pub fn load_or_default(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
         match path {
             Some(p) => Config::load(p, env),
             None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
                 Config::load(Path::new(DEFAULT_CONFIG_PATH), env)
             }
-            None => Config::from_yaml_str("", "<defaults>", env),
+            None => match user_config_path().filter(|p| p.is_file()) {
+                Some(p) => Config::load(&p, env),
+                None => Config::from_yaml_str("", "<defaults>", env),
+            },
         }
     }
 

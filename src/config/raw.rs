@@ -34,6 +34,8 @@ pub struct RawConfig {
     pub auth: Option<Value>,
     pub transform: Option<Value>,
     pub loadbalancer: Option<Value>,
+    /// How relay connects upstream (`upstream.ca_file`).
+    pub upstream: super::tls::RawUpstream,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -46,6 +48,10 @@ pub struct RawServer {
     #[serde(with = "super::duration")]
     pub shutdown_timeout: Option<Duration>,
     pub request_log: Option<bool>,
+    /// `auto`, `off` or `{cert, key}`: serve HTTPS.
+    pub tls: Option<super::tls::RawTls>,
+    /// Where the local CA (and the `tls: auto` certificate) live.
+    pub ca_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -198,6 +204,8 @@ pub struct RawBudget {
 #[serde(deny_unknown_fields, default)]
 pub struct RawProxy {
     pub target: Option<String>,
+    /// Which `CONNECT` hosts relay decrypts: `true`, `false` or a list.
+    pub intercept: Option<super::tls::RawIntercept>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -103,6 +103,8 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
 
     let cache = resolve_cache(&cx, &raw.cache, &redis)?;
     let limits = resolve_limits(&cx, &raw.ratelimit, &ratelimit, &redis)?;
+    let proxy = super::tls::resolve_intercept(raw.proxy.intercept.as_ref(), &providers, file)?;
+    let upstream = super::tls::resolve_upstream(&raw.upstream, file)?;
 
     let mut models = BTreeMap::new();
     for (name, price) in raw.models {
@@ -185,6 +187,8 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
         cost,
         keys,
         budgets,
+        proxy,
+        upstream,
         warnings,
     })
 }
@@ -345,6 +349,13 @@ fn resolve_server(cx: &Ctx, raw: &RawConfig, env: &Env) -> Result<ServerConfig, 
             .request_log
             .or(raw.logging.enabled)
             .unwrap_or(true),
+        tls: super::tls::resolve_server_tls(raw.server.tls.as_ref(), cx.file)?,
+        ca_dir: raw
+            .server
+            .ca_dir
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
     })
 }
 
@@ -771,6 +782,9 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         keys: BTreeMap<&'a str, &'a str>,
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         budgets: BTreeMap<&'a str, BudgetView>,
+        proxy: ProxyView,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        upstream: Option<UpstreamView>,
     }
     #[derive(Serialize)]
     struct CostView {
@@ -788,11 +802,23 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         monthly: Option<f64>,
     }
     #[derive(Serialize)]
+    struct ProxyView {
+        intercept: super::tls::RawIntercept,
+    }
+    #[derive(Serialize)]
+    struct UpstreamView {
+        ca_file: String,
+    }
+    #[derive(Serialize)]
     struct ServerView {
         listen: String,
         max_body_bytes: u64,
         shutdown_timeout: String,
         request_log: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tls: Option<super::tls::RawTls>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ca_dir: Option<String>,
     }
     #[derive(Serialize)]
     struct ProviderView<'a> {
@@ -893,6 +919,17 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
             max_body_bytes: cfg.server.max_body_bytes,
             shutdown_timeout: d(cfg.server.shutdown_timeout),
             request_log: cfg.server.request_log,
+            tls: match &cfg.server.tls {
+                super::ServerTls::Off => None,
+                super::ServerTls::Auto => Some(super::tls::RawTls::Mode("auto".into())),
+                super::ServerTls::Files { cert, key } => {
+                    Some(super::tls::RawTls::Files(super::tls::RawTlsFiles {
+                        cert: cert.display().to_string(),
+                        key: key.display().to_string(),
+                    }))
+                }
+            },
+            ca_dir: cfg.server.ca_dir.as_ref().map(|p| p.display().to_string()),
         },
         providers: cfg
             .providers
@@ -1013,6 +1050,16 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
                 )
             })
             .collect(),
+        proxy: ProxyView {
+            intercept: match &cfg.proxy.intercept {
+                super::Intercept::All => super::tls::RawIntercept::All(true),
+                super::Intercept::Off => super::tls::RawIntercept::All(false),
+                super::Intercept::Hosts(h) => super::tls::RawIntercept::Hosts(h.clone()),
+            },
+        },
+        upstream: cfg.upstream.ca_file.as_ref().map(|p| UpstreamView {
+            ca_file: p.display().to_string(),
+        }),
     };
     yaml_serde::to_string(&view).expect("config view serializes")
 }

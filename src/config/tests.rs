@@ -286,7 +286,7 @@ fn errors_name_file_and_key_path() {
             "unknown key",
             "server:\n  lisen: 127.0.0.1:1\n",
             "t.yaml: server.lisen: unknown field `lisen`, expected one of `listen`, `port`, \
-             `max_body_bytes`, `shutdown_timeout`, `request_log`",
+             `max_body_bytes`, `shutdown_timeout`, `request_log`, `tls`, `ca_dir`",
         ),
         (
             "unknown key in a provider",
@@ -299,7 +299,7 @@ fn errors_name_file_and_key_path() {
             "sever: {}\n",
             "t.yaml: sever: unknown field `sever`, expected one of `server`, `providers`, \
              `routes`, `ratelimit`, `redis`, `cache`, `models`, `cost`, `keys`, `budgets`, `proxy`, `logging`, `auth`, \
-             `transform`, `loadbalancer`",
+             `transform`, `loadbalancer`, `upstream`",
         ),
         (
             "wrong type",

@@ -1,7 +1,7 @@
 //! The upstream side: pooled HTTP clients and the request relay sends.
 //!
 //! One hyper-util client per distinct connection setting (HTTP/1.1 keep-alive pool by default; HTTP/2
-//! when a provider sets `http2: true`), over rustls with the webpki roots. Clients survive config
+//! when a provider sets `http2: true`), over rustls with the webpki roots plus `upstream.ca_file`. Clients survive config
 //! reloads when their settings do not change, so a reload keeps warm connections.
 //!
 //! Headers: hop-by-hop headers (and those named in `Connection`) are removed both ways; `Host` comes
@@ -32,10 +32,12 @@ pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
 type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 /// What makes two providers able to share a client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ClientKey {
     http2: bool,
     connect_timeout: Duration,
+    /// `upstream.ca_file`'s certificates, trusted beside the webpki roots.
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// Clients for every provider of one config, by provider index.
@@ -56,13 +58,14 @@ impl Upstreams {
                 let key = ClientKey {
                     http2: p.http2,
                     connect_timeout: p.timeouts.connect,
+                    extra_roots: cfg.upstream.extra_roots.clone(),
                 };
                 by_key
-                    .entry(key)
+                    .entry(key.clone())
                     .or_insert_with(|| {
                         previous
                             .and_then(|prev| prev.by_key.get(&key).cloned())
-                            .unwrap_or_else(|| build_client(key))
+                            .unwrap_or_else(|| build_client(&key))
                     })
                     .clone()
             })
@@ -109,14 +112,26 @@ impl Upstreams {
     }
 }
 
-fn build_client(key: ClientKey) -> HttpsClient {
+fn build_client(key: &ClientKey) -> HttpsClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(key.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in &key.extra_roots {
+        if let Err(e) = roots.add(cert.clone()) {
+            tracing::warn!(error = %e, "upstream.ca_file: a certificate cannot be a trust root; skipped");
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_tls_config(tls)
         .https_or_http();
     let connector = if key.http2 {
         builder.enable_http2().wrap_connector(http)

@@ -113,6 +113,21 @@ impl Drop for Mock {
 
 impl Mock {
     pub async fn start(name: &str, kind: Kind) -> Mock {
+        Mock::start_inner(name, kind, None).await
+    }
+
+    /// The same mock over HTTPS with `tls`'s certificate (see `common::tls::TestCa`); its base URL
+    /// is [`Mock::https_base_url`].
+    pub async fn start_tls(name: &str, kind: Kind, tls: Arc<rustls::ServerConfig>) -> Mock {
+        Mock::start_inner(name, kind, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    /// `https://localhost:<port>/v1`, for a mock started with [`Mock::start_tls`].
+    pub fn https_base_url(&self) -> String {
+        format!("https://localhost:{}/v1", self.addr.port())
+    }
+
+    async fn start_inner(name: &str, kind: Kind, tls: Option<tokio_rustls::TlsAcceptor>) -> Mock {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
@@ -135,11 +150,17 @@ impl Mock {
                 };
                 s.connections.inc();
                 let s = s.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(s.clone(), req));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let _ = match tls {
+                        None => builder.serve_connection(TokioIo::new(tcp), svc).await,
+                        Some(tls) => match tls.accept(tcp).await {
+                            Ok(stream) => builder.serve_connection(TokioIo::new(stream), svc).await,
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });

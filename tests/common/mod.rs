@@ -4,6 +4,7 @@
 
 pub mod mock;
 pub mod redis;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

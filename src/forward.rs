@@ -1,0 +1,493 @@
+//! Forward-proxy mode: relay as `HTTPS_PROXY` / `HTTP_PROXY`, for apps that hard-code
+//! `https://api.openai.com` and cannot be given a base URL.
+//!
+//! What comes in: every request on relay's listener passes [`handle`] first.
+//! - `CONNECT host:port` to a host that maps to a provider (`api.openai.com`, `api.anthropic.com`,
+//!   the host of any `base_url`; `proxy.intercept` narrows or turns this off): relay answers `200`,
+//!   takes over the tunnel, terminates TLS with a certificate for that host signed by its local CA
+//!   (made on demand, kept in memory), and runs each decrypted request through the normal pipeline
+//!   ([`pipeline::handle`]) as the explicit-provider path `/<provider>/v1/...`, so the cache, limits,
+//!   cost and events all apply.
+//! - `CONNECT` to any other host: a blind byte tunnel (`copy_bidirectional`); relay never sees the
+//!   plaintext and the client sees the origin's own certificate.
+//! - An HTTP/1 absolute-form request (`GET http://host/path`): to a provider host it goes through the
+//!   pipeline the same way; to relay's own address it is an ordinary request; to any other host it is
+//!   forwarded as a plain HTTP proxy would.
+//! - Anything else goes straight to [`pipeline::handle`].
+//!
+//! Blind tunnels and plain forwarding to non-provider hosts are served to loopback peers only, so a
+//! relay listening on all interfaces is not an open proxy (others get `403`).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OnceCell};
+
+use crate::proxy::body::RelayBody;
+use crate::proxy::error::{Dialect, EdgeError};
+use crate::proxy::pipeline::{self, State};
+use crate::proxy::upstream::strip_hop_by_hop;
+use crate::tls::{self, LocalCa, TlsError};
+
+/// How long relay waits to connect a blind tunnel or a plain-HTTP origin.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to finish the TLS handshake inside an intercepted tunnel.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest silence between two chunks of a plain-HTTP forwarded response.
+const PLAIN_IDLE: Duration = Duration::from_secs(300);
+
+/// The forward-proxy side of one server: the local CA (opened on first interception), the
+/// per-host TLS configs made with it, and a plain HTTP client.
+pub struct Forward {
+    ca_dir: Result<PathBuf, String>,
+    ca: OnceCell<Arc<LocalCa>>,
+    /// Intercepted host (lower case) → its TLS config. Read once per `CONNECT`, written once per
+    /// new host.
+    hosts: RwLock<HashMap<String, Arc<ServerConfig>>>,
+    plain: Client<HttpConnector, Incoming>,
+    /// relay's own listening address (an absolute-form request to it is an ordinary request).
+    local: SocketAddr,
+    /// Intercepted connections open now; the server's drain waits for 0 ([`Forward::drained`]).
+    active: watch::Sender<usize>,
+    /// The server's shutdown signal: intercepted connections finish their requests and close.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Counts one intercepted connection while it lives.
+struct Active(Arc<Forward>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Forward {
+    /// `ca_dir`: where the local CA lives (see [`tls::ca_dir`]); `local`: the bound address;
+    /// `shutdown`: the server's shutdown signal.
+    pub fn new(
+        ca_dir: Result<PathBuf, TlsError>,
+        local: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) -> Forward {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        Forward {
+            ca_dir: ca_dir.map_err(|e| e.to_string()),
+            ca: OnceCell::new(),
+            hosts: RwLock::new(HashMap::new()),
+            plain: Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .build(http),
+            local,
+            active: watch::channel(0).0,
+            shutdown,
+        }
+    }
+
+    /// Resolves when no intercepted connection is open (after shutdown: all drained).
+    pub async fn drained(&self) {
+        let mut rx = self.active.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    fn track(self: &Arc<Self>) -> Active {
+        self.active.send_modify(|n| *n += 1);
+        Active(self.clone())
+    }
+
+    /// The local CA, opened (or made) on first use on the blocking pool.
+    pub async fn ca(&self) -> Result<Arc<LocalCa>, String> {
+        self.ca
+            .get_or_try_init(|| async {
+                let dir = self.ca_dir.clone()?;
+                tokio::task::spawn_blocking(move || LocalCa::load_or_create(&dir))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .cloned()
+    }
+
+    /// The TLS config that presents a certificate for `host`, made and cached on first use.
+    async fn host_config(&self, host: &str) -> Result<Arc<ServerConfig>, String> {
+        if let Some(c) = self.hosts.read().expect("not poisoned").get(host) {
+            return Ok(c.clone());
+        }
+        let ca = self.ca().await?;
+        // An IPv6 authority is bracketed (`[::1]`); the certificate names the bare address.
+        let name = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let cfg = tokio::task::spawn_blocking(move || {
+            let (ck, _, _) = ca.issue(&[&name])?;
+            tls::server_config(ck)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        self.hosts
+            .write()
+            .expect("not poisoned")
+            .insert(host.to_string(), cfg.clone());
+        Ok(cfg)
+    }
+
+    /// True when `authority` names relay itself (its port on a loopback, unspecified or bound
+    /// address, or `localhost`).
+    fn is_self(&self, host: &str, port: u16) -> bool {
+        if port != self.local.port() {
+            return false;
+        }
+        if host.eq_ignore_ascii_case("localhost") {
+            return true;
+        }
+        match host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+        {
+            Ok(ip) => ip.is_loopback() || ip.is_unspecified() || ip == self.local.ip(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// The service every connection runs: forward-proxy requests here, everything else to the pipeline.
+pub async fn handle(
+    fwd: Arc<Forward>,
+    state: Arc<State>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<RelayBody>, Infallible> {
+    if req.method() == Method::CONNECT {
+        return Ok(connect(fwd, state, peer, req).await);
+    }
+    // HTTP/2 requests always carry scheme and authority; only HTTP/1's absolute form is a proxy
+    // request.
+    let absolute = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11)
+        && req.uri().scheme().is_some();
+    if absolute {
+        if let Some(authority) = req.uri().authority().cloned() {
+            let https = req.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+            let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let host = authority.host().to_ascii_lowercase();
+            if !fwd.is_self(&host, port) {
+                return Ok(absolute_form(fwd, state, peer, req, &host, port).await);
+            }
+        }
+    }
+    pipeline::handle(state, peer, req).await
+}
+
+/// `CONNECT host:port`.
+async fn connect(
+    fwd: Arc<Forward>,
+    state: Arc<State>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<RelayBody> {
+    let Some((host, port)) = req
+        .uri()
+        .authority()
+        .map(|a| (a.host().to_ascii_lowercase(), a.port_u16().unwrap_or(443)))
+    else {
+        return proxy_error(
+            StatusCode::BAD_REQUEST,
+            "bad_connect_target",
+            "CONNECT needs host:port",
+        );
+    };
+    let target = {
+        let rt = state.runtime.load();
+        rt.config
+            .proxy
+            .intercepts(&rt.config.providers, &host, port)
+            .map(|t| (rt.config.providers[t.provider].name.clone(), t.api_root))
+    };
+    match target {
+        Some((provider, api_root)) => {
+            let tls = match fwd.host_config(&host).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(%host, error = %e, "cannot make a certificate to intercept");
+                    return proxy_error(StatusCode::BAD_GATEWAY, "local_ca_unavailable", &e);
+                }
+            };
+            tracing::debug!(%host, %provider, "CONNECT intercepted");
+            let active = fwd.track();
+            tokio::spawn(intercept(req, tls, state, peer, provider, api_root, active));
+            Response::new(RelayBody::full(Bytes::new()))
+        }
+        None => {
+            if !peer.ip().is_loopback() {
+                return forbidden(&host);
+            }
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let upstream =
+                match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((bare, port))).await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        return proxy_error(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_unreachable",
+                            &format!("cannot connect to {host}:{port}: {e}"),
+                        )
+                    }
+                    Err(_) => {
+                        return proxy_error(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "upstream_timeout",
+                            &format!("connecting to {host}:{port} timed out"),
+                        )
+                    }
+                };
+            tracing::debug!(%host, port, "CONNECT tunnelled");
+            tokio::spawn(tunnel(req, upstream));
+            Response::new(RelayBody::full(Bytes::new()))
+        }
+    }
+}
+
+/// The blind tunnel, once the client has the `200`.
+async fn tunnel(req: Request<Incoming>, mut upstream: TcpStream) {
+    let upgraded = match hyper::upgrade::on(req).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "CONNECT upgrade failed");
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let mut client = TokioIo::new(upgraded);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "tunnel ended with an error");
+    }
+}
+
+/// The intercepted tunnel: TLS with relay's certificate for the host, then HTTP/1.1 or HTTP/2
+/// (ALPN), each request through the pipeline as `/<provider>/v1/...`.
+async fn intercept(
+    req: Request<Incoming>,
+    tls: Arc<ServerConfig>,
+    state: Arc<State>,
+    peer: SocketAddr,
+    provider: String,
+    api_root: String,
+    active: Active,
+) {
+    let mut shutdown = active.0.shutdown.clone();
+    let upgraded = match hyper::upgrade::on(req).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "CONNECT upgrade failed");
+            return;
+        }
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(TokioIo::new(upgraded));
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            // Typically: the client does not trust relay's CA (see `relay ca path`).
+            tracing::warn!(%provider, error = %e, "TLS handshake in an intercepted tunnel failed (does the client trust relay's CA? see `relay ca path`)");
+            return;
+        }
+        Err(_) => return,
+    };
+    let (provider, api_root) = (Arc::new(provider), Arc::new(api_root));
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        let (provider, api_root) = (provider.clone(), api_root.clone());
+        async move {
+            match rewrite(req, &provider, &api_root) {
+                Ok(req) => pipeline::handle(state, peer, req).await,
+                Err(resp) => Ok(*resp),
+            }
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    // On shutdown: finish the requests in flight (streams included), then close, as the server
+    // does with its own connections; the server's drain waits for this (`active`).
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { drop(shutdown.wait_for(|s| *s).await) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "intercepted connection ended with an error");
+    }
+    drop(active);
+}
+
+/// `<api_root>/<rest>` on the provider's host → `/<provider>/v1/<rest>`, the explicit-provider path
+/// the pipeline routes without looking at the body. A path outside the API root is a 404.
+fn rewrite<B>(
+    mut req: Request<B>,
+    provider: &str,
+    api_root: &str,
+) -> Result<Request<B>, Box<Response<RelayBody>>> {
+    let path = req.uri().path();
+    let tail = match path.strip_prefix(api_root) {
+        Some(t) if t.is_empty() || t.starts_with('/') => t,
+        _ => {
+            let e = EdgeError::NoRoute {
+                method: req.method().to_string(),
+                path: path.to_string(),
+                model: None,
+            };
+            let id = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("ASCII");
+            let dialect = Dialect::of(path, req.headers());
+            return Err(Box::new(e.to_response(dialect, &id).map(RelayBody::full)));
+        }
+    };
+    let mut pq = format!("/{provider}/v1{tail}");
+    if let Some(q) = req.uri().query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    match Uri::builder().path_and_query(pq).build() {
+        Ok(uri) => {
+            *req.uri_mut() = uri;
+            Ok(req)
+        }
+        Err(e) => Err(Box::new(proxy_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request_path",
+            &e.to_string(),
+        ))),
+    }
+}
+
+/// `GET http://host/...` sent to relay as a proxy.
+async fn absolute_form(
+    fwd: Arc<Forward>,
+    state: Arc<State>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    host: &str,
+    port: u16,
+) -> Response<RelayBody> {
+    let target = {
+        let rt = state.runtime.load();
+        rt.config
+            .proxy
+            .intercepts(&rt.config.providers, host, port)
+            .map(|t| (rt.config.providers[t.provider].name.clone(), t.api_root))
+    };
+    if let Some((provider, api_root)) = target {
+        return match rewrite(req, &provider, &api_root) {
+            Ok(req) => match pipeline::handle(state, peer, req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            },
+            Err(resp) => *resp,
+        };
+    }
+    if !peer.ip().is_loopback() {
+        return forbidden(host);
+    }
+    if req.uri().scheme() != Some(&http::uri::Scheme::HTTP) {
+        return proxy_error(
+            StatusCode::BAD_REQUEST,
+            "bad_proxy_request",
+            "only http:// URLs can be proxied in absolute form; use CONNECT for https",
+        );
+    }
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    let req = Request::from_parts(parts, body);
+    match fwd.plain.request(req).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, RelayBody::upstream(body, PLAIN_IDLE))
+        }
+        Err(e) => proxy_error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            &format!("{host}:{port}: {e}"),
+        ),
+    }
+}
+
+/// 403 for a non-loopback peer asking relay to reach a host that is not a provider.
+fn forbidden(host: &str) -> Response<RelayBody> {
+    proxy_error(
+        StatusCode::FORBIDDEN,
+        "proxy_forbidden",
+        &format!("relay proxies {host} (not a provider host) for loopback clients only"),
+    )
+}
+
+/// relay's own forward-proxy error, in the OpenAI error shape with `x-relay-error`.
+fn proxy_error(status: StatusCode, code: &'static str, message: &str) -> Response<RelayBody> {
+    let body = serde_json::json!({
+        "error": {"message": message, "type": "relay_proxy_error", "param": null, "code": code}
+    });
+    let mut resp = Response::new(RelayBody::full(body.to_string()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert("x-relay-error", HeaderValue::from_static(code));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(uri: &str, provider: &str, root: &str) -> Result<String, u16> {
+        let req = Request::get(uri).body(()).unwrap();
+        rewrite(req, provider, root)
+            .map(|r| r.uri().to_string())
+            .map_err(|r| r.status().as_u16())
+    }
+
+    #[test]
+    fn rewrites_to_the_explicit_provider_path() {
+        assert_eq!(
+            path("/v1/chat/completions?x=1", "openai", "/v1").unwrap(),
+            "/openai/v1/chat/completions?x=1"
+        );
+        assert_eq!(
+            path("https://api.anthropic.com/v1/messages", "anthropic", "/v1").unwrap(),
+            "/anthropic/v1/messages"
+        );
+        assert_eq!(
+            path("/openai/v1/models", "groq", "/openai/v1").unwrap(),
+            "/groq/v1/models"
+        );
+        assert_eq!(path("/x/models", "p", "").unwrap(), "/p/v1/x/models");
+        assert_eq!(path("/healthz", "openai", "/v1"), Err(404));
+        assert_eq!(path("/v1beta/x", "openai", "/v1"), Err(404));
+    }
+}
