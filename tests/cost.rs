@@ -374,19 +374,49 @@ async fn ledger_aggregates_concurrent_load_and_survives_restart() {
     server.shutdown();
     within(server.wait()).await;
 
+    // Restarted with a daily budget alice has already spent (20 × 43 µ$ > 500 µ$): the spend so far
+    // is read back from the ledger, so she is refused and bob is not.
+    let yaml = aliases_yaml(
+        &openai,
+        &anthropic,
+        "budgets:\n  alice: {daily: 0.0005}\n  bob: {daily: 0.0009}\n",
+    );
     let second = Relay::start_with(&yaml, env, false).await;
+    let with_key = |key: &'static str| [("authorization", key)];
+    let (s, _, _) = call(
+        &second,
+        CHAT,
+        &chat_body("gpt-4o", false),
+        &with_key("Bearer sk-alice"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    let (s, _, _) = call(
+        &second,
+        CHAT,
+        &chat_body("gpt-4o", false),
+        &with_key("Bearer sk-bob"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    settled(&second, 2).await;
     let r = usage(&second, "by=key").await;
     let other = format!("key-{}", &blake3::hash(b"sk-somebody-else").to_hex()[..12]);
-    for name in ["alice", "bob", other.as_str()] {
+    for (name, extra) in [("alice", 0), ("bob", 1), (other.as_str(), 0)] {
         let row = group(&r, name);
-        assert_eq!(row["requests"], 20, "{name}");
-        assert_eq!(row["misses"], 20, "{name}");
-        assert_eq!(row["input"], 20 * 9, "{name}");
-        assert_eq!(row["output"], 20 * 2, "{name}");
+        assert_eq!(
+            row["requests"],
+            20 + extra + u64::from(name == "alice"),
+            "{name}"
+        );
+        assert_eq!(row["misses"], 20 + extra, "{name}");
+        assert_eq!(row["input"], (20 + extra) * 9, "{name}");
+        assert_eq!(row["output"], (20 + extra) * 2, "{name}");
         // 10 JSON + 10 streamed answers, each 9 in + 2 out on gpt-4o.
-        assert_eq!(row["cost_micros"], 20 * 43, "{name}");
+        assert_eq!(row["cost_micros"], (20 + extra) * 43, "{name}");
     }
-    assert_eq!(r["total"]["requests"], 60);
+    assert_eq!(group(&r, "alice")["errors"], 1);
+    assert_eq!(r["total"]["requests"], 62);
     // The raw keys are nowhere in the ledger file.
     drop(second);
     let raw = std::fs::read(&ledger).unwrap();

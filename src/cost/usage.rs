@@ -143,13 +143,50 @@ const MAX_EVENT: usize = 4 << 20;
 /// The most streamed text kept for counting.
 const MAX_TEXT: usize = 4 << 20;
 
+/// Answers up to this size are parsed whole to find `usage`; larger ones (embeddings batches) are
+/// searched from the end for it, so reading the usage stays far below a millisecond.
+const PARSE_WHOLE: usize = 64 << 10;
+
 /// The usage in a whole JSON answer (top-level `usage`), if any.
 pub fn from_json(body: &[u8]) -> Option<Usage> {
     #[derive(Deserialize)]
     struct Top {
         usage: Option<RawUsage>,
     }
+    if body.len() > PARSE_WHOLE {
+        // Providers put `usage` at (or near) the end: parse just that object.
+        if let Some(u) = last_usage_object(body) {
+            return u.normalise();
+        }
+    }
     serde_json::from_slice::<Top>(body).ok()?.usage?.normalise()
+}
+
+/// The last `"usage": {...}` object in `body`, parsed.
+fn last_usage_object(body: &[u8]) -> Option<RawUsage> {
+    const NEEDLE: &[u8] = b"\"usage\"";
+    let mut end = body.len();
+    while end >= NEEDLE.len() {
+        let at = body[..end]
+            .windows(NEEDLE.len())
+            .rposition(|w| w == NEEDLE)?;
+        let mut j = at + NEEDLE.len();
+        while j < body.len() && body[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if body.get(j) == Some(&b':') {
+            j += 1;
+            while j < body.len() && body[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            if body.get(j) == Some(&b'{') {
+                let mut de = serde_json::Deserializer::from_slice(&body[j..]);
+                return RawUsage::deserialize(&mut de).ok();
+            }
+        }
+        end = at;
+    }
+    None
 }
 
 /// The usage in a sequence of whole SSE events (a recorded stream), if any.
@@ -566,6 +603,21 @@ mod tests {
             (u.input, u.cached_input, u.output, u.reasoning),
             (40, 60, 7, 3)
         );
+    }
+
+    #[test]
+    fn large_json_answers_are_searched_from_the_end() {
+        let floats = vec![0.125f32; 40_000];
+        let body = serde_json::json!({"object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": floats, "note": "usage"}],
+            "model": "text-embedding-3-small",
+            "usage": {"prompt_tokens": 8, "total_tokens": 8}})
+        .to_string();
+        assert!(body.len() > PARSE_WHOLE);
+        let u = from_json(body.as_bytes()).unwrap();
+        assert_eq!((u.input, u.output), (8, 0));
+        let without = body.replace("\"usage\":{", "\"usage_x\":{");
+        assert_eq!(from_json(without.as_bytes()), None);
     }
 
     #[test]
