@@ -760,3 +760,31 @@ async fn grafana_dashboard_queries_only_metrics_relay_exports() {
         );
     }
 }
+
+/// A caller that leaves mid-stream (before the usage chunk) is still booked: as an error, with
+/// tokens counted by relay from the request and the text streamed so far.
+#[tokio::test]
+async fn a_stream_cut_off_by_the_caller_is_booked_with_estimated_tokens() {
+    let (openai, _anthropic, relay) = setup("").await;
+    let mut req = json_req(&relay.url(CHAT), chat_body("gpt-4o", true));
+    req.headers_mut()
+        .insert("x-mock", http::HeaderValue::from_static("hold"));
+    let resp = within(client().request(req)).await.unwrap();
+    let mut stream = resp.into_body();
+    next_chunk(&mut stream).await.expect("first event");
+    drop(stream);
+    openai
+        .cancelled()
+        .wait_for(1, "cancelled upstream responses")
+        .await;
+    settled(&relay, 1).await;
+    let row = group(&usage(&relay, "by=model").await, "gpt-4o").clone();
+    assert_eq!(row["errors"], 1);
+    assert_eq!(row["misses"], 0);
+    assert_eq!(row["estimated"], 1);
+    assert_eq!(row["input"], 8);
+    // The first event carries an empty delta.
+    assert_eq!(row["output"], 0);
+    assert_eq!(row["cost_micros"], 20); // 8 × $2.50/M
+    openai.release();
+}
