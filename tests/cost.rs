@@ -788,3 +788,53 @@ async fn a_stream_cut_off_by_the_caller_is_booked_with_estimated_tokens() {
     assert_eq!(row["cost_micros"], 20); // 8 × $2.50/M
     openai.release();
 }
+
+/// A request that shares an identical request's upstream call (single flight) is a hit: it costs
+/// nothing, saves what the call cost, and gets the stream without the injected usage chunk.
+#[tokio::test]
+async fn a_shared_upstream_call_is_booked_once_and_saved_once() {
+    let (openai, _anthropic, relay) = setup("cache: {enabled: true}\n").await;
+    let body = chat_body("gpt-4o", true);
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let mut req = json_req(&relay.url(CHAT), body.clone());
+        req.headers_mut()
+            .insert("x-mock", http::HeaderValue::from_static("hold"));
+        tasks.push(tokio::spawn(async move {
+            let resp = within(client().request(req)).await.unwrap();
+            let cache = resp.headers()["x-relay-cache"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            (cache, bytes(resp).await)
+        }));
+    }
+    openai.calls().wait_for(1, "upstream calls").await;
+    // Both requests in relay before the upstream answers (bounded by the loop, not timed).
+    for _ in 0..2000 {
+        if relay.metrics().await.contains("relay_inflight_requests 2") {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    openai.release();
+    let mut seen = Vec::new();
+    for t in tasks {
+        let (cache, b) = t.await.unwrap();
+        assert_eq!(b, mock::openai_sse("gpt-4o").concat().as_bytes());
+        seen.push(cache);
+    }
+    seen.sort();
+    assert_eq!(seen, ["HIT", "MISS"]);
+    assert_eq!(openai.calls().get(), 1);
+    settled(&relay, 2).await;
+    let r = usage(&relay, "by=model").await;
+    let row = group(&r, "gpt-4o");
+    assert_eq!(
+        (row["hits"].as_u64(), row["misses"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(row["cost_micros"], 43);
+    assert_eq!(row["saved_micros"], 43);
+    assert_eq!(row["input"], 9, "tokens count the one upstream call");
+}
