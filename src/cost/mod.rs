@@ -686,7 +686,7 @@ impl Hook {
         if x.usage.is_some() {
             return;
         }
-        let (Some(request), Some(output)) = (self.request, reading.text) else {
+        let (Some(request), Some(output)) = (self.request, reading.generated) else {
             return;
         };
         let est = tokens::Estimate {
