@@ -195,6 +195,19 @@ async fn a_stream_without_usage_is_counted_with_tiktoken_and_marked_estimated() 
     .await;
     settled(&relay, 2).await;
     let r = usage(&relay, "by=model").await;
+    let m = relay.metrics().await;
+    let est = |kind| {
+        metric(
+            &m,
+            "relay_tokens_estimated_total",
+            &[("provider", "openai"), ("model", "gpt-4o"), ("kind", kind)],
+        )
+    };
+    assert_eq!((est("input"), est("output")), (Some(8.0), Some(2.0)));
+    assert!(
+        !m.contains("relay_tokens_total{"),
+        "estimates stay apart:\n{m}"
+    );
     for model in ["gpt-4o", "gpt-4o-mini"] {
         let row = group(&r, model);
         // Request: 3 per message + "user" (1) + "hi" (1) + 3 to prime the reply = 8 (o200k_base).

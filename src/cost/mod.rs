@@ -349,7 +349,13 @@ impl Tally {
                 ("output", u.output),
             ] {
                 if n > 0 && !self.hit {
-                    m.tokens.with_label_values(&labels(kind)).inc_by(n);
+                    // Metered and estimated figures stay apart.
+                    let counter = if u.estimated {
+                        &m.tokens_estimated
+                    } else {
+                        &m.tokens
+                    };
+                    counter.with_label_values(&labels(kind)).inc_by(n);
                 }
             }
             if !self.hit {
