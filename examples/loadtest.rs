@@ -19,9 +19,14 @@
 //! per-key limit far above the offered load in process, and the same limit shared through Redis
 //! (built with `--features redis` and when a `redis-server` can be spawned), and what each adds.
 //!
-//! relay runs in-process with its default config (cache on, in a temp dir; request log on, written
-//! through the non-blocking writer to a sink), its own 2-thread runtime; the mock upstream and the
-//! load generator have one thread each. All of it shares the machine's cores, as a sidecar would.
+//! relay runs in-process with its default config (cache on, in a temp dir; cost tracking on, the
+//! usage ledger beside the cache; request log on, written through the non-blocking writer to a
+//! sink), its own 2-thread runtime; the mock upstream and the load generator have one thread each.
+//! All of it shares the machine's cores, as a sidecar would.
+//!
+//! A second relay with `cost.enabled: false` (same runtime) gives the **cost tracking** rows: the
+//! fixed-rate latency with cost on minus cost off, for answers whose usage comes from the provider
+//! (the mock honours `stream_options.include_usage`, which relay injects into streamed requests).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -45,6 +50,7 @@ mod redis_server;
 
 const CHAT_JSON: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"The capital of France is Paris. It has been the capital for centuries and is known for the Eiffel Tower."},"finish_reason":"stop"}],"usage":{"prompt_tokens":14,"completion_tokens":24,"total_tokens":38}}"#;
 const SSE_EVENTS: usize = 20;
+const USAGE_CHUNK: &[u8] = b"data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":14,\"completion_tokens\":20,\"total_tokens\":34}}\n\n";
 const REQUEST_JSON: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is the capital of France?"}],"temperature":0}"#;
 const REQUEST_SSE: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is the capital of France?"}],"temperature":0}"#;
 
@@ -235,11 +241,19 @@ async fn upstream(listener: tokio::net::TcpListener) {
                         .map(|b| b.to_bytes())
                         .unwrap_or_default();
                     let streaming = body.windows(13).any(|w| w == b"\"stream\":true");
+                    // Like OpenAI: a usage-only chunk before [DONE] when asked for.
+                    let usage = body.windows(20).any(|w| w == b"\"include_usage\":true");
                     let resp = if streaming {
-                        let frames = futures_util::stream::iter(
-                            (0..chunks.len())
-                                .map(move |i| Ok::<_, Infallible>(Frame::data(chunks[i].clone()))),
-                        );
+                        let n = chunks.len();
+                        let frames =
+                            futures_util::stream::iter((0..n + usize::from(usage)).map(move |i| {
+                                let chunk = match (usage, i) {
+                                    (true, i) if i == n - 1 => Bytes::from_static(USAGE_CHUNK),
+                                    (true, i) if i == n => chunks[n - 1].clone(),
+                                    _ => chunks[i].clone(),
+                                };
+                                Ok::<_, Infallible>(Frame::data(chunk))
+                            }));
                         Response::builder()
                             .header("content-type", "text/event-stream")
                             .body(http_body_util::Either::Right(StreamBody::new(frames)))
@@ -440,6 +454,36 @@ fn main() {
             std::thread::sleep(std::time::Duration::from_millis(66));
         })
     });
+    // The same relay with cost tracking off, for the cost rows.
+    let dir_off = dir.join("cost-off");
+    std::fs::create_dir_all(&dir_off).unwrap();
+    let cfg_off = dir_off.join("relay.yaml");
+    std::fs::write(
+        &cfg_off,
+        format!(
+            "providers:\n  - {{name: openai, kind: openai, base_url: 'http://{mock_addr}/v1'}}\n  - {{name: anthropic, kind: anthropic, base_url: 'http://{mock_addr}/v1'}}\ncache:\n  path: '{}'\ncost:\n  enabled: false\n",
+            dir_off.join("cache.redb").display()
+        ),
+    )
+    .unwrap();
+    let server_off = relay_rt.block_on(async {
+        Server::start(ServeOptions {
+            config_path: Some(cfg_off.clone()),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            env: Env::empty(),
+            watch_config: false,
+            offline: false,
+            clock: Default::default(),
+        })
+        .await
+        .expect("relay (cost off) starts")
+    });
+    let cost_off = Target {
+        url: format!("http://{}/v1/chat/completions", server_off.local_addr())
+            .parse()
+            .unwrap(),
+        headers: MISS,
+    };
     let direct = Target {
         url: format!("http://{mock_addr}/v1/chat/completions")
             .parse()
@@ -495,6 +539,14 @@ fn main() {
             args.rate,
             args.secs,
         ));
+        load_rt.block_on(saturate(c.clone(), cost_off.clone(), body, args.conns, 1));
+        let (o, oe) = load_rt.block_on(fixed_rate(
+            c.clone(),
+            cost_off.clone(),
+            body,
+            args.rate,
+            args.secs,
+        ));
         let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
         println!(
             "| {name} @ {} req/s | direct | {} µs | {} µs | {de} |",
@@ -519,6 +571,18 @@ fn main() {
             args.rate,
             us(&h, 0.5),
             us(&h, 0.99)
+        );
+        println!(
+            "| {name} @ {} req/s | relay, cost tracking off | {} µs | {} µs | {oe} |",
+            args.rate,
+            us(&o, 0.5),
+            us(&o, 0.99)
+        );
+        println!(
+            "| {name} @ {} req/s | **cost tracking adds** | **{} µs** | **{} µs** | |",
+            args.rate,
+            us(&r, 0.5) as i64 - us(&o, 0.5) as i64,
+            us(&r, 0.99) as i64 - us(&o, 0.99) as i64
         );
     }
     println!();
@@ -573,5 +637,7 @@ fn main() {
     if let Some(w) = watcher {
         let _ = w.join();
     }
+    server_off.shutdown();
+    relay_rt.block_on(server_off.wait());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -63,9 +63,14 @@ pub struct Metrics {
     /// `relay_request_tokens{kind="prompt|completion"}`: tokens per request that went upstream
     /// (prompt = all input tokens, cached included).
     pub request_tokens: HistogramVec,
-    /// `relay_tokens_total{provider,model,kind}`: tokens of requests that went upstream, kind
-    /// `input` (uncached), `cached_input`, `cache_write`, `output` (reasoning included).
+    /// `relay_tokens_total{provider,model,kind}`: tokens of requests that went upstream, as the
+    /// provider reported them; kind `input` (uncached), `cached_input`, `cache_write`, `output`
+    /// (reasoning included).
     pub tokens: IntCounterVec,
+    /// `relay_tokens_estimated_total{provider,model,kind}`: tokens relay counted itself (tiktoken)
+    /// because the answer carried no usage; kind `input` or `output`. Kept apart from
+    /// `relay_tokens_total`, which holds the providers' figures only.
+    pub tokens_estimated: IntCounterVec,
     /// `relay_cost_usd_total{provider,model}`: what requests cost, USD.
     pub cost_usd: CounterVec,
     /// `relay_cost_saved_usd_total{provider,model}`: what cache hits would have cost, USD.
@@ -175,6 +180,14 @@ impl Metrics {
             &["provider", "model", "kind"],
         )
         .expect("valid metric");
+        let tokens_estimated = IntCounterVec::new(
+            Opts::new(
+                "relay_tokens_estimated_total",
+                "Tokens relay counted itself (no usage in the answer), by provider, model and kind (input, output)",
+            ),
+            &["provider", "model", "kind"],
+        )
+        .expect("valid metric");
         let cost_usd = CounterVec::new(
             Opts::new("relay_cost_usd_total", "What requests cost, in USD"),
             &["provider", "model"],
@@ -217,6 +230,7 @@ impl Metrics {
         for c in [
             Box::new(request_tokens.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(tokens.clone()),
+            Box::new(tokens_estimated.clone()),
             Box::new(cost_usd.clone()),
             Box::new(cost_saved_usd.clone()),
             Box::new(request_duration.clone()),
@@ -314,6 +328,7 @@ impl Metrics {
             cache_errors,
             request_tokens,
             tokens,
+            tokens_estimated,
             cost_usd,
             cost_saved_usd,
             request_duration,

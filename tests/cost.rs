@@ -28,14 +28,14 @@ fn messages_body(model: &str, stream: bool) -> String {
 
 /// Waits until the server has settled `n` requests in all (bounded, not a sleep).
 async fn settled(relay: &Relay, n: u64) {
-    let mut rx = relay.server().cost().settled();
-    let ok = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| *v >= n))
+    let cost = relay.server().cost();
+    let ok = tokio::time::timeout(Duration::from_secs(10), cost.wait_settled(n))
         .await
-        .is_ok_and(|r| r.is_ok());
+        .is_ok();
     assert!(
         ok,
         "timed out waiting for {n} settled requests (at {})",
-        *rx.borrow()
+        cost.settled()
     );
 }
 
@@ -195,6 +195,19 @@ async fn a_stream_without_usage_is_counted_with_tiktoken_and_marked_estimated() 
     .await;
     settled(&relay, 2).await;
     let r = usage(&relay, "by=model").await;
+    let m = relay.metrics().await;
+    let est = |kind| {
+        metric(
+            &m,
+            "relay_tokens_estimated_total",
+            &[("provider", "openai"), ("model", "gpt-4o"), ("kind", kind)],
+        )
+    };
+    assert_eq!((est("input"), est("output")), (Some(8.0), Some(2.0)));
+    assert!(
+        !m.contains("relay_tokens_total{"),
+        "estimates stay apart:\n{m}"
+    );
     for model in ["gpt-4o", "gpt-4o-mini"] {
         let row = group(&r, model);
         // Request: 3 per message + "user" (1) + "hi" (1) + 3 to prime the reply = 8 (o200k_base).
@@ -374,19 +387,49 @@ async fn ledger_aggregates_concurrent_load_and_survives_restart() {
     server.shutdown();
     within(server.wait()).await;
 
+    // Restarted with a daily budget alice has already spent (20 × 43 µ$ > 500 µ$): the spend so far
+    // is read back from the ledger, so she is refused and bob is not.
+    let yaml = aliases_yaml(
+        &openai,
+        &anthropic,
+        "budgets:\n  alice: {daily: 0.0005}\n  bob: {daily: 0.0009}\n",
+    );
     let second = Relay::start_with(&yaml, env, false).await;
+    let with_key = |key: &'static str| [("authorization", key)];
+    let (s, _, _) = call(
+        &second,
+        CHAT,
+        &chat_body("gpt-4o", false),
+        &with_key("Bearer sk-alice"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    let (s, _, _) = call(
+        &second,
+        CHAT,
+        &chat_body("gpt-4o", false),
+        &with_key("Bearer sk-bob"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    settled(&second, 2).await;
     let r = usage(&second, "by=key").await;
     let other = format!("key-{}", &blake3::hash(b"sk-somebody-else").to_hex()[..12]);
-    for name in ["alice", "bob", other.as_str()] {
+    for (name, extra) in [("alice", 0), ("bob", 1), (other.as_str(), 0)] {
         let row = group(&r, name);
-        assert_eq!(row["requests"], 20, "{name}");
-        assert_eq!(row["misses"], 20, "{name}");
-        assert_eq!(row["input"], 20 * 9, "{name}");
-        assert_eq!(row["output"], 20 * 2, "{name}");
+        assert_eq!(
+            row["requests"],
+            20 + extra + u64::from(name == "alice"),
+            "{name}"
+        );
+        assert_eq!(row["misses"], 20 + extra, "{name}");
+        assert_eq!(row["input"], (20 + extra) * 9, "{name}");
+        assert_eq!(row["output"], (20 + extra) * 2, "{name}");
         // 10 JSON + 10 streamed answers, each 9 in + 2 out on gpt-4o.
-        assert_eq!(row["cost_micros"], 20 * 43, "{name}");
+        assert_eq!(row["cost_micros"], (20 + extra) * 43, "{name}");
     }
-    assert_eq!(r["total"]["requests"], 60);
+    assert_eq!(group(&r, "alice")["errors"], 1);
+    assert_eq!(r["total"]["requests"], 62);
     // The raw keys are nowhere in the ledger file.
     drop(second);
     let raw = std::fs::read(&ledger).unwrap();
@@ -750,4 +793,82 @@ async fn grafana_dashboard_queries_only_metrics_relay_exports() {
             "the dashboard queries {name}, which relay does not export:\n{exported}"
         );
     }
+}
+
+/// A caller that leaves mid-stream (before the usage chunk) is still booked: as an error, with
+/// tokens counted by relay from the request and the text streamed so far.
+#[tokio::test]
+async fn a_stream_cut_off_by_the_caller_is_booked_with_estimated_tokens() {
+    let (openai, _anthropic, relay) = setup("").await;
+    let mut req = json_req(&relay.url(CHAT), chat_body("gpt-4o", true));
+    req.headers_mut()
+        .insert("x-mock", http::HeaderValue::from_static("hold"));
+    let resp = within(client().request(req)).await.unwrap();
+    let mut stream = resp.into_body();
+    next_chunk(&mut stream).await.expect("first event");
+    drop(stream);
+    openai
+        .cancelled()
+        .wait_for(1, "cancelled upstream responses")
+        .await;
+    settled(&relay, 1).await;
+    let row = group(&usage(&relay, "by=model").await, "gpt-4o").clone();
+    assert_eq!(row["errors"], 1);
+    assert_eq!(row["misses"], 0);
+    assert_eq!(row["estimated"], 1);
+    assert_eq!(row["input"], 8);
+    // The first event carries an empty delta.
+    assert_eq!(row["output"], 0);
+    assert_eq!(row["cost_micros"], 20); // 8 × $2.50/M
+    openai.release();
+}
+
+/// A request that shares an identical request's upstream call (single flight) is a hit: it costs
+/// nothing, saves what the call cost, and gets the stream without the injected usage chunk.
+#[tokio::test]
+async fn a_shared_upstream_call_is_booked_once_and_saved_once() {
+    let (openai, _anthropic, relay) = setup("cache: {enabled: true}\n").await;
+    let body = chat_body("gpt-4o", true);
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let mut req = json_req(&relay.url(CHAT), body.clone());
+        req.headers_mut()
+            .insert("x-mock", http::HeaderValue::from_static("hold"));
+        tasks.push(tokio::spawn(async move {
+            let resp = within(client().request(req)).await.unwrap();
+            let cache = resp.headers()["x-relay-cache"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            (cache, bytes(resp).await)
+        }));
+    }
+    openai.calls().wait_for(1, "upstream calls").await;
+    // Both requests in relay before the upstream answers (bounded by the loop, not timed).
+    for _ in 0..2000 {
+        if relay.metrics().await.contains("relay_inflight_requests 2") {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    openai.release();
+    let mut seen = Vec::new();
+    for t in tasks {
+        let (cache, b) = t.await.unwrap();
+        assert_eq!(b, mock::openai_sse("gpt-4o").concat().as_bytes());
+        seen.push(cache);
+    }
+    seen.sort();
+    assert_eq!(seen, ["HIT", "MISS"]);
+    assert_eq!(openai.calls().get(), 1);
+    settled(&relay, 2).await;
+    let r = usage(&relay, "by=model").await;
+    let row = group(&r, "gpt-4o");
+    assert_eq!(
+        (row["hits"].as_u64(), row["misses"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(row["cost_micros"], 43);
+    assert_eq!(row["saved_micros"], 43);
+    assert_eq!(row["input"], 9, "tokens count the one upstream call");
 }

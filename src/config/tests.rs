@@ -1162,3 +1162,106 @@ mod watching {
         expect_one_signal(&mut w).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// cost:, keys:, budgets:
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn cost_keys_and_budgets() {
+    let c = load("", &Env::empty());
+    assert!(c.cost.enabled && c.cost.ledger);
+    assert_eq!(c.cost.stream_usage, StreamUsage::Inject);
+    assert_eq!(c.cost.ledger_path, None);
+    assert!(c.keys.is_empty() && c.budgets.is_empty());
+
+    let yaml = "cost: {stream_usage: off, ledger_path: /tmp/u.redb}\nkeys:\n  alice: ALICE_KEY\n  ci: CI_HASH\n  ghost: NOT_SET\nbudgets:\n  alice: {daily: 5, monthly: 50.5}\n  \"*\": {monthly: 1}\n";
+    let e = Env::empty()
+        .with("ALICE_KEY", "sk-alice")
+        .with("CI_HASH", "blake3:ABCDEF0123456789");
+    let c = Config::from_yaml_str(yaml, "t.yaml", &e).unwrap();
+    assert_eq!(c.cost.stream_usage, StreamUsage::Off);
+    assert_eq!(
+        c.cost.ledger_path.as_deref(),
+        Some(std::path::Path::new("/tmp/u.redb"))
+    );
+    let hash = |name: &str| c.keys.iter().find(|k| k.name == name).unwrap().hash.clone();
+    assert_eq!(
+        hash("alice").unwrap(),
+        blake3::hash(b"sk-alice").to_hex().to_string()
+    );
+    assert_eq!(hash("ci").unwrap(), "abcdef0123456789");
+    assert_eq!(hash("ghost"), None);
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("keys.ghost") && w.contains("NOT_SET")),
+        "{:?}",
+        c.warnings
+    );
+    assert_eq!(
+        c.budgets["alice"],
+        Budget {
+            daily: Some(5_000_000),
+            monthly: Some(50_500_000)
+        }
+    );
+    assert_eq!(c.budgets["*"].daily, None);
+    // The masked view names variables, never keys, and loads again.
+    let masked = c.to_masked_yaml();
+    assert!(!masked.contains("sk-alice"), "{masked}");
+    assert_eq!(
+        Config::from_yaml_str(&masked, "m.yaml", &e)
+            .unwrap()
+            .budgets,
+        c.budgets
+    );
+    // Environment overrides.
+    let c = load(
+        "",
+        &Env::empty()
+            .with("RELAY_COST_STREAM_USAGE", "off")
+            .with("RELAY_KEYS", "{bob: BOB}")
+            .with("RELAY_BUDGETS", "{bob: {daily: 2}}"),
+    );
+    assert_eq!(c.cost.stream_usage, StreamUsage::Off);
+    assert_eq!(c.budgets["bob"].daily, Some(2_000_000));
+}
+
+#[test]
+fn cost_errors_name_the_key() {
+    let e = Env::empty().with("BAD_HASH", "blake3:xyz");
+    let cases: &[(&str, &str)] = &[
+        (
+            "budgets:\n  alice: {daily: 1}\n",
+            r#"t.yaml: budgets.alice: "alice" is not a key alias (keys: none); use an alias from keys: or "*""#,
+        ),
+        (
+            "keys: {bob: B}\nbudgets:\n  bob: {daily: -1}\n",
+            "t.yaml: budgets.bob.daily: a budget must be a number of USD ≥ 0",
+        ),
+        (
+            "keys: {bob: B}\nbudgets:\n  bob: {}\n",
+            "t.yaml: budgets.bob: set daily and/or monthly (USD)",
+        ),
+        (
+            "budgets:\n  \"*\": {weekly: 1}\n",
+            "t.yaml: budgets.*.weekly: unknown field `weekly`, expected `daily` or `monthly`",
+        ),
+        (
+            "cost: {stream_usage: always}\n",
+            "t.yaml: cost.stream_usage: unknown variant `always`, expected `inject` or `off`",
+        ),
+        (
+            "keys: {ci: BAD_HASH}\n",
+            "t.yaml: keys.ci: BAD_HASH holds blake3:<hex> with a bad hash: want 12 to 64 hex digits",
+        ),
+        (
+            "keys: {\"*\": X}\n",
+            r#"t.yaml: keys.*: "*" cannot be an alias ("*", "none" and "key-..." are reserved)"#,
+        ),
+    ];
+    for (yaml, want) in cases {
+        assert_eq!(load_err(yaml, &e), *want, "yaml: {yaml}");
+    }
+}

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
 
@@ -300,17 +300,26 @@ enum Msg {
 pub struct Writer {
     tx: mpsc::Sender<Msg>,
     full: Arc<AtomicBool>,
+    /// Batches committed so far (sent by the writer task only).
+    commits: watch::Receiver<u64>,
 }
 
 impl Writer {
     /// Starts the writer task, which owns `ledger` until [`Writer::close`].
     pub fn spawn(ledger: Ledger) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(Arc::new(ledger), rx));
+        let (commits_tx, commits) = watch::channel(0);
+        tokio::spawn(run(Arc::new(ledger), rx, commits_tx));
         Writer {
             tx,
             full: Arc::new(AtomicBool::new(false)),
+            commits,
         }
+    }
+
+    /// Batches committed so far; changes after each commit.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.clone()
     }
 
     /// Queues one request's record. Never waits.
@@ -348,7 +357,7 @@ impl Writer {
     }
 }
 
-async fn run(ledger: Arc<Ledger>, mut rx: mpsc::Receiver<Msg>) {
+async fn run(ledger: Arc<Ledger>, mut rx: mpsc::Receiver<Msg>, commits: watch::Sender<u64>) {
     let mut pending: HashMap<RowKey, Counts> = HashMap::new();
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -357,17 +366,17 @@ async fn run(ledger: Arc<Ledger>, mut rx: mpsc::Receiver<Msg>) {
         tokio::select! {
             msg = rx.recv() => match msg {
                 None => {
-                    flush(&ledger, &mut pending, &mut failing).await;
+                    flush(&ledger, &mut pending, &mut failing, &commits).await;
                     return;
                 }
                 Some(Msg::Add(k, c)) => {
                     pending.entry(k).or_default().add(&c);
                     if pending.len() >= MAX_PENDING {
-                        flush(&ledger, &mut pending, &mut failing).await;
+                        flush(&ledger, &mut pending, &mut failing, &commits).await;
                     }
                 }
                 Some(Msg::Rows(since, ack)) => {
-                    flush(&ledger, &mut pending, &mut failing).await;
+                    flush(&ledger, &mut pending, &mut failing, &commits).await;
                     let l = ledger.clone();
                     let rows = tokio::task::spawn_blocking(move || l.rows(&since))
                         .await
@@ -376,7 +385,7 @@ async fn run(ledger: Arc<Ledger>, mut rx: mpsc::Receiver<Msg>) {
                     let _ = ack.send(rows);
                 }
                 Some(Msg::Close(ack)) => {
-                    flush(&ledger, &mut pending, &mut failing).await;
+                    flush(&ledger, &mut pending, &mut failing, &commits).await;
                     drop(ledger);
                     let _ = ack.send(());
                     return;
@@ -384,7 +393,7 @@ async fn run(ledger: Arc<Ledger>, mut rx: mpsc::Receiver<Msg>) {
             },
             _ = tick.tick() => {
                 if !pending.is_empty() {
-                    flush(&ledger, &mut pending, &mut failing).await;
+                    flush(&ledger, &mut pending, &mut failing, &commits).await;
                 }
             }
         }
@@ -392,7 +401,12 @@ async fn run(ledger: Arc<Ledger>, mut rx: mpsc::Receiver<Msg>) {
 }
 
 /// Commits `pending`; on failure keeps it to retry at the next tick.
-async fn flush(ledger: &Arc<Ledger>, pending: &mut HashMap<RowKey, Counts>, failing: &mut bool) {
+async fn flush(
+    ledger: &Arc<Ledger>,
+    pending: &mut HashMap<RowKey, Counts>,
+    failing: &mut bool,
+    commits: &watch::Sender<u64>,
+) {
     if pending.is_empty() {
         return;
     }
@@ -401,6 +415,7 @@ async fn flush(ledger: &Arc<Ledger>, pending: &mut HashMap<RowKey, Counts>, fail
     let result = tokio::task::spawn_blocking(move || l.add(&batch).map_err(|e| (e, batch))).await;
     match result {
         Ok(Ok(())) => {
+            commits.send_modify(|n| *n += 1);
             if std::mem::replace(failing, false) {
                 tracing::info!("usage ledger writes work again");
             }
@@ -471,6 +486,33 @@ mod tests {
         assert_eq!(rows[0].0, key("2025-11-25", "gpt-4o", "a"));
         assert_eq!((rows[0].1.requests, rows[0].1.cost_micros), (2, 10));
         assert_eq!(l.rows("2025-01-01").unwrap().len(), 2);
+    }
+
+    /// Nothing reads or closes the ledger: the writer's tick alone commits what was queued, within
+    /// FLUSH_EVERY (the paused clock jumps to the tick).
+    #[tokio::test(start_paused = true)]
+    async fn the_writer_commits_on_its_own_every_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.redb");
+        let w = Writer::spawn(Ledger::open(&path).unwrap());
+        let mut commits = w.commits();
+        let started = tokio::time::Instant::now();
+        w.add(
+            key("2025-11-25", "gpt-4o", "a"),
+            Counts {
+                requests: 1,
+                ..Default::default()
+            },
+        );
+        tokio::time::timeout(Duration::from_secs(10), commits.wait_for(|n| *n >= 1))
+            .await
+            .expect("committed without a read or close")
+            .unwrap();
+        assert!(started.elapsed() <= FLUSH_EVERY, "{:?}", started.elapsed());
+        w.close().await;
+        let rows = Ledger::open(&path).unwrap().rows("2025-11-25").unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].1.requests, 1);
     }
 
     #[test]

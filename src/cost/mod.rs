@@ -25,13 +25,15 @@ pub mod tokens;
 pub mod usage;
 
 use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 pub use prices::{cost_micros, usd, Prices};
 pub use usage::{Meter, MeterMode, Usage};
@@ -141,14 +143,20 @@ pub struct Accounting {
     /// Where the ledger lives (shown by `relay usage`), when it is open.
     ledger_path: Option<PathBuf>,
     spend: budget::Spend,
-    /// Models already warned about (no price). Bounded.
-    warned: Mutex<HashSet<String>>,
-    /// Requests settled so far (tests wait on it).
-    settled: watch::Sender<u64>,
+    /// Models already warned about (no price), sharded by model. Bounded.
+    warned: Vec<Mutex<HashSet<String>>>,
+    hasher: RandomState,
+    /// Requests settled so far.
+    settled: AtomicU64,
+    /// Set once someone waits on `settled` (tests): only then does settling wake waiters, so the
+    /// request path takes no lock for it.
+    watched: AtomicBool,
+    settled_changed: Notify,
 }
 
-/// Most unknown models remembered for once-only warnings.
-const MAX_WARNED: usize = 1024;
+/// Most unknown models remembered (per shard) for once-only warnings.
+const MAX_WARNED: usize = 256;
+const WARN_SHARDS: usize = 8;
 
 impl Accounting {
     /// Opens the ledger (when `cost.ledger`) and loads this month's spend from it. A ledger that
@@ -183,8 +191,13 @@ impl Accounting {
             ledger,
             ledger_path,
             spend: budget::Spend::new(),
-            warned: Mutex::new(HashSet::new()),
-            settled: watch::channel(0).0,
+            warned: (0..WARN_SHARDS)
+                .map(|_| Mutex::new(HashSet::new()))
+                .collect(),
+            hasher: RandomState::new(),
+            settled: AtomicU64::new(0),
+            watched: AtomicBool::new(false),
+            settled_changed: Notify::new(),
         };
         if let Some(l) = &acct.ledger {
             let now = acct.clock.now_ms();
@@ -207,9 +220,31 @@ impl Accounting {
         self.ledger_path.as_ref()
     }
 
-    /// Requests settled so far; a test waits on this before reading the ledger or metrics.
-    pub fn settled(&self) -> watch::Receiver<u64> {
-        self.settled.subscribe()
+    /// Requests settled so far (priced and booked).
+    pub fn settled(&self) -> u64 {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// Resolves once `n` requests in all have settled (tests wait on this before reading the
+    /// ledger or metrics).
+    pub async fn wait_settled(&self, n: u64) {
+        self.watched.store(true, Ordering::Release);
+        loop {
+            let changed = self.settled_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.settled() >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn settle_one(&self) {
+        self.settled.fetch_add(1, Ordering::AcqRel);
+        if self.watched.load(Ordering::Acquire) {
+            self.settled_changed.notify_waiters();
+        }
     }
 
     /// Refuses a request whose key is over its daily or monthly budget (429 `budget_exceeded`).
@@ -257,7 +292,8 @@ impl Accounting {
     }
 
     fn warn_unpriced(&self, model: &str) {
-        let mut w = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        let shard = (self.hasher.hash_one(model) as usize) % WARN_SHARDS;
+        let mut w = self.warned[shard].lock().unwrap_or_else(|e| e.into_inner());
         if w.len() < MAX_WARNED && w.insert(model.to_string()) {
             tracing::warn!(
                 model,
@@ -313,7 +349,13 @@ impl Tally {
                 ("output", u.output),
             ] {
                 if n > 0 && !self.hit {
-                    m.tokens.with_label_values(&labels(kind)).inc_by(n);
+                    // Metered and estimated figures stay apart.
+                    let counter = if u.estimated {
+                        &m.tokens_estimated
+                    } else {
+                        &m.tokens
+                    };
+                    counter.with_label_values(&labels(kind)).inc_by(n);
                 }
             }
             if !self.hit {
@@ -371,7 +413,7 @@ impl Tally {
             };
             l.add(key, counts);
         }
-        acct.settled.send_modify(|n| *n += 1);
+        acct.settle_one();
     }
 }
 
@@ -650,7 +692,7 @@ impl Hook {
         if x.usage.is_some() {
             return;
         }
-        let (Some(request), Some(output)) = (self.request, reading.text) else {
+        let (Some(request), Some(output)) = (self.request, reading.generated) else {
             return;
         };
         let est = tokens::Estimate {

@@ -134,12 +134,12 @@ pub fn answer_text(body: &[u8]) -> String {
     out
 }
 
-/// A count to make off the async workers: the request and the generated text.
+/// A count to make off the async workers: the request and what was generated.
 #[derive(Debug, Clone)]
 pub struct Estimate {
     pub model: String,
     pub request: bytes::Bytes,
-    pub output: String,
+    pub output: super::usage::Generated,
 }
 
 impl Estimate {
@@ -150,7 +150,7 @@ impl Estimate {
             input: count_request(enc, &self.request),
             cached_input: 0,
             cache_write: 0,
-            output: enc.count(&self.output),
+            output: enc.count(&self.output.text()),
             reasoning: 0,
             estimated: true,
         }

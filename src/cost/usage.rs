@@ -16,8 +16,9 @@
 //! over [`MAX_JSON`] are not read). SSE streams are parsed event by event, holding only the event
 //! being received: the OpenAI usage-only chunk before `[DONE]`, Anthropic `message_start`
 //! (`message.usage`) merged with `message_delta` (`usage`), the Responses API's
-//! `response.completed` (`response.usage`). When a stream carries no usage, the meter keeps the
-//! streamed text so the tokens can be counted (see [`super::tokens`]).
+//! `response.completed` (`response.usage`). When no usage may come, the meter keeps the events
+//! (shared slices of the bytes that went by, no copy, bounded) so that, if none came, the text is
+//! extracted and counted off the async workers (see [`super::tokens`]).
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -140,8 +141,12 @@ impl RawUsage {
 pub const MAX_JSON: usize = 8 << 20;
 /// The largest single SSE event the meter holds; a longer one is passed on unread.
 const MAX_EVENT: usize = 4 << 20;
-/// The most streamed text kept for counting.
+/// The most stream bytes kept (as shared slices of the events) for a count.
 const MAX_TEXT: usize = 4 << 20;
+
+/// Answers up to this size are parsed whole to find `usage`; larger ones (embeddings batches) are
+/// searched from the end for it, so reading the usage stays far below a millisecond.
+const PARSE_WHOLE: usize = 64 << 10;
 
 /// The usage in a whole JSON answer (top-level `usage`), if any.
 pub fn from_json(body: &[u8]) -> Option<Usage> {
@@ -149,7 +154,40 @@ pub fn from_json(body: &[u8]) -> Option<Usage> {
     struct Top {
         usage: Option<RawUsage>,
     }
+    if body.len() > PARSE_WHOLE {
+        // Providers put `usage` at (or near) the end: parse just that object.
+        if let Some(u) = last_usage_object(body) {
+            return u.normalise();
+        }
+    }
     serde_json::from_slice::<Top>(body).ok()?.usage?.normalise()
+}
+
+/// The last `"usage": {...}` object in `body`, parsed.
+fn last_usage_object(body: &[u8]) -> Option<RawUsage> {
+    const NEEDLE: &[u8] = b"\"usage\"";
+    let mut end = body.len();
+    while end >= NEEDLE.len() {
+        let at = body[..end]
+            .windows(NEEDLE.len())
+            .rposition(|w| w == NEEDLE)?;
+        let mut j = at + NEEDLE.len();
+        while j < body.len() && body[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if body.get(j) == Some(&b':') {
+            j += 1;
+            while j < body.len() && body[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            if body.get(j) == Some(&b'{') {
+                let mut de = serde_json::Deserializer::from_slice(&body[j..]);
+                return RawUsage::deserialize(&mut de).ok();
+            }
+        }
+        end = at;
+    }
+    None
 }
 
 /// The usage in a sequence of whole SSE events (a recorded stream), if any.
@@ -334,7 +372,9 @@ enum Body {
 struct SseState {
     partial: BytesMut,
     usage: Option<RawUsage>,
-    text: Option<String>,
+    /// The events kept for a count (cheap: each is a shared slice of what already went by), with
+    /// their total size; parsed only if no usage came, off the async workers.
+    kept: Option<(Vec<Bytes>, usize)>,
     strip: bool,
     /// An event too long to hold went by: stop reading (and stripping).
     blind: bool,
@@ -350,8 +390,37 @@ pub struct Meter {
 pub struct Reading {
     /// The provider's usage, when the answer carried one.
     pub usage: Option<Usage>,
-    /// The generated text, when no usage came and the meter was asked to keep it.
-    pub text: Option<String>,
+    /// What was generated, when no usage came and the meter was asked to keep it.
+    pub generated: Option<Generated>,
+}
+
+/// A generated answer kept for a token count. Turning it into text parses JSON: do it on the
+/// blocking pool ([`Generated::text`]).
+#[derive(Debug, Clone)]
+pub enum Generated {
+    /// A whole JSON answer.
+    Json(Bytes),
+    /// A stream's events.
+    Events(Vec<Bytes>),
+}
+
+impl Generated {
+    /// The generated text (chat and completions choices, Anthropic text blocks and deltas,
+    /// Responses API deltas).
+    pub fn text(&self) -> String {
+        match self {
+            Generated::Json(b) => super::tokens::answer_text(b),
+            Generated::Events(evs) => {
+                let mut out = String::new();
+                for e in evs {
+                    for d in data_lines(e) {
+                        delta_text(d, &mut out);
+                    }
+                }
+                out
+            }
+        }
+    }
 }
 
 impl Meter {
@@ -365,7 +434,7 @@ impl Meter {
             Body::Sse(Box::new(SseState {
                 partial: BytesMut::new(),
                 usage: None,
-                text: mode.keep_text.then(String::new),
+                kept: mode.keep_text.then(|| (Vec::new(), 0)),
                 strip: mode.strip_usage_chunk,
                 blind: false,
             }))
@@ -425,9 +494,9 @@ impl Meter {
                 keep_text,
             } => {
                 let usage = if over { None } else { from_json(&buf) };
-                let text = (usage.is_none() && keep_text && !over)
-                    .then(|| super::tokens::answer_text(&buf));
-                Reading { usage, text }
+                let generated =
+                    (usage.is_none() && keep_text && !over).then(|| Generated::Json(buf.freeze()));
+                Reading { usage, generated }
             }
             Body::Sse(mut s) => {
                 // A last event without its blank line still counts.
@@ -437,7 +506,10 @@ impl Meter {
                 }
                 let usage = s.usage.as_ref().and_then(RawUsage::normalise);
                 Reading {
-                    text: if usage.is_none() { s.text } else { None },
+                    generated: match (usage, s.kept.take()) {
+                        (None, Some((events, _))) => Some(Generated::Events(events)),
+                        _ => None,
+                    },
                     usage,
                 }
             }
@@ -499,13 +571,14 @@ impl SseState {
         }
     }
 
-    fn read_event(&mut self, ev: &[u8]) {
+    fn read_event(&mut self, ev: &Bytes) {
         for data in data_lines(ev) {
             absorb_usage(&mut self.usage, data);
-            if let Some(t) = &mut self.text {
-                if t.len() < MAX_TEXT {
-                    delta_text(data, t);
-                }
+        }
+        if let Some((events, size)) = &mut self.kept {
+            if *size < MAX_TEXT {
+                *size += ev.len();
+                events.push(ev.clone());
             }
         }
     }
@@ -569,6 +642,21 @@ mod tests {
     }
 
     #[test]
+    fn large_json_answers_are_searched_from_the_end() {
+        let floats = vec![0.125f32; 40_000];
+        let body = serde_json::json!({"object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": floats, "note": "usage"}],
+            "model": "text-embedding-3-small",
+            "usage": {"prompt_tokens": 8, "total_tokens": 8}})
+        .to_string();
+        assert!(body.len() > PARSE_WHOLE);
+        let u = from_json(body.as_bytes()).unwrap();
+        assert_eq!((u.input, u.output), (8, 0));
+        let without = body.replace("\"usage\":{", "\"usage_x\":{");
+        assert_eq!(from_json(without.as_bytes()), None);
+    }
+
+    #[test]
     fn json_without_usage() {
         assert_eq!(from_json(br#"{"data":[]}"#), None);
         assert_eq!(from_json(b"not json"), None);
@@ -591,7 +679,7 @@ mod tests {
         assert_eq!(out, OPENAI_STREAM.concat());
         let u = r.usage.unwrap();
         assert_eq!((u.input, u.output), (9, 2));
-        assert!(r.text.is_none());
+        assert!(r.generated.is_none());
     }
 
     #[test]
@@ -630,7 +718,7 @@ mod tests {
         };
         let (_, r) = run("text/event-stream", mode, chunks);
         assert_eq!(r.usage, None);
-        assert_eq!(r.text.as_deref(), Some("Hello world"));
+        assert_eq!(r.generated.unwrap().text(), "Hello world");
     }
 
     #[test]

@@ -531,3 +531,83 @@ impl Body for RelayBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::cost::Usage;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    /// The access-log line a closing exchange writes, as JSON fields.
+    fn access_line(fill: impl FnOnce(&mut Exchange)) -> serde_json::Value {
+        let buf = Buf::default();
+        let sub = tracing_subscriber::fmt()
+            .json()
+            .with_writer(buf.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            let mut x = Exchange::begin(
+                Arc::new(Metrics::new()),
+                true,
+                Instant::now(),
+                Method::POST,
+                "/v1/chat/completions".into(),
+                HeaderValue::from_static("req-1"),
+            );
+            x.status = 200;
+            x.provider = Some("openai".into());
+            x.outcome = Some(Outcome::Complete);
+            fill(&mut x);
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
+        v["fields"].clone()
+    }
+
+    #[test]
+    fn the_access_line_carries_tokens_and_cost() {
+        let f = access_line(|x| {
+            x.usage = Some(Usage {
+                input: 200,
+                cached_input: 800,
+                output: 100,
+                ..Usage::default()
+            });
+            x.cost_micros = 2500;
+        });
+        assert_eq!(f["tokens_in"], 1000);
+        assert_eq!(f["tokens_out"], 100);
+        assert_eq!(f["tokens_cached"], 800);
+        assert_eq!(f["tokens_estimated"], false);
+        assert_eq!(f["cost_usd"], "0.002500");
+        assert!(f.get("saved_usd").is_none(), "{f}");
+        // No usage known: no token or cost fields at all.
+        let f = access_line(|_| {});
+        assert!(
+            f.get("tokens_in").is_none() && f.get("cost_usd").is_none(),
+            "{f}"
+        );
+        assert_eq!(f["status"], 200);
+    }
+}

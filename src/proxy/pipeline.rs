@@ -133,8 +133,9 @@ pub async fn handle(
 
 /// Stage 1: relay's own endpoints. Anything else is handed back to go on through the pipeline.
 ///
-/// `/relay/...` (the cache admin API) answers loopback peers only: it can read and delete every
-/// recording. Other peers get a 404 there, as for any unknown path.
+/// `/relay/...` (the cache admin API, `/relay/usage`) answers loopback peers only: it can read and
+/// delete every recording, and shows spending by key. Other peers get a 404 there, as for any
+/// unknown path.
 async fn admin(
     state: &State,
     peer: SocketAddr,
