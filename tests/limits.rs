@@ -166,10 +166,10 @@ fn tpm_body(max_tokens: u32, n: usize) -> String {
 
 /// Waits until the server has settled `n` requests (priced and booked; bounded, not a sleep).
 async fn settled(relay: &Relay, n: u64) {
-    let mut rx = relay.server().cost().settled();
-    let ok = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| *v >= n))
+    let cost = relay.server().cost();
+    let ok = tokio::time::timeout(Duration::from_secs(10), cost.wait_settled(n))
         .await
-        .is_ok_and(|r| r.is_ok());
+        .is_ok();
     assert!(ok, "timed out waiting for {n} settled requests");
 }
 
