@@ -46,13 +46,14 @@ pub const SECRET_HEADERS: &[&str] = &[
 ];
 
 /// Which half of a request an event reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// The request is running: sent upstream (status 0, no response headers yet), or its response
     /// headers are known and the body (a stream, perhaps) is still going. A request may have two.
     Start,
     /// The response has ended (or the caller left).
+    #[default]
     End,
 }
 
@@ -90,7 +91,8 @@ impl CacheState {
 }
 
 /// One request as the feed reports it. Times are microseconds from the request's arrival.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// (`Default`: an empty end event, a base for test fixtures.)
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RequestEvent {
     /// Process-wide request number (matches a request's start and end events).
     pub seq: u64,
@@ -488,19 +490,7 @@ mod tests {
             model: None,
             status: 200,
             cache: None,
-            cache_key: None,
-            latency_us: None,
-            ttfb_us: None,
-            upstream_us: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            outcome: None,
-            error: None,
-            tokens_in: None,
-            tokens_out: None,
-            cost_micro_usd: None,
-            saved_micro_usd: None,
-            detail: None,
+            ..Default::default()
         }
     }
 

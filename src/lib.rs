@@ -17,5 +17,6 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod sse;
 pub mod tls;
 pub mod tui;

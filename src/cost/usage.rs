@@ -285,23 +285,6 @@ fn data_lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// The end (exclusive) of the first complete SSE event in `buf`: after a blank line.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' {
-            if buf[i + 1] == b'\n' {
-                return Some(i + 2);
-            }
-            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
 /// True for OpenAI's usage-only chunk: `"choices": []` and a usage object.
 fn is_usage_only_chunk(event: &[u8]) -> bool {
     #[derive(Deserialize)]
@@ -563,7 +546,7 @@ impl SseState {
     /// Splits off every complete event, reads it, and hands it to `sink` with whether it is the
     /// usage-only chunk (only checked while stripping).
     fn drain_events(&mut self, mut sink: impl FnMut(&[u8], bool)) {
-        while let Some(end) = event_end(&self.partial) {
+        while let Some(end) = crate::sse::event_end(&self.partial) {
             let ev = self.partial.split_to(end).freeze();
             self.read_event(&ev);
             let usage_only = self.strip && is_usage_only_chunk(&ev);

@@ -525,7 +525,7 @@ impl Recorder {
                 failed,
             } => {
                 partial.extend_from_slice(data);
-                while let Some(end) = event_end(partial) {
+                while let Some(end) = crate::sse::event_end(partial) {
                     let event = partial.split_to(end).freeze();
                     let now = Instant::now();
                     let delay = now.duration_since(self.last);
@@ -591,23 +591,6 @@ impl Recorder {
             }
         }
     }
-}
-
-/// The end (exclusive) of the first complete SSE event in `buf`: after a blank line.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' {
-            if buf[i + 1] == b'\n' {
-                return Some(i + 2);
-            }
-            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
-        }
-        i += 1;
-    }
-    None
 }
 
 /// Rides on an upstream response body: records it, and feeds a single flight's followers.
@@ -883,14 +866,6 @@ pub fn drain_for_followers(mut body: hyper::body::Incoming, mut tap: Tap, idle: 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn event_boundaries() {
-        assert_eq!(event_end(b"data: x\n\ndata: y"), Some(9));
-        assert_eq!(event_end(b"data: x\r\n\r\n"), Some(11));
-        assert_eq!(event_end(b"data: x\n"), None);
-        assert_eq!(event_end(b"event: a\ndata: x\n\n"), Some(18));
-    }
 
     #[test]
     fn cache_control_directives() {

@@ -559,19 +559,7 @@ mod tests {
             model: Some(model.into()),
             status,
             cache,
-            cache_key: None,
-            latency_us: None,
-            ttfb_us: None,
-            upstream_us: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            outcome: None,
-            error: None,
-            tokens_in: None,
-            tokens_out: None,
-            cost_micro_usd: None,
-            saved_micro_usd: None,
-            detail: None,
+            ..Default::default()
         }
     }
 
