@@ -185,6 +185,14 @@ async fn relay_tui_in_tmux_shows_requests_and_a_hit() {
         .run(&["resize-window", "-x", "80", "-y", "24"])
         .status
         .success());
+    // The detail view redrawn at the new size first; a key sent while the resize is still being
+    // handled can be lost on its way through tmux.
+    tmux.wait_for("the detail view at 80x24", |s| {
+        s.lines().count() <= 24
+            && s.contains("q back")
+            && s.lines().all(|l| l.chars().count() <= 80)
+    })
+    .await;
     tmux.keys(&["q"]);
     let screen = tmux
         .wait_for("the main view at 80x24", |s| {
