@@ -198,6 +198,11 @@ impl Server {
         &self.state.metrics
     }
 
+    /// The server's metrics, shared (for readers that outlive a borrow, like the TUI's poller).
+    pub fn metrics_shared(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
     /// The server's cost accounting (ledger, budgets).
     pub fn cost(&self) -> &Arc<crate::cost::Accounting> {
         &self.state.cost

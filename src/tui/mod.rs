@@ -11,6 +11,7 @@
 
 pub mod actions;
 pub mod keys;
+pub mod limits;
 pub mod state;
 pub mod view;
 
@@ -62,7 +63,13 @@ pub fn run_local(opts: ServeOptions, log_path: Option<String>) -> Result<(), Tui
     let url = relay_url(addr);
     let mut state = State::new(format!("listening on {addr}"), url);
     state.log_path = log_path;
-    let result = run(&rt, state, sub, None);
+    let (limits_tx, limits_rx) = mpsc::channel();
+    let poller = rt.spawn(limits::poll(
+        limits::Source::Local(server.metrics_shared()),
+        limits_tx,
+    ));
+    let result = run(&rt, state, sub, None, limits_rx);
+    poller.abort();
     server.shutdown();
     rt.block_on(server.wait());
     result
@@ -89,10 +96,16 @@ pub fn run_attach(url: String, log_path: Option<String>) -> Result<(), TuiError>
     let sub = events.subscribe();
     let (status_tx, status_rx) = mpsc::channel();
     let reader = rt.spawn(attach_loop(uri, events.clone(), status_tx));
+    let metrics_uri: http::Uri = format!("{base}/metrics")
+        .parse()
+        .map_err(|e| TuiError::Attach(format!("{url}: {e}")))?;
+    let (limits_tx, limits_rx) = mpsc::channel();
+    let poller = rt.spawn(limits::poll(limits::Source::Remote(metrics_uri), limits_tx));
     let mut state = State::new(format!("attached to {base}"), base);
     state.log_path = log_path;
-    let result = run(&rt, state, sub, Some(status_rx));
+    let result = run(&rt, state, sub, Some(status_rx), limits_rx);
     reader.abort();
+    poller.abort();
     result
 }
 
@@ -153,6 +166,7 @@ fn run(
     mut state: State,
     sub: Subscription,
     status_rx: Option<mpsc::Receiver<String>>,
+    limits_rx: mpsc::Receiver<limits::LimitsSnapshot>,
 ) -> Result<(), TuiError> {
     let quit = Arc::new(AtomicBool::new(false));
     let signals = rt.spawn(watch_signals(quit.clone()));
@@ -167,7 +181,7 @@ fn run(
     if let Ok(size) = terminal.size() {
         state.update(Msg::Resize(size.width, size.height));
     }
-    let result = ui_loop(rt, &mut terminal, state, sub, status_rx, &quit);
+    let result = ui_loop(rt, &mut terminal, state, sub, status_rx, limits_rx, &quit);
     ratatui::restore();
     signals.abort();
     result.map_err(TuiError::from)
@@ -260,6 +274,7 @@ fn ui_loop(
     mut state: State,
     mut sub: Subscription,
     status_rx: Option<mpsc::Receiver<String>>,
+    limits_rx: mpsc::Receiver<limits::LimitsSnapshot>,
     quit: &AtomicBool,
 ) -> std::io::Result<()> {
     let frame = Duration::from_secs(1) / FPS;
@@ -288,6 +303,13 @@ fn ui_loop(
         ) {
             state.update(Msg::Status(line));
             dirty = true;
+        }
+        // Only the newest snapshot matters; redraw when it changed.
+        if let Some(l) = limits_rx.try_iter().last() {
+            if state.limits.as_ref() != Some(&l) {
+                state.update(Msg::Limits(l));
+                dirty = true;
+            }
         }
         let now = now_ms();
         state.update(Msg::Tick(now));

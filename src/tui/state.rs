@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
+use super::limits::LimitsSnapshot;
 use crate::events::{CacheState, Phase, RequestEvent};
 
 /// Rows kept in the table; older ones are forgotten (totals keep counting).
@@ -224,6 +225,8 @@ pub enum Msg {
     Resize(u16, u16),
     /// A line for the status bar (replay results, export paths, connection state).
     Status(String),
+    /// Breaker and rate-limit figures read from relay's metrics (about once a second).
+    Limits(LimitsSnapshot),
 }
 
 /// The whole dashboard.
@@ -265,6 +268,8 @@ pub struct State {
     pub dropped: u64,
     pub status: Option<String>,
     pub popup: Option<Popup>,
+    /// The latest breaker and rate-limit figures, `None` until the first read.
+    pub limits: Option<LimitsSnapshot>,
 }
 
 impl State {
@@ -295,6 +300,7 @@ impl State {
             dropped: 0,
             status: None,
             popup: None,
+            limits: None,
         }
     }
 
@@ -329,6 +335,7 @@ impl State {
                 self.scroll_to_selection();
             }
             Msg::Status(s) => self.status = Some(s),
+            Msg::Limits(l) => self.limits = Some(l),
         }
     }
 

@@ -379,3 +379,45 @@ fn every_action_has_a_key_and_help() {
         assert!(help.contains(b.help), "{}", b.help);
     }
 }
+
+#[test]
+fn breakdown_view_shows_limits_and_breakers() {
+    use super::limits::{parse, Circuit};
+    let metrics = "relay_circuit_state{provider=\"anthropic\"} 2\n\
+        relay_circuit_state{provider=\"openai\"} 0\n\
+        relay_circuit_transitions_total{provider=\"anthropic\",to=\"open\"} 2\n\
+        relay_circuit_transitions_total{provider=\"anthropic\",to=\"half_open\"} 1\n\
+        relay_ratelimit_rejections_total{scope=\"global\",rule=\"rpm\"} 17\n\
+        relay_ratelimit_backend{backend=\"local\"} 1\n";
+    for (w, h) in SIZES {
+        let mut s = state(w, h);
+        handle_key(&mut s, code(KeyCode::Tab));
+        s.update(Msg::Limits(parse(
+            "relay_ratelimit_backend{backend=\"local\"} 1\n",
+        )));
+        insta::assert_snapshot!(format!("models_no_limits_{w}x{h}"), draw(&s));
+        s.update(Msg::Limits(parse(metrics)));
+        let l = s.limits.as_ref().unwrap();
+        assert_eq!(l.breakers["anthropic"].state, Circuit::Open);
+        insta::assert_snapshot!(format!("models_limits_{w}x{h}"), draw(&s));
+        // The open breaker is highlighted, the closed one is not.
+        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+        t.draw(|f| render(&s, f)).unwrap();
+        let buf = t.backend().buffer();
+        let cell_of = |row: &str, word: &str| {
+            let y = (0..h)
+                .find(|&y| {
+                    (0..w)
+                        .map(|x| buf[(x, y)].symbol())
+                        .collect::<String>()
+                        .starts_with(row)
+                })
+                .unwrap();
+            let line: String = (0..w).map(|x| buf[(x, y)].symbol()).collect();
+            let x = line.find(word).unwrap() as u16;
+            buf[(x, y)].fg
+        };
+        assert_eq!(cell_of(" anthropic", "open"), ratatui::style::Color::Red);
+        assert_eq!(cell_of(" openai", "closed"), ratatui::style::Color::Reset);
+    }
+}

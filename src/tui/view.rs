@@ -11,6 +11,7 @@ use ratatui::Frame;
 
 use super::actions;
 use super::keys::BINDINGS;
+use super::limits::Circuit;
 use super::state::{Row, State, View};
 use crate::events::{CacheState, Phase, RequestEvent};
 
@@ -412,8 +413,11 @@ pub fn detail_text(ev: &RequestEvent, in_flight: bool) -> Text<'static> {
 }
 
 fn render_models(state: &State, f: &mut Frame, area: Rect) {
-    let [models, limits] =
-        Layout::vertical([Constraint::Min(0), Constraint::Length(4)]).areas(area);
+    let [models, limits] = Layout::vertical([
+        Constraint::Min(0),
+        Constraint::Length(limits_height(state, area.height)),
+    ])
+    .areas(area);
     let header = TableRow::new(vec![
         "model", "reqs", "errs", "hit", "tok in", "tok out", "cost", "saved", "avg lat",
     ])
@@ -455,17 +459,85 @@ fn render_models(state: &State, f: &mut Frame, area: Rect) {
     .column_spacing(1)
     .block(Block::new().borders(Borders::TOP).title(" Per model "));
     f.render_widget(table, models);
-    f.render_widget(
-        Paragraph::new(vec![
-            Line::raw(" rate limits: not enforced by this build").dim(),
-            Line::raw(" circuit breakers: not enforced by this build").dim(),
+    render_limits(state, f, limits);
+}
+
+/// Rows the limits pane takes: its border line, a header and one row per breaker or rule (the
+/// longer list), at least 3 and at most half the view.
+fn limits_height(state: &State, height: u16) -> u16 {
+    let rows = match &state.limits {
+        Some(l) if !l.breakers.is_empty() || !l.rejections.is_empty() => {
+            2 + l.breakers.len().max(l.rejections.len())
+        }
+        _ => 2,
+    };
+    (rows.max(3) as u16).min(height / 2)
+}
+
+fn render_limits(state: &State, f: &mut Frame, area: Rect) {
+    let title = match state.limits.as_ref().and_then(|l| l.backend.as_deref()) {
+        Some(b) => format!(" Limits and breakers · limiter: {b} "),
+        None => " Limits and breakers ".to_string(),
+    };
+    let block = Block::new().borders(Borders::TOP).title(title);
+    let l = match &state.limits {
+        None => {
+            let p = Paragraph::new(Line::raw(" reading relay's metrics…").dim());
+            f.render_widget(p.block(block), area);
+            return;
+        }
+        Some(l) if l.breakers.is_empty() && l.rejections.is_empty() => {
+            let p = Paragraph::new(vec![
+                Line::raw(
+                    " circuit breakers: none reported yet (shown after a provider's first request)",
+                )
+                .dim(),
+                Line::raw(" rate limits: no rejections yet").dim(),
+            ]);
+            f.render_widget(p.block(block), area);
+            return;
+        }
+        Some(l) => l,
+    };
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(inner);
+    let head = Style::new().bold().add_modifier(Modifier::UNDERLINED);
+    let breakers = l.breakers.iter().map(|(provider, b)| {
+        let state = match b.state {
+            Circuit::Open => Span::styled("open", Style::new().fg(Color::Red).bold()),
+            Circuit::HalfOpen => Span::styled("half-open", Style::new().fg(Color::Yellow)),
+            Circuit::Closed => Span::raw("closed"),
+        };
+        TableRow::new(vec![
+            Line::raw(format!(" {provider}")),
+            Line::from(state),
+            Line::raw(b.transitions.to_string()),
         ])
-        .block(
-            Block::new()
-                .borders(Borders::TOP)
-                .title(" Limits and breakers "),
-        ),
-        limits,
+    });
+    f.render_widget(
+        Table::new(
+            breakers,
+            [
+                Constraint::Fill(1),
+                Constraint::Length(9),
+                Constraint::Length(11),
+            ],
+        )
+        .header(TableRow::new(vec![" provider", "breaker", "transitions"]).style(head))
+        .column_spacing(1),
+        left,
+    );
+    let rules = l
+        .rejections
+        .iter()
+        .map(|(rule, n)| TableRow::new(vec![format!(" {rule}"), n.to_string()]));
+    f.render_widget(
+        Table::new(rules, [Constraint::Fill(1), Constraint::Length(8)])
+            .header(TableRow::new(vec![" rule (scope/name)", "rejected"]).style(head))
+            .column_spacing(1),
+        right,
     );
 }
 
