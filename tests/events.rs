@@ -227,3 +227,70 @@ async fn replay_sends_the_captured_request_again_without_its_key() {
     assert_ne!(replayed.seq, end.seq);
     assert_eq!(replayed.path, CHAT);
 }
+
+/// This machine's non-loopback IPv4 address (the source of its default route), if it has one. A UDP
+/// `connect` only looks the route up; nothing is sent.
+fn lan_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// A non-loopback peer gets `/relay/events` only with `server.events_remote: true`, and never
+/// `/relay/usage` or `/relay/cache`. Relay listens on all interfaces and is reached through this
+/// machine's own LAN address, so the peer it sees is not loopback.
+#[tokio::test]
+async fn events_remote_opens_only_the_event_stream_to_other_peers() {
+    let Some(ip) = lan_ip() else {
+        // No interface but loopback here: the decision itself is covered by the pipeline's
+        // `relay_api_is_loopback_only_but_events_can_be_opened`.
+        eprintln!("skipped: this machine has no non-loopback address");
+        return;
+    };
+    for remote in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("relay.yaml");
+        std::fs::write(
+            &config_path,
+            format!("server: {{events_remote: {remote}}}\n"),
+        )
+        .unwrap();
+        let server = relay::server::Server::start(relay::server::ServeOptions {
+            config_path: Some(config_path),
+            listen: Some("0.0.0.0:0".parse().unwrap()),
+            env: relay::config::Env::empty()
+                .with("RELAY_CACHE_ENABLED", "false")
+                .with("RELAY_COST_ENABLED", "false"),
+            watch_config: false,
+            offline: false,
+            clock: Default::default(),
+        })
+        .await
+        .expect("relay starts");
+        let port = server.local_addr().port();
+        let status = |path: &'static str| {
+            let url = format!("http://{}{path}", std::net::SocketAddr::new(ip, port));
+            async move { within(client().request(get(&url))).await.unwrap().status() }
+        };
+        let events = status("/relay/events").await;
+        assert_eq!(
+            events,
+            if remote { 200 } else { 404 },
+            "events_remote: {remote}"
+        );
+        assert_eq!(status("/relay/usage").await, 404, "events_remote: {remote}");
+        assert_eq!(
+            status("/relay/cache/entries").await,
+            404,
+            "events_remote: {remote}"
+        );
+        // Loopback peers keep everything.
+        let local = format!("http://127.0.0.1:{port}/relay/events");
+        let resp = within(client().request(get(&local))).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        drop(resp);
+        server.shutdown();
+        within(server.wait()).await;
+    }
+}

@@ -61,6 +61,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("server.request_log", Kind::Yaml),
     ("server.tls", Kind::Yaml),
     ("server.ca_dir", Kind::Text),
+    ("server.events_remote", Kind::Yaml),
     ("providers", Kind::Yaml),
     ("routes", Kind::Yaml),
     ("ratelimit.enabled", Kind::Yaml),

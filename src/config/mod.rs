@@ -89,6 +89,9 @@ pub struct ServerConfig {
     /// Where the local CA lives (`ca.pem`, `ca-key.pem`, and the `tls: auto` certificate). `None`:
     /// `<data dir>/relay/ca`.
     pub ca_dir: Option<PathBuf>,
+    /// Serve `GET /relay/events` (the TUI's feed) to non-loopback peers too. Default off: loopback
+    /// peers only. The rest of `/relay/...` stays loopback-only either way.
+    pub events_remote: bool,
 }
 
 /// The API dialect a provider speaks; decides which header carries an injected key and which error

@@ -52,6 +52,8 @@ pub struct RawServer {
     pub tls: Option<super::tls::RawTls>,
     /// Where the local CA (and the `tls: auto` certificate) live.
     pub ca_dir: Option<String>,
+    /// Serve `GET /relay/events` to non-loopback peers too.
+    pub events_remote: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -356,6 +356,7 @@ fn resolve_server(cx: &Ctx, raw: &RawConfig, env: &Env) -> Result<ServerConfig, 
             .as_deref()
             .filter(|p| !p.is_empty())
             .map(PathBuf::from),
+        events_remote: raw.server.events_remote.unwrap_or(false),
     })
 }
 
@@ -819,6 +820,7 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         tls: Option<super::tls::RawTls>,
         #[serde(skip_serializing_if = "Option::is_none")]
         ca_dir: Option<String>,
+        events_remote: bool,
     }
     #[derive(Serialize)]
     struct ProviderView<'a> {
@@ -930,6 +932,7 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
                 }
             },
             ca_dir: cfg.server.ca_dir.as_ref().map(|p| p.display().to_string()),
+            events_remote: cfg.server.events_remote,
         },
         providers: cfg
             .providers

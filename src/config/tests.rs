@@ -84,6 +84,7 @@ fn defaults_without_a_file() {
     assert_eq!(cfg.server.max_body_bytes, 32 * 1024 * 1024);
     assert_eq!(cfg.server.shutdown_timeout, Duration::from_secs(30));
     assert!(cfg.server.request_log);
+    assert!(!cfg.server.events_remote);
 
     assert_eq!(provider_names(&cfg), ["openai", "anthropic"]);
     let openai = cfg.provider("openai").unwrap();
@@ -286,7 +287,7 @@ fn errors_name_file_and_key_path() {
             "unknown key",
             "server:\n  lisen: 127.0.0.1:1\n",
             "t.yaml: server.lisen: unknown field `lisen`, expected one of `listen`, `port`, \
-             `max_body_bytes`, `shutdown_timeout`, `request_log`, `tls`, `ca_dir`",
+             `max_body_bytes`, `shutdown_timeout`, `request_log`, `tls`, `ca_dir`, `events_remote`",
         ),
         (
             "unknown key in a provider",
@@ -305,6 +306,11 @@ fn errors_name_file_and_key_path() {
             "wrong type",
             "server:\n  max_body_bytes: \"big\"\n",
             r#"t.yaml: server.max_body_bytes: invalid type: string "big", expected u64"#,
+        ),
+        (
+            "events_remote not a boolean",
+            "server:\n  events_remote: lan\n",
+            r#"t.yaml: server.events_remote: invalid type: string "lan", expected a boolean"#,
         ),
         (
             "zero body limit",
@@ -575,6 +581,20 @@ fn env_overrides() {
             "",
             &[("RELAY_SERVER_REQUEST_LOG", "false")],
             |c| c.server.request_log.to_string(),
+            "false",
+        ),
+        (
+            "RELAY_SERVER_EVENTS_REMOTE",
+            "",
+            &[("RELAY_SERVER_EVENTS_REMOTE", "true")],
+            |c| c.server.events_remote.to_string(),
+            "true",
+        ),
+        (
+            "RELAY_SERVER_EVENTS_REMOTE over the file",
+            "server: {events_remote: true}\n",
+            &[("RELAY_SERVER_EVENTS_REMOTE", "false")],
+            |c| c.server.events_remote.to_string(),
             "false",
         ),
         (
@@ -999,6 +1019,7 @@ server:
   max_body_bytes: 1000
   shutdown_timeout: 1m 30s
   request_log: false
+  events_remote: true
 providers:
   - name: openai
     base_url: https://api.openai.com/v1/

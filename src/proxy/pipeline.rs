@@ -181,13 +181,22 @@ async fn admin(
 const RELAY_PREFIX: &str = "/relay";
 const RELAY_PREFIX_SLASH: &str = "/relay/";
 
-/// `/relay/...`: loopback peers only.
+/// Whether `peer` may use the `/relay/...` endpoint at `path`: loopback peers always; others only
+/// `/relay/events`, and only with `server.events_remote: true`.
+fn relay_api_allowed(path: &str, peer: std::net::IpAddr, events_remote: bool) -> bool {
+    peer.is_loopback() || (events_remote && path == events::PATH)
+}
+
+/// `/relay/...`: loopback peers only (and `/relay/events` for any peer with
+/// `server.events_remote: true`).
 async fn relay_api(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<RelayBody> {
     let path = req.uri().path();
-    if path == events::PATH && peer.ip().is_loopback() {
+    let events_remote = state.runtime.load().config.server.events_remote;
+    let allowed = relay_api_allowed(path, peer.ip(), events_remote);
+    if path == events::PATH && allowed {
         return events::sse::response(state.events.subscribe());
     }
-    let found = if !peer.ip().is_loopback() {
+    let found = if !allowed {
         None
     } else if path == crate::cost::cli::PATH {
         Some(if req.method() == Method::GET {
@@ -682,5 +691,35 @@ mod tests {
             Err(EdgeError::BadJson(_))
         ));
         assert_eq!(peek_model(b"{nope", false).unwrap(), None);
+    }
+
+    #[test]
+    fn relay_api_is_loopback_only_but_events_can_be_opened() {
+        let lan: std::net::IpAddr = "192.168.1.20".parse().unwrap();
+        let lan6: std::net::IpAddr = "fd00::20".parse().unwrap();
+        let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let local6: std::net::IpAddr = "::1".parse().unwrap();
+        let admin = [
+            crate::cost::cli::PATH,
+            cache::admin::PREFIX,
+            "/relay/cache/entries",
+            "/relay",
+            "/relay/nope",
+            "/relay/events/x",
+        ];
+        for remote in [false, true] {
+            for ip in [local, local6] {
+                assert!(relay_api_allowed(events::PATH, ip, remote));
+                for p in admin {
+                    assert!(relay_api_allowed(p, ip, remote), "{p} {ip}");
+                }
+            }
+            for ip in [lan, lan6] {
+                assert_eq!(relay_api_allowed(events::PATH, ip, remote), remote, "{ip}");
+                for p in admin {
+                    assert!(!relay_api_allowed(p, ip, remote), "{p} {ip} {remote}");
+                }
+            }
+        }
     }
 }
