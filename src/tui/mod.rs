@@ -84,7 +84,7 @@ pub fn run_attach(url: String, log_path: Option<String>) -> Result<(), TuiError>
         .map_err(|e| TuiError::Attach(format!("{url}: {e}")))?;
     if uri.scheme_str() != Some("http") {
         return Err(TuiError::Attach(format!(
-            "{url}: only http:// is supported (relay's event stream is loopback-only)"
+            "{url}: only http:// is supported (the event stream is read over plain HTTP)"
         )));
     }
     let rt = tokio::runtime::Runtime::new()?;
