@@ -244,24 +244,11 @@ impl Store for RedbStore {
         }
         let entry = Arc::new(entry);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.pending.insert(key, seq, entry.clone());
-        let sent = self.tx.try_send(Op::Put {
-            key,
-            entry: entry.clone(),
-            size,
-            seq,
-        });
-        if sent.is_ok() {
-            let hits = entry.meta.hits;
-            self.hot.insert(key, entry, size, hits);
-        }
-        sent.map_err(|e| {
-            self.pending.settle(&key, seq);
-            match e {
-                mpsc::error::TrySendError::Full(_) => StoreError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
-            }
-        })
+        self.pending
+            .queue_put(&self.tx, seq, key, entry.clone(), size)?;
+        let hits = entry.meta.hits;
+        self.hot.insert(key, entry, size, hits);
+        Ok(())
     }
 
     fn remove(&self, key: CacheKey) -> BoxFuture<'_, Result<bool, StoreError>> {

@@ -325,20 +325,7 @@ impl Store for RedisStore {
         }
         let entry = Arc::new(entry);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.pending.insert(key, seq, entry.clone());
-        let sent = self.tx.try_send(Op::Put {
-            key,
-            entry,
-            size,
-            seq,
-        });
-        sent.map_err(|e| {
-            self.pending.settle(&key, seq);
-            match e {
-                mpsc::error::TrySendError::Full(_) => StoreError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
-            }
-        })
+        self.pending.queue_put(&self.tx, seq, key, entry, size)
     }
 
     fn remove(&self, key: CacheKey) -> BoxFuture<'_, Result<bool, StoreError>> {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use futures_util::future::BoxFuture;
 
@@ -270,6 +270,32 @@ impl Pending {
 
     pub(crate) fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
         self.shard(key).get(key).map(|(_, e)| e.clone())
+    }
+
+    /// Makes `entry` visible to reads at once and queues its put (number `seq`) for the writer,
+    /// which settles it after the commit. A full or closed queue forgets it again: not stored.
+    pub(crate) fn queue_put(
+        &self,
+        tx: &mpsc::Sender<WriteOp>,
+        seq: u64,
+        key: CacheKey,
+        entry: Arc<Entry>,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        self.insert(key, seq, entry.clone());
+        tx.try_send(WriteOp::Put {
+            key,
+            entry,
+            size,
+            seq,
+        })
+        .map_err(|e| {
+            self.settle(&key, seq);
+            match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+            }
+        })
     }
 
     /// Forgets the queued put `seq` of `key`, unless a later put replaced it.
