@@ -60,6 +60,10 @@ struct Args {
     conns: usize,
     /// `--watch 1`: a dashboard-like subscriber reads the live feed during the run (capture on).
     watch: bool,
+    /// `--only 1..6`: one saturation phase alone for `--secs` (for `perf record`): 1 direct JSON,
+    /// 2 relay JSON, 3 relay hit JSON, 4 direct SSE, 5 relay SSE, 6 relay hit SSE; `11..16`: the
+    /// same targets at the fixed rate.
+    only: u64,
 }
 
 fn args() -> Args {
@@ -68,6 +72,7 @@ fn args() -> Args {
         rate: 1000,
         conns: 32,
         watch: false,
+        only: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
@@ -77,9 +82,10 @@ fn args() -> Args {
             ("--rate", Some(v)) => a.rate = v,
             ("--conns", Some(v)) => a.conns = v as usize,
             ("--watch", Some(v)) => a.watch = v != 0,
+            ("--only", Some(v @ (1..=6 | 11..=16))) => a.only = v,
             _ => {
                 eprintln!(
-                    "usage: loadtest [--secs N] [--rate REQ_PER_S] [--conns N] [--watch 0|1]"
+                    "usage: loadtest [--secs N] [--rate REQ_PER_S] [--conns N] [--watch 0|1] [--only 1..6|11..16]"
                 );
                 std::process::exit(2);
             }
@@ -386,12 +392,14 @@ async fn saturate(
 fn main() {
     let args = args();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // The default config logs every request: keep that cost, send the lines nowhere.
-    let (writer, _guard) = tracing_appender::non_blocking(std::io::sink());
-    tracing_subscriber::fmt().with_writer(writer).init();
+    // The default config logs every request: keep that cost (`relay serve`'s subscriber, its
+    // default format, no colours as when stdout is not a terminal), send the lines nowhere.
+    let _guard = relay::logging::init_to(relay::logging::LogFormat::Pretty, false, std::io::sink());
 
+    // Named threads, so `perf report --comm relay` shows relay alone.
     let mock_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("mock")
         .enable_all()
         .build()
         .unwrap();
@@ -401,11 +409,13 @@ fn main() {
         .unwrap_or(2);
     let relay_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
+        .thread_name("relay")
         .enable_all()
         .build()
         .unwrap();
     let load_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("load")
         .enable_all()
         .build()
         .unwrap();
@@ -422,8 +432,10 @@ fn main() {
     std::fs::write(
         &cfg,
         format!(
-            "providers:\n  - {{name: openai, kind: openai, base_url: 'http://{mock_addr}/v1'}}\n  - {{name: anthropic, kind: anthropic, base_url: 'http://{mock_addr}/v1'}}\ncache:\n  path: '{}'\n",
-            dir.join("cache.redb").display()
+            "providers:\n  - {{name: openai, kind: openai, base_url: 'http://{mock_addr}/v1'}}\n  - {{name: anthropic, kind: anthropic, base_url: 'http://{mock_addr}/v1'}}\ncache:\n  path: '{}'\n{}",
+            dir.join("cache.redb").display(),
+            // Extra YAML for experiments (e.g. `server: {request_log: false}`).
+            std::env::var("RELAY_BENCH_EXTRA").unwrap_or_default()
         ),
     )
     .unwrap();
@@ -501,6 +513,32 @@ fn main() {
         ..proxied.clone()
     };
 
+    if args.only != 0 {
+        let c = load_rt.block_on(async { client() });
+        let phase = args.only % 10;
+        let body = if phase <= 3 {
+            REQUEST_JSON
+        } else {
+            REQUEST_SSE
+        };
+        let target = [&direct, &proxied, &hit][(phase as usize - 1) % 3];
+        load_rt.block_on(saturate(c.clone(), target.clone(), body, args.conns, 1));
+        if args.only > 10 {
+            let (h, errors) =
+                load_rt.block_on(fixed_rate(c, target.clone(), body, args.rate, args.secs));
+            println!(
+                "phase {}: p50 {} µs, p99 {} µs, {errors} errors",
+                args.only,
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99)
+            );
+        } else {
+            let (rps, errors) =
+                load_rt.block_on(saturate(c, target.clone(), body, args.conns, args.secs));
+            println!("phase {}: {rps:.0} req/s, {errors} errors", args.only);
+        }
+        return;
+    }
     println!(
         "relay loadtest: {} s per phase, fixed rate {} req/s, saturation {} connections, SSE {} events, {} cores",
         args.secs,

@@ -16,11 +16,22 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. Keep the guard alive until exit: dropping it flushes the log.
 pub fn init(format: LogFormat) -> WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    init_to(format, ansi, std::io::stdout())
+}
+
+/// Installs the global subscriber `relay serve` uses, writing to `out` through the non-blocking
+/// writer (the load harness sends it to a sink, keeping every cost but the write itself).
+pub fn init_to(
+    format: LogFormat,
+    ansi: bool,
+    out: impl std::io::Write + Send + 'static,
+) -> WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking(out);
     let filter = EnvFilter::try_from_env("RELAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_ansi(ansi)
         .with_writer(writer);
     match format {
         LogFormat::Pretty => builder.compact().init(),

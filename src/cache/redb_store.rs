@@ -19,8 +19,9 @@
 //! store starts in its place. A file held by another process is [`StoreError::Locked`]: redb allows
 //! one process per file, so the CLI then goes through the running server.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
@@ -46,6 +47,8 @@ const BACKEND: &str = "redb";
 const QUEUE_CAPACITY: usize = 1024;
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 256;
+/// How long writes nobody waits for gather before a commit (see [`Writer::run`]).
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
 /// Most expired entries one write batch removes (the rest go in the next batches).
 const SWEEP_LIMIT: usize = 1000;
 /// `info.expires` of an entry that never expires.
@@ -80,10 +83,47 @@ pub struct RedbStore {
     /// Resolves when the database is dropped (the file lock released), taken by `close`.
     released: Mutex<Option<oneshot::Receiver<()>>>,
     tx: mpsc::Sender<Op>,
+    /// Hits, counted off the writer queue (see [`Hits`]).
+    hits: Hits,
     pending: Arc<Pending>,
     hot: Arc<Hot>,
     seq: AtomicU64,
     write_errors: Arc<AtomicU64>,
+}
+
+/// Hit counting without waking the writer per hit: a hit is a key on a bounded queue the writer
+/// never waits on, drained at its next commit; the ticker makes sure that happens within about a
+/// second ([`LAZY_SYNC`]). A hit that finds the queue full is not counted (bookkeeping only).
+struct Hits {
+    queue: std::sync::mpsc::SyncSender<CacheKey>,
+    /// Set when a hit was queued since the ticker last looked.
+    queued: Arc<AtomicBool>,
+}
+
+impl Hits {
+    fn count(&self, key: CacheKey) {
+        if self.queue.try_send(key).is_ok() && !self.queued.load(Ordering::Relaxed) {
+            self.queued.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Most hits queued between two commits (32 bytes each).
+const HITS_CAPACITY: usize = 64 * 1024;
+
+/// The ticker thread: every [`LAZY_SYNC`], asks the writer to commit queued hits and to make
+/// lazy commits durable, when there are any. Holds a weak sender: it never keeps the writer alive,
+/// and ends once the writer is gone.
+fn tick(tx: mpsc::WeakSender<Op>, queued: Arc<AtomicBool>, lazy: Arc<AtomicBool>) {
+    loop {
+        std::thread::sleep(LAZY_SYNC);
+        let Some(tx) = tx.upgrade() else { return };
+        if queued.swap(false, Ordering::Relaxed) | lazy.swap(false, Ordering::Relaxed) {
+            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Op::Tick) {
+                return;
+            }
+        }
+    }
 }
 
 impl RedbStore {
@@ -107,32 +147,49 @@ impl RedbStore {
             on_drop: Some(released_tx),
         });
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (hits_tx, hits_rx) = std::sync::mpsc::sync_channel(HITS_CAPACITY);
+        let queued = Arc::new(AtomicBool::new(false));
+        let lazy = Arc::new(AtomicBool::new(false));
         let pending = Arc::new(Pending::default());
         let hot = Arc::new(Hot::new(opts.max_bytes.min(hot::DEFAULT_BUDGET)));
         let write_errors = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             db: db.clone(),
             rx,
+            hits: hits_rx,
             pending: pending.clone(),
             hot: hot.clone(),
             opts: opts.clone(),
             write_errors: write_errors.clone(),
             failing: false,
             last_durable: std::time::Instant::now(),
+            lazy: lazy.clone(),
+            synced: true,
+            last_commit: std::time::Instant::now(),
+        };
+        let spawn_failed = |source| StoreError::Io {
+            path: path.clone(),
+            source,
         };
         std::thread::Builder::new()
             .name("relay-cache-writer".into())
             .spawn(move || writer.run())
-            .map_err(|source| StoreError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(spawn_failed)?;
+        let (weak, ticked) = (tx.downgrade(), queued.clone());
+        std::thread::Builder::new()
+            .name("relay-cache-tick".into())
+            .spawn(move || tick(weak, ticked, lazy))
+            .map_err(spawn_failed)?;
         Ok(RedbStore {
             path,
             opts,
             db: ArcSwapOption::new(Some(db)),
             released: Mutex::new(Some(released_rx)),
             tx,
+            hits: Hits {
+                queue: hits_tx,
+                queued,
+            },
             pending,
             hot,
             seq: AtomicU64::new(0),
@@ -184,14 +241,14 @@ impl Store for RedbStore {
                     self.nudge(Op::Expire(key));
                     return Ok(None);
                 }
-                self.nudge(Op::Hit(key));
+                self.hits.count(key);
                 return Ok(Some(slot.hit()));
             }
             if let Some(entry) = self.pending.get(&key) {
                 if entry.is_expired(now) {
                     return Ok(None);
                 }
-                self.nudge(Op::Hit(key));
+                self.hits.count(key);
                 return Ok(Some(Entry::clone(&entry)));
             }
             let generation = self.hot.generation();
@@ -223,7 +280,7 @@ impl Store for RedbStore {
                     Ok(None)
                 }
                 Lookup::Found(entry) => {
-                    self.nudge(Op::Hit(key));
+                    self.hits.count(key);
                     let (size, hits) = (entry.size(), entry.meta.hits);
                     let kept = Arc::new(Entry::clone(&entry));
                     self.hot.insert_if(generation, key, kept, size, hits + 1);
@@ -447,6 +504,7 @@ enum Outcome {
 struct Writer {
     db: Arc<DbHandle>,
     rx: mpsc::Receiver<Op>,
+    hits: std::sync::mpsc::Receiver<CacheKey>,
     pending: Arc<Pending>,
     hot: Arc<Hot>,
     opts: StoreOptions,
@@ -455,6 +513,12 @@ struct Writer {
     failing: bool,
     /// When the last commit that reached the disk (fsync) happened.
     last_durable: std::time::Instant,
+    /// Set after a commit without fsync: the ticker then asks for a durable one.
+    lazy: Arc<AtomicBool>,
+    /// Whether the last commit was durable.
+    synced: bool,
+    /// When the last batch was committed (see [`BATCH_WINDOW`]).
+    last_commit: std::time::Instant,
 }
 
 impl Writer {
@@ -462,6 +526,17 @@ impl Writer {
     fn run(mut self) {
         while let Some(first) = self.rx.blocking_recv() {
             let mut closing = matches!(first, Op::Close(_));
+            // Writes that can wait gather for up to a window, so a steady stream of requests
+            // costs a few commits a second, not one each; a full batch or an op someone awaits
+            // goes at once.
+            let waited_on = matches!(
+                first,
+                Op::Remove { .. } | Op::Clear { .. } | Op::Flush(_) | Op::Close(_)
+            );
+            let since = self.last_commit.elapsed();
+            if !waited_on && since < BATCH_WINDOW && self.rx.len() < MAX_BATCH {
+                std::thread::sleep(BATCH_WINDOW - since);
+            }
             let mut batch = vec![first];
             while !closing && batch.len() < MAX_BATCH {
                 match self.rx.try_recv() {
@@ -473,6 +548,7 @@ impl Writer {
                 }
             }
             self.commit(batch);
+            self.last_commit = std::time::Instant::now();
             if closing {
                 break;
             }
@@ -480,24 +556,49 @@ impl Writer {
     }
 
     /// Applies a batch in one transaction, then answers its waiters and drops its pending copies.
+    ///
+    /// Durability: puts, hit counts and expiry are committed without an fsync while the last
+    /// durable commit is under [`LAZY_SYNC`] old, and the ticker asks for a durable commit after
+    /// one that was not, so a recording reaches the disk within about a second and a stream of
+    /// requests costs an fsync a second, not one per batch. A crash loses at most that second
+    /// (redb keeps the file consistent at its last durable commit). Removals, clears, flushes
+    /// (every `list`/`stats`) and closing are durable at once.
     fn commit(&mut self, batch: Vec<Op>) {
-        let result = if batch.iter().any(Op::mutates) {
+        let mut hits: HashMap<CacheKey, u64> = HashMap::new();
+        for key in self.hits.try_iter() {
+            *hits.entry(key).or_default() += 1;
+        }
+        let urgent = batch.iter().any(|op| {
+            matches!(
+                op,
+                Op::Remove { .. } | Op::Clear { .. } | Op::Flush(_) | Op::Close(_) | Op::Tick
+            )
+        });
+        let behind = self.lazy.load(Ordering::Relaxed) || !self.synced;
+        let result = if batch.iter().any(Op::mutates) || !hits.is_empty() || (urgent && behind) {
             let now = self.opts.clock.now_ms();
-            // Hit counts (and expiry of entries a read found stale) are bookkeeping: under a stream
-            // of hits they are committed without an fsync, with a durable commit at least once per
-            // [`LAZY_SYNC`]. Everything else is durable when its batch commits.
-            let durable = batch
-                .iter()
-                .any(|op| !matches!(op, Op::Hit(_) | Op::Expire(_)))
-                || self.last_durable.elapsed() >= LAZY_SYNC;
+            let durable = urgent || self.last_durable.elapsed() >= LAZY_SYNC;
             if durable {
                 self.last_durable = std::time::Instant::now();
             }
             // redb asserts on some damage; a panic here must cost this batch, not the writer.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                apply(self.db.db(), &batch, now, self.opts.max_bytes, durable)
-            }))
-            .unwrap_or_else(|_| {
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                apply(
+                    self.db.db(),
+                    &batch,
+                    &hits,
+                    now,
+                    self.opts.max_bytes,
+                    durable,
+                )
+            }));
+            if matches!(applied, Ok(Ok(_))) {
+                self.synced = durable;
+                if !durable {
+                    self.lazy.store(true, Ordering::Relaxed);
+                }
+            }
+            applied.unwrap_or_else(|_| {
                 Err(StoreError::backend(
                     BACKEND,
                     "redb panicked applying a write batch",
@@ -558,7 +659,7 @@ impl Writer {
             let outcome = outcomes.next().unwrap_or(Ok(Outcome::Done));
             match op {
                 Op::Put { key, seq, .. } => self.pending.settle(&key, seq),
-                Op::Hit(_) | Op::Expire(_) => {}
+                Op::Hit(_) | Op::Expire(_) | Op::Tick => {}
                 Op::Remove { reply, .. } => {
                     let _ = reply.send(outcome.map(|o| matches!(o, Outcome::Removed(true))));
                 }
@@ -580,6 +681,7 @@ impl Writer {
 fn apply(
     db: &Database,
     batch: &[Op],
+    hits: &HashMap<CacheKey, u64>,
     now: u64,
     max_bytes: u64,
     durable: bool,
@@ -600,7 +702,7 @@ fn apply(
                     Outcome::Done
                 }
                 Op::Hit(key) => {
-                    t.hit(key)?;
+                    t.hit(key, 1)?;
                     Outcome::Done
                 }
                 Op::Expire(key) => {
@@ -609,8 +711,11 @@ fn apply(
                 }
                 Op::Remove { key, .. } => Outcome::Removed(t.drop_entry(key)?),
                 Op::Clear { model, .. } => Outcome::Cleared(t.clear(model.as_deref())?),
-                Op::Flush(_) | Op::Close(_) => Outcome::Done,
+                Op::Flush(_) | Op::Close(_) | Op::Tick => Outcome::Done,
             });
+        }
+        for (key, n) in hits {
+            t.hit(key, *n)?;
         }
         t.sweep(now)?;
         t.evict(max_bytes)?;
@@ -635,7 +740,7 @@ struct Applied {
     cleared: bool,
 }
 
-/// How long hit counts may go without an fsync (see [`Writer::commit`]).
+/// How long writes may go without an fsync (see [`Writer::commit`]).
 const LAZY_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An entry's row in `info`.
@@ -760,7 +865,7 @@ impl<'txn> Tables<'txn> {
         Ok(Some(info))
     }
 
-    fn hit(&mut self, key: &CacheKey) -> Result<(), StoreError> {
+    fn hit(&mut self, key: &CacheKey, n: u64) -> Result<(), StoreError> {
         let k = *key.as_bytes();
         let Some(mut info) = self
             .info
@@ -770,9 +875,9 @@ impl<'txn> Tables<'txn> {
         else {
             return Ok(());
         };
-        info.hits += 1;
+        info.hits += n;
         self.info.insert(k, info.row()).map_err(db_err)?;
-        self.hits += 1;
+        self.hits += n;
         Ok(())
     }
 

@@ -547,7 +547,7 @@ impl Writer {
             };
             match op {
                 Op::Put { key, seq, .. } => self.pending.settle(&key, seq),
-                Op::Hit(_) | Op::Expire(_) => {}
+                Op::Hit(_) | Op::Expire(_) | Op::Tick => {}
                 Op::Remove { reply, .. } => {
                     let _ = reply.send(outcome.map(|n| n == 1));
                 }
@@ -604,7 +604,7 @@ impl Writer {
                         .arg(if model.is_some() { "1" } else { "0" })
                         .arg(model.as_deref().unwrap_or(""));
                 }
-                Op::Flush(_) | Op::Close(_) => {}
+                Op::Flush(_) | Op::Close(_) | Op::Tick => {}
             }
         }
         call.invoke_async(&mut self.conn).await.map_err(redis_err)

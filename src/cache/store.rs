@@ -226,6 +226,8 @@ pub(crate) enum WriteOp {
     },
     /// Count one hit.
     Hit(CacheKey),
+    /// Periodic: commit the hits counted off the queue, make lazy commits durable (redb).
+    Tick,
     /// Remove the entry if it has expired by commit time (a read found it expired).
     Expire(CacheKey),
     Remove {
@@ -243,7 +245,7 @@ pub(crate) enum WriteOp {
 impl WriteOp {
     /// Whether applying the op writes anything.
     pub(crate) fn mutates(&self) -> bool {
-        !matches!(self, WriteOp::Flush(_) | WriteOp::Close(_))
+        !matches!(self, WriteOp::Flush(_) | WriteOp::Close(_) | WriteOp::Tick)
     }
 }
 
