@@ -537,6 +537,11 @@ fn main() {
                 load_rt.block_on(saturate(c, target.clone(), body, args.conns, args.secs));
             println!("phase {}: {rps:.0} req/s, {errors} errors", args.only);
         }
+        for s in [server, server_off] {
+            s.shutdown();
+            relay_rt.block_on(s.wait());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
         return;
     }
     println!(
