@@ -20,8 +20,8 @@ pub fn init(format: LogFormat) -> WorkerGuard {
     init_to(format, ansi, std::io::stdout())
 }
 
-/// Installs the global subscriber `relay serve` uses, writing to `out` through the non-blocking
-/// writer (the load harness sends it to a sink, keeping every cost but the write itself).
+/// Installs the global subscriber, writing to `out` through the non-blocking writer (the load
+/// harness sends it to a sink, keeping every cost but the write itself). Keep the guard alive.
 pub fn init_to(
     format: LogFormat,
     ansi: bool,
@@ -50,17 +50,7 @@ pub fn init_file(format: LogFormat, path: &std::path::Path) -> std::io::Result<W
         .create(true)
         .append(true)
         .open(path)?;
-    let (writer, guard) = tracing_appender::non_blocking(file);
-    let filter = EnvFilter::try_from_env("RELAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(writer);
-    match format {
-        LogFormat::Pretty => builder.compact().init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    Ok(guard)
+    Ok(init_to(format, false, file))
 }
 
 /// Where `relay tui` logs by default: `<data dir>/relay/tui.log` (e.g.

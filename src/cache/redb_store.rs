@@ -529,12 +529,8 @@ impl Writer {
             // Writes that can wait gather for up to a window, so a steady stream of requests
             // costs a few commits a second, not one each; a full batch or an op someone awaits
             // goes at once.
-            let waited_on = matches!(
-                first,
-                Op::Remove { .. } | Op::Clear { .. } | Op::Flush(_) | Op::Close(_)
-            );
             let since = self.last_commit.elapsed();
-            if !waited_on && since < BATCH_WINDOW && self.rx.len() < MAX_BATCH {
+            if !first.awaited() && since < BATCH_WINDOW && self.rx.len() < MAX_BATCH {
                 std::thread::sleep(BATCH_WINDOW - since);
             }
             let mut batch = vec![first];
@@ -568,12 +564,9 @@ impl Writer {
         for key in self.hits.try_iter() {
             *hits.entry(key).or_default() += 1;
         }
-        let urgent = batch.iter().any(|op| {
-            matches!(
-                op,
-                Op::Remove { .. } | Op::Clear { .. } | Op::Flush(_) | Op::Close(_) | Op::Tick
-            )
-        });
+        let urgent = batch
+            .iter()
+            .any(|op| op.awaited() || matches!(op, Op::Tick));
         let behind = self.lazy.load(Ordering::Relaxed) || !self.synced;
         let result = if batch.iter().any(Op::mutates) || !hits.is_empty() || (urgent && behind) {
             let now = self.opts.clock.now_ms();

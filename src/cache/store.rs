@@ -247,6 +247,14 @@ impl WriteOp {
     pub(crate) fn mutates(&self) -> bool {
         !matches!(self, WriteOp::Flush(_) | WriteOp::Close(_) | WriteOp::Tick)
     }
+
+    /// Whether a caller waits for the op's answer (it is committed at once, durably in redb).
+    pub(crate) fn awaited(&self) -> bool {
+        matches!(
+            self,
+            WriteOp::Remove { .. } | WriteOp::Clear { .. } | WriteOp::Flush(_) | WriteOp::Close(_)
+        )
+    }
 }
 
 /// Queued puts of the keys whose first byte falls in one shard: key → (put sequence number, entry).
