@@ -567,43 +567,43 @@ impl Writer {
         let urgent = batch
             .iter()
             .any(|op| op.awaited() || matches!(op, Op::Tick));
-        let behind = self.lazy.load(Ordering::Relaxed) || !self.synced;
-        let result = if batch.iter().any(Op::mutates) || !hits.is_empty() || (urgent && behind) {
-            let now = self.opts.clock.now_ms();
-            let durable = urgent || self.last_durable.elapsed() >= LAZY_SYNC;
-            if durable {
-                self.last_durable = std::time::Instant::now();
-            }
-            // redb asserts on some damage; a panic here must cost this batch, not the writer.
-            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                apply(
-                    self.db.db(),
-                    &batch,
-                    &hits,
-                    now,
-                    self.opts.max_bytes,
-                    durable,
-                )
-            }));
-            if matches!(applied, Ok(Ok(_))) {
-                self.synced = durable;
-                if !durable {
-                    self.lazy.store(true, Ordering::Relaxed);
+        let result =
+            if batch.iter().any(Op::mutates) || !hits.is_empty() || (urgent && !self.synced) {
+                let now = self.opts.clock.now_ms();
+                let durable = urgent || self.last_durable.elapsed() >= LAZY_SYNC;
+                if durable {
+                    self.last_durable = std::time::Instant::now();
                 }
-            }
-            applied.unwrap_or_else(|_| {
-                Err(StoreError::backend(
-                    BACKEND,
-                    "redb panicked applying a write batch",
-                ))
-            })
-        } else {
-            Ok(Applied {
-                outcomes: batch.iter().map(|_| Outcome::Done).collect(),
-                gone: Vec::new(),
-                cleared: false,
-            })
-        };
+                // redb asserts on some damage; a panic here must cost this batch, not the writer.
+                let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    apply(
+                        self.db.db(),
+                        &batch,
+                        &hits,
+                        now,
+                        self.opts.max_bytes,
+                        durable,
+                    )
+                }));
+                if matches!(applied, Ok(Ok(_))) {
+                    self.synced = durable;
+                    if !durable {
+                        self.lazy.store(true, Ordering::Relaxed);
+                    }
+                }
+                applied.unwrap_or_else(|_| {
+                    Err(StoreError::backend(
+                        BACKEND,
+                        "redb panicked applying a write batch",
+                    ))
+                })
+            } else {
+                Ok(Applied {
+                    outcomes: batch.iter().map(|_| Outcome::Done).collect(),
+                    gone: Vec::new(),
+                    cleared: false,
+                })
+            };
         match &result {
             Ok(applied) if applied.cleared => self.hot.clear(),
             Ok(applied) => self.hot.remove_all(&applied.gone),
