@@ -537,11 +537,7 @@ fn main() {
                 load_rt.block_on(saturate(c, target.clone(), body, args.conns, args.secs));
             println!("phase {}: {rps:.0} req/s, {errors} errors", args.only);
         }
-        for s in [server, server_off] {
-            s.shutdown();
-            relay_rt.block_on(s.wait());
-        }
-        let _ = std::fs::remove_dir_all(&dir);
+        stop(&relay_rt, [server, server_off], &dir);
         return;
     }
     println!(
@@ -675,12 +671,17 @@ fn main() {
             server.events().dropped()
         );
     }
-    server.shutdown();
-    relay_rt.block_on(server.wait());
+    stop(&relay_rt, [server, server_off], &dir);
     if let Some(w) = watcher {
         let _ = w.join();
     }
-    server_off.shutdown();
-    relay_rt.block_on(server_off.wait());
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Shuts the relays down, waits for them, and removes the run's directory.
+fn stop(relay_rt: &tokio::runtime::Runtime, servers: [Server; 2], dir: &std::path::Path) {
+    for s in servers {
+        s.shutdown();
+        relay_rt.block_on(s.wait());
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
