@@ -11,9 +11,11 @@
 //!   body byte; p50 / p99, direct vs relay, and the difference (what relay adds);
 //! - **saturation** (closed loop, `--conns` connections): requests per second, direct vs relay.
 //!
-//! Three targets: **direct** (the mock), **relay** forwarding (cache on, every request sent with
+//! Four targets: **direct** (the mock), **relay** forwarding (cache on, every request sent with
 //! `Cache-Control: no-cache`, so each one goes upstream and its answer is recorded and stored: the
-//! miss path), and **relay hit** (the same request answered from the cache).
+//! miss path), **relay hit** (the same request answered from the cache), and a **bare hyper proxy**
+//! (a hyper server forwarding on a pooled hyper-util client and nothing else, on relay's runtime):
+//! the floor any proxy built on these parts starts from, so relay's own cost is relay / bare.
 //!
 //! **Rate limiter** rows (JSON, fixed rate): the relay forwarding path with the limiter off, with a
 //! per-key limit far above the offered load in process, and the same limit shared through Redis
@@ -27,6 +29,10 @@
 //! A second relay with `cost.enabled: false` (same runtime) gives the **cost tracking** rows: the
 //! fixed-rate latency with cost on minus cost off, for answers whose usage comes from the provider
 //! (the mock honours `stream_options.include_usage`, which relay injects into streamed requests).
+
+/// The allocator `relay serve` runs with (see `src/main.rs`), so the harness measures the same.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -60,9 +66,9 @@ struct Args {
     conns: usize,
     /// `--watch 1`: a dashboard-like subscriber reads the live feed during the run (capture on).
     watch: bool,
-    /// `--only 1..6`: one saturation phase alone for `--secs` (for `perf record`): 1 direct JSON,
-    /// 2 relay JSON, 3 relay hit JSON, 4 direct SSE, 5 relay SSE, 6 relay hit SSE; `11..16`: the
-    /// same targets at the fixed rate.
+    /// `--only 1..8`: one saturation phase alone for `--secs` (for `perf record`): 1 direct JSON,
+    /// 2 relay JSON, 3 relay hit JSON, 4 direct SSE, 5 relay SSE, 6 relay hit SSE, 7 bare proxy
+    /// JSON, 8 bare proxy SSE; `11..18`: the same targets at the fixed rate.
     only: u64,
 }
 
@@ -82,10 +88,10 @@ fn args() -> Args {
             ("--rate", Some(v)) => a.rate = v,
             ("--conns", Some(v)) => a.conns = v as usize,
             ("--watch", Some(v)) => a.watch = v != 0,
-            ("--only", Some(v @ (1..=6 | 11..=16))) => a.only = v,
+            ("--only", Some(v @ (1..=8 | 11..=18))) => a.only = v,
             _ => {
                 eprintln!(
-                    "usage: loadtest [--secs N] [--rate REQ_PER_S] [--conns N] [--watch 0|1] [--only 1..6|11..16]"
+                    "usage: loadtest [--secs N] [--rate REQ_PER_S] [--conns N] [--watch 0|1] [--only 1..8|11..18]"
                 );
                 std::process::exit(2);
             }
@@ -288,6 +294,44 @@ fn client() -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(4096)
         .build(http)
+}
+
+/// The floor for any proxy built on the same parts: a hyper server that forwards each request to
+/// the mock on a pooled hyper-util client and streams the answer back, and nothing else (no
+/// routing, cache, cost, limits, metrics or log). Runs on relay's runtime. Returns its address.
+async fn bare_proxy(upstream: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(4096)
+        .build(http);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let client = client.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let client = client.clone();
+                    async move {
+                        let (mut parts, body) = req.into_parts();
+                        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                        parts.uri = format!("http://{upstream}{pq}").parse().expect("valid URI");
+                        parts.headers.remove(http::header::HOST);
+                        client.request(Request::from_parts(parts, body)).await
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
 }
 
 /// Where a request goes and how.
@@ -512,16 +556,28 @@ fn main() {
         headers: &[],
         ..proxied.clone()
     };
+    let bare = Target {
+        url: format!(
+            "http://{}/v1/chat/completions",
+            relay_rt.block_on(bare_proxy(mock_addr))
+        )
+        .parse()
+        .unwrap(),
+        headers: &[],
+    };
 
     if args.only != 0 {
         let c = load_rt.block_on(async { client() });
         let phase = args.only % 10;
-        let body = if phase <= 3 {
+        let body = if phase <= 3 || phase == 7 {
             REQUEST_JSON
         } else {
             REQUEST_SSE
         };
-        let target = [&direct, &proxied, &hit][(phase as usize - 1) % 3];
+        let target = match phase {
+            7 | 8 => &bare,
+            _ => [&direct, &proxied, &hit][(phase as usize - 1) % 3],
+        };
         load_rt.block_on(saturate(c.clone(), target.clone(), body, args.conns, 1));
         if args.only > 10 {
             let (h, errors) =
@@ -570,6 +626,14 @@ fn main() {
             args.rate,
             args.secs,
         ));
+        load_rt.block_on(saturate(c.clone(), bare.clone(), body, args.conns, 1));
+        let (b, be) = load_rt.block_on(fixed_rate(
+            c.clone(),
+            bare.clone(),
+            body,
+            args.rate,
+            args.secs,
+        ));
         load_rt.block_on(saturate(c.clone(), hit.clone(), body, args.conns, 1));
         let (h, he) = load_rt.block_on(fixed_rate(
             c.clone(),
@@ -606,6 +670,18 @@ fn main() {
             us(&r, 0.99) as i64 - us(&d, 0.99) as i64
         );
         println!(
+            "| {name} @ {} req/s | bare hyper proxy | {} µs | {} µs | {be} |",
+            args.rate,
+            us(&b, 0.5),
+            us(&b, 0.99)
+        );
+        println!(
+            "| {name} @ {} req/s | added by a bare hyper proxy | {} µs | {} µs | |",
+            args.rate,
+            us(&b, 0.5) as i64 - us(&d, 0.5) as i64,
+            us(&b, 0.99) as i64 - us(&d, 0.99) as i64
+        );
+        println!(
             "| {name} @ {} req/s | relay, cache hit | {} µs | {} µs | {he} |",
             args.rate,
             us(&h, 0.5),
@@ -625,8 +701,8 @@ fn main() {
         );
     }
     println!();
-    println!("| workload | direct req/s | relay req/s | relay / direct | relay hit req/s | hit / direct | errors (direct, relay, hit) |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| workload | direct req/s | bare proxy req/s | bare / direct | relay req/s | relay / direct | relay / bare | relay hit req/s | hit / direct | errors (direct, bare, relay, hit) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (name, body) in [("JSON", REQUEST_JSON), ("SSE", REQUEST_SSE)] {
         let (d, de) = load_rt.block_on(saturate(
             c.clone(),
@@ -649,10 +725,19 @@ fn main() {
             args.conns,
             args.secs,
         ));
-        println!(
-            "| {name}, {} conns | {d:.0} | {r:.0} | {:.0}% | {h:.0} | {:.2}× | {de}, {re}, {he} |",
+        let (b, be) = load_rt.block_on(saturate(
+            c.clone(),
+            bare.clone(),
+            body,
             args.conns,
+            args.secs,
+        ));
+        println!(
+            "| {name}, {} conns | {d:.0} | {b:.0} | {:.0}% | {r:.0} | {:.0}% | {:.0}% | {h:.0} | {:.2}× | {de}, {be}, {re}, {he} |",
+            args.conns,
+            100.0 * b / d,
             100.0 * r / d,
+            100.0 * r / b,
             h / d
         );
     }

@@ -11,6 +11,12 @@ use relay::cost::cli::UsageArgs;
 use relay::logging::{self, LogFormat};
 use relay::server::{ServeOptions, Server};
 
+/// mimalloc instead of glibc's malloc: relay allocates on its workers and frees on its writer
+/// threads (log lines, cache entries), which contends on glibc's arena locks; measured with
+/// `examples/loadtest.rs`, which uses the same allocator (README, Performance).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A fast, terminal-first proxy and gateway for AI APIs.
 ///
 /// Point your app at relay (`export OPENAI_BASE_URL=http://127.0.0.1:8080/v1`, or

@@ -42,6 +42,12 @@ impl Slot {
         entry.meta.hits = self.hits.fetch_add(1, Ordering::Relaxed);
         entry
     }
+
+    /// Counts a hit: the entry shared, as `get_shared` returns it (its `meta.hits` lags).
+    pub(crate) fn hit_shared(&self) -> Arc<Entry> {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.entry.clone()
+    }
 }
 
 /// See the module docs.

@@ -219,6 +219,66 @@ impl RedbStore {
     }
 
     /// Queues an operation and waits for the writer's answer.
+    /// The lookup behind `get` and `get_shared`: counts the hit (a hot slot's count is taken by
+    /// the caller, through [`hot::Slot::hit`] or [`hot::Slot::hit_shared`]).
+    async fn find(&self, key: CacheKey) -> Result<Option<Found>, StoreError> {
+        if self.db.load().is_none() {
+            return Err(StoreError::Closed);
+        }
+        let now = self.opts.clock.now_ms();
+        if let Some(slot) = self.hot.get(&key) {
+            if slot.entry.is_expired(now) {
+                self.nudge(Op::Expire(key));
+                return Ok(None);
+            }
+            self.hits.count(key);
+            return Ok(Some(Found::Hot(slot)));
+        }
+        if let Some(entry) = self.pending.get(&key) {
+            if entry.is_expired(now) {
+                return Ok(None);
+            }
+            self.hits.count(key);
+            return Ok(Some(Found::Read(Box::new(Entry::clone(&entry)))));
+        }
+        let generation = self.hot.generation();
+        let found = self
+            .read(move |db| {
+                let txn = db.begin_read().map_err(db_err)?;
+                let info = txn.open_table(INFO).map_err(db_err)?;
+                let Some(info) = info.get(key.as_bytes()).map_err(db_err)? else {
+                    return Ok(Lookup::Missing);
+                };
+                let info = Info::from(info.value());
+                if info.expires <= now {
+                    return Ok(Lookup::Expired);
+                }
+                let entries = txn.open_table(ENTRIES).map_err(db_err)?;
+                let Some(raw) = entries.get(key.as_bytes()).map_err(db_err)? else {
+                    return Ok(Lookup::Missing);
+                };
+                let mut entry = codec::decode(Bytes::copy_from_slice(raw.value()))
+                    .map_err(|e| corrupt(&key, e))?;
+                entry.meta.hits = info.hits;
+                Ok(Lookup::Found(Box::new(entry)))
+            })
+            .await?;
+        match found {
+            Lookup::Missing => Ok(None),
+            Lookup::Expired => {
+                self.nudge(Op::Expire(key));
+                Ok(None)
+            }
+            Lookup::Found(entry) => {
+                self.hits.count(key);
+                let (size, hits) = (entry.size(), entry.meta.hits);
+                let kept = Arc::new(Entry::clone(&entry));
+                self.hot.insert_if(generation, key, kept, size, hits + 1);
+                Ok(Some(Found::Read(entry)))
+            }
+        }
+    }
+
     async fn ask<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
@@ -229,64 +289,28 @@ impl RedbStore {
     }
 }
 
+/// What [`RedbStore::find`] found: a slot of the in-memory front, or an entry read from elsewhere.
+enum Found {
+    Hot(Arc<hot::Slot>),
+    Read(Box<Entry>),
+}
+
 impl Store for RedbStore {
     fn get(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<Entry>, StoreError>> {
         Box::pin(async move {
-            if self.db.load().is_none() {
-                return Err(StoreError::Closed);
-            }
-            let now = self.opts.clock.now_ms();
-            if let Some(slot) = self.hot.get(&key) {
-                if slot.entry.is_expired(now) {
-                    self.nudge(Op::Expire(key));
-                    return Ok(None);
-                }
-                self.hits.count(key);
-                return Ok(Some(slot.hit()));
-            }
-            if let Some(entry) = self.pending.get(&key) {
-                if entry.is_expired(now) {
-                    return Ok(None);
-                }
-                self.hits.count(key);
-                return Ok(Some(Entry::clone(&entry)));
-            }
-            let generation = self.hot.generation();
-            let found = self
-                .read(move |db| {
-                    let txn = db.begin_read().map_err(db_err)?;
-                    let info = txn.open_table(INFO).map_err(db_err)?;
-                    let Some(info) = info.get(key.as_bytes()).map_err(db_err)? else {
-                        return Ok(Lookup::Missing);
-                    };
-                    let info = Info::from(info.value());
-                    if info.expires <= now {
-                        return Ok(Lookup::Expired);
-                    }
-                    let entries = txn.open_table(ENTRIES).map_err(db_err)?;
-                    let Some(raw) = entries.get(key.as_bytes()).map_err(db_err)? else {
-                        return Ok(Lookup::Missing);
-                    };
-                    let mut entry = codec::decode(Bytes::copy_from_slice(raw.value()))
-                        .map_err(|e| corrupt(&key, e))?;
-                    entry.meta.hits = info.hits;
-                    Ok(Lookup::Found(Box::new(entry)))
-                })
-                .await?;
-            match found {
-                Lookup::Missing => Ok(None),
-                Lookup::Expired => {
-                    self.nudge(Op::Expire(key));
-                    Ok(None)
-                }
-                Lookup::Found(entry) => {
-                    self.hits.count(key);
-                    let (size, hits) = (entry.size(), entry.meta.hits);
-                    let kept = Arc::new(Entry::clone(&entry));
-                    self.hot.insert_if(generation, key, kept, size, hits + 1);
-                    Ok(Some(*entry))
-                }
-            }
+            Ok(self.find(key).await?.map(|found| match found {
+                Found::Hot(slot) => slot.hit(),
+                Found::Read(entry) => *entry,
+            }))
+        })
+    }
+
+    fn get_shared(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<Arc<Entry>>, StoreError>> {
+        Box::pin(async move {
+            Ok(self.find(key).await?.map(|found| match found {
+                Found::Hot(slot) => slot.hit_shared(),
+                Found::Read(entry) => Arc::from(entry),
+            }))
         })
     }
 

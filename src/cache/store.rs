@@ -24,6 +24,14 @@ pub trait Store: Send + Sync + 'static {
     /// committed. Any error means "treat as a miss".
     fn get(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<Entry>, StoreError>>;
 
+    /// [`Store::get`], sharing the entry instead of copying it (the request path's hit): the same
+    /// lookup and hit counting, but `meta.hits` is whatever the stored copy holds, which may lag.
+    /// A store that keeps decoded entries in memory hands out its own `Arc`, so callers can tell
+    /// an unchanged entry by [`Arc::ptr_eq`]. Default: `get`, wrapped.
+    fn get_shared(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<Arc<Entry>>, StoreError>> {
+        Box::pin(async move { Ok(self.get(key).await?.map(Arc::new)) })
+    }
+
     /// Stores `entry` under `key`, replacing any entry there. Never waits for disk or network: the
     /// entry is queued for the backend's single writer, and visible to [`Store::get`] at once.
     ///
@@ -224,7 +232,8 @@ pub(crate) enum WriteOp {
         size: u64,
         seq: u64,
     },
-    /// Count one hit.
+    /// Count one hit (the Redis backend; redb counts hits off the queue).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Hit(CacheKey),
     /// Periodic: commit the hits counted off the queue, make lazy commits durable (redb).
     Tick,

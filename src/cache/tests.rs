@@ -50,6 +50,7 @@ macro_rules! store_suite {
             queued_entries_are_visible_before_commit,
             put_replaces_an_entry,
             hits_are_counted_lazily,
+            shared_gets_count_hits_and_follow_replacements,
             ttl_expiry_uses_the_injected_clock,
             no_ttl_keeps_entries_forever,
             eviction_removes_oldest_first_at_the_size_bound,
@@ -162,6 +163,38 @@ where
     assert!(s.get(key(9)).await.unwrap().is_none());
     assert!(s.remove(key(1)).await.unwrap());
     assert_eq!(s.stats().await.unwrap().hits, 1);
+}
+
+pub(crate) async fn shared_gets_count_hits_and_follow_replacements<F, Fut>(open: &F)
+where
+    F: Fn(StoreOptions) -> Fut,
+    Fut: Future<Output = Opened>,
+{
+    let clock = ManualClock::new(T0);
+    let opened = open(options(&clock, None, 1 << 20)).await;
+    let s = &opened.store;
+    let first = json_entry("m", T0, "first");
+    s.put(key(1), first.clone()).unwrap();
+    s.flush().await.unwrap();
+    for _ in 0..2 {
+        let got = s.get_shared(key(1)).await.unwrap().unwrap();
+        assert_eq!(got.response, first.response);
+    }
+    // Replaced: the next shared get is the new entry, even before the write is committed.
+    let second = json_entry("m", T0 + 5, "second");
+    s.put(key(1), second.clone()).unwrap();
+    let got = s.get_shared(key(1)).await.unwrap().unwrap();
+    assert_eq!(got.response, second.response);
+    assert_eq!(got.meta.created_ms, T0 + 5);
+    assert!(s.get_shared(key(2)).await.unwrap().is_none());
+    // Shared gets are hits like any other.
+    s.put(key(2), json_entry("m", T0, "{}")).unwrap();
+    s.flush().await.unwrap();
+    for _ in 0..3 {
+        assert!(s.get_shared(key(2)).await.unwrap().is_some());
+    }
+    s.flush().await.unwrap();
+    assert_eq!(s.get(key(2)).await.unwrap().unwrap().meta.hits, 3);
 }
 
 pub(crate) async fn ttl_expiry_uses_the_injected_clock<F, Fut>(open: &F)
@@ -566,6 +599,21 @@ mod redb {
     }
 
     store_suite!(open);
+
+    #[tokio::test]
+    async fn hot_entries_are_shared_not_copied() {
+        let clock = ManualClock::new(T0);
+        let opened = open(options(&clock, None, 1 << 20)).await;
+        let s = &opened.store;
+        s.put(key(1), json_entry("m", T0, "{}")).unwrap();
+        s.flush().await.unwrap();
+        let a = s.get_shared(key(1)).await.unwrap().unwrap();
+        let b = s.get_shared(key(1)).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "the front's own Arc, twice");
+        s.put(key(1), json_entry("m", T0, "{\"new\":1}")).unwrap();
+        let c = s.get_shared(key(1)).await.unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&a, &c), "a replaced entry is a new Arc");
+    }
 
     fn opts(clock: &ManualClock) -> StoreOptions {
         options(clock, None, 1 << 20)

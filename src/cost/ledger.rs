@@ -357,46 +357,98 @@ impl Writer {
     }
 }
 
+/// The writer task. After a record arrives it lets more gather for [`GATHER`] (taking them off the
+/// queue in one go), so a stream of requests wakes it a hundred times a second at most, not once
+/// per request.
 async fn run(ledger: Arc<Ledger>, mut rx: mpsc::Receiver<Msg>, commits: watch::Sender<u64>) {
-    let mut pending: HashMap<RowKey, Counts> = HashMap::new();
+    let mut w = Task {
+        ledger,
+        commits,
+        pending: HashMap::new(),
+        failing: false,
+    };
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
     loop {
         tokio::select! {
-            msg = rx.recv() => match msg {
-                None => {
-                    flush(&ledger, &mut pending, &mut failing, &commits).await;
+            msg = rx.recv() => {
+                let Some(msg) = msg else {
+                    w.flush().await;
                     return;
+                };
+                let gather = matches!(msg, Msg::Add(..));
+                if let Some(ack) = w.handle(msg).await {
+                    return w.close(ack);
                 }
-                Some(Msg::Add(k, c)) => {
-                    pending.entry(k).or_default().add(&c);
-                    if pending.len() >= MAX_PENDING {
-                        flush(&ledger, &mut pending, &mut failing, &commits).await;
+                if gather {
+                    tokio::time::sleep(GATHER).await;
+                    while let Ok(msg) = rx.try_recv() {
+                        if let Some(ack) = w.handle(msg).await {
+                            return w.close(ack);
+                        }
                     }
                 }
-                Some(Msg::Rows(since, ack)) => {
-                    flush(&ledger, &mut pending, &mut failing, &commits).await;
-                    let l = ledger.clone();
-                    let rows = tokio::task::spawn_blocking(move || l.rows(&since))
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()));
-                    let _ = ack.send(rows);
-                }
-                Some(Msg::Close(ack)) => {
-                    flush(&ledger, &mut pending, &mut failing, &commits).await;
-                    drop(ledger);
-                    let _ = ack.send(());
-                    return;
-                }
             },
-            _ = tick.tick() => {
-                if !pending.is_empty() {
-                    flush(&ledger, &mut pending, &mut failing, &commits).await;
+            _ = tick.tick() => w.flush().await,
+        }
+    }
+}
+
+/// How long the writer task lets records gather after one arrives.
+const GATHER: Duration = Duration::from_millis(10);
+
+/// The writer task's state.
+struct Task {
+    ledger: Arc<Ledger>,
+    commits: watch::Sender<u64>,
+    /// Records summed since the last commit.
+    pending: HashMap<RowKey, Counts>,
+    /// Whether the last commit failed (so an outage is logged once).
+    failing: bool,
+}
+
+impl Task {
+    /// One message; the close's acknowledgement once the ledger is to close (everything is
+    /// committed by then).
+    async fn handle(&mut self, msg: Msg) -> Option<oneshot::Sender<()>> {
+        match msg {
+            Msg::Add(k, c) => {
+                self.pending.entry(k).or_default().add(&c);
+                if self.pending.len() >= MAX_PENDING {
+                    self.flush().await;
                 }
             }
+            Msg::Rows(since, ack) => {
+                self.flush().await;
+                let l = self.ledger.clone();
+                let rows = tokio::task::spawn_blocking(move || l.rows(&since))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                let _ = ack.send(rows);
+            }
+            Msg::Close(ack) => {
+                self.flush().await;
+                return Some(ack);
+            }
         }
+        None
+    }
+
+    /// Drops the ledger (releasing its file), then tells the closer.
+    fn close(self, ack: oneshot::Sender<()>) {
+        drop(self);
+        let _ = ack.send(());
+    }
+
+    async fn flush(&mut self) {
+        flush(
+            &self.ledger,
+            &mut self.pending,
+            &mut self.failing,
+            &self.commits,
+        )
+        .await;
     }
 }
 

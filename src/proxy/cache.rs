@@ -76,6 +76,8 @@ pub struct Cache {
     store: Arc<dyn Store>,
     clock: Clock,
     flights: Flights,
+    /// Answers of recently hit entries, ready to send.
+    replays: Replays,
     /// True while the store is failing (so an outage is logged once).
     outage: AtomicBool,
 }
@@ -128,6 +130,7 @@ impl Cache {
             store,
             clock,
             flights: Flights::new(),
+            replays: Replays::default(),
             outage: AtomicBool::new(false),
         }
     }
@@ -199,14 +202,17 @@ impl Cache {
         let namespace = headers
             .get("x-relay-cache-namespace")
             .and_then(|v| v.to_str().ok());
-        let key = KeyBuilder::new(c.ignore_fields.clone()).key(&KeyInput {
-            provider,
-            method: method.as_str(),
-            path_and_query: upstream_path,
-            body,
-            scope,
-            namespace,
-        });
+        let key = KeyBuilder::key_ignoring(
+            &c.ignore_fields,
+            &KeyInput {
+                provider,
+                method: method.as_str(),
+                path_and_query: upstream_path,
+                body,
+                scope,
+                namespace,
+            },
+        );
         let refresh = no_cache || directive == Some("refresh");
         let (read, write, only, status) = match c.mode {
             CacheMode::Offline => (true, false, Some(MissReason::Offline), Status::Miss),
@@ -250,7 +256,7 @@ impl Cache {
         if lookup.read {
             if let Some(entry) = self.get(lookup.key).await {
                 return Ok(Outcome::Served(Box::new(
-                    self.replay(entry, &lookup, request_id),
+                    self.replay(lookup.key, entry, &lookup, request_id),
                 )));
             }
         }
@@ -273,7 +279,7 @@ impl Cache {
                 if let Some(entry) = self.get(lookup.key).await {
                     lead.publish(&entry);
                     return Ok(Outcome::Served(Box::new(
-                        self.replay(entry, &lookup, request_id),
+                        self.replay(lookup.key, entry, &lookup, request_id),
                     )));
                 }
                 Ok(Outcome::Forward(Some(lookup), Some(lead)))
@@ -281,8 +287,8 @@ impl Cache {
         }
     }
 
-    async fn get(&self, key: CacheKey) -> Option<Entry> {
-        match self.store.get(key).await {
+    async fn get(&self, key: CacheKey) -> Option<Arc<Entry>> {
+        match self.store.get_shared(key).await {
             Ok(found) => {
                 if self.outage.swap(false, Ordering::Relaxed) {
                     tracing::info!(backend = self.store.backend(), "cache store is back");
@@ -309,43 +315,24 @@ impl Cache {
     /// A response replayed from `entry`.
     fn replay(
         &self,
-        entry: Entry,
+        key: CacheKey,
+        entry: Arc<Entry>,
         lookup: &Lookup,
         request_id: &HeaderValue,
     ) -> http::Response<RelayBody> {
         let age = self.clock.now_ms().saturating_sub(entry.meta.created_ms) / 1000;
-        let recorded = crate::cost::RecordedUsage(match &entry.response {
-            CachedBody::Json(b) => crate::cost::usage::from_json(b),
-            CachedBody::Sse(events) => {
-                crate::cost::usage::from_sse_events(events.iter().map(|e| &e.data[..]))
+        let ready = self.replays.get(key, &entry);
+        let body = match (&entry.response, lookup.timing) {
+            (CachedBody::Sse(events), ReplayTiming::Original) => {
+                RelayBody::stream(paced(events.clone()))
             }
-        });
-        let body = match entry.response {
-            CachedBody::Json(b) => RelayBody::full(b),
-            CachedBody::Sse(events) => match lookup.timing {
-                ReplayTiming::Fast => {
-                    let mut all =
-                        BytesMut::with_capacity(events.iter().map(|e| e.data.len()).sum());
-                    for e in &events {
-                        all.extend_from_slice(&e.data);
-                    }
-                    RelayBody::full(all.freeze())
-                }
-                ReplayTiming::Original => RelayBody::stream(paced(events)),
-            },
+            _ => RelayBody::full(ready.body.clone()),
         };
         let mut resp = http::Response::new(body);
-        resp.extensions_mut().insert(recorded);
-        *resp.status_mut() = StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK);
+        resp.extensions_mut().insert(ready.usage);
+        *resp.status_mut() = ready.status;
+        *resp.headers_mut() = ready.headers.clone();
         let h = resp.headers_mut();
-        for (k, v) in &entry.meta.headers {
-            if let (Ok(k), Ok(v)) = (
-                HeaderName::try_from(k.as_str()),
-                HeaderValue::try_from(v.as_str()),
-            ) {
-                h.append(k, v);
-            }
-        }
         h.insert(header::AGE, HeaderValue::from(age));
         mark(h, Status::Hit, &lookup.key, request_id);
         resp
@@ -393,6 +380,107 @@ impl Cache {
         }
         Some(Tap { recorder, lead })
     }
+}
+
+/// What a hit sends, derived once per stored entry: the status, the stored headers as a
+/// `HeaderMap`, the body (an SSE recording's events joined, for `replay_timing: fast`) and the
+/// usage recorded in it. Without this every hit would re-parse the headers and the body's usage.
+struct Ready {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    usage: crate::cost::RecordedUsage,
+}
+
+impl Ready {
+    fn of(entry: &Entry) -> Ready {
+        let usage = crate::cost::RecordedUsage(match &entry.response {
+            CachedBody::Json(b) => crate::cost::usage::from_json(b),
+            CachedBody::Sse(events) => {
+                crate::cost::usage::from_sse_events(events.iter().map(|e| &e.data[..]))
+            }
+        });
+        let body = match &entry.response {
+            CachedBody::Json(b) => b.clone(),
+            CachedBody::Sse(events) => {
+                let mut all = BytesMut::with_capacity(events.iter().map(|e| e.data.len()).sum());
+                for e in events {
+                    all.extend_from_slice(&e.data);
+                }
+                all.freeze()
+            }
+        };
+        let mut headers = HeaderMap::with_capacity(entry.meta.headers.len() + 6);
+        for (k, v) in &entry.meta.headers {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::try_from(k.as_str()),
+                HeaderValue::try_from(v.as_str()),
+            ) {
+                headers.append(k, v);
+            }
+        }
+        Ready {
+            status: StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK),
+            headers,
+            body,
+            usage,
+        }
+    }
+}
+
+/// [`Ready`] answers of recently hit entries, by key. An entry is recognised by its `Arc` (the
+/// store hands out the one it keeps in memory), so a replaced entry is never answered from an old
+/// [`Ready`]. Bounded in bytes (what it holds alive: entries and joined SSE bodies): a shard past
+/// [`Replays::SHARD_BYTES`] starts over, and an answer over a quarter of that is not kept.
+#[derive(Default)]
+struct Replays {
+    shards: [Mutex<ReplayShard>; 16],
+}
+
+#[derive(Default)]
+struct ReplayShard {
+    map: HashMap<CacheKey, (Arc<Entry>, Arc<Ready>)>,
+    bytes: u64,
+}
+
+impl Replays {
+    const SHARD_BYTES: u64 = 4 << 20;
+
+    fn get(&self, key: CacheKey, entry: &Arc<Entry>) -> Arc<Ready> {
+        let shard = &self.shards[usize::from(key.as_bytes()[0]) % 16];
+        if let Some((e, ready)) = lock(shard).map.get(&key) {
+            if Arc::ptr_eq(e, entry) {
+                return ready.clone();
+            }
+        }
+        let ready = Arc::new(Ready::of(entry));
+        let size = held(entry, &ready);
+        if size <= Self::SHARD_BYTES / 4 {
+            let mut shard = lock(shard);
+            if shard.bytes + size > Self::SHARD_BYTES {
+                shard.map.clear();
+                shard.bytes = 0;
+            }
+            if let Some((old, old_ready)) = shard.map.insert(key, (entry.clone(), ready.clone())) {
+                shard.bytes = shard.bytes.saturating_sub(held(&old, &old_ready));
+            }
+            shard.bytes += size;
+        }
+        ready
+    }
+}
+
+/// The bytes a [`Replays`] item keeps alive: the entry, and the joined body of an SSE recording.
+fn held(entry: &Entry, ready: &Ready) -> u64 {
+    let joined = match entry.response {
+        CachedBody::Sse(_) => ready.body.len() as u64,
+        CachedBody::Json(_) => 0,
+    };
+    entry.size() + joined
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The upstream answer a [`Tap`] is made for.
@@ -866,6 +954,42 @@ pub fn drain_for_followers(mut body: hyper::body::Incoming, mut tap: Tap, idle: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replays_are_derived_once_per_entry_and_follow_replacements() {
+        use crate::cache::entry::tests::{json_entry, sse_entry};
+        let replays = Replays::default();
+        let k = CacheKey::from_bytes([7; 32]);
+        let mut first = json_entry(
+            "m",
+            1,
+            r#"{"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+        );
+        first.meta.headers = vec![
+            ("content-type".into(), "application/json".into()),
+            ("x-multi".into(), "a".into()),
+            ("x-multi".into(), "b".into()),
+        ];
+        let first = Arc::new(first);
+        let a = replays.get(k, &first);
+        assert!(Arc::ptr_eq(&a, &replays.get(k, &first)), "derived once");
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.headers.get_all("x-multi").iter().count(), 2);
+        assert_eq!(a.usage.0.map(|u| u.output), Some(4));
+        // A replaced entry (another Arc) is never answered from the old one.
+        let second = Arc::new(sse_entry("m", 2));
+        let b = replays.get(k, &second);
+        let CachedBody::Sse(events) = &second.response else {
+            unreachable!()
+        };
+        let joined: Vec<u8> = events.iter().flat_map(|e| e.data.to_vec()).collect();
+        assert_eq!(&b.body[..], &joined[..], "the events joined byte for byte");
+        assert_eq!(
+            b.headers.get(header::CONTENT_TYPE).unwrap(),
+            "text/event-stream"
+        );
+        assert!(Arc::ptr_eq(&b, &replays.get(k, &second)));
+    }
 
     #[test]
     fn cache_control_directives() {
