@@ -39,10 +39,29 @@ pub fn init_to(
         .with_ansi(ansi)
         .with_writer(writer);
     match format {
-        LogFormat::Pretty => builder.compact().init(),
+        // In a terminal, field names are dimmed; elsewhere (a pipe, a file, a log shipper: where a
+        // busy relay writes) fields are written plainly, without going through the colour styling,
+        // which was a fifth of the cost of each request's log line.
+        LogFormat::Pretty if ansi => builder.compact().init(),
+        LogFormat::Pretty => builder.compact().fmt_fields(plain_fields()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     guard
+}
+
+/// `name=value` fields separated by spaces, the message first and bare: the default field format
+/// without its (here disabled) colour styling.
+fn plain_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static
+{
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        if field.name() == "message" {
+            write!(w, "{value:?}")
+        } else {
+            write!(w, "{field}={value:?}")
+        }
+    })
+    .delimited(" ")
 }
 
 /// Installs the global subscriber writing to `path` (appending; parent directories created), for
@@ -237,6 +256,46 @@ mod tests {
             let expected: Vec<String> = (0..1000).map(|i| format!("t{t} line {i}")).collect();
             assert_eq!(mine, expected, "each thread's lines whole and in order");
         }
+    }
+
+    #[test]
+    fn plain_fields_write_what_the_default_fields_write_without_colour() {
+        fn line(plain: bool) -> String {
+            let out = Shared::default();
+            let sink = out.clone();
+            let builder = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .without_time()
+                .with_writer(move || sink.clone())
+                .compact();
+            let emit = || {
+                tracing::info!(
+                    target: "relay::access",
+                    method = %"POST",
+                    path = %"/v1/chat/completions",
+                    provider = "openai",
+                    status = 200u16,
+                    latency_ms = 1.25f64,
+                    upstream_ms = None::<f64>,
+                    cached = Some(3u64),
+                    error = None::<&str>,
+                    "request"
+                )
+            };
+            if plain {
+                tracing::subscriber::with_default(
+                    builder.fmt_fields(plain_fields()).finish(),
+                    emit,
+                );
+            } else {
+                tracing::subscriber::with_default(builder.finish(), emit);
+            }
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            text
+        }
+        let default = line(false);
+        assert!(default.contains("status=200"), "{default}");
+        assert_eq!(line(true), default);
     }
 
     #[test]

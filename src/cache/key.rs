@@ -326,6 +326,66 @@ impl KeyBuilder {
     }
 }
 
+/// Keys of recently seen requests, by a digest of their raw bytes: a request sent again byte for
+/// byte (what SDKs do for a repeated call) gets its key without the JSON parse and re-serialization
+/// [`KeyBuilder::key`] costs. The digest covers every input of the key and the ignored fields, so
+/// it can only return the key [`KeyBuilder::key_ignoring`] would compute. Bounded: 16 shards of
+/// 1,024 digests (under 2 MiB), a full shard starts over.
+#[derive(Default)]
+pub struct KeyMemo {
+    shards: [std::sync::Mutex<std::collections::HashMap<[u8; 32], CacheKey>>; 16],
+}
+
+impl KeyMemo {
+    const PER_SHARD: usize = 1024;
+
+    /// [`KeyBuilder::key_ignoring`], remembered by the raw request.
+    pub fn key(&self, ignore_fields: &[String], input: &KeyInput<'_>) -> CacheKey {
+        let raw = raw_digest(ignore_fields, input);
+        let shard = &self.shards[usize::from(raw[0]) % 16];
+        let lock = || {
+            shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(key) = lock().get(&raw) {
+            return *key;
+        }
+        let key = KeyBuilder::key_ignoring(ignore_fields, input);
+        let mut map = lock();
+        if map.len() >= Self::PER_SHARD {
+            map.clear();
+        }
+        map.insert(raw, key);
+        key
+    }
+}
+
+/// BLAKE3 derive-key context of [`raw_digest`] (in memory only, never stored).
+const RAW_CONTEXT: &str = "relay raw request v1";
+
+/// A digest of everything the key of `input` depends on, as raw bytes (length-prefixed fields).
+fn raw_digest(ignore_fields: &[String], input: &KeyInput<'_>) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(RAW_CONTEXT);
+    field(&mut h, input.provider.as_bytes());
+    field(&mut h, input.method.as_bytes());
+    field(&mut h, input.path_and_query.as_bytes());
+    match &input.scope {
+        Scope::Key(hash) => tagged_field(&mut h, b'k', hash),
+        Scope::Global => field(&mut h, b"g"),
+    }
+    match input.namespace {
+        None => field(&mut h, b"-"),
+        Some(ns) => tagged_field(&mut h, b'n', ns.as_bytes()),
+    }
+    h.update(&(ignore_fields.len() as u64).to_le_bytes());
+    for f in ignore_fields {
+        field(&mut h, f.as_bytes());
+    }
+    field(&mut h, input.body);
+    *h.finalize().as_bytes()
+}
+
 /// The canonical form of a JSON body, or `None` when the body is not JSON.
 fn canonical_json(ignore_fields: &[String], body: &[u8]) -> Option<Vec<u8>> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
@@ -567,6 +627,44 @@ mod tests {
             namespace: Some("team"),
         });
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn the_memo_returns_the_computed_key() {
+        let memo = KeyMemo::default();
+        let ignore = vec!["user".to_string()];
+        let none: Vec<String> = vec![];
+        let bodies = [
+            &br#"{"b":1,"a":2,"user":"x"}"#[..],
+            br#"{"a":2, "b":1}"#,
+            br#"{"a":2,"b":1,"user":"y"}"#,
+            b"not json",
+        ];
+        for _ in 0..2 {
+            for body in bodies {
+                for scope in [Scope::Global, Scope::from_api_key("k1")] {
+                    for ns in [None, Some("team")] {
+                        for fields in [&ignore, &none] {
+                            let i = KeyInput {
+                                scope,
+                                namespace: ns,
+                                ..input(body)
+                            };
+                            assert_eq!(
+                                memo.key(fields, &i),
+                                KeyBuilder::key_ignoring(fields, &i),
+                                "{:?} {scope:?} {ns:?} {fields:?}",
+                                String::from_utf8_lossy(body)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // The ignored fields are part of what is remembered: the same bytes under another list are
+        // another key.
+        let i = input(br#"{"a":2,"user":"x"}"#);
+        assert_ne!(memo.key(&ignore, &i), memo.key(&none, &i));
     }
 
     #[test]

@@ -37,7 +37,8 @@ mod tests;
 
 pub use entry::{CachedBody, Entry, EntryMeta, JsonlError, SseEvent};
 pub use key::{
-    scope_for_api_key, CacheKey, KeyBuilder, KeyInput, KeyParseError, KeyPrefix, Scope, KEY_VERSION,
+    scope_for_api_key, CacheKey, KeyBuilder, KeyInput, KeyMemo, KeyParseError, KeyPrefix, Scope,
+    KEY_VERSION,
 };
 pub use redb_store::{default_path, RedbStore};
 #[cfg(feature = "redis")]

@@ -7,8 +7,9 @@
 //!
 //! - **Cacheable**: `POST` with a JSON body to chat/completions, completions, responses, messages
 //!   (count_tokens too), embeddings, moderations. Everything else passes by (`x-relay-cache: BYPASS`).
-//! - **Key**: [`KeyBuilder`] over provider, method, upstream path, canonical body, scope (the
-//!   caller's hashed API key, or global) and `x-relay-cache-namespace`.
+//! - **Key**: [`KeyBuilder`](crate::cache::KeyBuilder) (remembered by raw request in a
+//!   [`KeyMemo`]) over provider, method, upstream path, canonical body, scope (the caller's hashed
+//!   API key, or global) and `x-relay-cache-namespace`.
 //! - **Controls**: `Cache-Control: no-cache` / `x-relay-cache: refresh` skip the lookup and refresh
 //!   the entry; `no-store` does not store; `x-relay-cache: skip` bypasses; `only` answers from the
 //!   cache or fails; `x-relay-cache-ttl: <seconds>` sets this entry's TTL.
@@ -35,7 +36,7 @@ use tokio::sync::watch;
 use super::body::{BoxError, RelayBody};
 use super::error::{EdgeError, MissReason};
 use crate::cache::{
-    scope_for_api_key, CacheKey, CachedBody, Clock, Entry, EntryMeta, KeyBuilder, KeyInput, Scope,
+    scope_for_api_key, CacheKey, CachedBody, Clock, Entry, EntryMeta, KeyInput, KeyMemo, Scope,
     SseEvent, Store,
 };
 use crate::config::{CacheMode, CacheScope, Config, ReplayTiming};
@@ -76,6 +77,8 @@ pub struct Cache {
     store: Arc<dyn Store>,
     clock: Clock,
     flights: Flights,
+    /// Keys of recently seen request bodies.
+    keys: KeyMemo,
     /// Answers of recently hit entries, ready to send.
     replays: Replays,
     /// True while the store is failing (so an outage is logged once).
@@ -130,6 +133,7 @@ impl Cache {
             store,
             clock,
             flights: Flights::new(),
+            keys: KeyMemo::default(),
             replays: Replays::default(),
             outage: AtomicBool::new(false),
         }
@@ -202,7 +206,7 @@ impl Cache {
         let namespace = headers
             .get("x-relay-cache-namespace")
             .and_then(|v| v.to_str().ok());
-        let key = KeyBuilder::key_ignoring(
+        let key = self.keys.key(
             &c.ignore_fields,
             &KeyInput {
                 provider,
