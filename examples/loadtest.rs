@@ -108,12 +108,16 @@ fn start_relay(
     name: &str,
     extra: &str,
 ) -> Server {
-    let cfg = dir.join(format!("{name}.yaml"));
+    // A directory of its own: the usage ledger goes beside the cache file, and two relays cannot
+    // share one (the second would run without a ledger).
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("relay.yaml");
     std::fs::write(
         &cfg,
         format!(
             "providers:\n  - {{name: openai, kind: openai, base_url: 'http://{mock_addr}/v1'}}\n  - {{name: anthropic, kind: anthropic, base_url: 'http://{mock_addr}/v1'}}\ncache:\n  path: '{}'\n{extra}",
-            dir.join(format!("{name}.redb")).display()
+            dir.join("cache.redb").display()
         ),
     )
     .unwrap();

@@ -532,7 +532,7 @@ fn is_stream(body: &[u8]) -> bool {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// Carried into the cache's replay: the usage recorded with a cached answer.

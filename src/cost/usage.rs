@@ -168,9 +168,7 @@ fn last_usage_object(body: &[u8]) -> Option<RawUsage> {
     const NEEDLE: &[u8] = b"\"usage\"";
     let mut end = body.len();
     while end >= NEEDLE.len() {
-        let at = body[..end]
-            .windows(NEEDLE.len())
-            .rposition(|w| w == NEEDLE)?;
+        let at = memchr::memmem::rfind(&body[..end], NEEDLE)?;
         let mut j = at + NEEDLE.len();
         while j < body.len() && body[j].is_ascii_whitespace() {
             j += 1;
@@ -239,7 +237,7 @@ fn absorb_usage(acc: &mut Option<RawUsage>, data: &[u8]) {
 fn has_usage_object(data: &[u8]) -> bool {
     const NEEDLE: &[u8] = b"\"usage\"";
     let mut from = 0;
-    while let Some(i) = find(&data[from..], NEEDLE) {
+    while let Some(i) = memchr::memmem::find(&data[from..], NEEDLE) {
         let mut j = from + i + NEEDLE.len();
         while j < data.len() && (data[j].is_ascii_whitespace() || data[j] == b':') {
             j += 1;
@@ -250,30 +248,6 @@ fn has_usage_object(data: &[u8]) -> bool {
         from = j;
     }
     false
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    let first = needle[0];
-    let mut i = 0;
-    while i + needle.len() <= hay.len() {
-        match hay[i..=hay.len() - needle.len()]
-            .iter()
-            .position(|b| *b == first)
-        {
-            None => return None,
-            Some(p) => {
-                i += p;
-                if &hay[i..i + needle.len()] == needle {
-                    return Some(i);
-                }
-                i += 1;
-            }
-        }
-    }
-    None
 }
 
 /// The `data:` payloads of one SSE event (`data: [DONE]` included).

@@ -43,10 +43,10 @@ use crate::config::{CacheMode, CacheScope, Config, ReplayTiming};
 use crate::metrics::Metrics;
 
 /// Request headers that steer the cache; never forwarded upstream.
-pub const CONTROL_HEADERS: [&str; 3] = [
-    "x-relay-cache",
-    "x-relay-cache-ttl",
-    "x-relay-cache-namespace",
+pub const CONTROL_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-relay-cache"),
+    HeaderName::from_static("x-relay-cache-ttl"),
+    HeaderName::from_static("x-relay-cache-namespace"),
 ];
 
 /// Upstream paths (suffixes) whose POSTs are cacheable.

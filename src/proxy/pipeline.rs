@@ -375,7 +375,7 @@ async fn forward(
         ClientBody::Whole(b) => Some(b.clone()),
         ClientBody::Stream(_) => None,
     };
-    for h in stage::CONTROL_HEADERS {
+    for h in &stage::CONTROL_HEADERS {
         parts.headers.remove(h);
     }
     if lookup

@@ -171,16 +171,16 @@ fn classify_error(provider: &Provider, e: &hyper_util::client::legacy::Error) ->
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus `host`, which
 /// relay sets from the provider URL.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, including any that `Connection` names.
@@ -195,7 +195,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for n in &named {
         headers.remove(n);
     }
-    for n in HOP_BY_HOP {
+    for n in &HOP_BY_HOP {
         headers.remove(n);
     }
 }
