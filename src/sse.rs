@@ -1,6 +1,8 @@
 //! Server-sent events framing shared by the stages that read streams as they pass (the cache's
 //! recorder, the cost meter). Events end with a blank line (`\n\n` or `\r\n\r\n`).
 
+use bytes::{Bytes, BytesMut};
+
 /// The end (exclusive) of the first complete SSE event in `buf`: after a blank line.
 pub fn event_end(buf: &[u8]) -> Option<usize> {
     for i in memchr::memchr_iter(b'\n', buf) {
@@ -13,9 +15,55 @@ pub fn event_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// Splits the stream's next chunk `data`, after whatever `partial` holds from earlier chunks, into
+/// complete events, handing each to `f` in order, and keeps an incomplete tail in `partial`. With
+/// nothing pending (the usual case: chunks of whole events), events are slices of `data` (no copy).
+pub fn split_events(partial: &mut BytesMut, data: &Bytes, mut f: impl FnMut(Bytes)) {
+    let mut rest = if partial.is_empty() {
+        data.clone()
+    } else {
+        partial.extend_from_slice(data);
+        partial.split().freeze()
+    };
+    while let Some(end) = event_end(&rest) {
+        f(rest.split_to(end));
+    }
+    partial.extend_from_slice(&rest);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_come_out_whole_however_the_stream_is_cut() {
+        let stream = b"event: a\ndata: 1\n\ndata: 2\r\n\r\ndata: 3\n\n: comment\ndata: 4\n\n";
+        let expected: Vec<&[u8]> = vec![
+            b"event: a\ndata: 1\n\n",
+            b"data: 2\r\n\r\n",
+            b"data: 3\n\n",
+            b": comment\ndata: 4\n\n",
+        ];
+        for size in 1..=stream.len() {
+            let mut partial = BytesMut::new();
+            let mut got = Vec::new();
+            for chunk in stream.chunks(size) {
+                split_events(&mut partial, &Bytes::copy_from_slice(chunk), |e| {
+                    got.push(e)
+                });
+            }
+            assert_eq!(got, expected, "chunks of {size}");
+            assert!(partial.is_empty());
+        }
+        // An unfinished event stays pending.
+        let mut partial = BytesMut::new();
+        split_events(
+            &mut partial,
+            &Bytes::from_static(b"data: 1\n\ndata: 2"),
+            |_| {},
+        );
+        assert_eq!(&partial[..], b"data: 2");
+    }
 
     #[test]
     fn ends_after_a_blank_line() {

@@ -252,11 +252,16 @@ fn has_usage_object(data: &[u8]) -> bool {
 
 /// The `data:` payloads of one SSE event (`data: [DONE]` included).
 fn data_lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
-    event.split(|b| *b == b'\n').filter_map(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let rest = line.strip_prefix(b"data:")?;
-        Some(rest.strip_prefix(b" ").unwrap_or(rest))
-    })
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', event)
+        .chain(std::iter::once(event.len()))
+        .filter_map(move |end| {
+            let line = &event[start..end];
+            start = end + 1;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let rest = line.strip_prefix(b"data:")?;
+            Some(rest.strip_prefix(b" ").unwrap_or(rest))
+        })
 }
 
 /// True for OpenAI's usage-only chunk: `"choices": []` and a usage object.
@@ -480,18 +485,16 @@ impl SseState {
             return data;
         }
         if !self.strip {
-            self.partial.extend_from_slice(&data);
-            self.drain_events(|_, _| {});
+            self.drain_events(&data, |_, _| {});
             self.check_bound();
             return data;
         }
         // Stripping: pass on whole events only. When the chunk holds exactly whole events and none
         // is dropped, the chunk itself goes on (no copy).
         let aligned = self.partial.is_empty() && data.ends_with(b"\n\n");
-        self.partial.extend_from_slice(&data);
         let mut out = BytesMut::new();
         let mut dropped = false;
-        self.drain_events(|ev, usage_only| {
+        self.drain_events(&data, |ev, usage_only| {
             if usage_only {
                 dropped = true;
             } else {
@@ -517,15 +520,18 @@ impl SseState {
         }
     }
 
-    /// Splits off every complete event, reads it, and hands it to `sink` with whether it is the
-    /// usage-only chunk (only checked while stripping).
-    fn drain_events(&mut self, mut sink: impl FnMut(&[u8], bool)) {
-        while let Some(end) = crate::sse::event_end(&self.partial) {
-            let ev = self.partial.split_to(end).freeze();
+    /// Adds `data` to what is pending, splits off every complete event, reads it, and hands it to
+    /// `sink` with whether it is the usage-only chunk (only checked while stripping). With nothing
+    /// pending (the usual case: a chunk of whole events), events are cut from `data` itself, and
+    /// only an incomplete tail is copied.
+    fn drain_events(&mut self, data: &Bytes, mut sink: impl FnMut(&[u8], bool)) {
+        let mut partial = std::mem::take(&mut self.partial);
+        crate::sse::split_events(&mut partial, data, |ev| {
             self.read_event(&ev);
             let usage_only = self.strip && is_usage_only_chunk(&ev);
             sink(&ev, usage_only);
-        }
+        });
+        self.partial = partial;
     }
 
     fn read_event(&mut self, ev: &Bytes) {
@@ -642,24 +648,29 @@ mod tests {
     #[test]
     fn openai_sse_usage_chunk_stripped_across_odd_chunking() {
         let all = OPENAI_STREAM.concat();
-        // Split everywhere, including inside events and inside the blank line.
-        let pieces: Vec<String> = all
-            .as_bytes()
-            .chunks(7)
-            .map(|c| String::from_utf8(c.to_vec()).unwrap())
-            .collect();
-        let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-        let mode = MeterMode {
-            keep_text: false,
-            strip_usage_chunk: true,
-        };
-        let (out, r) = run("text/event-stream", mode, &refs);
         let expected: String = all.replace(
             "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n",
             "",
         );
-        assert_eq!(out, expected);
-        assert_eq!(r.usage.unwrap().output, 2);
+        // Split everywhere, including inside events and inside the blank line; whole events and
+        // chunks of several events too.
+        for size in [1, 2, 3, 7, 13, 64, all.len()] {
+            let pieces: Vec<String> = all
+                .as_bytes()
+                .chunks(size)
+                .map(|c| String::from_utf8(c.to_vec()).unwrap())
+                .collect();
+            let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            for strip in [true, false] {
+                let mode = MeterMode {
+                    keep_text: false,
+                    strip_usage_chunk: strip,
+                };
+                let (out, r) = run("text/event-stream", mode, &refs);
+                assert_eq!(&out, if strip { &expected } else { &all }, "{size}");
+                assert_eq!(r.usage.unwrap().output, 2, "{size} {strip}");
+            }
+        }
     }
 
     #[test]

@@ -616,27 +616,31 @@ impl Recorder {
                 ended,
                 failed,
             } => {
-                partial.extend_from_slice(data);
-                while let Some(end) = crate::sse::event_end(partial) {
-                    let event = partial.split_to(end).freeze();
-                    let now = Instant::now();
-                    let delay = now.duration_since(self.last);
-                    self.last = now;
-                    let text = String::from_utf8_lossy(&event);
-                    for line in text.lines() {
-                        let line = line.trim_end();
-                        *ended |= line == "data: [DONE]"
-                            || line == "event: message_stop"
-                            || line == "event: response.completed";
-                        *failed |= line == "event: error"
-                            || line == "event: response.failed"
-                            || line == "event: response.incomplete";
+                let mut first = true;
+                crate::sse::split_events(partial, data, |event| {
+                    for line in event.split(|b| *b == b'\n') {
+                        let line = line.trim_ascii_end();
+                        *ended |= line == b"data: [DONE]"
+                            || line == b"event: message_stop"
+                            || line == b"event: response.completed";
+                        *failed |= line == b"event: error"
+                            || line == b"event: response.failed"
+                            || line == b"event: response.incomplete";
+                    }
+                    // Events completed by one chunk arrived together: the first carries the pause
+                    // since the previous event.
+                    let mut delay_ms = 0;
+                    if std::mem::take(&mut first) {
+                        let now = Instant::now();
+                        let delay = now.duration_since(self.last);
+                        self.last = now;
+                        delay_ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
                     }
                     events.push(SseEvent {
-                        delay_ms: u32::try_from(delay.as_millis()).unwrap_or(u32::MAX),
+                        delay_ms,
                         data: event,
                     });
-                }
+                });
             }
         }
         true
