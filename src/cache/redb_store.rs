@@ -314,6 +314,10 @@ impl Store for RedbStore {
         })
     }
 
+    fn shares_entries(&self) -> bool {
+        true
+    }
+
     fn put(&self, key: CacheKey, mut entry: Entry) -> Result<(), StoreError> {
         // The writer may not have dropped its queue yet when `close` returns.
         if self.db.load().is_none() {

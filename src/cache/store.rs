@@ -32,6 +32,12 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(async move { Ok(self.get(key).await?.map(Arc::new)) })
     }
 
+    /// Whether [`Store::get_shared`] hands out the store's own `Arc`s (so an unchanged entry comes
+    /// back [`Arc::ptr_eq`], and work derived from it can be kept). Default: false.
+    fn shares_entries(&self) -> bool {
+        false
+    }
+
     /// Stores `entry` under `key`, replacing any entry there. Never waits for disk or network: the
     /// entry is queued for the backend's single writer, and visible to [`Store::get`] at once.
     ///

@@ -605,6 +605,7 @@ mod redb {
         let clock = ManualClock::new(T0);
         let opened = open(options(&clock, None, 1 << 20)).await;
         let s = &opened.store;
+        assert!(s.shares_entries());
         s.put(key(1), json_entry("m", T0, "{}")).unwrap();
         s.flush().await.unwrap();
         let a = s.get_shared(key(1)).await.unwrap().unwrap();

@@ -325,7 +325,13 @@ impl Cache {
         request_id: &HeaderValue,
     ) -> http::Response<RelayBody> {
         let age = self.clock.now_ms().saturating_sub(entry.meta.created_ms) / 1000;
-        let ready = self.replays.get(key, &entry);
+        // Derived once per entry when the store shares its entries; a store that copies them
+        // (Redis) would only fill the memo with entries never seen again.
+        let ready = if self.store.shares_entries() {
+            self.replays.get(key, &entry)
+        } else {
+            Arc::new(Ready::of(&entry))
+        };
         let body = match (&entry.response, lookup.timing) {
             (CachedBody::Sse(events), ReplayTiming::Original) => {
                 RelayBody::stream(paced(events.clone()))
