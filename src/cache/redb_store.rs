@@ -218,7 +218,6 @@ impl RedbStore {
         let _ = self.tx.try_send(op);
     }
 
-    /// Queues an operation and waits for the writer's answer.
     /// The lookup behind `get` and `get_shared`: counts the hit (a hot slot's count is taken by
     /// the caller, through [`hot::Slot::hit`] or [`hot::Slot::hit_shared`]).
     async fn find(&self, key: CacheKey) -> Result<Option<Found>, StoreError> {
@@ -239,7 +238,7 @@ impl RedbStore {
                 return Ok(None);
             }
             self.hits.count(key);
-            return Ok(Some(Found::Read(Box::new(Entry::clone(&entry)))));
+            return Ok(Some(Found::Shared(entry)));
         }
         let generation = self.hot.generation();
         let found = self
@@ -272,13 +271,15 @@ impl RedbStore {
             Lookup::Found(entry) => {
                 self.hits.count(key);
                 let (size, hits) = (entry.size(), entry.meta.hits);
-                let kept = Arc::new(Entry::clone(&entry));
-                self.hot.insert_if(generation, key, kept, size, hits + 1);
-                Ok(Some(Found::Read(entry)))
+                let kept: Arc<Entry> = Arc::from(entry);
+                self.hot
+                    .insert_if(generation, key, kept.clone(), size, hits + 1);
+                Ok(Some(Found::Shared(kept)))
             }
         }
     }
 
+    /// Queues an operation and waits for the writer's answer.
     async fn ask<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
@@ -289,10 +290,11 @@ impl RedbStore {
     }
 }
 
-/// What [`RedbStore::find`] found: a slot of the in-memory front, or an entry read from elsewhere.
+/// What [`RedbStore::find`] found: a slot of the in-memory front, or an entry queued for the
+/// writer or read from the file (the `Arc` the front keeps, when it took it).
 enum Found {
     Hot(Arc<hot::Slot>),
-    Read(Box<Entry>),
+    Shared(Arc<Entry>),
 }
 
 impl Store for RedbStore {
@@ -300,7 +302,7 @@ impl Store for RedbStore {
         Box::pin(async move {
             Ok(self.find(key).await?.map(|found| match found {
                 Found::Hot(slot) => slot.hit(),
-                Found::Read(entry) => *entry,
+                Found::Shared(entry) => Entry::clone(&entry),
             }))
         })
     }
@@ -309,7 +311,7 @@ impl Store for RedbStore {
         Box::pin(async move {
             Ok(self.find(key).await?.map(|found| match found {
                 Found::Hot(slot) => slot.hit_shared(),
-                Found::Read(entry) => Arc::from(entry),
+                Found::Shared(entry) => entry,
             }))
         })
     }
