@@ -331,33 +331,27 @@ impl KeyBuilder {
 /// [`KeyBuilder::key`] costs. The digest covers every input of the key and the ignored fields, so
 /// it can only return the key [`KeyBuilder::key_ignoring`] would compute. Bounded: 16 shards of
 /// 1,024 digests (under 2 MiB), a full shard starts over.
-#[derive(Default)]
 pub struct KeyMemo {
-    shards: [std::sync::Mutex<std::collections::HashMap<[u8; 32], CacheKey>>; 16],
+    keys: super::memo::Memo<CacheKey>,
+}
+
+impl Default for KeyMemo {
+    fn default() -> KeyMemo {
+        // Every key costs 1: a shard holds 1,024.
+        KeyMemo {
+            keys: super::memo::Memo::new(1024),
+        }
+    }
 }
 
 impl KeyMemo {
-    const PER_SHARD: usize = 1024;
-
     /// [`KeyBuilder::key_ignoring`], remembered by the raw request.
     pub fn key(&self, ignore_fields: &[String], input: &KeyInput<'_>) -> CacheKey {
-        let raw = raw_digest(ignore_fields, input);
-        let shard = &self.shards[usize::from(raw[0]) % 16];
-        let lock = || {
-            shard
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
-        if let Some(key) = lock().get(&raw) {
-            return *key;
-        }
-        let key = KeyBuilder::key_ignoring(ignore_fields, input);
-        let mut map = lock();
-        if map.len() >= Self::PER_SHARD {
-            map.clear();
-        }
-        map.insert(raw, key);
-        key
+        self.keys.get_or_make(
+            raw_digest(ignore_fields, input),
+            |_| true,
+            || (KeyBuilder::key_ignoring(ignore_fields, input), 1),
+        )
     }
 }
 

@@ -23,6 +23,7 @@ mod codec;
 pub mod entry;
 mod hot;
 pub mod key;
+pub(crate) mod memo;
 pub mod open;
 pub mod redb_store;
 /// The test harness's `redis-server` child process, shared with the integration tests.

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 
 use super::body::{BoxError, RelayBody};
 use super::error::{EdgeError, MissReason};
+use crate::cache::memo::Memo;
 use crate::cache::{
     scope_for_api_key, CacheKey, CachedBody, Clock, Entry, EntryMeta, KeyInput, KeyMemo, Scope,
     SseEvent, Store,
@@ -442,40 +443,31 @@ impl Ready {
 /// store hands out the one it keeps in memory), so a replaced entry is never answered from an old
 /// [`Ready`]. Bounded in bytes (what it holds alive: entries and joined SSE bodies): a shard past
 /// [`Replays::SHARD_BYTES`] starts over, and an answer over a quarter of that is not kept.
-#[derive(Default)]
 struct Replays {
-    shards: [Mutex<ReplayShard>; 16],
+    ready: Memo<(Arc<Entry>, Arc<Ready>)>,
 }
 
-#[derive(Default)]
-struct ReplayShard {
-    map: HashMap<CacheKey, (Arc<Entry>, Arc<Ready>)>,
-    bytes: u64,
+impl Default for Replays {
+    fn default() -> Replays {
+        Replays {
+            ready: Memo::new(Self::SHARD_BYTES),
+        }
+    }
 }
 
 impl Replays {
     const SHARD_BYTES: u64 = 4 << 20;
 
     fn get(&self, key: CacheKey, entry: &Arc<Entry>) -> Arc<Ready> {
-        let shard = &self.shards[usize::from(key.as_bytes()[0]) % 16];
-        if let Some((e, ready)) = lock(shard).map.get(&key) {
-            if Arc::ptr_eq(e, entry) {
-                return ready.clone();
-            }
-        }
-        let ready = Arc::new(Ready::of(entry));
-        let size = held(entry, &ready);
-        if size <= Self::SHARD_BYTES / 4 {
-            let mut shard = lock(shard);
-            if shard.bytes + size > Self::SHARD_BYTES {
-                shard.map.clear();
-                shard.bytes = 0;
-            }
-            if let Some((old, old_ready)) = shard.map.insert(key, (entry.clone(), ready.clone())) {
-                shard.bytes = shard.bytes.saturating_sub(held(&old, &old_ready));
-            }
-            shard.bytes += size;
-        }
+        let (_, ready) = self.ready.get_or_make(
+            *key.as_bytes(),
+            |(kept, _)| Arc::ptr_eq(kept, entry),
+            || {
+                let ready = Arc::new(Ready::of(entry));
+                let size = held(entry, &ready);
+                ((entry.clone(), ready), size)
+            },
+        );
         ready
     }
 }
@@ -487,10 +479,6 @@ fn held(entry: &Entry, ready: &Ready) -> u64 {
         CachedBody::Json(_) => 0,
     };
     entry.size() + joined
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The upstream answer a [`Tap`] is made for.
