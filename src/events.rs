@@ -23,6 +23,8 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
+
+use crate::proxy::names;
 use tokio::sync::{broadcast, watch};
 
 /// Events a subscriber may fall behind by before the oldest are dropped for it.
@@ -393,11 +395,11 @@ impl Live {
     pub fn response_headers(&mut self, headers: &HeaderMap, x: Snapshot<'_>) {
         self.response_headers = headers_list(headers);
         self.cache = headers
-            .get("x-relay-cache")
+            .get(names::X_RELAY_CACHE)
             .and_then(|v| v.to_str().ok())
             .and_then(CacheState::from_header);
         self.cache_key = headers
-            .get("x-relay-cache-key")
+            .get(names::X_RELAY_CACHE_KEY)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let ev = self.event(Phase::Start, x, None);

@@ -39,6 +39,7 @@ use tokio::sync::{watch, OnceCell};
 
 use crate::proxy::body::RelayBody;
 use crate::proxy::error::{Dialect, EdgeError};
+use crate::proxy::names;
 use crate::proxy::pipeline::{self, State};
 use crate::proxy::upstream::strip_hop_by_hop;
 use crate::tls::{self, LocalCa, TlsError};
@@ -457,7 +458,7 @@ fn proxy_error(status: StatusCode, code: &'static str, message: &str) -> Respons
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    h.insert("x-relay-error", HeaderValue::from_static(code));
+    h.insert(names::X_RELAY_ERROR, HeaderValue::from_static(code));
     resp
 }
 

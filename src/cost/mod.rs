@@ -43,6 +43,7 @@ use crate::config::{Budget, Config, ModelPrice, Provider, ProviderKind, StreamUs
 use crate::metrics::Metrics;
 use crate::proxy::body::Exchange;
 use crate::proxy::error::EdgeError;
+use crate::proxy::names;
 
 /// Upstream paths (suffixes) whose answers carry token usage.
 const METERED_SUFFIXES: &[&str] = &[
@@ -603,12 +604,15 @@ impl Plan {
             x.usage = Some(u);
             let saved = self.price.map(|p| cost_micros(&p, &u)).unwrap_or(0);
             let h = resp.headers_mut();
-            h.insert("x-relay-cost-usd", HeaderValue::from_static("0.000000"));
+            h.insert(
+                names::X_RELAY_COST_USD,
+                HeaderValue::from_static("0.000000"),
+            );
             if let Ok(v) = HeaderValue::try_from(usd(saved)) {
-                h.insert("x-relay-saved-usd", v);
+                h.insert(names::X_RELAY_SAVED_USD, v);
             }
             if let Ok(v) = HeaderValue::try_from(tokens_header(&u)) {
-                h.insert("x-relay-tokens", v);
+                h.insert(names::X_RELAY_TOKENS, v);
             }
             if !strip {
                 return None;

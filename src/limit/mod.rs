@@ -43,6 +43,7 @@ use tokio::time::Instant;
 use crate::config::{Config, LimitScope, OnLimit};
 use crate::metrics::Metrics;
 use crate::proxy::error::EdgeError;
+use crate::proxy::names;
 use gcra::{Booked, Cell, Params};
 
 /// The name of the rule made from the original relay's `ratelimit.requests_per_second` / `burst`.
@@ -64,13 +65,16 @@ impl RateHeaders {
     /// `x-ratelimit-reset-requests` (a duration the way OpenAI writes it: `1s`, `250ms`, `6m0s`),
     /// replacing any the upstream sent.
     pub fn apply(&self, h: &mut HeaderMap) {
-        h.insert("x-ratelimit-limit-requests", HeaderValue::from(self.limit));
+        h.insert(
+            names::X_RATELIMIT_LIMIT_REQUESTS,
+            HeaderValue::from(self.limit),
+        );
         h.insert(
             "x-ratelimit-remaining-requests",
             HeaderValue::from(self.remaining),
         );
         if let Ok(v) = HeaderValue::from_str(&format_reset(self.reset)) {
-            h.insert("x-ratelimit-reset-requests", v);
+            h.insert(names::X_RATELIMIT_RESET_REQUESTS, v);
         }
     }
 }

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 
 use super::body::{BoxError, RelayBody};
 use super::error::{EdgeError, MissReason};
+use super::names;
 use crate::cache::memo::Memo;
 use crate::cache::{
     scope_for_api_key, CacheKey, CachedBody, Clock, Entry, EntryMeta, KeyInput, KeyMemo, Scope,
@@ -45,9 +46,9 @@ use crate::metrics::Metrics;
 
 /// Request headers that steer the cache; never forwarded upstream.
 pub const CONTROL_HEADERS: [HeaderName; 3] = [
-    HeaderName::from_static("x-relay-cache"),
-    HeaderName::from_static("x-relay-cache-ttl"),
-    HeaderName::from_static("x-relay-cache-namespace"),
+    names::X_RELAY_CACHE,
+    names::X_RELAY_CACHE_TTL,
+    names::X_RELAY_CACHE_NAMESPACE,
 ];
 
 /// Upstream paths (suffixes) whose POSTs are cacheable.
@@ -173,7 +174,7 @@ impl Cache {
                 Ok(None)
             };
         };
-        let directive = match headers.get("x-relay-cache").map(|v| v.to_str()) {
+        let directive = match headers.get(names::X_RELAY_CACHE).map(|v| v.to_str()) {
             None => None,
             Some(Ok(v)) if v.eq_ignore_ascii_case("skip") => Some("skip"),
             Some(Ok(v)) if v.eq_ignore_ascii_case("refresh") => Some("refresh"),
@@ -185,7 +186,7 @@ impl Cache {
             }
         };
         let (no_cache, no_store) = cache_control(headers);
-        let ttl = match headers.get("x-relay-cache-ttl") {
+        let ttl = match headers.get(names::X_RELAY_CACHE_TTL) {
             None => c.ttl,
             Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
                 Some(0) => None,
@@ -205,7 +206,7 @@ impl Cache {
             CacheScope::Global => Scope::Global,
         };
         let namespace = headers
-            .get("x-relay-cache-namespace")
+            .get(names::X_RELAY_CACHE_NAMESPACE)
             .and_then(|v| v.to_str().ok());
         let key = self.keys.key(
             &c.ignore_fields,
@@ -496,16 +497,16 @@ pub struct Answer<'a> {
 
 /// Adds the cache's response headers.
 pub fn mark(h: &mut HeaderMap, status: Status, key: &CacheKey, request_id: &HeaderValue) {
-    h.insert("x-relay-cache", status.header());
+    h.insert(names::X_RELAY_CACHE, status.header());
     if status == Status::Hit {
-        h.insert("x-cache", HeaderValue::from_static("HIT"));
+        h.insert(names::X_CACHE, HeaderValue::from_static("HIT"));
     }
     if status != Status::Bypass {
         if let Ok(v) = HeaderValue::try_from(key.short()) {
-            h.insert("x-relay-cache-key", v);
+            h.insert(names::X_RELAY_CACHE_KEY, v);
         }
     }
-    h.insert("x-request-id", request_id.clone());
+    h.insert(names::X_REQUEST_ID, request_id.clone());
 }
 
 /// `Cache-Control` request directives: (no-cache, no-store).

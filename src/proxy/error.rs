@@ -10,6 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use super::names;
+
 /// Which API shape the caller speaks; decides the error body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -212,14 +214,14 @@ impl EdgeError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        h.insert("x-relay-error", HeaderValue::from_static(self.code()));
-        h.insert("x-request-id", request_id.clone());
+        h.insert(names::X_RELAY_ERROR, HeaderValue::from_static(self.code()));
+        h.insert(names::X_REQUEST_ID, request_id.clone());
         match self {
             EdgeError::BudgetExceeded { resets, .. } => {
                 // Retrying before the reset cannot succeed: tell the SDKs not to.
-                h.insert("x-should-retry", HeaderValue::from_static("false"));
+                h.insert(names::X_SHOULD_RETRY, HeaderValue::from_static("false"));
                 if let Ok(v) = HeaderValue::try_from(resets.as_str()) {
-                    h.insert("x-relay-budget-reset", v);
+                    h.insert(names::X_RELAY_BUDGET_RESET, v);
                 }
             }
             EdgeError::RateLimited {

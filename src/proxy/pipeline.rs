@@ -41,6 +41,7 @@ use serde::Deserialize;
 use super::body::{Exchange, RelayBody};
 use super::cache::{self as stage, Answer, Cache, FlightLead, Outcome};
 use super::error::{Dialect, EdgeError};
+use super::names;
 use super::route::{self, PathTarget};
 use super::upstream::{self, UpstreamBody, Upstreams};
 use crate::cache;
@@ -105,7 +106,7 @@ pub async fn handle(
         Err(req) => req,
     };
     let rt = state.runtime.load_full();
-    let request_id = match req.headers().get("x-request-id") {
+    let request_id = match req.headers().get(names::X_REQUEST_ID) {
         Some(v) => v.clone(),
         None => HeaderValue::try_from(uuid::Uuid::new_v4().to_string()).expect("uuid is ASCII"),
     };

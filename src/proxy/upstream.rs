@@ -23,6 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::error::EdgeError;
+use super::names;
 use crate::config::{Config, Provider, ProviderKind};
 
 /// The body relay sends upstream: the bytes it read (JSON, forwarded byte-for-byte) or the caller's
@@ -239,7 +240,7 @@ fn inject_key(provider: &Provider, headers: &mut HeaderMap) {
         ProviderKind::Anthropic => {
             if let Ok(mut v) = HeaderValue::from_str(key.expose()) {
                 v.set_sensitive(true);
-                headers.insert("x-api-key", v);
+                headers.insert(names::X_API_KEY, v);
             }
         }
     }
