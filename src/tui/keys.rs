@@ -348,7 +348,7 @@ fn detail_bottom(state: &State) -> u16 {
     let lines = state
         .selected_row()
         .map(|r| {
-            Paragraph::new(super::view::detail_text(&r.ev, r.in_flight()))
+            Paragraph::new(super::view::detail_text(r))
                 .wrap(Wrap { trim: false })
                 .line_count(state.size.0)
         })

@@ -61,12 +61,15 @@ pub struct Row {
     /// Stable id in this table (arrival order), what the selection holds on to.
     pub id: u64,
     pub ev: Arc<RequestEvent>,
+    /// Started, and its end may have been among events the feed dropped for this dashboard: shown
+    /// as unknown rather than in flight forever. Its end event, if it comes, completes it as usual.
+    pub unsure: bool,
 }
 
 impl Row {
-    /// Still running (start seen, end not yet).
+    /// Still running (start seen, end not yet, and no events dropped since).
     pub fn in_flight(&self) -> bool {
-        self.ev.phase == Phase::Start
+        self.ev.phase == Phase::Start && !self.unsure
     }
     pub fn is_error(&self) -> bool {
         self.ev.phase == Phase::End && (self.ev.status >= 400 || self.ev.error.is_some())
@@ -243,6 +246,11 @@ pub struct State {
     next_id: u64,
     /// Request seq → row id, for requests still in flight.
     inflight: HashMap<u64, u64>,
+    /// Request seq → row id, for requests that were in flight when the feed dropped events (their
+    /// end may be lost; see [`Row::unsure`]).
+    unsure: HashMap<u64, u64>,
+    /// The feed dropped events while paused: rows in flight become unsure on resume.
+    lag_held: bool,
     /// Selected row id; `None` with `follow` means the newest.
     pub selected: Option<u64>,
     /// Keep the selection on the newest row as rows arrive (`G`); any other move turns it off.
@@ -283,6 +291,8 @@ impl State {
             rows: VecDeque::new(),
             next_id: 0,
             inflight: HashMap::new(),
+            unsure: HashMap::new(),
+            lag_held: false,
             selected: None,
             follow: true,
             offset: 0,
@@ -312,13 +322,21 @@ impl State {
                     if self.held.len() >= MAX_ROWS {
                         self.held.pop_front();
                         self.dropped += 1;
+                        self.lag_held = true;
                     }
                     self.held.push_back(ev);
                 } else {
                     self.apply(ev);
                 }
             }
-            Msg::Lagged(n) => self.dropped += n,
+            Msg::Lagged(n) => {
+                self.dropped += n;
+                if self.paused {
+                    self.lag_held = true;
+                } else {
+                    self.lost_ends();
+                }
+            }
             Msg::Tick(now) => {
                 self.now_ms = now;
                 let keep_from = (now / 1000).saturating_sub(HISTORY_SECS as u64);
@@ -350,11 +368,20 @@ impl State {
             sec.latency_us_sum += ev.latency_us.unwrap_or(0);
         }
         let existing = match ev.phase {
-            Phase::Start => self.inflight.get(&ev.seq).copied(),
-            Phase::End => self.inflight.remove(&ev.seq),
+            Phase::Start => self.inflight.get(&ev.seq).copied().or_else(|| {
+                // Its second start (response headers): it is running after all.
+                let id = self.unsure.remove(&ev.seq)?;
+                self.inflight.insert(ev.seq, id);
+                Some(id)
+            }),
+            Phase::End => self
+                .inflight
+                .remove(&ev.seq)
+                .or_else(|| self.unsure.remove(&ev.seq)),
         };
-        if let Some(id) = existing.and_then(|id| self.index_of(id)) {
-            self.rows[id].ev = ev;
+        if let Some(i) = existing.and_then(|id| self.index_of(id)) {
+            self.rows[i].ev = ev;
+            self.rows[i].unsure = false;
             return;
         }
         let id = self.next_id;
@@ -362,10 +389,15 @@ impl State {
         if ev.phase == Phase::Start {
             self.inflight.insert(ev.seq, id);
         }
-        self.rows.push_back(Row { id, ev });
+        self.rows.push_back(Row {
+            id,
+            ev,
+            unsure: false,
+        });
         if self.rows.len() > MAX_ROWS {
             if let Some(old) = self.rows.pop_front() {
                 self.inflight.remove(&old.ev.seq);
+                self.unsure.remove(&old.ev.seq);
                 if self.selected == Some(old.id) {
                     self.selected = self.rows.front().map(|r| r.id);
                 }
@@ -477,11 +509,25 @@ impl State {
         self.scroll_to_selection();
     }
 
+    /// The feed dropped events: any request in flight may have ended unseen, so its row stops
+    /// counting as in flight and shows as unknown until an event for it arrives.
+    fn lost_ends(&mut self) {
+        for (seq, id) in std::mem::take(&mut self.inflight) {
+            if let Some(i) = self.index_of(id) {
+                self.rows[i].unsure = true;
+                self.unsure.insert(seq, id);
+            }
+        }
+    }
+
     pub fn toggle_pause(&mut self) {
         self.paused = !self.paused;
         if !self.paused {
             while let Some(ev) = self.held.pop_front() {
                 self.apply(ev);
+            }
+            if std::mem::take(&mut self.lag_held) {
+                self.lost_ends();
             }
         }
     }
@@ -490,6 +536,8 @@ impl State {
     pub fn clear(&mut self) {
         self.rows.clear();
         self.inflight.clear();
+        self.unsure.clear();
+        self.lag_held = false;
         self.held.clear();
         self.selected = None;
         self.follow = true;

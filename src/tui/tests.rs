@@ -279,6 +279,60 @@ fn an_end_event_completes_its_in_flight_row() {
 }
 
 #[test]
+fn a_request_whose_end_may_have_been_dropped_is_unknown_not_in_flight_forever() {
+    let mut s = state(120, 40);
+    s.update(Msg::Event(Arc::new(ev(20, Phase::Start, 26))));
+    s.update(Msg::Event(Arc::new(ev(21, Phase::Start, 26))));
+    assert_eq!(s.in_flight(), 3, "the fixture's one and two more");
+    let rows = s.len();
+    // The feed dropped events: some of these may have ended unseen.
+    s.update(Msg::Lagged(5));
+    assert_eq!(s.in_flight(), 0);
+    let row = |s: &State, seq: u64| {
+        s.visible()
+            .into_iter()
+            .find(|r| r.ev.seq == seq)
+            .cloned()
+            .unwrap()
+    };
+    let r20 = row(&s, 20);
+    assert!(r20.unsure && !r20.in_flight());
+    let detail = format!("{:?}", super::view::detail_text(&r20));
+    assert!(detail.contains("end not seen"), "{detail}");
+    // An end that does come completes its row; a second start puts its row back in flight.
+    s.update(Msg::Event(Arc::new(done(
+        ev(20, Phase::Start, 26),
+        7,
+        None,
+    ))));
+    s.update(Msg::Event(Arc::new(ev(21, Phase::Start, 26))));
+    assert_eq!(s.len(), rows, "no new rows");
+    assert!(!row(&s, 20).unsure && row(&s, 20).ev.phase == Phase::End);
+    assert!(row(&s, 21).in_flight());
+    assert_eq!(s.in_flight(), 1);
+    assert_eq!(s.totals.requests, {
+        let mut fresh = state(120, 40);
+        fresh.update(Msg::Event(Arc::new(done(
+            ev(20, Phase::Start, 26),
+            7,
+            None,
+        ))));
+        fresh.totals.requests
+    });
+
+    // Dropped while paused: applied on resume, after the held events.
+    s.update(Msg::Event(Arc::new(ev(22, Phase::Start, 27))));
+    handle_key(&mut s, key('p'));
+    assert!(s.paused);
+    s.update(Msg::Event(Arc::new(ev(23, Phase::Start, 27))));
+    s.update(Msg::Lagged(1));
+    assert_eq!(s.in_flight(), 2, "nothing changes while paused");
+    handle_key(&mut s, key('p'));
+    assert_eq!(s.in_flight(), 0);
+    assert!(row(&s, 23).unsure);
+}
+
+#[test]
 fn keys_move_pause_clear_sort_and_quit() {
     let mut s = state(80, 24);
     assert!(s.follow);

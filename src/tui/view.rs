@@ -227,6 +227,8 @@ fn table_row<'a>(state: &State, r: &Row) -> TableRow<'a> {
     let (marker, latency) = if r.in_flight() {
         let so_far = state.now_ms.saturating_sub(ev.time_ms) * 1000;
         ("▶", format!("{}…", dur(so_far)))
+    } else if r.unsure {
+        ("?", "?".into())
     } else {
         (" ", ev.latency_us.map(dur).unwrap_or_else(|| "–".into()))
     };
@@ -280,7 +282,7 @@ fn render_detail(state: &State, f: &mut Frame, area: Rect) {
         f.render_widget(Paragraph::new("  no request selected").dim(), area);
         return;
     };
-    let text = detail_text(&row.ev, row.in_flight());
+    let text = detail_text(row);
     let title = format!(" {} {} ", row.ev.method, row.ev.path);
     f.render_widget(
         Paragraph::new(text)
@@ -292,7 +294,8 @@ fn render_detail(state: &State, f: &mut Frame, area: Rect) {
 }
 
 /// The detail view's text for one request.
-pub fn detail_text(ev: &RequestEvent, in_flight: bool) -> Text<'static> {
+pub fn detail_text(row: &Row) -> Text<'static> {
+    let (ev, in_flight) = (&*row.ev, row.in_flight());
     let mut lines: Vec<Line<'static>> = Vec::new();
     let kv =
         |k: &str, v: String| Line::from(vec![Span::raw(format!("{k:<12}")).dim(), Span::raw(v)]);
@@ -323,6 +326,8 @@ pub fn detail_text(ev: &RequestEvent, in_flight: bool) -> Text<'static> {
     }
     if in_flight {
         status.push_str(" · in flight");
+    } else if row.unsure {
+        status.push_str(" · end not seen (the dashboard fell behind and the feed dropped events)");
     } else if let Some(o) = &ev.outcome {
         status.push_str(&format!(" · {o}"));
     }
@@ -362,6 +367,8 @@ pub fn detail_text(ev: &RequestEvent, in_flight: bool) -> Text<'static> {
         lines.push(Line::raw(""));
         lines.push(Line::raw(if in_flight {
             "headers and bodies appear when the response ends"
+        } else if row.unsure {
+            "headers and bodies come with the response's end, which was not seen"
         } else {
             "headers and bodies were not captured (the request began before the dashboard subscribed)"
         }).dim());
