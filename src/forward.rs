@@ -328,7 +328,7 @@ async fn intercept(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
     builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     // On shutdown: finish the requests in flight (streams included), then close, as the server
     // does with its own connections; the server's drain waits for this (`active`).

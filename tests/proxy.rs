@@ -301,6 +301,72 @@ async fn idle_upstream_mid_stream_ends_the_response_with_an_error() {
         .await;
 }
 
+/// Sends a raw HTTP/1.1 WebSocket handshake to relay; returns the connection and the response head.
+async fn ws_handshake(
+    relay: &Relay,
+    extra: &str,
+) -> (tokio::io::BufReader<tokio::net::TcpStream>, String) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let head = format!(
+        "GET /v1/realtime?model=gpt-4o-realtime-preview HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer sk-realtime\r\n{extra}\r\n",
+        relay.addr
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut rd = tokio::io::BufReader::new(tcp);
+    let mut resp = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            rd.read_line(&mut line).await.unwrap() > 0,
+            "closed in the head: {resp}"
+        );
+        resp.push_str(&line);
+        if line == "\r\n" {
+            return (rd, resp.to_ascii_lowercase());
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_handshake_is_forwarded_and_the_connection_spliced() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (openai, _anthropic, relay) = setup("").await;
+    let (mut conn, head) = within(ws_handshake(&relay, "")).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket\r\n"), "{head}");
+    assert!(head.contains("connection: upgrade\r\n"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: mock-accept\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("x-request-id: "), "{head}");
+    // The upstream saw the handshake, upgrade headers and key included.
+    let rec = openai.last();
+    assert_eq!(rec.uri, "/v1/realtime?model=gpt-4o-realtime-preview");
+    assert_eq!(rec.headers["upgrade"], "websocket");
+    assert_eq!(rec.headers["connection"], "upgrade");
+    assert_eq!(rec.headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_eq!(rec.headers["authorization"], "Bearer sk-realtime");
+    // Bytes flow both ways, more than once, on the same connection.
+    for msg in ["hello", "again"] {
+        conn.get_mut().write_all(msg.as_bytes()).await.unwrap();
+        let want = format!("echo:{msg}");
+        let mut got = vec![0u8; want.len()];
+        within(conn.read_exact(&mut got)).await.unwrap();
+        assert_eq!(got, want.as_bytes());
+    }
+    assert_eq!(openai.calls().get(), 1);
+}
+
+#[tokio::test]
+async fn websocket_handshake_refused_upstream_comes_back_unchanged() {
+    let (_openai, _anthropic, relay) = setup("").await;
+    let (_conn, head) = within(ws_handshake(&relay, "x-mock-status: 401\r\n")).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(!head.contains("upgrade: websocket"), "{head}");
+}
+
 // ---------------------------------------------------------------- errors
 
 #[tokio::test]

@@ -7,4 +7,5 @@ pub mod error;
 pub mod names;
 pub mod pipeline;
 pub mod route;
+pub mod tunnel;
 pub mod upstream;

@@ -43,6 +43,7 @@ use super::cache::{self as stage, Answer, Cache, FlightLead, Outcome};
 use super::error::{Dialect, EdgeError};
 use super::names;
 use super::route::{self, PathTarget};
+use super::tunnel;
 use super::upstream::{self, UpstreamBody, Upstreams};
 use crate::cache;
 use crate::config::Config;
@@ -246,6 +247,10 @@ async fn forward(
     let cfg = &rt.config;
     let metrics = &state.metrics;
     let (mut parts, body) = req.into_parts();
+    // A WebSocket handshake (or another protocol switch): its `Upgrade` value and the caller's
+    // side of the switch.
+    let upgrade = tunnel::requested(&parts.headers)
+        .map(|v| (v, parts.extensions.remove::<hyper::upgrade::OnUpgrade>()));
     let no_route = |model: Option<String>| EdgeError::NoRoute {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
@@ -420,6 +425,7 @@ async fn forward(
         headers: parts.headers,
         body,
         whole: sent_whole.as_ref(),
+        upgrade: upgrade.as_ref().map(|(v, _)| v),
     };
     let (index, resp) = match call_upstream(rt, metrics, call, &mut x.circuit).await {
         Ok(called) => called,
@@ -443,7 +449,16 @@ async fn forward(
 
     // 9. Respond.
     let (mut rparts, rbody) = resp.into_parts();
+    let switched = (rparts.status == http::StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| rparts.headers.get(header::UPGRADE).cloned())
+        .flatten();
     upstream::strip_hop_by_hop(&mut rparts.headers);
+    if let (Some(v), Some((_, Some(caller)))) = (switched, upgrade) {
+        if let Some(theirs) = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+            tunnel::restore(&mut rparts.headers, v);
+            tunnel::splice(caller, theirs, provider.name.clone());
+        }
+    }
     let hook = cost
         .as_ref()
         .and_then(|c| c.hook(rparts.status, &mut rparts.headers));
@@ -511,6 +526,8 @@ struct Call<'a> {
     body: ClientBody,
     /// The body when relay read it whole: a fallback can send it again.
     whole: Option<&'a Bytes>,
+    /// The `Upgrade` value of a protocol switch (WebSocket), restored after the hop-by-hop filter.
+    upgrade: Option<&'a HeaderValue>,
 }
 
 /// Stage 8: the circuit gate, then the upstream call. The route's provider is tried first; its
@@ -536,6 +553,7 @@ async fn call_upstream(
         headers,
         body,
         whole,
+        upgrade,
     } = call;
     let mut body = Some(body);
     let mut headers = Some(headers);
@@ -570,7 +588,10 @@ async fn call_upstream(
             }
             Cow::Owned(p)
         };
-        let req = upstream::build_request(provider, &pq, method.clone(), h, b.into())?;
+        let mut req = upstream::build_request(provider, &pq, method.clone(), h, b.into())?;
+        if let Some(v) = upgrade {
+            tunnel::restore(req.headers_mut(), v.clone());
+        }
         match rt.upstreams.send_checked(index, provider, req).await {
             Ok(resp) => {
                 let stream = resp.status().is_success()

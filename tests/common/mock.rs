@@ -155,9 +155,17 @@ impl Mock {
                     let svc = service_fn(move |req| handle(s.clone(), req));
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let _ = match tls {
-                        None => builder.serve_connection(TokioIo::new(tcp), svc).await,
+                        None => {
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                                .await
+                        }
                         Some(tls) => match tls.accept(tcp).await {
-                            Ok(stream) => builder.serve_connection(TokioIo::new(stream), svc).await,
+                            Ok(stream) => {
+                                builder
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                    .await
+                            }
                             Err(_) => return,
                         },
                     };
@@ -244,7 +252,7 @@ async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<MockBody>, Infallible> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let body = body
         .collect()
         .await
@@ -302,6 +310,38 @@ async fn handle(
             .unwrap();
         guard.complete();
         return Ok(resp);
+    }
+    if parts.headers.contains_key("upgrade") && path.ends_with("/realtime") {
+        // A WebSocket endpoint: switches protocols, then answers each chunk it reads with
+        // `echo:<chunk>` until the caller closes.
+        let on = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Some(Ok(up)) = (match on {
+                Some(on) => Some(on.await),
+                None => None,
+            }) else {
+                return;
+            };
+            let mut io = TokioIo::new(up);
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n @ 1..) = io.read(&mut buf).await {
+                let mut out = b"echo:".to_vec();
+                out.extend_from_slice(&buf[..n]);
+                if io.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+        });
+        guard.complete();
+        return Ok(Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", "mock-accept")
+            .header("x-mock-name", &shared.name)
+            .body(full(Bytes::new()))
+            .unwrap());
     }
     if mode == "stall-headers" {
         let _guard = guard;
