@@ -16,6 +16,9 @@
 //! miss path), **relay hit** (the same request answered from the cache), and a **bare hyper proxy**
 //! (a hyper server forwarding on a pooled hyper-util client and nothing else, on relay's runtime):
 //! the floor any proxy built on these parts starts from, so relay's own cost is relay / bare.
+//! **relay new requests** asks a question never asked before on every request (a counter in the
+//! message), sent without cache headers: relay computes its cache key, looks it up, misses,
+//! forwards, and stores the answer, which is what the default config does for every new request.
 //!
 //! **Rate limiter** rows (JSON, fixed rate): the relay forwarding path with the limiter off, with a
 //! per-key limit far above the offered load in process, and the same limit shared through Redis
@@ -68,7 +71,8 @@ struct Args {
     watch: bool,
     /// `--only 1..8`: one saturation phase alone for `--secs` (for `perf record`): 1 direct JSON,
     /// 2 relay JSON, 3 relay hit JSON, 4 direct SSE, 5 relay SSE, 6 relay hit SSE, 7 bare proxy
-    /// JSON, 8 bare proxy SSE; `11..18`: the same targets at the fixed rate.
+    /// JSON, 8 bare proxy SSE, 9 relay new requests JSON; `11..19`: the same targets at the fixed
+    /// rate.
     only: u64,
 }
 
@@ -88,10 +92,10 @@ fn args() -> Args {
             ("--rate", Some(v)) => a.rate = v,
             ("--conns", Some(v)) => a.conns = v as usize,
             ("--watch", Some(v)) => a.watch = v != 0,
-            ("--only", Some(v @ (1..=8 | 11..=18))) => a.only = v,
+            ("--only", Some(v @ (1..=9 | 11..=19))) => a.only = v,
             _ => {
                 eprintln!(
-                    "usage: loadtest [--secs N] [--rate REQ_PER_S] [--conns N] [--watch 0|1] [--only 1..8|11..18]"
+                    "usage: loadtest [--secs N] [--rate REQ_PER_S] [--conns N] [--watch 0|1] [--only 1..9|11..19]"
                 );
                 std::process::exit(2);
             }
@@ -150,6 +154,7 @@ fn limiter_rows(
     off: &Target,
 ) {
     let target = |s: &Server| Target {
+        fresh: false,
         url: format!("http://{}/v1/chat/completions", s.local_addr())
             .parse()
             .unwrap(),
@@ -344,7 +349,13 @@ struct Target {
     url: http::Uri,
     /// Extra request headers.
     headers: &'static [(&'static str, &'static str)],
+    /// Each request asks something never asked before (a counter in the question), so relay
+    /// computes a new cache key, misses, forwards and stores: what a new request costs by default.
+    fresh: bool,
 }
+
+/// Numbers the questions of `fresh` targets.
+static QUESTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 const MISS: &[(&str, &str)] = &[("cache-control", "no-cache")];
 
@@ -356,9 +367,13 @@ async fn one(client: &HttpClient, target: &Target, body: &'static str) -> bool {
     for (k, v) in target.headers {
         req = req.header(*k, *v);
     }
-    let req = req
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .expect("valid request");
+    let body = if target.fresh {
+        let n = QUESTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Bytes::from(body.replacen("France?", &format!("France? ({n})"), 1))
+    } else {
+        Bytes::from_static(body.as_bytes())
+    };
+    let req = req.body(Full::new(body)).expect("valid request");
     match client.request(req).await {
         Ok(resp) if resp.status().is_success() => resp.into_body().collect().await.is_ok(),
         _ => false,
@@ -539,18 +554,21 @@ fn main() {
         .expect("relay (cost off) starts")
     });
     let cost_off = Target {
+        fresh: false,
         url: format!("http://{}/v1/chat/completions", server_off.local_addr())
             .parse()
             .unwrap(),
         headers: MISS,
     };
     let direct = Target {
+        fresh: false,
         url: format!("http://{mock_addr}/v1/chat/completions")
             .parse()
             .unwrap(),
         headers: &[],
     };
     let proxied = Target {
+        fresh: false,
         url: format!("http://{relay_addr}/v1/chat/completions")
             .parse()
             .unwrap(),
@@ -560,7 +578,13 @@ fn main() {
         headers: &[],
         ..proxied.clone()
     };
+    let fresh = Target {
+        headers: &[],
+        fresh: true,
+        ..proxied.clone()
+    };
     let bare = Target {
+        fresh: false,
         url: format!(
             "http://{}/v1/chat/completions",
             relay_rt.block_on(bare_proxy(mock_addr))
@@ -573,13 +597,14 @@ fn main() {
     if args.only != 0 {
         let c = load_rt.block_on(async { client() });
         let phase = args.only % 10;
-        let body = if phase <= 3 || phase == 7 {
+        let body = if phase <= 3 || phase == 7 || phase == 9 {
             REQUEST_JSON
         } else {
             REQUEST_SSE
         };
         let target = match phase {
             7 | 8 => &bare,
+            9 => &fresh,
             _ => [&direct, &proxied, &hit][(phase as usize - 1) % 3],
         };
         load_rt.block_on(saturate(c.clone(), target.clone(), body, args.conns, 1));
@@ -646,6 +671,14 @@ fn main() {
             args.rate,
             args.secs,
         ));
+        load_rt.block_on(saturate(c.clone(), fresh.clone(), body, args.conns, 1));
+        let (n, ne) = load_rt.block_on(fixed_rate(
+            c.clone(),
+            fresh.clone(),
+            body,
+            args.rate,
+            args.secs,
+        ));
         load_rt.block_on(saturate(c.clone(), cost_off.clone(), body, args.conns, 1));
         let (o, oe) = load_rt.block_on(fixed_rate(
             c.clone(),
@@ -692,6 +725,12 @@ fn main() {
             us(&h, 0.99)
         );
         println!(
+            "| {name} @ {} req/s | relay, new request (key computed, lookup misses, stored) | {} µs | {} µs | {ne} |",
+            args.rate,
+            us(&n, 0.5),
+            us(&n, 0.99)
+        );
+        println!(
             "| {name} @ {} req/s | relay, cost tracking off | {} µs | {} µs | {oe} |",
             args.rate,
             us(&o, 0.5),
@@ -705,8 +744,8 @@ fn main() {
         );
     }
     println!();
-    println!("| workload | direct req/s | bare proxy req/s | bare / direct | relay req/s | relay / direct | relay / bare | relay hit req/s | hit / direct | errors (direct, bare, relay, hit) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| workload | direct req/s | bare proxy req/s | bare / direct | relay req/s | relay / direct | relay / bare | relay new requests req/s | new / bare | relay hit req/s | hit / direct | errors (direct, bare, relay, new, hit) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, body) in [("JSON", REQUEST_JSON), ("SSE", REQUEST_SSE)] {
         let (d, de) = load_rt.block_on(saturate(
             c.clone(),
@@ -736,12 +775,20 @@ fn main() {
             args.conns,
             args.secs,
         ));
+        let (n, ne) = load_rt.block_on(saturate(
+            c.clone(),
+            fresh.clone(),
+            body,
+            args.conns,
+            args.secs,
+        ));
         println!(
-            "| {name}, {} conns | {d:.0} | {b:.0} | {:.0}% | {r:.0} | {:.0}% | {:.0}% | {h:.0} | {:.2}× | {de}, {be}, {re}, {he} |",
+            "| {name}, {} conns | {d:.0} | {b:.0} | {:.0}% | {r:.0} | {:.0}% | {:.0}% | {n:.0} | {:.0}% | {h:.0} | {:.2}× | {de}, {be}, {re}, {ne}, {he} |",
             args.conns,
             100.0 * b / d,
             100.0 * r / d,
             100.0 * r / b,
+            100.0 * n / b,
             h / d
         );
     }

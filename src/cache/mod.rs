@@ -25,6 +25,7 @@ mod hot;
 pub mod key;
 pub(crate) mod memo;
 pub mod open;
+mod present;
 pub mod redb_store;
 /// The test harness's `redis-server` child process, shared with the integration tests.
 #[cfg(all(test, feature = "redis"))]

@@ -34,6 +34,7 @@ use super::codec;
 use super::entry::Entry;
 use super::hot::{self, Hot};
 use super::key::{CacheKey, KeyPrefix, KEY_VERSION};
+use super::present::Present;
 use super::store::{
     ListFilter, ListItem, Pending, Stats, Store, StoreError, StoreOptions, WriteOp as Op,
 };
@@ -87,6 +88,11 @@ pub struct RedbStore {
     hits: Hits,
     pending: Arc<Pending>,
     hot: Arc<Hot>,
+    /// The keys the file may hold; `None` when they could not be read at open (every lookup then
+    /// reads the file).
+    present: Option<Arc<Present>>,
+    /// Lookups that read the file (neither in memory nor known to be absent).
+    file_reads: AtomicU64,
     seq: AtomicU64,
     write_errors: Arc<AtomicU64>,
 }
@@ -141,6 +147,13 @@ impl RedbStore {
             })?;
         }
         let db = open_or_recover(&path, &opts)?;
+        let present = match keys_held(&db) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cache: could not list the stored keys; every lookup will read the file");
+                None
+            }
+        };
         let (released_tx, released_rx) = oneshot::channel();
         let db = Arc::new(DbHandle {
             db: Some(db),
@@ -159,6 +172,7 @@ impl RedbStore {
             hits: hits_rx,
             pending: pending.clone(),
             hot: hot.clone(),
+            present: present.clone(),
             opts: opts.clone(),
             write_errors: write_errors.clone(),
             failing: false,
@@ -192,9 +206,16 @@ impl RedbStore {
             },
             pending,
             hot,
+            present,
+            file_reads: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             write_errors,
         })
+    }
+
+    /// Lookups so far that had to read the file.
+    pub fn file_reads(&self) -> u64 {
+        self.file_reads.load(Ordering::Relaxed)
     }
 
     /// The file this store uses.
@@ -240,6 +261,10 @@ impl RedbStore {
             self.hits.count(key);
             return Ok(Some(Found::Shared(entry)));
         }
+        if self.present.as_ref().is_some_and(|p| !p.may_hold(&key)) {
+            return Ok(None);
+        }
+        self.file_reads.fetch_add(1, Ordering::Relaxed);
         let generation = self.hot.generation();
         let found = self
             .read(move |db| {
@@ -288,6 +313,18 @@ impl RedbStore {
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)
     }
+}
+
+/// The keys the file holds (read once, when the store opens).
+fn keys_held(db: &Database) -> Result<Present, StoreError> {
+    let present = Present::default();
+    let txn = db.begin_read().map_err(db_err)?;
+    let info = txn.open_table(INFO).map_err(db_err)?;
+    for row in info.iter().map_err(db_err)? {
+        let (key, _) = row.map_err(db_err)?;
+        present.insert(&CacheKey::from_bytes(key.value()));
+    }
+    Ok(present)
 }
 
 /// What [`RedbStore::find`] found: a slot of the in-memory front, or an entry queued for the
@@ -537,6 +574,7 @@ struct Writer {
     hits: std::sync::mpsc::Receiver<CacheKey>,
     pending: Arc<Pending>,
     hot: Arc<Hot>,
+    present: Option<Arc<Present>>,
     opts: StoreOptions,
     write_errors: Arc<AtomicU64>,
     /// Whether the last batch failed (so an outage is logged once, not per batch).
@@ -635,8 +673,27 @@ impl Writer {
                 })
             };
         match &result {
-            Ok(applied) if applied.cleared => self.hot.clear(),
-            Ok(applied) => self.hot.remove_all(&applied.gone),
+            Ok(applied) => {
+                if applied.cleared {
+                    self.hot.clear();
+                } else {
+                    self.hot.remove_all(&applied.gone);
+                }
+                // Removals first, then this batch's puts: a key removed by an earlier op or batch
+                // and put again is held (see `present`).
+                if let Some(present) = &self.present {
+                    if applied.cleared {
+                        present.clear();
+                    } else {
+                        present.remove_all(&applied.gone);
+                    }
+                    for op in &batch {
+                        if let Op::Put { key, .. } = op {
+                            present.insert(key);
+                        }
+                    }
+                }
+            }
             Err(_) => {
                 // Puts that did not land must not be served from memory either.
                 let lost: Vec<CacheKey> = batch

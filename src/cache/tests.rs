@@ -688,6 +688,38 @@ mod redb {
     }
 
     #[tokio::test]
+    async fn lookups_read_the_file_only_for_keys_it_may_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.redb");
+        let clock = ManualClock::new(T0);
+        let json = json_entry("m", T0, "{}");
+        {
+            let s = RedbStore::open(&path, opts(&clock)).unwrap();
+            assert_eq!(s.get(key(9)).await.unwrap(), None);
+            assert_eq!(s.file_reads(), 0, "a key never stored is a miss at once");
+            s.put(key(1), json.clone()).unwrap();
+            s.put(key(2), json.clone()).unwrap();
+            s.put(key(3), json.clone()).unwrap();
+            s.flush().await.unwrap();
+            assert!(s.remove(key(2)).await.unwrap());
+            assert_eq!(s.clear(None).await.unwrap(), 2);
+            // Put again after the removal and the clear: held again.
+            s.put(key(3), json.clone()).unwrap();
+            s.put(key(4), json.clone()).unwrap();
+            s.close().await.unwrap();
+        }
+        // Reopened: nothing in memory but the keys, read from the file.
+        let s = RedbStore::open(&path, opts(&clock)).unwrap();
+        for k in [1, 2, 9] {
+            assert_eq!(s.get(key(k)).await.unwrap(), None, "key {k}");
+        }
+        assert_eq!(s.file_reads(), 0, "removed, cleared and never-stored keys");
+        assert!(s.get(key(3)).await.unwrap().is_some());
+        assert!(s.get(key(4)).await.unwrap().is_some());
+        assert_eq!(s.file_reads(), 2, "the two the file holds are read from it");
+    }
+
+    #[tokio::test]
     async fn dropping_without_close_still_commits() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cache.redb");

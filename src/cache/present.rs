@@ -1,0 +1,93 @@
+//! Which keys the redb file may hold, kept in memory, so a lookup for a key the file certainly
+//! lacks (every request never asked before) is a miss at once, without a trip to the blocking pool
+//! and a read transaction.
+//!
+//! One `u64` per entry: the key's first 8 bytes (keys are blake3 digests, so these are uniform), in
+//! sharded sets. It never says "absent" for a key the file holds: it is filled from the file when
+//! the store opens, the writer adds the keys of each batch it commits before their queued copies
+//! are dropped (until then a lookup finds them queued), and removes keys only after the transaction
+//! that removed them committed, before adding that batch's puts. A false "may hold" (two keys
+//! sharing 8 bytes; a key put and then removed in one batch) costs the disk read every lookup cost
+//! before.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::key::CacheKey;
+
+const SHARDS: usize = 16;
+
+#[derive(Default)]
+pub(crate) struct Present {
+    shards: [Mutex<HashSet<u64>>; SHARDS],
+}
+
+impl Present {
+    fn prefix(key: &CacheKey) -> u64 {
+        let b = key.as_bytes();
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+
+    fn shard(&self, prefix: u64) -> MutexGuard<'_, HashSet<u64>> {
+        self.shards[(prefix >> 60) as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `false` only when the file does not hold `key`.
+    pub(crate) fn may_hold(&self, key: &CacheKey) -> bool {
+        let p = Self::prefix(key);
+        self.shard(p).contains(&p)
+    }
+
+    pub(crate) fn insert(&self, key: &CacheKey) {
+        let p = Self::prefix(key);
+        self.shard(p).insert(p);
+    }
+
+    /// Forgets keys the file no longer holds (a key sharing another's prefix goes too: a lookup
+    /// for that one is then a miss until it is written again, never a wrong answer).
+    pub(crate) fn remove_all(&self, keys: &[CacheKey]) {
+        for key in keys {
+            let p = Self::prefix(key);
+            self.shard(p).remove(&p);
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        for s in &self.shards {
+            s.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_what_was_inserted_until_removed_or_cleared() {
+        let p = Present::default();
+        let (a, b) = (
+            CacheKey::from_bytes([1; 32]),
+            CacheKey::from_bytes([200; 32]),
+        );
+        assert!(!p.may_hold(&a));
+        p.insert(&a);
+        p.insert(&b);
+        assert!(p.may_hold(&a) && p.may_hold(&b));
+        p.remove_all(&[a]);
+        assert!(!p.may_hold(&a) && p.may_hold(&b));
+        p.clear();
+        assert!(!p.may_hold(&b));
+        assert_eq!(p.len(), 0);
+    }
+}
