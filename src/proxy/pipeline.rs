@@ -18,7 +18,8 @@
 //! 8. **circuit + upstream**: the provider's circuit breaker lets the call through or refuses it
 //!    (503), the route's `fallback` taking over while it is open or when the connection fails; the
 //!    request goes out byte-for-byte on the provider's pooled client (502 when unreachable, 504 on
-//!    timeout); upstream 4xx/5xx come back unchanged;
+//!    timeout); upstream 4xx/5xx come back unchanged; a protocol switch (a WebSocket handshake)
+//!    keeps its upgrade headers, and on 101 the two connections are spliced (see [`super::tunnel`]);
 //! 9. **respond**: headers filtered, `x-request-id` and `x-ratelimit-*` set, cost metering attached,
 //!    the body streamed frame by frame.
 //!
