@@ -360,6 +360,18 @@ async fn websocket_handshake_is_forwarded_and_the_connection_spliced() {
 }
 
 #[tokio::test]
+async fn websocket_handshake_is_routed_by_the_model_in_its_query() {
+    let (openai, anthropic, relay) = setup(
+        "routes:\n  - {model: 'gpt-4o-realtime*', provider: anthropic}\n  - {provider: openai}\n",
+    )
+    .await;
+    let (_conn, head) = within(ws_handshake(&relay, "")).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert_eq!(anthropic.calls().get(), 1);
+    assert_eq!(openai.calls().get(), 0);
+}
+
+#[tokio::test]
 async fn websocket_handshake_refused_upstream_comes_back_unchanged() {
     let (_openai, _anthropic, relay) = setup("").await;
     let (_conn, head) = within(ws_handshake(&relay, "x-mock-status: 401\r\n")).await;

@@ -282,6 +282,11 @@ async fn forward(
         }
         ClientBody::Stream(_) => None,
     };
+    // A WebSocket handshake has no body: the Realtime API names its model in the query.
+    let model = match (model, &upgrade) {
+        (None, Some(_)) => tunnel::query_model(parts.uri.query()),
+        (model, _) => model,
+    };
     x.model_label = rt.labels.label(model.as_deref()).to_string();
     x.model = model;
 

@@ -21,6 +21,13 @@ pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
         .flatten()
 }
 
+/// The `model` query parameter (`/v1/realtime?model=...`), for routing and the log.
+pub fn query_model(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "model")
+        .map(|(_, v)| v.into_owned())
+}
+
 /// Puts an upgrade back on a message whose hop-by-hop headers were stripped.
 pub fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -66,5 +73,15 @@ mod tests {
         assert_eq!(requested(&h), Some(HeaderValue::from_static("websocket")));
         h.remove(header::UPGRADE);
         assert_eq!(requested(&h), None, "nothing to upgrade to");
+    }
+
+    #[test]
+    fn the_model_comes_from_the_query() {
+        assert_eq!(
+            query_model(Some("a=1&model=gpt-4o-realtime%2Dpreview")).as_deref(),
+            Some("gpt-4o-realtime-preview")
+        );
+        assert_eq!(query_model(Some("a=1")), None);
+        assert_eq!(query_model(None), None);
     }
 }
