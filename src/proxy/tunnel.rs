@@ -11,12 +11,8 @@ use hyper_util::rt::TokioIo;
 
 /// The `Upgrade` value of a request that asks to switch protocols (`Connection: upgrade`).
 pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let asks = super::upstream::connection_options(headers)
+        .any(|option| option.eq_ignore_ascii_case("upgrade"));
     asks.then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
 }
