@@ -102,8 +102,11 @@ impl PlainVisitor<'_> {
         self.result.is_ok()
     }
 
+    /// Writes `s` unless an earlier write failed (the first error is the one reported).
     fn raw(&mut self, s: &str) {
-        self.result = self.w.write_str(s);
+        if self.result.is_ok() {
+            self.result = self.w.write_str(s);
+        }
     }
 }
 

@@ -674,19 +674,21 @@ impl Writer {
             };
         match &result {
             Ok(applied) => {
+                let present = self.present.as_deref();
                 if applied.cleared {
                     self.hot.clear();
+                    if let Some(p) = present {
+                        p.clear();
+                    }
                 } else {
                     self.hot.remove_all(&applied.gone);
+                    if let Some(p) = present {
+                        p.remove_all(&applied.gone);
+                    }
                 }
                 // Removals first, then this batch's puts: a key removed by an earlier op or batch
                 // and put again is held (see `present`).
-                if let Some(present) = &self.present {
-                    if applied.cleared {
-                        present.clear();
-                    } else {
-                        present.remove_all(&applied.gone);
-                    }
+                if let Some(present) = present {
                     for op in &batch {
                         if let Op::Put { key, .. } = op {
                             present.insert(key);
