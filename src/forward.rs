@@ -39,6 +39,7 @@ use tokio::sync::{watch, OnceCell};
 
 use crate::proxy::body::RelayBody;
 use crate::proxy::error::{Dialect, EdgeError};
+use crate::proxy::held::Held;
 use crate::proxy::names;
 use crate::proxy::pipeline::{self, State};
 use crate::proxy::upstream::strip_hop_by_hop;
@@ -62,19 +63,8 @@ pub struct Forward {
     plain: Client<HttpConnector, Incoming>,
     /// relay's own listening address (an absolute-form request to it is an ordinary request).
     local: SocketAddr,
-    /// Intercepted connections open now; the server's drain waits for 0 ([`Forward::drained`]).
-    active: watch::Sender<usize>,
     /// The server's shutdown signal: intercepted connections finish their requests and close.
     shutdown: watch::Receiver<bool>,
-}
-
-/// Counts one intercepted connection while it lives.
-struct Active(Arc<Forward>);
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.active.send_modify(|n| *n -= 1);
-    }
 }
 
 impl Forward {
@@ -96,20 +86,8 @@ impl Forward {
                 .pool_timer(TokioTimer::new())
                 .build(http),
             local,
-            active: watch::channel(0).0,
             shutdown,
         }
-    }
-
-    /// Resolves when no intercepted connection is open (after shutdown: all drained).
-    pub async fn drained(&self) {
-        let mut rx = self.active.subscribe();
-        let _ = rx.wait_for(|n| *n == 0).await;
-    }
-
-    fn track(self: &Arc<Self>) -> Active {
-        self.active.send_modify(|n| *n += 1);
-        Active(self.clone())
     }
 
     /// The local CA, opened (or made) on first use on the blocking pool.
@@ -234,8 +212,17 @@ async fn connect(
                 }
             };
             tracing::debug!(%host, %provider, "CONNECT intercepted");
-            let active = fwd.track();
-            tokio::spawn(intercept(req, tls, state, peer, provider, api_root, active));
+            let held = state.held.hold();
+            let shutdown = fwd.shutdown.clone();
+            tokio::spawn(intercept(
+                req,
+                tls,
+                state,
+                peer,
+                (provider, api_root),
+                held,
+                shutdown,
+            ));
             Response::new(RelayBody::full(Bytes::new()))
         }
         None => {
@@ -263,14 +250,15 @@ async fn connect(
                     }
                 };
             tracing::debug!(%host, port, "CONNECT tunnelled");
-            tokio::spawn(tunnel(req, upstream));
+            tokio::spawn(tunnel(req, upstream, state.held.hold()));
             Response::new(RelayBody::full(Bytes::new()))
         }
     }
 }
 
-/// The blind tunnel, once the client has the `200`.
-async fn tunnel(req: Request<Incoming>, mut upstream: TcpStream) {
+/// The blind tunnel, once the client has the `200`; open until either side closes or shutdown's
+/// time is up.
+async fn tunnel(req: Request<Incoming>, mut upstream: TcpStream, held: Held) {
     let upgraded = match hyper::upgrade::on(req).await {
         Ok(u) => u,
         Err(e) => {
@@ -280,8 +268,11 @@ async fn tunnel(req: Request<Incoming>, mut upstream: TcpStream) {
     };
     let _ = upstream.set_nodelay(true);
     let mut client = TokioIo::new(upgraded);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "tunnel ended with an error");
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => if let Err(e) = r {
+            tracing::debug!(error = %e, "tunnel ended with an error");
+        },
+        _ = held.cut() => tracing::debug!("tunnel cut at shutdown"),
     }
 }
 
@@ -292,11 +283,10 @@ async fn intercept(
     tls: Arc<ServerConfig>,
     state: Arc<State>,
     peer: SocketAddr,
-    provider: String,
-    api_root: String,
-    active: Active,
+    (provider, api_root): (String, String),
+    held: Held,
+    mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut shutdown = active.0.shutdown.clone();
     let upgraded = match hyper::upgrade::on(req).await {
         Ok(u) => u,
         Err(e) => {
@@ -331,18 +321,22 @@ async fn intercept(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     // On shutdown: finish the requests in flight (streams included), then close, as the server
-    // does with its own connections; the server's drain waits for this (`active`).
+    // does with its own connections; the server's drain waits for this (`held`), and cuts it when
+    // its time is up.
     let ended = tokio::select! {
         r = conn.as_mut() => r,
         _ = async { drop(shutdown.wait_for(|s| *s).await) } => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            tokio::select! {
+                r = conn => r,
+                _ = held.cut() => Ok(()),
+            }
         }
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "intercepted connection ended with an error");
     }
-    drop(active);
+    drop(held);
 }
 
 /// `<api_root>/<rest>` on the provider's host → `/<provider>/v1/<rest>`, the explicit-provider path

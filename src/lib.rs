@@ -6,6 +6,7 @@
 //! prices, the usage ledger, budgets), [`limit`] (rate limits, circuit breakers), [`events`] (the live
 //! request feed) and [`tui`] (the `relay tui` dashboard).
 
+pub(crate) mod api;
 pub mod cache;
 pub mod config;
 pub mod cost;

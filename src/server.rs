@@ -2,7 +2,7 @@
 //!
 //! [`Server::start`] is what `relay serve` and the tests call: it loads the config, binds (port 0 works),
 //! starts the accept loop and the config watcher, and returns at once with the bound address. Shutdown
-//! stops accepting, lets in-flight requests (streams included) finish for up to
+//! stops accepting, lets in-flight requests (streams, WebSockets and CONNECT tunnels included) finish for up to
 //! `server.shutdown_timeout`, then drops what is left.
 
 use std::net::SocketAddr;
@@ -131,6 +131,7 @@ impl Server {
             cache,
             cost,
             events,
+            held: crate::proxy::held::HeldConnections::new(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let forward = Arc::new(crate::forward::Forward::new(
@@ -299,18 +300,22 @@ async fn accept_loop(
     drop(listener);
     let timeout = state.runtime.load().config.server.shutdown_timeout;
     let inflight = state.metrics.inflight.get();
-    tracing::info!(inflight, timeout = %humantime::format_duration(timeout), "shutting down: draining");
-    // Connections intercepted by the forward proxy drain within the same limit.
+    let held = state.held.open();
+    tracing::info!(inflight, held, timeout = %humantime::format_duration(timeout), "shutting down: draining");
+    // Connections taken over from the server (WebSockets, CONNECT tunnels) drain within the same
+    // limit.
     let drained = async {
         graceful.shutdown().await;
-        forward.drained().await;
+        state.held.drained().await;
     };
     if tokio::time::timeout(timeout, drained).await.is_err() {
         tracing::warn!(
             remaining = state.metrics.inflight.get(),
-            "shutdown timeout reached; dropping the requests still in flight"
+            held = state.held.open(),
+            "shutdown timeout reached; dropping the requests and connections still open"
         );
     }
+    state.held.cut();
     conns.shutdown().await;
     state.cost.close().await;
     if let Some(cache) = &state.cache {

@@ -379,6 +379,73 @@ async fn websocket_handshake_refused_upstream_comes_back_unchanged() {
     assert!(!head.contains("upgrade: websocket"), "{head}");
 }
 
+/// Writes `msg` on a spliced connection and reads the mock's echo of it.
+async fn echo(conn: &mut tokio::io::BufReader<tokio::net::TcpStream>, msg: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.get_mut().write_all(msg.as_bytes()).await.unwrap();
+    let want = format!("echo:{msg}");
+    let mut got = vec![0u8; want.len()];
+    within(conn.read_exact(&mut got)).await.unwrap();
+    assert_eq!(got, want.as_bytes());
+}
+
+/// Connects to `addr` until the connection is refused (the accept loop has stopped and the drain
+/// begun), yielding between attempts (see the graceful shutdown test in tests/lifecycle.rs).
+async fn until_refused(addr: std::net::SocketAddr) {
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return;
+        }
+    }
+    panic!("new connections are refused once shutdown() is signalled");
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_an_open_websocket_until_it_closes() {
+    let (_openai, _anthropic, mut relay) = setup("").await;
+    let (mut conn, head) = within(ws_handshake(&relay, "")).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    echo(&mut conn, "before").await;
+
+    let server = relay.take();
+    server.shutdown();
+    until_refused(relay.addr).await;
+    let stopped = tokio::spawn(server.wait());
+    // Draining: the socket still carries messages, and the server, whose stop takes a few
+    // milliseconds once nothing holds it (ledger and store closed), has not stopped after many
+    // round trips on it.
+    for i in 0..300 {
+        echo(&mut conn, &format!("during {i}")).await;
+        assert!(!stopped.is_finished(), "the server waits for the WebSocket");
+    }
+    drop(conn);
+    within(stopped)
+        .await
+        .expect("stops once the WebSocket closes");
+}
+
+#[tokio::test]
+async fn shutdown_timeout_cuts_a_websocket_still_open() {
+    use tokio::io::AsyncReadExt;
+    let (_openai, _anthropic, mut relay) = setup("server: {shutdown_timeout: 200ms}\n").await;
+    let (mut conn, head) = within(ws_handshake(&relay, "")).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    echo(&mut conn, "before").await;
+
+    let server = relay.take();
+    server.shutdown();
+    within(server.wait()).await;
+    // The caller sees its connection closed, not left open by a relay that has stopped.
+    let mut rest = Vec::new();
+    let closed = within(conn.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "{closed:?} {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
 // ---------------------------------------------------------------- errors
 
 #[tokio::test]

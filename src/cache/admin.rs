@@ -31,6 +31,8 @@ use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::api::{json, response};
+
 use super::entry::{CachedBody, Entry, EntryMeta};
 use super::key::CacheKey;
 use super::store::{ListFilter, Store, StoreError};
@@ -524,21 +526,6 @@ fn expect_method(method: &Method, want: &'static str, path: &str) -> Result<(), 
     } else {
         Err(method_not_allowed(method, path, want))
     }
-}
-
-fn json(status: StatusCode, value: &impl Serialize) -> Response<Bytes> {
-    // Plain structs of strings, numbers and JSON values: serializing cannot fail.
-    let body = serde_json::to_vec(value).expect("admin answers always serialize");
-    response(status, "application/json", Bytes::from(body))
-}
-
-fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Bytes> {
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::budget::Day;
 use super::ledger::{self, Counts, Ledger, LedgerError, Row};
 use super::Accounting;
+use crate::api::{error, json};
 use crate::cache::Clock;
 use crate::config::Config;
 
@@ -193,19 +194,19 @@ pub async fn api(acct: &Accounting, query: Option<&str>) -> Response<Bytes> {
         match k {
             "since" => match Since::parse(v) {
                 Ok(s) => since = s,
-                Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("since: {e}")),
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("since: {e}")),
             },
             "by" => match By::parse(v) {
                 Some(b) => by = b,
                 None => {
-                    return json_error(
+                    return error(
                         StatusCode::BAD_REQUEST,
                         "by: want day, model, key or provider",
                     )
                 }
             },
             other => {
-                return json_error(
+                return error(
                     StatusCode::BAD_REQUEST,
                     &format!("unknown parameter {other:?} (since, by)"),
                 )
@@ -215,31 +216,9 @@ pub async fn api(acct: &Accounting, query: Option<&str>) -> Response<Bytes> {
     let today = Day::of_ms(acct.now_ms());
     let first = since.first_day(today);
     match acct.rows(first.to_string()).await {
-        Ok(rows) => {
-            let r = report(&rows, first, today, by);
-            let mut resp = Response::new(Bytes::from(
-                serde_json::to_vec(&r).expect("reports serialize"),
-            ));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
-        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e),
+        Ok(rows) => json(StatusCode::OK, &report(&rows, first, today, by)),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
     }
-}
-
-fn json_error(status: StatusCode, message: &str) -> Response<Bytes> {
-    let mut resp = Response::new(Bytes::from(
-        serde_json::json!({ "error": message }).to_string(),
-    ));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
 }
 
 /// Why `relay usage` failed. `Display` is the message for the user.

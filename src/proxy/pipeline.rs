@@ -94,6 +94,8 @@ pub struct State {
     pub cost: Arc<crate::cost::Accounting>,
     /// The live request feed (`relay tui`, `GET /relay/events`).
     pub events: Arc<Events>,
+    /// Connections taken over from the server (WebSockets, tunnels), for the shutdown drain.
+    pub held: Arc<super::held::HeldConnections>,
 }
 
 /// The hyper service function.
@@ -205,14 +207,14 @@ async fn relay_api(state: &State, peer: SocketAddr, req: Request<Incoming>) -> R
         Some(if req.method() == Method::GET {
             crate::cost::cli::api(&state.cost, req.uri().query()).await
         } else {
-            json_error(http::StatusCode::METHOD_NOT_ALLOWED, "use GET")
+            crate::api::error(http::StatusCode::METHOD_NOT_ALLOWED, "use GET")
         })
     } else if path == cache::admin::PREFIX
         || path.starts_with(&format!("{}/", cache::admin::PREFIX))
     {
         match &state.cache {
             Some(c) => Some(cache::admin::handle(c.store(), req).await),
-            None => Some(json_error(
+            None => Some(crate::api::error(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 "the cache is off (cache.enabled: false)",
             )),
@@ -221,21 +223,8 @@ async fn relay_api(state: &State, peer: SocketAddr, req: Request<Incoming>) -> R
         None
     };
     found
-        .unwrap_or_else(|| json_error(http::StatusCode::NOT_FOUND, "no such relay endpoint"))
+        .unwrap_or_else(|| crate::api::error(http::StatusCode::NOT_FOUND, "no such relay endpoint"))
         .map(RelayBody::full)
-}
-
-/// `{"error": "..."}`, the admin API's error shape.
-fn json_error(status: http::StatusCode, message: &str) -> Response<Bytes> {
-    let mut resp = Response::new(Bytes::from(
-        serde_json::json!({ "error": message }).to_string(),
-    ));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
 }
 
 /// Stages 3–9.
@@ -462,7 +451,7 @@ async fn forward(
     if let (Some(v), Some((_, Some(caller)))) = (switched, upgrade) {
         if let Some(theirs) = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
             tunnel::restore(&mut rparts.headers, v);
-            tunnel::splice(caller, theirs, provider.name.clone());
+            tunnel::splice(caller, theirs, provider.name.clone(), state.held.hold());
         }
     }
     let hook = cost

@@ -9,6 +9,8 @@ use http::{header, HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use super::held::Held;
+
 /// The `Upgrade` value of a request that asks to switch protocols (`Connection: upgrade`).
 pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = super::upstream::connection_options(headers)
@@ -30,9 +32,9 @@ pub fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
     headers.insert(header::UPGRADE, upgrade);
 }
 
-/// Once both connections have switched protocols, copies bytes both ways until either closes (in
-/// a task of its own: the request that opened it has ended with its 101).
-pub fn splice(caller: OnUpgrade, upstream: OnUpgrade, provider: String) {
+/// Once both connections have switched protocols, copies bytes both ways until either closes or
+/// shutdown's time is up (in a task of its own: the request that opened it has ended with its 101).
+pub fn splice(caller: OnUpgrade, upstream: OnUpgrade, provider: String, held: Held) {
     tokio::spawn(async move {
         let (caller, upstream) = match tokio::try_join!(caller, upstream) {
             Ok(both) => both,
@@ -42,13 +44,16 @@ pub fn splice(caller: OnUpgrade, upstream: OnUpgrade, provider: String) {
             }
         };
         let (mut caller, mut upstream) = (TokioIo::new(caller), TokioIo::new(upstream));
-        match tokio::io::copy_bidirectional(&mut caller, &mut upstream).await {
-            Ok((sent, received)) => {
-                tracing::debug!(%provider, sent, received, "upgraded connection closed")
-            }
-            Err(e) => {
-                tracing::debug!(%provider, error = %e, "upgraded connection ended with an error")
-            }
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut caller, &mut upstream) => match r {
+                Ok((sent, received)) => {
+                    tracing::debug!(%provider, sent, received, "upgraded connection closed")
+                }
+                Err(e) => {
+                    tracing::debug!(%provider, error = %e, "upgraded connection ended with an error")
+                }
+            },
+            _ = held.cut() => tracing::debug!(%provider, "upgraded connection cut at shutdown"),
         }
     });
 }
