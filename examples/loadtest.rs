@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example loadtest               # default: 5 s per phase
 //! cargo run --release --example loadtest -- --secs 10 --rate 1000 --conns 32
+//! cargo run --release --example loadtest -- --upstream-ms 5  # an upstream that takes 5 ms
 //! ```
 //!
 //! Phases, each for non-streaming JSON and for SSE streams (20 events):
@@ -74,6 +75,9 @@ struct Args {
     /// JSON, 8 bare proxy SSE, 9 relay new requests JSON; `11..19`: the same targets at the fixed
     /// rate.
     only: u64,
+    /// `--upstream-ms N`: the mock answers N ms after a request arrives (a model's time to first
+    /// token; 0, the default, answers at once).
+    upstream_ms: u64,
 }
 
 fn args() -> Args {
@@ -83,6 +87,7 @@ fn args() -> Args {
         conns: 32,
         watch: false,
         only: 0,
+        upstream_ms: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
@@ -93,9 +98,10 @@ fn args() -> Args {
             ("--conns", Some(v)) => a.conns = v as usize,
             ("--watch", Some(v)) => a.watch = v != 0,
             ("--only", Some(v @ (1..=9 | 11..=19))) => a.only = v,
+            ("--upstream-ms", Some(v)) => a.upstream_ms = v,
             _ => {
                 eprintln!(
-                    "usage: loadtest [--secs N] [--rate REQ_PER_S] [--conns N] [--watch 0|1] [--only 1..9|11..19]"
+                    "usage: loadtest [--secs N] [--rate REQ_PER_S] [--conns N] [--watch 0|1] [--only 1..9|11..19] [--upstream-ms N]"
                 );
                 std::process::exit(2);
             }
@@ -233,8 +239,8 @@ fn limiter_rows(
 }
 
 /// A canned upstream: JSON chat completion, or an SSE stream of `SSE_EVENTS` chunks, each its own
-/// frame (as a real generation arrives), then `[DONE]`.
-async fn upstream(listener: tokio::net::TcpListener) {
+/// frame (as a real generation arrives), then `[DONE]`; answered `delay` after the request.
+async fn upstream(listener: tokio::net::TcpListener, delay: Duration) {
     let chunks: Arc<Vec<Bytes>> = Arc::new(
         (0..SSE_EVENTS)
             .map(|i| {
@@ -264,6 +270,9 @@ async fn upstream(listener: tokio::net::TcpListener) {
                     let streaming = body.windows(13).any(|w| w == b"\"stream\":true");
                     // Like OpenAI: a usage-only chunk before [DONE] when asked for.
                     let usage = body.windows(20).any(|w| w == b"\"include_usage\":true");
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     let resp = if streaming {
                         let n = chunks.len();
                         let frames =
@@ -486,35 +495,13 @@ fn main() {
     let mock_addr: SocketAddr = mock_rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        tokio::spawn(upstream(l));
+        tokio::spawn(upstream(l, Duration::from_millis(args.upstream_ms)));
         addr
     });
     let dir = std::env::temp_dir().join(format!("relay-loadtest-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("relay.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "providers:\n  - {{name: openai, kind: openai, base_url: 'http://{mock_addr}/v1'}}\n  - {{name: anthropic, kind: anthropic, base_url: 'http://{mock_addr}/v1'}}\ncache:\n  path: '{}'\n{}",
-            dir.join("cache.redb").display(),
-            // Extra YAML for experiments (e.g. `server: {request_log: false}`).
-            std::env::var("RELAY_BENCH_EXTRA").unwrap_or_default()
-        ),
-    )
-    .unwrap();
-    let server = relay_rt.block_on(async {
-        Server::start(ServeOptions {
-            config_path: Some(cfg.clone()),
-            listen: Some("127.0.0.1:0".parse().unwrap()),
-            env: Env::empty(),
-            watch_config: false,
-            offline: false,
-            clock: Default::default(),
-        })
-        .await
-        .expect("relay starts")
-    });
-    let relay_addr = server.local_addr();
+    // Extra YAML for experiments (e.g. `server: {request_log: false}`).
+    let extra = std::env::var("RELAY_BENCH_EXTRA").unwrap_or_default();
+    let server = start_relay(&relay_rt, mock_addr, &dir, "main", &extra);
     // Like `relay tui`: a thread that drains the feed 15 times a second.
     let watcher = args.watch.then(|| {
         let mut sub = server.events().subscribe();
@@ -530,69 +517,26 @@ fn main() {
         })
     });
     // The same relay with cost tracking off, for the cost rows.
-    let dir_off = dir.join("cost-off");
-    std::fs::create_dir_all(&dir_off).unwrap();
-    let cfg_off = dir_off.join("relay.yaml");
-    std::fs::write(
-        &cfg_off,
-        format!(
-            "providers:\n  - {{name: openai, kind: openai, base_url: 'http://{mock_addr}/v1'}}\n  - {{name: anthropic, kind: anthropic, base_url: 'http://{mock_addr}/v1'}}\ncache:\n  path: '{}'\ncost:\n  enabled: false\n",
-            dir_off.join("cache.redb").display()
-        ),
-    )
-    .unwrap();
-    let server_off = relay_rt.block_on(async {
-        Server::start(ServeOptions {
-            config_path: Some(cfg_off.clone()),
-            listen: Some("127.0.0.1:0".parse().unwrap()),
-            env: Env::empty(),
-            watch_config: false,
-            offline: false,
-            clock: Default::default(),
-        })
-        .await
-        .expect("relay (cost off) starts")
-    });
-    let cost_off = Target {
-        fresh: false,
-        url: format!("http://{}/v1/chat/completions", server_off.local_addr())
+    let server_off = start_relay(
+        &relay_rt,
+        mock_addr,
+        &dir,
+        "cost-off",
+        "cost:\n  enabled: false\n",
+    );
+    let at = |addr: SocketAddr, headers, fresh| Target {
+        url: format!("http://{addr}/v1/chat/completions")
             .parse()
             .unwrap(),
-        headers: MISS,
+        headers,
+        fresh,
     };
-    let direct = Target {
-        fresh: false,
-        url: format!("http://{mock_addr}/v1/chat/completions")
-            .parse()
-            .unwrap(),
-        headers: &[],
-    };
-    let proxied = Target {
-        fresh: false,
-        url: format!("http://{relay_addr}/v1/chat/completions")
-            .parse()
-            .unwrap(),
-        headers: MISS,
-    };
-    let hit = Target {
-        headers: &[],
-        ..proxied.clone()
-    };
-    let fresh = Target {
-        headers: &[],
-        fresh: true,
-        ..proxied.clone()
-    };
-    let bare = Target {
-        fresh: false,
-        url: format!(
-            "http://{}/v1/chat/completions",
-            relay_rt.block_on(bare_proxy(mock_addr))
-        )
-        .parse()
-        .unwrap(),
-        headers: &[],
-    };
+    let direct = at(mock_addr, &[], false);
+    let proxied = at(server.local_addr(), MISS, false);
+    let hit = at(server.local_addr(), &[], false);
+    let fresh = at(server.local_addr(), &[], true);
+    let bare = at(relay_rt.block_on(bare_proxy(mock_addr)), &[], false);
+    let cost_off = at(server_off.local_addr(), MISS, false);
 
     if args.only != 0 {
         let c = load_rt.block_on(async { client() });
@@ -626,11 +570,12 @@ fn main() {
         return;
     }
     println!(
-        "relay loadtest: {} s per phase, fixed rate {} req/s, saturation {} connections, SSE {} events, {} cores",
+        "relay loadtest: {} s per phase, fixed rate {} req/s, saturation {} connections, SSE {} events, upstream answers after {} ms, {} cores",
         args.secs,
         args.rate,
         args.conns,
         SSE_EVENTS,
+        args.upstream_ms,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     println!();
@@ -638,150 +583,59 @@ fn main() {
     println!("|---|---|---|---|---|");
     let c = load_rt.block_on(async { client() });
     for (name, body) in [("JSON", REQUEST_JSON), ("SSE", REQUEST_SSE)] {
-        // Warm both paths (connections, pools, allocators).
-        load_rt.block_on(saturate(c.clone(), direct.clone(), body, args.conns, 1));
-        load_rt.block_on(saturate(c.clone(), proxied.clone(), body, args.conns, 1));
-        let (d, de) = load_rt.block_on(fixed_rate(
-            c.clone(),
-            direct.clone(),
-            body,
-            args.rate,
-            args.secs,
-        ));
-        let (r, re) = load_rt.block_on(fixed_rate(
-            c.clone(),
-            proxied.clone(),
-            body,
-            args.rate,
-            args.secs,
-        ));
-        load_rt.block_on(saturate(c.clone(), bare.clone(), body, args.conns, 1));
-        let (b, be) = load_rt.block_on(fixed_rate(
-            c.clone(),
-            bare.clone(),
-            body,
-            args.rate,
-            args.secs,
-        ));
-        load_rt.block_on(saturate(c.clone(), hit.clone(), body, args.conns, 1));
-        let (h, he) = load_rt.block_on(fixed_rate(
-            c.clone(),
-            hit.clone(),
-            body,
-            args.rate,
-            args.secs,
-        ));
-        load_rt.block_on(saturate(c.clone(), fresh.clone(), body, args.conns, 1));
-        let (n, ne) = load_rt.block_on(fixed_rate(
-            c.clone(),
-            fresh.clone(),
-            body,
-            args.rate,
-            args.secs,
-        ));
-        load_rt.block_on(saturate(c.clone(), cost_off.clone(), body, args.conns, 1));
-        let (o, oe) = load_rt.block_on(fixed_rate(
-            c.clone(),
-            cost_off.clone(),
-            body,
-            args.rate,
-            args.secs,
-        ));
-        let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
-        println!(
-            "| {name} @ {} req/s | direct | {} µs | {} µs | {de} |",
-            args.rate,
-            us(&d, 0.5),
-            us(&d, 0.99)
+        // Each target warmed (connections, pools, allocators), then measured at the fixed rate.
+        let measure = |t: &Target| {
+            load_rt.block_on(saturate(c.clone(), t.clone(), body, args.conns, 1));
+            load_rt.block_on(fixed_rate(c.clone(), t.clone(), body, args.rate, args.secs))
+        };
+        let d = measure(&direct);
+        let r = measure(&proxied);
+        let b = measure(&bare);
+        let h = measure(&hit);
+        let n = measure(&fresh);
+        let o = measure(&cost_off);
+        let workload = format!("{name} @ {} req/s", args.rate);
+        let row = |target: &str, (h, errors): &(Histogram<u64>, u64)| {
+            println!(
+                "| {workload} | {target} | {} µs | {} µs | {errors} |",
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99)
+            );
+        };
+        let diff =
+            |target: &str, (a, _): &(Histogram<u64>, u64), (b, _): &(Histogram<u64>, u64)| {
+                let q = |q| a.value_at_quantile(q) as i64 - b.value_at_quantile(q) as i64;
+                println!(
+                    "| {workload} | {target} | {} µs | {} µs | |",
+                    q(0.5),
+                    q(0.99)
+                );
+            };
+        row("direct", &d);
+        row("relay", &r);
+        diff("**added by relay**", &r, &d);
+        row("bare hyper proxy", &b);
+        diff("added by a bare hyper proxy", &b, &d);
+        row("relay, cache hit", &h);
+        row(
+            "relay, new request (key computed, lookup misses, stored)",
+            &n,
         );
-        println!(
-            "| {name} @ {} req/s | relay | {} µs | {} µs | {re} |",
-            args.rate,
-            us(&r, 0.5),
-            us(&r, 0.99)
-        );
-        println!(
-            "| {name} @ {} req/s | **added by relay** | **{} µs** | **{} µs** | |",
-            args.rate,
-            us(&r, 0.5) as i64 - us(&d, 0.5) as i64,
-            us(&r, 0.99) as i64 - us(&d, 0.99) as i64
-        );
-        println!(
-            "| {name} @ {} req/s | bare hyper proxy | {} µs | {} µs | {be} |",
-            args.rate,
-            us(&b, 0.5),
-            us(&b, 0.99)
-        );
-        println!(
-            "| {name} @ {} req/s | added by a bare hyper proxy | {} µs | {} µs | |",
-            args.rate,
-            us(&b, 0.5) as i64 - us(&d, 0.5) as i64,
-            us(&b, 0.99) as i64 - us(&d, 0.99) as i64
-        );
-        println!(
-            "| {name} @ {} req/s | relay, cache hit | {} µs | {} µs | {he} |",
-            args.rate,
-            us(&h, 0.5),
-            us(&h, 0.99)
-        );
-        println!(
-            "| {name} @ {} req/s | relay, new request (key computed, lookup misses, stored) | {} µs | {} µs | {ne} |",
-            args.rate,
-            us(&n, 0.5),
-            us(&n, 0.99)
-        );
-        println!(
-            "| {name} @ {} req/s | relay, cost tracking off | {} µs | {} µs | {oe} |",
-            args.rate,
-            us(&o, 0.5),
-            us(&o, 0.99)
-        );
-        println!(
-            "| {name} @ {} req/s | **cost tracking adds** | **{} µs** | **{} µs** | |",
-            args.rate,
-            us(&r, 0.5) as i64 - us(&o, 0.5) as i64,
-            us(&r, 0.99) as i64 - us(&o, 0.99) as i64
-        );
+        row("relay, cost tracking off", &o);
+        diff("**cost tracking adds**", &r, &o);
     }
     println!();
     println!("| workload | direct req/s | bare proxy req/s | bare / direct | relay req/s | relay / direct | relay / bare | relay new requests req/s | new / bare | relay hit req/s | hit / direct | errors (direct, bare, relay, new, hit) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, body) in [("JSON", REQUEST_JSON), ("SSE", REQUEST_SSE)] {
-        let (d, de) = load_rt.block_on(saturate(
-            c.clone(),
-            direct.clone(),
-            body,
-            args.conns,
-            args.secs,
-        ));
-        let (r, re) = load_rt.block_on(saturate(
-            c.clone(),
-            proxied.clone(),
-            body,
-            args.conns,
-            args.secs,
-        ));
-        let (h, he) = load_rt.block_on(saturate(
-            c.clone(),
-            hit.clone(),
-            body,
-            args.conns,
-            args.secs,
-        ));
-        let (b, be) = load_rt.block_on(saturate(
-            c.clone(),
-            bare.clone(),
-            body,
-            args.conns,
-            args.secs,
-        ));
-        let (n, ne) = load_rt.block_on(saturate(
-            c.clone(),
-            fresh.clone(),
-            body,
-            args.conns,
-            args.secs,
-        ));
+        let measure = |t: &Target| {
+            load_rt.block_on(saturate(c.clone(), t.clone(), body, args.conns, args.secs))
+        };
+        let (d, de) = measure(&direct);
+        let (r, re) = measure(&proxied);
+        let (h, he) = measure(&hit);
+        let (b, be) = measure(&bare);
+        let (n, ne) = measure(&fresh);
         println!(
             "| {name}, {} conns | {d:.0} | {b:.0} | {:.0}% | {r:.0} | {:.0}% | {:.0}% | {n:.0} | {:.0}% | {h:.0} | {:.2}× | {de}, {be}, {re}, {ne}, {he} |",
             args.conns,
