@@ -42,16 +42,9 @@ async fn call(
     body: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, Option<String>, Bytes) {
-    let mut req = Request::post(relay.url(path)).header("content-type", "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = within(client().request(req.body(full(body.to_string())).unwrap()))
-        .await
-        .unwrap();
-    let status = resp.status();
-    let cache = header(&resp, "x-relay-cache").map(str::to_string);
-    (status, cache, bytes(resp).await)
+    let a = post_json(relay, path, body, headers).await;
+    let cache = a.header("x-relay-cache").map(str::to_string);
+    (a.status, cache, a.body)
 }
 
 #[tokio::test]

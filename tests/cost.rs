@@ -46,17 +46,8 @@ async fn call(
     body: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, http::HeaderMap, Bytes) {
-    let mut req = json_req(&relay.url(path), body.to_string());
-    for (k, v) in headers {
-        req.headers_mut().insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            http::HeaderValue::from_str(v).unwrap(),
-        );
-    }
-    let resp = within(client().request(req)).await.unwrap();
-    let status = resp.status();
-    let h = resp.headers().clone();
-    (status, h, bytes(resp).await)
+    let a = post_json(relay, path, body, headers).await;
+    (a.status, a.headers, a.body)
 }
 
 /// `GET /relay/usage?<query>` as JSON.

@@ -6,7 +6,7 @@ mod common;
 use bytes::Bytes;
 use common::mock::{Kind, Mock};
 use common::*;
-use http::{Request, StatusCode};
+use http::StatusCode;
 use relay::events::sse::{Message, Parser};
 use relay::events::{CacheState, Next, Phase, RequestEvent, DEFAULT_CAPACITY};
 
@@ -19,15 +19,8 @@ fn chat_body(model: &str, stream: bool) -> String {
 }
 
 async fn post(relay: &Relay, body: &str, headers: &[(&str, &str)]) -> (StatusCode, Bytes) {
-    let mut req = Request::post(relay.url(CHAT)).header("content-type", "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = within(client().request(req.body(full(body.to_string())).unwrap()))
-        .await
-        .unwrap();
-    let status = resp.status();
-    (status, bytes(resp).await)
+    let a = post_json(relay, CHAT, body, headers).await;
+    (a.status, a.body)
 }
 
 /// An open `/relay/events` stream.

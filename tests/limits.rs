@@ -6,7 +6,6 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::mock::{Kind, Mock};
 use common::*;
 use http::{Request, StatusCode};
@@ -20,40 +19,8 @@ fn chat_body(model: &str, n: usize) -> String {
     format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi {n}"}}]}}"#)
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).expect("JSON body")
-    }
-}
-
-async fn post(relay: &Relay, path: &str, body: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut req = Request::post(relay.url(path)).header("content-type", "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = within(client().request(req.body(full(body.to_string())).unwrap()))
-        .await
-        .unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    Answer {
-        status,
-        headers,
-        body: bytes(resp).await,
-    }
-}
-
 async fn chat(relay: &Relay, n: usize, headers: &[(&str, &str)]) -> Answer {
-    post(relay, CHAT, &chat_body("gpt-4o", n), headers).await
+    post_json(relay, CHAT, &chat_body("gpt-4o", n), headers).await
 }
 
 // ---------------------------------------------------------------- rate limits
@@ -92,7 +59,7 @@ async fn burst_then_429_with_retry_after_and_headers() {
     );
 
     // The Anthropic shape for Anthropic callers.
-    let refused = post(
+    let refused = post_json(
         &relay,
         MESSAGES,
         r#"{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[]}"#,
@@ -181,14 +148,17 @@ async fn tokens_per_minute_rule() {
         "cost: {enabled: false}\nratelimit:\n  rules:\n    - {name: tpm, scope: model, tokens_per_minute: 1000}\n",
     )
     .await;
-    assert_eq!(post(&relay, CHAT, &tpm_body(800, 1), &[]).await.status, 200);
-    let refused = post(&relay, CHAT, &tpm_body(800, 2), &[]).await;
+    assert_eq!(
+        post_json(&relay, CHAT, &tpm_body(800, 1), &[]).await.status,
+        200
+    );
+    let refused = post_json(&relay, CHAT, &tpm_body(800, 2), &[]).await;
     assert_eq!(refused.status, 429);
     assert_eq!(refused.json()["error"]["type"], "tokens");
     assert!(refused.header("x-ratelimit-limit-requests").is_none());
     // Another model has its own budget.
     let other = r#"{"model":"gpt-4.1","max_tokens":800,"messages":[]}"#;
-    assert_eq!(post(&relay, CHAT, other, &[]).await.status, 200);
+    assert_eq!(post_json(&relay, CHAT, other, &[]).await.status, 200);
     assert_eq!(openai.calls().get(), 2);
 }
 
@@ -199,12 +169,21 @@ async fn token_reservations_settle_with_the_metered_usage() {
     let (openai, _anthropic, relay) =
         setup("ratelimit:\n  rules:\n    - {name: tpm, scope: model, tokens_per_minute: 1000}\n")
             .await;
-    assert_eq!(post(&relay, CHAT, &tpm_body(800, 1), &[]).await.status, 200);
+    assert_eq!(
+        post_json(&relay, CHAT, &tpm_body(800, 1), &[]).await.status,
+        200
+    );
     settled(&relay, 1).await;
-    assert_eq!(post(&relay, CHAT, &tpm_body(800, 2), &[]).await.status, 200);
+    assert_eq!(
+        post_json(&relay, CHAT, &tpm_body(800, 2), &[]).await.status,
+        200
+    );
     settled(&relay, 2).await;
     // 22 tokens used: a request estimated at 990 + its prompt does not fit.
-    assert_eq!(post(&relay, CHAT, &tpm_body(990, 3), &[]).await.status, 429);
+    assert_eq!(
+        post_json(&relay, CHAT, &tpm_body(990, 3), &[]).await.status,
+        429
+    );
     assert_eq!(openai.calls().get(), 2);
 }
 
@@ -514,7 +493,7 @@ async fn fallback_on_connection_refused() {
     assert_eq!(a.status, 200);
     assert_eq!(a.header("x-mock-name"), Some("backup"));
     // Without a fallback (explicit provider path) the error is relay's 502.
-    let direct = post(
+    let direct = post_json(
         &relay,
         "/openai/v1/chat/completions",
         &chat_body("gpt-4o", 2),

@@ -184,6 +184,39 @@ pub fn json_req(url: &str, body: impl Into<Bytes>) -> Request<Body> {
         .unwrap()
 }
 
+/// A whole answer: status, headers, body.
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+/// POSTs the JSON `body` to relay's `path` with extra `headers`; the whole answer.
+pub async fn post_json(relay: &Relay, path: &str, body: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut req = Request::post(relay.url(path)).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = within(client().request(req.body(full(body.to_string())).unwrap()))
+        .await
+        .unwrap();
+    Answer {
+        status: resp.status(),
+        headers: resp.headers().clone(),
+        body: bytes(resp).await,
+    }
+}
+
 pub async fn bytes(resp: Response<Incoming>) -> Bytes {
     resp.into_body()
         .collect()
