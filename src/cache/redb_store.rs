@@ -36,7 +36,8 @@ use super::hot::{self, Hot};
 use super::key::{CacheKey, KeyPrefix, KEY_VERSION};
 use super::present::Present;
 use super::store::{
-    ListFilter, ListItem, Pending, Stats, Store, StoreError, StoreOptions, WriteOp as Op,
+    ListFilter, ListItem, Pending, Stats, Store, StoreError, StoreOptions, WriteHealth,
+    WriteOp as Op,
 };
 
 /// Version of this file's table layout and the entry codec. Bump on any change: files of another
@@ -174,8 +175,7 @@ impl RedbStore {
             hot: hot.clone(),
             present: present.clone(),
             opts: opts.clone(),
-            write_errors: write_errors.clone(),
-            failing: false,
+            health: WriteHealth::new("redb", write_errors.clone()),
             last_durable: std::time::Instant::now(),
             lazy: lazy.clone(),
             synced: true,
@@ -576,9 +576,7 @@ struct Writer {
     hot: Arc<Hot>,
     present: Option<Arc<Present>>,
     opts: StoreOptions,
-    write_errors: Arc<AtomicU64>,
-    /// Whether the last batch failed (so an outage is logged once, not per batch).
-    failing: bool,
+    health: WriteHealth,
     /// When the last commit that reached the disk (fsync) happened.
     last_durable: std::time::Instant,
     /// Set after a commit without fsync: the ticker then asks for a durable one.
@@ -708,24 +706,12 @@ impl Writer {
                 self.hot.remove_all(&lost);
             }
         }
-        match &result {
-            Ok(_) if self.failing => {
-                self.failing = false;
-                tracing::info!("cache writes succeed again");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let lost = batch
-                    .iter()
-                    .filter(|op| matches!(op, Op::Put { .. }))
-                    .count();
-                self.write_errors.fetch_add(lost as u64, Ordering::Relaxed);
-                if !self.failing {
-                    self.failing = true;
-                    tracing::warn!(error = %e, lost, "cache write failed; entries are not being stored until writes succeed again");
-                }
-            }
-        }
+        self.health.committed(&result, || {
+            batch
+                .iter()
+                .filter(|op| matches!(op, Op::Put { .. }))
+                .count()
+        });
         let mut outcomes = match result {
             Ok(applied) => applied.outcomes.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => {

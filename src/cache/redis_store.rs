@@ -30,7 +30,8 @@ use super::codec;
 use super::entry::Entry;
 use super::key::{CacheKey, KeyPrefix, KEY_VERSION};
 use super::store::{
-    ListFilter, ListItem, Pending, Stats, Store, StoreError, StoreOptions, WriteOp as Op,
+    ListFilter, ListItem, Pending, Stats, Store, StoreError, StoreOptions, WriteHealth,
+    WriteOp as Op,
 };
 
 /// Version of this key layout and the entry codec; part of every key name.
@@ -183,8 +184,7 @@ impl RedisStore {
             script: Script::new(APPLY_LUA),
             pending: pending.clone(),
             opts: opts.clone(),
-            write_errors: write_errors.clone(),
-            failing: false,
+            health: WriteHealth::new("redis", write_errors.clone()),
         };
         tokio::spawn(writer.run());
         Ok(RedisStore {
@@ -484,8 +484,7 @@ struct Writer {
     script: Script,
     pending: Arc<Pending>,
     opts: StoreOptions,
-    write_errors: Arc<AtomicU64>,
-    failing: bool,
+    health: WriteHealth,
 }
 
 impl Writer {
@@ -516,24 +515,12 @@ impl Writer {
         } else {
             Ok(Vec::new())
         };
-        match &result {
-            Ok(_) if self.failing => {
-                self.failing = false;
-                tracing::info!("cache writes to redis succeed again");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let lost = batch
-                    .iter()
-                    .filter(|op| matches!(op, Op::Put { .. }))
-                    .count();
-                self.write_errors.fetch_add(lost as u64, Ordering::Relaxed);
-                if !self.failing {
-                    self.failing = true;
-                    tracing::warn!(error = %e, lost, "cache writes to redis fail; entries are not stored until it is back");
-                }
-            }
-        }
+        self.health.committed(&result, || {
+            batch
+                .iter()
+                .filter(|op| matches!(op, Op::Put { .. }))
+                .count()
+        });
         let (mut results, error) = match result {
             Ok(results) => (results.into_iter(), None),
             Err(e) => (Vec::new().into_iter(), Some(e.to_string())),

@@ -97,6 +97,49 @@ pub struct ListFilter {
     pub limit: Option<usize>,
 }
 
+/// A store writer's health: the puts lost to failed commits (what [`Stats::write_errors`]
+/// reports) and whether writes fail now, so an outage is logged once when it begins and once when
+/// writes succeed again, not once per batch.
+pub(crate) struct WriteHealth {
+    backend: &'static str,
+    lost: Arc<AtomicU64>,
+    failing: bool,
+}
+
+impl WriteHealth {
+    /// `lost`: the counter the store reads for [`Stats::write_errors`].
+    pub(crate) fn new(backend: &'static str, lost: Arc<AtomicU64>) -> WriteHealth {
+        WriteHealth {
+            backend,
+            lost,
+            failing: false,
+        }
+    }
+
+    /// After a batch's commit; `puts` counts the batch's puts (lost when it failed).
+    pub(crate) fn committed<T, E: fmt::Display>(
+        &mut self,
+        result: &Result<T, E>,
+        puts: impl FnOnce() -> usize,
+    ) {
+        match result {
+            Ok(_) if self.failing => {
+                self.failing = false;
+                tracing::info!(backend = self.backend, "cache writes succeed again");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let lost = puts();
+                self.lost.fetch_add(lost as u64, Ordering::Relaxed);
+                if !self.failing {
+                    self.failing = true;
+                    tracing::warn!(backend = self.backend, error = %e, lost, "cache writes fail; entries are not stored until writes succeed again");
+                }
+            }
+        }
+    }
+}
+
 /// Totals reported by [`Store::stats`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
