@@ -90,6 +90,36 @@ pub struct SseEvent {
 }
 
 impl Entry {
+    /// The same entry with both bodies in allocations of their own, sized exactly (the SSE events
+    /// in one, sliced). A recorded body is cut from the buffers its bytes arrived in (a
+    /// connection's read buffer: 8 KB and more), which a kept slice would hold whole for as long as
+    /// the entry is kept; a store that keeps entries in memory compacts them first, so what it
+    /// holds is about what [`Entry::size`] counts.
+    pub fn compact(&mut self) {
+        self.request = Bytes::copy_from_slice(&self.request);
+        self.response = match &self.response {
+            CachedBody::Json(body) => CachedBody::Json(Bytes::copy_from_slice(body)),
+            CachedBody::Sse(events) => {
+                // A new buffer of exactly the events' bytes.
+                let all = self.response.to_bytes();
+                let mut at = 0;
+                CachedBody::Sse(
+                    events
+                        .iter()
+                        .map(|e| {
+                            let data = all.slice(at..at + e.data.len());
+                            at += e.data.len();
+                            SseEvent {
+                                delay_ms: e.delay_ms,
+                                data,
+                            }
+                        })
+                        .collect(),
+                )
+            }
+        };
+    }
+
     /// Bytes the entry accounts for against `cache.max_bytes`: both bodies, every header and meta
     /// string, plus 4 bytes per SSE event and 64 bytes of fixed fields. An estimate of the store's
     /// footprint (within a few percent for realistic entries), identical across backends.
@@ -316,6 +346,63 @@ pub(crate) mod tests {
             },
         ]);
         e
+    }
+
+    /// Whether `part` lies inside `buf`'s bytes.
+    fn within(part: &Bytes, buf: &Bytes) -> bool {
+        let (p, b) = (part.as_ptr() as usize, buf.as_ptr() as usize);
+        p >= b && p + part.len() <= b + buf.len()
+    }
+
+    #[test]
+    fn compact_copies_bodies_out_of_the_buffers_they_arrived_in() {
+        // As recorded: every body a slice of a large read buffer.
+        let read_buffer = Bytes::from(vec![b'x'; 16 * 1024]);
+        let sse = sse_entry("claude", 1);
+        let mut at = 0;
+        let mut slice = |data: &[u8]| {
+            let mut buf = read_buffer.to_vec();
+            buf[at..at + data.len()].copy_from_slice(data);
+            let part = Bytes::from(buf).slice(at..at + data.len());
+            at += data.len();
+            part
+        };
+        for original in [json_entry("gpt-4o", 1, r#"{"id":"x"}"#), sse] {
+            let mut e = original.clone();
+            e.request = slice(&e.request);
+            let mut buffers = vec![e.request.clone()];
+            match &mut e.response {
+                CachedBody::Json(b) => {
+                    *b = slice(b);
+                    buffers.push(b.clone());
+                }
+                CachedBody::Sse(events) => {
+                    for ev in events {
+                        ev.data = slice(&ev.data);
+                        buffers.push(ev.data.clone());
+                    }
+                }
+            }
+            e.compact();
+            assert_eq!(e, original, "the same entry");
+            assert_eq!(e.size(), original.size());
+            let kept = match &e.response {
+                CachedBody::Json(b) => vec![e.request.clone(), b.clone()],
+                CachedBody::Sse(events) => std::iter::once(e.request.clone())
+                    .chain(events.iter().map(|ev| ev.data.clone()))
+                    .collect(),
+            };
+            for (k, b) in kept.iter().zip(&buffers) {
+                assert!(!within(k, b), "copied out of its read buffer");
+            }
+            if let CachedBody::Sse(events) = &e.response {
+                // The events share one buffer of their own, in order.
+                for pair in events.windows(2) {
+                    let end = pair[0].data.as_ptr() as usize + pair[0].data.len();
+                    assert_eq!(end, pair[1].data.as_ptr() as usize);
+                }
+            }
+        }
     }
 
     #[test]

@@ -366,6 +366,8 @@ impl Store for RedbStore {
         if entry.meta.expires_ms.is_none() {
             entry.meta.expires_ms = self.opts.default_expiry(self.opts.clock.now_ms());
         }
+        // Kept in memory (the front, the pending queue) for as long as it is hot.
+        entry.compact();
         let entry = Arc::new(entry);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         self.pending
@@ -1084,6 +1086,12 @@ fn try_open_guarded(path: &Path, secs: u64) -> Result<Database, OpenFailure> {
     )
 }
 
+/// redb's own page cache. redb's default (1 GiB) would grow with the file to a gigabyte of memory
+/// (measured: 40 MB/s under a stream of new requests); the decoded entries that serve hits are in
+/// the front ([`hot`]), and the file's pages are in the OS page cache anyway, so a small cache for
+/// the B-trees' upper pages is enough (no slower in `loadtest --only 9`).
+const REDB_CACHE_BYTES: usize = 32 << 20;
+
 fn try_open(path: &Path, secs: u64) -> Result<Database, OpenFailure> {
     let corrupt = |reason: String| OpenFailure::Unusable {
         reason,
@@ -1091,6 +1099,7 @@ fn try_open(path: &Path, secs: u64) -> Result<Database, OpenFailure> {
     };
     let db = match Database::builder()
         .create_with_file_format_v3(true)
+        .set_cache_size(REDB_CACHE_BYTES)
         .create(path)
     {
         Ok(db) => db,
