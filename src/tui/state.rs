@@ -9,6 +9,9 @@ use crate::events::{CacheState, Phase, RequestEvent};
 
 /// Rows kept in the table; older ones are forgotten (totals keep counting).
 pub const MAX_ROWS: usize = 10_000;
+/// Captured headers and bodies kept over all rows (up to 128 KiB a request): past it, the oldest
+/// rows' are let go (the row stays), so a long session under heavy traffic stays within this.
+pub const DETAIL_BUDGET: u64 = 64 << 20;
 /// Seconds of history kept for the sparklines.
 pub const HISTORY_SECS: usize = 300;
 /// Window for the header's req/s figure.
@@ -64,6 +67,18 @@ pub struct Row {
     /// Started, and its end may have been among events the feed dropped for this dashboard: shown
     /// as unknown rather than in flight forever. Its end event, if it comes, completes it as usual.
     pub unsure: bool,
+    /// Its captured headers and bodies were let go to stay within [`DETAIL_BUDGET`].
+    pub detail_dropped: bool,
+}
+
+/// Bytes a request's captured headers and bodies take.
+pub(crate) fn detail_bytes(ev: &RequestEvent) -> u64 {
+    let Some(d) = &ev.detail else { return 0 };
+    let headers = |h: &[(String, String)]| h.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    (headers(&d.request_headers)
+        + headers(&d.response_headers)
+        + d.request_body.len()
+        + d.response_body.len()) as u64
 }
 
 impl Row {
@@ -278,6 +293,12 @@ pub struct State {
     pub popup: Option<Popup>,
     /// The latest breaker and rate-limit figures, `None` until the first read.
     pub limits: Option<LimitsSnapshot>,
+    /// Captured headers and bodies held by `rows`, and the most they may hold
+    /// ([`DETAIL_BUDGET`]).
+    detail_bytes: u64,
+    pub detail_budget: u64,
+    /// Rows before this id hold no captured detail (where letting go resumes).
+    detail_from: u64,
 }
 
 impl State {
@@ -311,6 +332,9 @@ impl State {
             status: None,
             popup: None,
             limits: None,
+            detail_bytes: 0,
+            detail_budget: DETAIL_BUDGET,
+            detail_from: 0,
         }
     }
 
@@ -379,9 +403,16 @@ impl State {
                 .remove(&ev.seq)
                 .or_else(|| self.unsure.remove(&ev.seq)),
         };
+        self.detail_bytes += detail_bytes(&ev);
         if let Some(i) = existing.and_then(|id| self.index_of(id)) {
-            self.rows[i].ev = ev;
+            let old = std::mem::replace(&mut self.rows[i].ev, ev);
+            self.detail_bytes -= detail_bytes(&old);
             self.rows[i].unsure = false;
+            if self.rows[i].id < self.detail_from && self.detail_bytes > self.detail_budget {
+                // Ended after rows newer than it let go of theirs.
+                self.drop_detail(i);
+            }
+            self.keep_detail_budget();
             return;
         }
         let id = self.next_id;
@@ -393,9 +424,11 @@ impl State {
             id,
             ev,
             unsure: false,
+            detail_dropped: false,
         });
         if self.rows.len() > MAX_ROWS {
             if let Some(old) = self.rows.pop_front() {
+                self.detail_bytes -= detail_bytes(&old.ev);
                 self.inflight.remove(&old.ev.seq);
                 self.unsure.remove(&old.ev.seq);
                 if self.selected == Some(old.id) {
@@ -407,6 +440,34 @@ impl State {
         if self.follow {
             // The view scrolls to the newest row when drawn (no per-event work over all rows).
             self.selected = None;
+        }
+        self.keep_detail_budget();
+    }
+
+    /// Lets go of the oldest rows' captured detail until what is held fits the budget.
+    fn keep_detail_budget(&mut self) {
+        let Some(first) = self.rows.front().map(|r| r.id) else {
+            return;
+        };
+        let mut i = self.detail_from.saturating_sub(first) as usize;
+        while self.detail_bytes > self.detail_budget && i < self.rows.len() {
+            self.drop_detail(i);
+            self.detail_from = self.rows[i].id + 1;
+            i += 1;
+        }
+    }
+
+    /// Lets go of row `i`'s captured detail (if it has any yet: a row in flight gets its detail
+    /// with its end event).
+    fn drop_detail(&mut self, i: usize) {
+        let row = &mut self.rows[i];
+        let bytes = detail_bytes(&row.ev);
+        if bytes > 0 {
+            let mut ev = RequestEvent::clone(&row.ev);
+            ev.detail = None;
+            row.ev = Arc::new(ev);
+            row.detail_dropped = true;
+            self.detail_bytes -= bytes;
         }
     }
 
@@ -535,6 +596,7 @@ impl State {
     /// Forgets every row and total (`z`).
     pub fn clear(&mut self) {
         self.rows.clear();
+        self.detail_bytes = 0;
         self.inflight.clear();
         self.unsure.clear();
         self.lag_held = false;

@@ -475,3 +475,52 @@ fn breakdown_view_shows_limits_and_breakers() {
         assert_eq!(cell_of(" openai", "closed"), ratatui::style::Color::Reset);
     }
 }
+
+#[test]
+fn captured_detail_is_kept_within_its_budget_newest_first() {
+    let mut s = State::new("t", "http://127.0.0.1:1");
+    let one = {
+        let mut e = ev(0, Phase::End, 0);
+        e.detail = Some(Box::new(stream_detail()));
+        super::state::detail_bytes(&e)
+    };
+    s.detail_budget = one * 3;
+    let with_detail = |seq: u64, phase: Phase| {
+        let mut e = ev(seq, phase, 1);
+        if phase == Phase::End {
+            e.detail = Some(Box::new(stream_detail()));
+        }
+        Arc::new(e)
+    };
+    // A request that starts now and ends after newer ones have filled the budget.
+    s.update(Msg::Event(with_detail(1, Phase::Start)));
+    for seq in 2..=6 {
+        s.update(Msg::Event(with_detail(seq, Phase::End)));
+    }
+    let row = |s: &State, seq: u64| {
+        s.visible()
+            .into_iter()
+            .find(|r| r.ev.seq == seq)
+            .cloned()
+            .unwrap()
+    };
+    let held = |s: &State| {
+        (1..=6)
+            .filter(|seq| row(s, *seq).ev.detail.is_some())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(held(&s), vec![4, 5, 6], "the newest three");
+    assert!(row(&s, 2).detail_dropped && !row(&s, 1).detail_dropped);
+    let text = format!("{:?}", super::view::detail_text(&row(&s, 2)));
+    assert!(text.contains("let go"), "{text}");
+    // The old request ends: its detail is over the budget at once.
+    s.update(Msg::Event(with_detail(1, Phase::End)));
+    assert_eq!(held(&s), vec![4, 5, 6]);
+    assert!(row(&s, 1).detail_dropped);
+    s.update(Msg::Event(with_detail(7, Phase::End)));
+    assert_eq!(
+        s.visible().iter().filter(|r| r.ev.detail.is_some()).count(),
+        3
+    );
+    assert!(row(&s, 4).detail_dropped);
+}

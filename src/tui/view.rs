@@ -369,6 +369,8 @@ pub fn detail_text(row: &Row) -> Text<'static> {
             "headers and bodies appear when the response ends"
         } else if row.unsure {
             "headers and bodies come with the response's end, which was not seen"
+        } else if row.detail_dropped {
+            "headers and bodies let go: the dashboard keeps the newest 64 MiB of them"
         } else {
             "headers and bodies were not captured (the request began before the dashboard subscribed)"
         }).dim());
