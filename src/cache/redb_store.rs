@@ -1044,7 +1044,14 @@ enum OpenFailure {
 fn open_or_recover(path: &Path, opts: &StoreOptions) -> Result<Database, StoreError> {
     let secs = opts.clock.now_ms() / 1000;
     let failure = match try_open_guarded(path, secs) {
-        Ok(db) => return Ok(db),
+        Ok(db) => match compact_if_oversized(db, path, opts.max_bytes) {
+            Some(db) => return Ok(db),
+            // redb gave up half way: open it again as it is now.
+            None => match try_open_guarded(path, secs) {
+                Ok(db) => return Ok(db),
+                Err(failure) => failure,
+            },
+        },
         Err(failure) => failure,
     };
     let (reason, suffix) = match failure {
@@ -1065,6 +1072,42 @@ fn open_or_recover(path: &Path, opts: &StoreOptions) -> Result<Database, StoreEr
         Err(OpenFailure::Fatal(e)) => Err(e),
         Err(OpenFailure::Unusable { reason, .. }) => Err(StoreError::backend(BACKEND, reason)),
     }
+}
+
+/// A file this much larger than what it may hold is compacted when opened.
+pub(crate) fn oversized_above(max_bytes: u64) -> u64 {
+    max_bytes.saturating_mul(8).max(16 << 20)
+}
+
+/// Compacts the file when it is far larger than its size bound allows ([`oversized_above`]). redb
+/// never gives space back by itself: pages freed by evictions are reused, but a burst of writes
+/// (thousands a second, each batch copying the pages it changes, freed only at the next durable
+/// commit) can grow the file to many times what it holds, and it stays that size. `None` when
+/// redb panicked part way (the caller opens the file again).
+fn compact_if_oversized(mut db: Database, path: &Path, max_bytes: u64) -> Option<Database> {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let before = size(path);
+    if before <= oversized_above(max_bytes) {
+        return Some(db);
+    }
+    let started = std::time::Instant::now();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.compact())) {
+        Ok(Ok(_)) => tracing::info!(
+            path = %path.display(),
+            before,
+            after = size(path),
+            ms = started.elapsed().as_millis() as u64,
+            "cache file compacted"
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(path = %path.display(), error = %e, "cache file not compacted")
+        }
+        Err(_) => {
+            tracing::warn!(path = %path.display(), "cache file compaction failed in redb");
+            return None;
+        }
+    }
+    Some(db)
 }
 
 /// [`try_open`], with a panic inside redb (it asserts on some damaged headers, such as a truncated

@@ -720,6 +720,41 @@ mod redb {
     }
 
     #[tokio::test]
+    async fn an_oversized_file_is_compacted_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.redb");
+        let clock = ManualClock::new(T0);
+        let size = || std::fs::metadata(&path).unwrap().len();
+        let big = json_entry("m", T0, &"x".repeat(256 << 10));
+        {
+            // 32 MiB written under a 64 MiB bound, then all but one entry cleared.
+            let s = RedbStore::open(&path, options(&clock, None, 64 << 20)).unwrap();
+            for k in 0..128 {
+                s.put(key(k), big.clone()).unwrap();
+            }
+            s.put(key(200), json_entry("keep", T0, "{}")).unwrap();
+            s.flush().await.unwrap();
+            assert_eq!(s.clear(Some("m".into())).await.unwrap(), 128);
+            s.close().await.unwrap();
+        }
+        let bloated = size();
+        assert!(bloated > redb_store::oversized_above(1 << 20), "{bloated}");
+        // Within what a 64 MiB bound allows: left as it is.
+        RedbStore::open(&path, options(&clock, None, 64 << 20))
+            .unwrap()
+            .close()
+            .await
+            .unwrap();
+        assert_eq!(size(), bloated);
+        // Far over what a 1 MiB bound allows: compacted, the entry kept.
+        let s = RedbStore::open(&path, options(&clock, None, 1 << 20)).unwrap();
+        let compacted = size();
+        assert!(compacted < bloated / 4, "{compacted} of {bloated}");
+        assert!(s.get(key(200)).await.unwrap().is_some());
+        assert_eq!(s.stats().await.unwrap().entries, 1);
+    }
+
+    #[tokio::test]
     async fn dropping_without_close_still_commits() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cache.redb");
