@@ -280,7 +280,8 @@ pub struct State {
     pub filter_input: Option<String>,
     pub paused: bool,
     /// Events that came in while paused, applied on resume (bounded by [`MAX_ROWS`]).
-    held: VecDeque<Arc<RequestEvent>>,
+    /// Each with whether its detail was let go ([`DETAIL_BUDGET`]).
+    held: VecDeque<(Arc<RequestEvent>, bool)>,
     pub sort: Sort,
     pub totals: Totals,
     pub models: BTreeMap<String, ModelStats>,
@@ -299,6 +300,9 @@ pub struct State {
     pub detail_budget: u64,
     /// Rows before this id hold no captured detail (where letting go resumes).
     detail_from: u64,
+    /// The same for `held`: bytes, and the index before which held events hold none.
+    held_detail_bytes: u64,
+    held_detail_from: usize,
 }
 
 impl State {
@@ -335,6 +339,8 @@ impl State {
             detail_bytes: 0,
             detail_budget: DETAIL_BUDGET,
             detail_from: 0,
+            held_detail_bytes: 0,
+            held_detail_from: 0,
         }
     }
 
@@ -344,13 +350,31 @@ impl State {
             Msg::Event(ev) => {
                 if self.paused {
                     if self.held.len() >= MAX_ROWS {
-                        self.held.pop_front();
+                        if let Some((old, _)) = self.held.pop_front() {
+                            self.held_detail_bytes -= detail_bytes(&old);
+                        }
+                        self.held_detail_from = self.held_detail_from.saturating_sub(1);
                         self.dropped += 1;
                         self.lag_held = true;
                     }
-                    self.held.push_back(ev);
+                    self.held_detail_bytes += detail_bytes(&ev);
+                    self.held.push_back((ev, false));
+                    // The same budget while paused, oldest first.
+                    while self.held_detail_bytes > self.detail_budget
+                        && self.held_detail_from < self.held.len()
+                    {
+                        let (ev, dropped) = &mut self.held[self.held_detail_from];
+                        self.held_detail_bytes -= detail_bytes(ev);
+                        if ev.detail.is_some() {
+                            let mut lighter = RequestEvent::clone(ev);
+                            lighter.detail = None;
+                            *ev = Arc::new(lighter);
+                            *dropped = true;
+                        }
+                        self.held_detail_from += 1;
+                    }
                 } else {
-                    self.apply(ev);
+                    self.apply(ev, false);
                 }
             }
             Msg::Lagged(n) => {
@@ -381,7 +405,8 @@ impl State {
         }
     }
 
-    fn apply(&mut self, ev: Arc<RequestEvent>) {
+    /// `detail_dropped`: the event's detail was let go while it was held.
+    fn apply(&mut self, ev: Arc<RequestEvent>, detail_dropped: bool) {
         if ev.phase == Phase::End {
             self.totals.add(&ev);
             let model = ev.model.clone().unwrap_or_else(|| "-".to_string());
@@ -408,6 +433,7 @@ impl State {
             let old = std::mem::replace(&mut self.rows[i].ev, ev);
             self.detail_bytes -= detail_bytes(&old);
             self.rows[i].unsure = false;
+            self.rows[i].detail_dropped |= detail_dropped;
             if self.rows[i].id < self.detail_from && self.detail_bytes > self.detail_budget {
                 // Ended after rows newer than it let go of theirs.
                 self.drop_detail(i);
@@ -424,7 +450,7 @@ impl State {
             id,
             ev,
             unsure: false,
-            detail_dropped: false,
+            detail_dropped,
         });
         if self.rows.len() > MAX_ROWS {
             if let Some(old) = self.rows.pop_front() {
@@ -584,9 +610,11 @@ impl State {
     pub fn toggle_pause(&mut self) {
         self.paused = !self.paused;
         if !self.paused {
-            while let Some(ev) = self.held.pop_front() {
-                self.apply(ev);
+            while let Some((ev, dropped)) = self.held.pop_front() {
+                self.apply(ev, dropped);
             }
+            self.held_detail_bytes = 0;
+            self.held_detail_from = 0;
             if std::mem::take(&mut self.lag_held) {
                 self.lost_ends();
             }
@@ -601,6 +629,8 @@ impl State {
         self.unsure.clear();
         self.lag_held = false;
         self.held.clear();
+        self.held_detail_bytes = 0;
+        self.held_detail_from = 0;
         self.selected = None;
         self.follow = true;
         self.offset = 0;
@@ -657,6 +687,12 @@ impl State {
     /// Events waiting while paused.
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+
+    /// Bytes of captured headers and bodies held, in rows and in events waiting while paused (each
+    /// within [`State::detail_budget`]).
+    pub fn captured_bytes(&self) -> (u64, u64) {
+        (self.detail_bytes, self.held_detail_bytes)
     }
 }
 

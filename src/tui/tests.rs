@@ -523,4 +523,21 @@ fn captured_detail_is_kept_within_its_budget_newest_first() {
         3
     );
     assert!(row(&s, 4).detail_dropped);
+    // Paused: the events held for later keep to the same budget, oldest let go first.
+    s.toggle_pause();
+    for seq in 8..=11 {
+        s.update(Msg::Event(with_detail(seq, Phase::End)));
+    }
+    assert_eq!(s.held(), 4);
+    assert_eq!(s.captured_bytes(), (one * 3, one * 3));
+    s.toggle_pause();
+    let kept: Vec<u64> = s
+        .visible()
+        .iter()
+        .filter(|r| r.ev.detail.is_some())
+        .map(|r| r.ev.seq)
+        .collect();
+    assert_eq!(kept, vec![9, 10, 11]);
+    assert!(row(&s, 8).detail_dropped, "let go while held");
+    assert_eq!(s.captured_bytes(), (one * 3, 0));
 }
