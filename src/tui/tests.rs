@@ -119,6 +119,15 @@ fn events() -> Vec<RequestEvent> {
     out
 }
 
+/// The row of request `seq` (a copy).
+fn row(s: &State, seq: u64) -> super::state::Row {
+    s.visible()
+        .into_iter()
+        .find(|r| r.ev.seq == seq)
+        .cloned()
+        .unwrap()
+}
+
 fn state(w: u16, h: u16) -> State {
     let mut s = State::new("listening on 127.0.0.1:8080", "http://127.0.0.1:8080");
     s.log_path = Some("/home/dev/.local/share/relay/tui.log".into());
@@ -288,13 +297,6 @@ fn a_request_whose_end_may_have_been_dropped_is_unknown_not_in_flight_forever() 
     // The feed dropped events: some of these may have ended unseen.
     s.update(Msg::Lagged(5));
     assert_eq!(s.in_flight(), 0);
-    let row = |s: &State, seq: u64| {
-        s.visible()
-            .into_iter()
-            .find(|r| r.ev.seq == seq)
-            .cloned()
-            .unwrap()
-    };
     let r20 = row(&s, 20);
     assert!(r20.unsure && !r20.in_flight());
     let detail = format!("{:?}", super::view::detail_text(&r20));
@@ -497,13 +499,6 @@ fn captured_detail_is_kept_within_its_budget_newest_first() {
     for seq in 2..=6 {
         s.update(Msg::Event(with_detail(seq, Phase::End)));
     }
-    let row = |s: &State, seq: u64| {
-        s.visible()
-            .into_iter()
-            .find(|r| r.ev.seq == seq)
-            .cloned()
-            .unwrap()
-    };
     let held = |s: &State| {
         (1..=6)
             .filter(|seq| row(s, *seq).ev.detail.is_some())
