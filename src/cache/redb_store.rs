@@ -1082,8 +1082,7 @@ pub(crate) fn oversized_above(max_bytes: u64) -> u64 {
 /// Compacts the file when it is far larger than its size bound allows ([`oversized_above`]). redb
 /// never gives space back by itself: pages freed by evictions are reused, but a burst of writes
 /// (thousands a second) can grow the file, in doubling steps, to many times what it holds, and it
-/// stays that size. `None` when
-/// redb panicked part way (the caller opens the file again).
+/// stays that size. `None` when redb panicked part way (the caller opens the file again).
 fn compact_if_oversized(mut db: Database, path: &Path, max_bytes: u64) -> Option<Database> {
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let before = size(path);
