@@ -2,8 +2,8 @@
 //!
 //! [`Server::start`] is what `relay serve` and the tests call: it loads the config, binds (port 0 works),
 //! starts the accept loop and the config watcher, and returns at once with the bound address. Shutdown
-//! stops accepting, lets in-flight requests (streams, WebSockets and CONNECT tunnels included) finish for up to
-//! `server.shutdown_timeout`, then drops what is left.
+//! stops accepting, lets in-flight requests (streams, WebSockets and CONNECT tunnels included)
+//! finish for up to `server.shutdown_timeout`, then drops what is left.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

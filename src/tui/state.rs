@@ -71,6 +71,13 @@ pub struct Row {
     pub detail_dropped: bool,
 }
 
+/// The event without its captured headers and bodies.
+fn without_detail(ev: &RequestEvent) -> Arc<RequestEvent> {
+    let mut lighter = RequestEvent::clone(ev);
+    lighter.detail = None;
+    Arc::new(lighter)
+}
+
 /// Bytes a request's captured headers and bodies take.
 pub(crate) fn detail_bytes(ev: &RequestEvent) -> u64 {
     let Some(d) = &ev.detail else { return 0 };
@@ -366,9 +373,7 @@ impl State {
                         let (ev, dropped) = &mut self.held[self.held_detail_from];
                         self.held_detail_bytes -= detail_bytes(ev);
                         if ev.detail.is_some() {
-                            let mut lighter = RequestEvent::clone(ev);
-                            lighter.detail = None;
-                            *ev = Arc::new(lighter);
+                            *ev = without_detail(ev);
                             *dropped = true;
                         }
                         self.held_detail_from += 1;
@@ -489,9 +494,7 @@ impl State {
         let row = &mut self.rows[i];
         let bytes = detail_bytes(&row.ev);
         if bytes > 0 {
-            let mut ev = RequestEvent::clone(&row.ev);
-            ev.detail = None;
-            row.ev = Arc::new(ev);
+            row.ev = without_detail(&row.ev);
             row.detail_dropped = true;
             self.detail_bytes -= bytes;
         }
