@@ -330,7 +330,6 @@ async fn ws_handshake(
 
 #[tokio::test]
 async fn websocket_handshake_is_forwarded_and_the_connection_spliced() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (openai, _anthropic, relay) = setup("").await;
     let (mut conn, head) = within(ws_handshake(&relay, "")).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
@@ -350,11 +349,7 @@ async fn websocket_handshake_is_forwarded_and_the_connection_spliced() {
     assert_eq!(rec.headers["authorization"], "Bearer sk-realtime");
     // Bytes flow both ways, more than once, on the same connection.
     for msg in ["hello", "again"] {
-        conn.get_mut().write_all(msg.as_bytes()).await.unwrap();
-        let want = format!("echo:{msg}");
-        let mut got = vec![0u8; want.len()];
-        within(conn.read_exact(&mut got)).await.unwrap();
-        assert_eq!(got, want.as_bytes());
+        echo(&mut conn, msg).await;
     }
     assert_eq!(openai.calls().get(), 1);
 }
@@ -401,12 +396,25 @@ async fn until_refused(addr: std::net::SocketAddr) {
     panic!("new connections are refused once shutdown() is signalled");
 }
 
-#[tokio::test]
-async fn shutdown_waits_for_an_open_websocket_until_it_closes() {
-    let (_openai, _anthropic, mut relay) = setup("").await;
+/// relay on `extra_yaml` with one WebSocket spliced through it and carrying messages (and the
+/// mocks, kept running).
+async fn open_websocket(
+    extra_yaml: &str,
+) -> (
+    Relay,
+    tokio::io::BufReader<tokio::net::TcpStream>,
+    [Mock; 2],
+) {
+    let (openai, anthropic, relay) = setup(extra_yaml).await;
     let (mut conn, head) = within(ws_handshake(&relay, "")).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     echo(&mut conn, "before").await;
+    (relay, conn, [openai, anthropic])
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_an_open_websocket_until_it_closes() {
+    let (mut relay, mut conn, _mocks) = open_websocket("").await;
 
     let server = relay.take();
     server.shutdown();
@@ -428,10 +436,7 @@ async fn shutdown_waits_for_an_open_websocket_until_it_closes() {
 #[tokio::test]
 async fn shutdown_timeout_cuts_a_websocket_still_open() {
     use tokio::io::AsyncReadExt;
-    let (_openai, _anthropic, mut relay) = setup("server: {shutdown_timeout: 200ms}\n").await;
-    let (mut conn, head) = within(ws_handshake(&relay, "")).await;
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    echo(&mut conn, "before").await;
+    let (mut relay, mut conn, _mocks) = open_websocket("server: {shutdown_timeout: 200ms}\n").await;
 
     let server = relay.take();
     server.shutdown();
