@@ -39,6 +39,7 @@ use tokio::sync::{watch, OnceCell};
 
 use crate::proxy::body::RelayBody;
 use crate::proxy::error::{Dialect, EdgeError};
+use crate::proxy::filter;
 use crate::proxy::held::Held;
 use crate::proxy::names;
 use crate::proxy::pipeline::{self, State};
@@ -226,7 +227,7 @@ async fn connect(
             Response::new(RelayBody::full(Bytes::new()))
         }
         None => {
-            if !peer.ip().is_loopback() {
+            if !local_caller(&state, peer, req.headers()) {
                 return forbidden(&host);
             }
             let bare = host.trim_start_matches('[').trim_end_matches(']');
@@ -346,7 +347,8 @@ fn rewrite<B>(
     provider: &str,
     api_root: &str,
 ) -> Result<Request<B>, Box<Response<RelayBody>>> {
-    let path = req.uri().path();
+    let normalized = filter::normalize_path(req.uri().path()).ok();
+    let path = normalized.as_deref().unwrap_or(req.uri().path());
     let tail = match path.strip_prefix(api_root) {
         Some(t) if t.is_empty() || t.starts_with('/') => t,
         _ => {
@@ -403,7 +405,7 @@ async fn absolute_form(
             Err(resp) => *resp,
         };
     }
-    if !peer.ip().is_loopback() {
+    if !local_caller(&state, peer, req.headers()) {
         return forbidden(host);
     }
     if req.uri().scheme() != Some(&http::uri::Scheme::HTTP) {
@@ -429,6 +431,13 @@ async fn absolute_form(
             &format!("{host}:{port}: {e}"),
         ),
     }
+}
+
+/// Whether the caller is this machine ([`filter::caller`]: IPv4-mapped loopback counts, a request
+/// forwarded by an untrusted proxy does not).
+fn local_caller(state: &State, peer: SocketAddr, headers: &http::HeaderMap) -> bool {
+    let rt = state.runtime.load();
+    filter::caller(peer, headers, &rt.config.server.trusted_proxies).local
 }
 
 /// 403 for a non-loopback peer asking relay to reach a host that is not a provider.

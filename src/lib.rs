@@ -17,6 +17,7 @@ pub mod limit;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod redact;
 pub mod server;
 pub mod sse;
 pub mod tls;

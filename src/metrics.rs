@@ -98,6 +98,19 @@ pub struct Metrics {
     /// `relay_events_dropped_total`: live-feed events (`relay tui`, `/relay/events`) a lagging
     /// subscriber lost; the proxy never waits for a subscriber.
     pub events_dropped: IntCounter,
+    /// `relay_requests_refused_total{reason}`: requests the request filter refused before routing
+    /// (`cross_site`, `form_body`, `bad_path`, `host`), see [`crate::proxy::filter`].
+    pub refused: IntCounterVec,
+    /// `relay_connections_open`: client connections open now.
+    pub connections: IntGauge,
+    /// `relay_connections_closed_total{reason}`: connections relay closed itself (`idle`,
+    /// `header_timeout`).
+    pub connections_closed: IntCounterVec,
+    /// `relay_connections_waiting_total`: times the accept loop waited because
+    /// `server.max_connections` were open.
+    pub connections_at_cap: IntCounter,
+    /// `relay_request_buffer_bytes`: request bodies held in memory now, bytes.
+    pub buffered_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -296,6 +309,43 @@ impl Metrics {
             "Live request-feed events dropped because a subscriber lagged",
         )
         .expect("valid metric");
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "relay_requests_refused_total",
+                "Requests refused by the request filter, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let connections = IntGauge::new("relay_connections_open", "Client connections open")
+            .expect("valid metric");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "relay_connections_closed_total",
+                "Client connections relay closed itself, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let connections_at_cap = IntCounter::new(
+            "relay_connections_waiting_total",
+            "Times relay stopped accepting because server.max_connections were open",
+        )
+        .expect("valid metric");
+        let buffered_bytes = IntGauge::new(
+            "relay_request_buffer_bytes",
+            "Request bodies held in memory, bytes",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(refused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections.clone()),
+            Box::new(connections_closed.clone()),
+            Box::new(connections_at_cap.clone()),
+            Box::new(buffered_bytes.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cache_hits.clone()),
@@ -340,6 +390,11 @@ impl Metrics {
             circuit_state,
             circuit_transitions,
             events_dropped,
+            refused,
+            connections,
+            connections_closed,
+            connections_at_cap,
+            buffered_bytes,
         }
     }
 

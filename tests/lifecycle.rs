@@ -145,6 +145,111 @@ async fn invalid_reload_is_rejected_and_the_old_config_stays_live() {
 }
 
 #[tokio::test]
+async fn a_blank_config_is_rejected_and_the_old_one_stays_live() {
+    let (a, _b, anthropic) = mocks().await;
+    let relay = watched(&providers(&a, &anthropic)).await;
+    let mut events = relay.server().reloads();
+    // A save caught half way, a comment-only template: had either become the built-in defaults,
+    // traffic would go to api.openai.com.
+    for blank in ["", "# rendered from a template with no values\n"] {
+        relay.write_config(blank);
+        let msg = rejected(next_reload(&mut events).await);
+        assert!(msg.contains("the file has no settings"), "{msg}");
+        assert_eq!(answered_by(&relay).await, "a");
+    }
+}
+
+/// relay started on a config path of its own (a symlink, say), watched.
+async fn serve_at(path: &std::path::Path) -> relay::server::Server {
+    relay::server::Server::start(relay::server::ServeOptions {
+        config_path: Some(path.to_path_buf()),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        env: Env::empty()
+            .with("RELAY_CACHE_ENABLED", "false")
+            .with("RELAY_COST_ENABLED", "false"),
+        watch_config: true,
+        offline: false,
+        clock: Default::default(),
+    })
+    .await
+    .expect("relay starts")
+}
+
+async fn answered_at(addr: std::net::SocketAddr) -> String {
+    let url = format!("http://{addr}{CHAT}");
+    let req = Request::post(url)
+        .header("content-type", "application/json")
+        .body(full(chat_body(false)))
+        .unwrap();
+    let resp = within(client().request(req)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.headers()["x-mock-name"].to_str().unwrap().to_string()
+}
+
+/// A ConfigMap volume as the kubelet lays it out and updates it: `relay.yaml -> ..data/relay.yaml`,
+/// `..data -> ..<timestamp>`; an update writes a new timestamped directory, points `..data_tmp` at
+/// it, renames `..data_tmp` over `..data` and removes the old directory. No event names relay.yaml.
+#[tokio::test]
+async fn a_kubernetes_configmap_update_is_reloaded() {
+    use std::os::unix::fs::symlink;
+    let (a, b, anthropic) = mocks().await;
+    let vol = tempfile::tempdir().unwrap();
+    let root = vol.path();
+    std::fs::create_dir(root.join("..2026_12_01_10_01_00.1")).unwrap();
+    std::fs::write(
+        root.join("..2026_12_01_10_01_00.1/relay.yaml"),
+        providers(&a, &anthropic),
+    )
+    .unwrap();
+    symlink("..2026_12_01_10_01_00.1", root.join("..data")).unwrap();
+    symlink("..data/relay.yaml", root.join("relay.yaml")).unwrap();
+    let server = serve_at(&root.join("relay.yaml")).await;
+    let mut events = server.reloads();
+    assert_eq!(answered_at(server.local_addr()).await, "a");
+
+    for (n, to) in [(2, &b), (3, &a)] {
+        let dir = format!("..2026_12_01_10_0{n}_00.{n}");
+        std::fs::create_dir(root.join(&dir)).unwrap();
+        std::fs::write(
+            root.join(&dir).join("relay.yaml"),
+            providers(to, &anthropic),
+        )
+        .unwrap();
+        symlink(&dir, root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        let old = format!("..2026_12_01_10_0{}_00.{}", n - 1, n - 1);
+        std::fs::remove_dir_all(root.join(old)).unwrap();
+        assert_eq!(next_reload(&mut events).await, ReloadEvent::Applied);
+    }
+    assert_eq!(answered_at(server.local_addr()).await, "a");
+    assert_eq!(b.calls().get(), 0);
+    server.shutdown();
+    within(server.wait()).await;
+}
+
+/// A single-file bind mount (docker-compose `./relay.yaml:/etc/relay/relay.yaml`): the host edits
+/// the same inode through its own directory, so relay's directory sees no event. A hard link in
+/// another directory is the same situation without a mount.
+#[tokio::test]
+async fn a_file_edited_through_another_directory_is_reloaded() {
+    let (a, b, anthropic) = mocks().await;
+    let (container, host) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let inside = container.path().join("relay.yaml");
+    let outside = host.path().join("relay.yaml");
+    std::fs::write(&outside, providers(&a, &anthropic)).unwrap();
+    std::fs::hard_link(&outside, &inside).unwrap();
+    let server = serve_at(&inside).await;
+    let mut events = server.reloads();
+    assert_eq!(answered_at(server.local_addr()).await, "a");
+    // In place, as a bind mount requires (a rename would make a new inode the mount never sees).
+    std::fs::write(&outside, providers(&b, &anthropic)).unwrap();
+    assert_eq!(next_reload(&mut events).await, ReloadEvent::Applied);
+    assert_eq!(answered_at(server.local_addr()).await, "b");
+    server.shutdown();
+    within(server.wait()).await;
+}
+
+#[tokio::test]
 async fn a_stream_in_flight_finishes_on_the_config_it_started_with() {
     let (a, b, anthropic) = mocks().await;
     let relay = watched(&providers(&a, &anthropic)).await;

@@ -77,7 +77,7 @@ impl EntrySummary {
             provider: meta.provider.clone(),
             model: meta.model.clone(),
             method: meta.method.clone(),
-            path: meta.path.clone(),
+            path: crate::redact::query(&meta.path).into_owned(),
             status: meta.status,
             created_ms: meta.created_ms,
             expires_ms: meta.expires_ms,

@@ -145,7 +145,10 @@ impl Entry {
             format: JSONL_FORMAT.to_owned(),
             key: key.hex(),
             key_version: KEY_VERSION,
-            meta: self.meta.clone(),
+            meta: EntryMeta {
+                path: crate::redact::query(&self.meta.path).into_owned(),
+                ..self.meta.clone()
+            },
             request: ByteString::from(&self.request),
             response: match &self.response {
                 CachedBody::Json(b) => LineBody::Json(ByteString::from(b)),
@@ -195,7 +198,10 @@ impl Entry {
         Ok((
             key,
             Entry {
-                meta: line.meta,
+                meta: EntryMeta {
+                    path: crate::redact::query(&line.meta.path).into_owned(),
+                    ..line.meta
+                },
                 request: line.request.into_bytes()?,
                 response,
             },

@@ -92,6 +92,31 @@ pub struct ServerConfig {
     /// Serve `GET /relay/events` (the TUI's feed) to non-loopback peers too. Default off: loopback
     /// peers only. The rest of `/relay/...` stays loopback-only either way.
     pub events_remote: bool,
+    /// Page origins whose browser requests relay serves besides loopback ones
+    /// (`https://app.example.com`; `*` for any). Default none: a request whose `Origin` is not a
+    /// loopback origin is refused (403), see [`crate::proxy::filter`].
+    pub allowed_origins: Vec<String>,
+    /// `Host` names relay's own API (`/relay/...`) answers besides loopback names and IP addresses.
+    /// Default none (DNS rebinding protection).
+    pub allowed_hosts: Vec<String>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` relay believes (addresses or CIDR ranges).
+    /// Default none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connections open at once; past it relay stops accepting until one closes. Default 10,000.
+    pub max_connections: usize,
+    /// A connection with no request in flight and nothing arriving is closed after this long.
+    /// Default 75 s.
+    pub idle_timeout: Duration,
+    /// From a request's first byte to its last header. Default 30 s.
+    pub header_read_timeout: Duration,
+    /// Longest silence between two chunks of a request body. Default 60 s.
+    pub body_read_timeout: Duration,
+    /// Largest request head (request line and headers), bytes. Default 64 KiB; at least 8 KiB.
+    pub max_header_bytes: usize,
+    /// Request bodies relay holds in memory at once, over all requests, bytes. A request past it
+    /// waits up to `body_read_timeout` for room, then gets 503. Default 512 MiB; at least
+    /// `max_body_bytes`.
+    pub max_buffered_bytes: u64,
 }
 
 /// The API dialect a provider speaks; decides which header carries an injected key and which error
@@ -521,6 +546,14 @@ impl Config {
             file: file.clone(),
             source,
         })?;
+        if raw::is_blank(&text) {
+            // A save caught half way, or a template that rendered to nothing: never the built-in
+            // defaults, which would send traffic to the real providers.
+            return Err(ConfigError::Syntax {
+                file,
+                message: "the file has no settings (it is empty or only comments); relay does not fall back to its built-in defaults for a config file. Write at least one section (`server: {}` is enough)".to_string(),
+            });
+        }
         let mut cfg = Config::from_yaml_str(&text, &file, env)?;
         cfg.source = Some(path.to_path_buf());
         Ok(cfg)

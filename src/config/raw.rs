@@ -54,6 +54,18 @@ pub struct RawServer {
     pub ca_dir: Option<String>,
     /// Serve `GET /relay/events` to non-loopback peers too.
     pub events_remote: Option<bool>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub max_connections: Option<usize>,
+    #[serde(with = "super::duration")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(with = "super::duration")]
+    pub header_read_timeout: Option<Duration>,
+    #[serde(with = "super::duration")]
+    pub body_read_timeout: Option<Duration>,
+    pub max_header_bytes: Option<usize>,
+    pub max_buffered_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -218,7 +230,14 @@ pub struct RawLogging {
     pub retention_days: Option<u32>,
 }
 
-/// Step 1: YAML text to a tree. An empty file is an empty mapping.
+/// True when `text` holds no settings: empty, blank, only comments and document markers, or a
+/// bare `null`. (A file that says `{}` is not blank.)
+pub fn is_blank(text: &str) -> bool {
+    text.trim().is_empty() || matches!(yaml_serde::from_str::<Value>(text), Ok(Value::Null))
+}
+
+/// Step 1: YAML text to a tree. An empty text is an empty mapping (the built-in defaults; a config
+/// file must not be blank, see [`is_blank`]).
 pub fn parse_tree(text: &str, file: &str) -> Result<Value, ConfigError> {
     if text.trim().is_empty() {
         return Ok(Value::Mapping(Default::default()));

@@ -20,6 +20,12 @@ use super::{Budget, CostConfig, KeyAlias, StreamUsage};
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 const DEFAULT_SHUTDOWN: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_BUFFERED_BYTES: u64 = 512 * 1024 * 1024;
+const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+const DEFAULT_CONN_IDLE: Duration = Duration::from_secs(75);
+const DEFAULT_HEADER_READ: Duration = Duration::from_secs(30);
+const DEFAULT_BODY_READ: Duration = Duration::from_secs(60);
 const DEFAULT_CONNECT: Duration = Duration::from_secs(10);
 const DEFAULT_FIRST_BYTE: Duration = Duration::from_secs(600);
 const DEFAULT_IDLE: Duration = Duration::from_secs(300);
@@ -340,6 +346,79 @@ fn resolve_server(cx: &Ctx, raw: &RawConfig, env: &Env) -> Result<ServerConfig, 
     if max_body_bytes == 0 {
         return Err(cx.err("server.max_body_bytes", "must be greater than 0"));
     }
+    let s = &raw.server;
+    let max_buffered_bytes = s.max_buffered_bytes.unwrap_or(DEFAULT_MAX_BUFFERED_BYTES);
+    if max_buffered_bytes < max_body_bytes {
+        return Err(cx.err(
+            "server.max_buffered_bytes",
+            format!("must be at least server.max_body_bytes ({max_body_bytes})"),
+        ));
+    }
+    let max_header_bytes = s.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+    if max_header_bytes < 8192 {
+        return Err(cx.err("server.max_header_bytes", "must be at least 8192"));
+    }
+    let max_connections = s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        return Err(cx.err("server.max_connections", "must be greater than 0"));
+    }
+    let positive = |key: &str, v: Option<Duration>, default: Duration| match v {
+        Some(d) if d.is_zero() => Err(cx.err(key, "must be greater than 0")),
+        Some(d) => Ok(d),
+        None => Ok(default),
+    };
+    let idle_timeout = positive("server.idle_timeout", s.idle_timeout, DEFAULT_CONN_IDLE)?;
+    let header_read_timeout = positive(
+        "server.header_read_timeout",
+        s.header_read_timeout,
+        DEFAULT_HEADER_READ,
+    )?;
+    let body_read_timeout = positive(
+        "server.body_read_timeout",
+        s.body_read_timeout,
+        DEFAULT_BODY_READ,
+    )?;
+    let mut trusted_proxies = Vec::new();
+    for (i, t) in s.trusted_proxies.iter().flatten().enumerate() {
+        let t = t.trim();
+        let net = t
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                cx.err(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("{t:?} is not an IP address or CIDR range (127.0.0.1, 10.0.0.0/8)"),
+                )
+            })?;
+        trusted_proxies.push(net);
+    }
+    let mut allowed_origins = Vec::new();
+    for (i, o) in s.allowed_origins.iter().flatten().enumerate() {
+        let o = o.trim().trim_end_matches('/');
+        let valid = o == "*"
+            || (o.starts_with("http://") || o.starts_with("https://"))
+                && !o
+                    .split_once("://")
+                    .is_some_and(|(_, r)| r.is_empty() || r.contains('/'));
+        if !valid {
+            return Err(cx.err(
+                format!("server.allowed_origins[{i}]"),
+                format!("{o:?} is not an origin (scheme://host[:port], e.g. https://app.example.com) or *"),
+            ));
+        }
+        allowed_origins.push(o.to_string());
+    }
+    let mut allowed_hosts = Vec::new();
+    for (i, h) in s.allowed_hosts.iter().flatten().enumerate() {
+        let h = h.trim();
+        if h.is_empty() || h.contains('/') {
+            return Err(cx.err(
+                format!("server.allowed_hosts[{i}]"),
+                format!("{h:?} is not a host name (relay.internal, or *)"),
+            ));
+        }
+        allowed_hosts.push(h.to_string());
+    }
     Ok(ServerConfig {
         listen,
         max_body_bytes,
@@ -357,6 +436,15 @@ fn resolve_server(cx: &Ctx, raw: &RawConfig, env: &Env) -> Result<ServerConfig, 
             .filter(|p| !p.is_empty())
             .map(PathBuf::from),
         events_remote: raw.server.events_remote.unwrap_or(false),
+        allowed_origins,
+        allowed_hosts,
+        trusted_proxies,
+        max_connections,
+        idle_timeout,
+        header_read_timeout,
+        body_read_timeout,
+        max_header_bytes,
+        max_buffered_bytes,
     })
 }
 
@@ -821,6 +909,18 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         #[serde(skip_serializing_if = "Option::is_none")]
         ca_dir: Option<String>,
         events_remote: bool,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        allowed_origins: Vec<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        allowed_hosts: Vec<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        trusted_proxies: Vec<String>,
+        max_connections: usize,
+        idle_timeout: String,
+        header_read_timeout: String,
+        body_read_timeout: String,
+        max_header_bytes: usize,
+        max_buffered_bytes: u64,
     }
     #[derive(Serialize)]
     struct ProviderView<'a> {
@@ -933,6 +1033,20 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
             },
             ca_dir: cfg.server.ca_dir.as_ref().map(|p| p.display().to_string()),
             events_remote: cfg.server.events_remote,
+            allowed_origins: cfg.server.allowed_origins.clone(),
+            allowed_hosts: cfg.server.allowed_hosts.clone(),
+            trusted_proxies: cfg
+                .server
+                .trusted_proxies
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+            max_connections: cfg.server.max_connections,
+            idle_timeout: d(cfg.server.idle_timeout),
+            header_read_timeout: d(cfg.server.header_read_timeout),
+            body_read_timeout: d(cfg.server.body_read_timeout),
+            max_header_bytes: cfg.server.max_header_bytes,
+            max_buffered_bytes: cfg.server.max_buffered_bytes,
         },
         providers: cfg
             .providers

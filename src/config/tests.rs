@@ -287,7 +287,9 @@ fn errors_name_file_and_key_path() {
             "unknown key",
             "server:\n  lisen: 127.0.0.1:1\n",
             "t.yaml: server.lisen: unknown field `lisen`, expected one of `listen`, `port`, \
-             `max_body_bytes`, `shutdown_timeout`, `request_log`, `tls`, `ca_dir`, `events_remote`",
+             `max_body_bytes`, `shutdown_timeout`, `request_log`, `tls`, `ca_dir`, `events_remote`, \
+             `allowed_origins`, `allowed_hosts`, `trusted_proxies`, `max_connections`, `idle_timeout`, \
+             `header_read_timeout`, `body_read_timeout`, `max_header_bytes`, `max_buffered_bytes`",
         ),
         (
             "unknown key in a provider",
@@ -1285,4 +1287,104 @@ fn cost_errors_name_the_key() {
     for (yaml, want) in cases {
         assert_eq!(load_err(yaml, &e), *want, "yaml: {yaml}");
     }
+}
+
+#[test]
+fn hardening_keys_load_and_are_checked() {
+    let e = Env::empty();
+    let cfg = load("server: {}\n", &e);
+    let s = &cfg.server;
+    assert!(s.allowed_origins.is_empty() && s.allowed_hosts.is_empty());
+    assert!(s.trusted_proxies.is_empty());
+    assert_eq!(s.max_connections, 10_000);
+    assert_eq!(s.idle_timeout, Duration::from_secs(75));
+    assert_eq!(s.header_read_timeout, Duration::from_secs(30));
+    assert_eq!(s.body_read_timeout, Duration::from_secs(60));
+    assert_eq!(s.max_header_bytes, 64 * 1024);
+    assert_eq!(s.max_buffered_bytes, 512 * 1024 * 1024);
+    let cfg = load(
+        "server:\n  allowed_origins: [\"https://app.example.com/\", \"*\"]\n  allowed_hosts: [relay.internal]\n  trusted_proxies: [127.0.0.1, 10.0.0.0/8, \"::1\"]\n  max_connections: 5\n  idle_timeout: 2s\n  header_read_timeout: 1s\n  body_read_timeout: 3s\n  max_header_bytes: 8192\n  max_body_bytes: 100\n  max_buffered_bytes: 100\n",
+        &e,
+    );
+    let s = &cfg.server;
+    assert_eq!(s.allowed_origins, ["https://app.example.com", "*"]);
+    assert_eq!(s.allowed_hosts, ["relay.internal"]);
+    assert_eq!(s.trusted_proxies.len(), 3);
+    assert_eq!(s.trusted_proxies[0].to_string(), "127.0.0.1/32");
+    assert_eq!(
+        (s.max_connections, s.max_header_bytes, s.max_buffered_bytes),
+        (5, 8192, 100)
+    );
+    let yaml = cfg.to_masked_yaml();
+    assert!(
+        yaml.contains("trusted_proxies:\n  - 127.0.0.1/32"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("idle_timeout: 2s"), "{yaml}");
+    for (yaml, want) in [
+        (
+            "server: {trusted_proxies: [nginx]}\n",
+            "t.yaml: server.trusted_proxies[0]: \"nginx\" is not an IP address or CIDR range (127.0.0.1, 10.0.0.0/8)",
+        ),
+        (
+            "server: {allowed_origins: [app.example.com]}\n",
+            "t.yaml: server.allowed_origins[0]: \"app.example.com\" is not an origin (scheme://host[:port], e.g. https://app.example.com) or *",
+        ),
+        (
+            "server: {allowed_origins: [\"https://a.example/path\"]}\n",
+            "t.yaml: server.allowed_origins[0]: \"https://a.example/path\" is not an origin (scheme://host[:port], e.g. https://app.example.com) or *",
+        ),
+        (
+            "server: {allowed_hosts: [\"http://x/\"]}\n",
+            "t.yaml: server.allowed_hosts[0]: \"http://x/\" is not a host name (relay.internal, or *)",
+        ),
+        (
+            "server: {max_connections: 0}\n",
+            "t.yaml: server.max_connections: must be greater than 0",
+        ),
+        (
+            "server: {idle_timeout: 0s}\n",
+            "t.yaml: server.idle_timeout: must be greater than 0",
+        ),
+        (
+            "server: {max_header_bytes: 100}\n",
+            "t.yaml: server.max_header_bytes: must be at least 8192",
+        ),
+        (
+            "server: {max_body_bytes: 200, max_buffered_bytes: 100}\n",
+            "t.yaml: server.max_buffered_bytes: must be at least server.max_body_bytes (200)",
+        ),
+    ] {
+        assert_eq!(load_err(yaml, &e), want, "yaml: {yaml}");
+    }
+    let cfg = load(
+        "{}\n",
+        &Env::empty().with("RELAY_SERVER_TRUSTED_PROXIES", "[10.1.0.0/16]"),
+    );
+    assert_eq!(cfg.server.trusted_proxies[0].to_string(), "10.1.0.0/16");
+}
+
+#[test]
+fn a_blank_config_file_is_an_error_not_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    for text in [
+        "",
+        "\n  \n",
+        "# only a comment\n# and another\n",
+        "---\n# c\n",
+        "null\n",
+    ] {
+        let path = dir.path().join("relay.yaml");
+        std::fs::write(&path, text).unwrap();
+        let err = Config::load(&path, &Env::empty()).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}: the file has no settings", path.display())),
+            "{text:?}: {err}"
+        );
+    }
+    let path = dir.path().join("ok.yaml");
+    std::fs::write(&path, "# comment\n{}\n").unwrap();
+    assert!(Config::load(&path, &Env::empty()).is_ok());
+    // The built-in defaults (no file at all) are still there.
+    assert_eq!(Config::defaults(&Env::empty()).providers.len(), 2);
 }

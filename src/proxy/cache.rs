@@ -372,7 +372,7 @@ impl Cache {
                     provider: answer.provider.to_string(),
                     model: answer.model.map(str::to_string),
                     method: answer.method.to_string(),
-                    path: answer.path.to_string(),
+                    path: crate::redact::query(answer.path).into_owned(),
                     status: answer.status.as_u16(),
                     headers: stored_headers(answer.headers),
                     created_ms: 0,

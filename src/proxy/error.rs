@@ -83,6 +83,23 @@ pub enum EdgeError {
         /// The `x-ratelimit-*-requests` headers of the refusing request limit.
         headers: Option<crate::limit::RateHeaders>,
     },
+    /// A browser request from a page of another site (see [`super::filter`]).
+    #[error("relay refuses browser requests from other sites ({what}); a page you visit must not spend your API key. To allow a web app, list its origin in server.allowed_origins")]
+    CrossSite { what: String },
+    /// A `text/plain` or form body: what any web page can send without asking, and no API client
+    /// does.
+    #[error("relay does not accept {content_type:?} bodies (any web page can send them); send JSON (application/json)")]
+    FormBody { content_type: String },
+    /// A path relay will not forward: `..` above the root, or a hidden slash.
+    #[error("request path {path:?} is refused: {why}")]
+    BadPath { path: String, why: &'static str },
+    /// The request body stopped arriving for longer than `server.body_read_timeout`.
+    #[error("the request body stopped arriving for {} (server.body_read_timeout)", humantime::format_duration(*timeout))]
+    BodyTimeout { timeout: Duration },
+    /// Request bodies held in memory have reached `server.max_buffered_bytes`, and no room came
+    /// within the wait.
+    #[error("relay is holding its limit of request bodies in memory (server.max_buffered_bytes); retry shortly")]
+    BufferFull,
     /// The provider's circuit breaker is open: relay does not call it until the cooldown ends.
     #[error("upstream {provider} is failing and relay has paused requests to it (circuit open); retry after {} s", retry_secs(*retry_after))]
     CircuitOpen {
@@ -132,7 +149,13 @@ impl EdgeError {
             }
             EdgeError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            EdgeError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            EdgeError::CircuitOpen { .. } | EdgeError::BufferFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            EdgeError::CrossSite { .. } => StatusCode::FORBIDDEN,
+            EdgeError::FormBody { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            EdgeError::BadPath { .. } => StatusCode::BAD_REQUEST,
+            EdgeError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -159,6 +182,11 @@ impl EdgeError {
             EdgeError::BudgetExceeded { .. } => "budget_exceeded",
             EdgeError::RateLimited { .. } => "rate_limit_exceeded",
             EdgeError::CircuitOpen { .. } => "circuit_open",
+            EdgeError::CrossSite { .. } => "cross_site_request",
+            EdgeError::FormBody { .. } => "unsupported_content_type",
+            EdgeError::BadPath { .. } => "invalid_path",
+            EdgeError::BodyTimeout { .. } => "request_body_timeout",
+            EdgeError::BufferFull => "relay_busy",
         }
     }
 
@@ -171,7 +199,11 @@ impl EdgeError {
             (Dialect::OpenAi, EdgeError::RateLimited { tokens: true, .. }) => "tokens",
             (Dialect::OpenAi, EdgeError::RateLimited { .. }) => "requests",
             (Dialect::Anthropic, EdgeError::RateLimited { .. }) => "rate_limit_error",
-            (Dialect::OpenAi, EdgeError::CircuitOpen { .. }) => "server_error",
+            (Dialect::OpenAi, EdgeError::CircuitOpen { .. } | EdgeError::BufferFull) => {
+                "server_error"
+            }
+            (Dialect::Anthropic, EdgeError::CrossSite { .. }) => "permission_error",
+            (Dialect::Anthropic, EdgeError::BufferFull) => "overloaded_error",
             (Dialect::Anthropic, EdgeError::CircuitOpen { .. }) => "api_error",
             (Dialect::OpenAi, EdgeError::Unreachable { .. } | EdgeError::Timeout { .. }) => {
                 "server_error"

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod cache;
 pub mod error;
+pub mod filter;
 pub mod held;
 pub mod names;
 pub mod pipeline;

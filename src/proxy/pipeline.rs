@@ -42,12 +42,13 @@ use serde::Deserialize;
 use super::body::{Exchange, RelayBody};
 use super::cache::{self as stage, Answer, Cache, FlightLead, Outcome};
 use super::error::{Dialect, EdgeError};
+use super::filter;
 use super::names;
 use super::route::{self, PathTarget};
 use super::tunnel;
 use super::upstream::{self, UpstreamBody, Upstreams};
 use crate::cache;
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::events::{self, Events};
 use crate::limit::{self, breaker::Breakers, Limiter};
 use crate::metrics::{Metrics, ModelLabels};
@@ -105,11 +106,16 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<RelayBody>, Infallible> {
     let started = Instant::now();
-    let req = match admin(&state, peer, req).await {
+    let rt = state.runtime.load_full();
+    let req = match request_filter(&rt.config.server, &state.metrics, req) {
+        Ok(req) => req,
+        Err(refused) => return Ok(*refused),
+    };
+    let caller = filter::caller(peer, req.headers(), &rt.config.server.trusted_proxies);
+    let req = match admin(&state, caller, req).await {
         Ok(resp) => return Ok(resp),
         Err(req) => req,
     };
-    let rt = state.runtime.load_full();
     let request_id = match req.headers().get(names::X_REQUEST_ID) {
         Some(v) => v.clone(),
         None => HeaderValue::try_from(uuid::Uuid::new_v4().to_string()).expect("uuid is ASCII"),
@@ -136,19 +142,111 @@ pub async fn handle(
     Ok(resp.map(|b| b.with_exchange(x)))
 }
 
+/// Stage 0: the request filter ([`filter`]). The path is normalised (a path above the root is
+/// 400); a browser request from another site is 403, a `text/plain` or form body 415 (multipart
+/// too on relay's own API); relay's own API answers only loopback and configured `Host`s (403).
+/// Each refusal counts in `relay_requests_refused_total{reason}`.
+fn request_filter(
+    server: &ServerConfig,
+    metrics: &Metrics,
+    mut req: Request<Incoming>,
+) -> Result<Request<Incoming>, Box<Response<RelayBody>>> {
+    let refuse = |req: &Request<Incoming>, reason: &'static str, e: EdgeError| {
+        metrics.refused.with_label_values(&[reason]).inc();
+        tracing::debug!(reason, error = %e, "request refused by the filter");
+        let path = req.uri().path();
+        Box::new(if is_relay_api(path) {
+            crate::api::error(e.status(), &e.to_string()).map(RelayBody::full)
+        } else {
+            let id = HeaderValue::try_from(uuid::Uuid::new_v4().to_string()).expect("ASCII");
+            e.to_response(Dialect::of(path, req.headers()), &id)
+                .map(RelayBody::full)
+        })
+    };
+    match filter::normalize_path(req.uri().path()) {
+        Err(why) => {
+            let e = EdgeError::BadPath {
+                path: req.uri().path().to_string(),
+                why: why.describe(),
+            };
+            return Err(refuse(&req, "bad_path", e));
+        }
+        Ok(Cow::Owned(path)) => match with_path(req.uri(), &path) {
+            Some(uri) => *req.uri_mut() = uri,
+            None => {
+                let e = EdgeError::BadPath {
+                    path,
+                    why: "it is not a valid path",
+                };
+                return Err(refuse(&req, "bad_path", e));
+            }
+        },
+        Ok(Cow::Borrowed(_)) => {}
+    }
+    if let Some(cs) = filter::cross_site(req.headers(), &server.allowed_origins) {
+        let e = EdgeError::CrossSite {
+            what: cs.describe(),
+        };
+        return Err(refuse(&req, "cross_site", e));
+    }
+    let own = is_relay_api(req.uri().path());
+    if let Some(ct) = filter::form_body(req.method(), req.headers(), own) {
+        let e = EdgeError::FormBody {
+            content_type: ct.to_string(),
+        };
+        return Err(refuse(&req, "form_body", e));
+    }
+    if own
+        && !filter::host_allowed(
+            filter::request_host(req.headers(), req.uri()),
+            &server.allowed_hosts,
+        )
+    {
+        metrics.refused.with_label_values(&["host"]).inc();
+        let host = filter::request_host(req.headers(), req.uri()).unwrap_or_default();
+        return Err(Box::new(crate::api::error(
+            http::StatusCode::FORBIDDEN,
+            &format!("relay's own API does not answer Host {host:?} (it answers loopback names and IP addresses, and the names in server.allowed_hosts)"),
+        )
+        .map(RelayBody::full)));
+    }
+    Ok(req)
+}
+
+/// `uri` with its path replaced (query, scheme and authority kept).
+fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut b = http::Uri::builder();
+    if let Some(s) = uri.scheme() {
+        b = b.scheme(s.clone());
+    }
+    if let Some(a) = uri.authority() {
+        b = b.authority(a.clone());
+    }
+    b.path_and_query(pq).build().ok()
+}
+
+/// `/relay` and below: relay's own API.
+fn is_relay_api(path: &str) -> bool {
+    path == RELAY_PREFIX || path.starts_with(RELAY_PREFIX_SLASH)
+}
+
 /// Stage 1: relay's own endpoints. Anything else is handed back to go on through the pipeline.
 ///
-/// `/relay/...` (the cache admin API, `/relay/usage`) answers loopback peers only: it can read and
-/// delete every recording, and shows spending by key. Other peers get a 404 there, as for any
-/// unknown path.
+/// `/relay/...` (the cache admin API, `/relay/usage`) answers local callers only: it can read and
+/// delete every recording, and shows spending by key. Others get a 404 there, as for any unknown
+/// path.
 async fn admin(
     state: &State,
-    peer: SocketAddr,
+    caller: filter::Caller,
     req: Request<Incoming>,
 ) -> Result<Response<RelayBody>, Request<Incoming>> {
     let path = req.uri().path();
-    if path == RELAY_PREFIX || path.starts_with(RELAY_PREFIX_SLASH) {
-        return Ok(relay_api(state, peer, req).await);
+    if is_relay_api(path) {
+        return Ok(relay_api(state, caller, req).await);
     }
     let (content_type, body) = match path {
         "/healthz" => (
@@ -186,18 +284,22 @@ async fn admin(
 const RELAY_PREFIX: &str = "/relay";
 const RELAY_PREFIX_SLASH: &str = "/relay/";
 
-/// Whether `peer` may use the `/relay/...` endpoint at `path`: loopback peers always; others only
+/// Whether a caller may use the `/relay/...` endpoint at `path`: local callers always; others only
 /// `/relay/events`, and only with `server.events_remote: true`.
-fn relay_api_allowed(path: &str, peer: std::net::IpAddr, events_remote: bool) -> bool {
-    peer.is_loopback() || (events_remote && path == events::PATH)
+fn relay_api_allowed(path: &str, local: bool, events_remote: bool) -> bool {
+    local || (events_remote && path == events::PATH)
 }
 
-/// `/relay/...`: loopback peers only (and `/relay/events` for any peer with
+/// `/relay/...`: local callers only (and `/relay/events` for anyone with
 /// `server.events_remote: true`).
-async fn relay_api(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<RelayBody> {
+async fn relay_api(
+    state: &State,
+    caller: filter::Caller,
+    req: Request<Incoming>,
+) -> Response<RelayBody> {
     let path = req.uri().path();
     let events_remote = state.runtime.load().config.server.events_remote;
-    let allowed = relay_api_allowed(path, peer.ip(), events_remote);
+    let allowed = relay_api_allowed(path, caller.local, events_remote);
     if path == events::PATH && allowed {
         return events::sse::response(state.events.subscribe());
     }
@@ -712,10 +814,7 @@ mod tests {
 
     #[test]
     fn relay_api_is_loopback_only_but_events_can_be_opened() {
-        let lan: std::net::IpAddr = "192.168.1.20".parse().unwrap();
-        let lan6: std::net::IpAddr = "fd00::20".parse().unwrap();
-        let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-        let local6: std::net::IpAddr = "::1".parse().unwrap();
+        let (lan, lan6, local, local6) = (false, false, true, true);
         let admin = [
             crate::cost::cli::PATH,
             cache::admin::PREFIX,
@@ -728,13 +827,13 @@ mod tests {
             for ip in [local, local6] {
                 assert!(relay_api_allowed(events::PATH, ip, remote));
                 for p in admin {
-                    assert!(relay_api_allowed(p, ip, remote), "{p} {ip}");
+                    assert!(relay_api_allowed(p, ip, remote), "{p}");
                 }
             }
             for ip in [lan, lan6] {
-                assert_eq!(relay_api_allowed(events::PATH, ip, remote), remote, "{ip}");
+                assert_eq!(relay_api_allowed(events::PATH, ip, remote), remote);
                 for p in admin {
-                    assert!(!relay_api_allowed(p, ip, remote), "{p} {ip} {remote}");
+                    assert!(!relay_api_allowed(p, ip, remote), "{p} {remote}");
                 }
             }
         }

@@ -31,6 +31,8 @@ pub struct Opts {
     pub watch: bool,
     pub offline: bool,
     pub clock: relay::cache::Clock,
+    /// Where relay listens (default `127.0.0.1:0`).
+    pub listen: Option<SocketAddr>,
 }
 
 /// Relay running in this process on 127.0.0.1 port 0 with a config file in a temp dir.
@@ -61,6 +63,7 @@ impl Relay {
                 watch,
                 offline,
                 clock: Default::default(),
+                listen: None,
             },
         )
         .await
@@ -72,6 +75,7 @@ impl Relay {
             watch,
             offline,
             clock,
+            listen,
         } = opts;
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -89,7 +93,7 @@ impl Relay {
         }
         let server = Server::start(ServeOptions {
             config_path: Some(config_path.clone()),
-            listen: Some("127.0.0.1:0".parse().unwrap()),
+            listen: Some(listen.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())),
             env,
             watch_config: watch,
             offline,
