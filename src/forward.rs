@@ -32,12 +32,12 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OnceCell};
 
 use crate::proxy::body::RelayBody;
+use crate::proxy::conn;
 use crate::proxy::error::{Dialect, EdgeError};
 use crate::proxy::filter;
 use crate::proxy::held::Held;
@@ -295,7 +295,15 @@ async fn intercept(
             return;
         }
     };
-    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(TokioIo::new(upgraded));
+    // The tunnel's inner connection has the same idle and header timers as any other.
+    let (timers, max_header_bytes) = {
+        let rt = state.runtime.load();
+        let s = &rt.config.server;
+        (conn::Timers::of(s), s.max_header_bytes)
+    };
+    let watch = conn::Watch::new(timers);
+    let io = conn::WatchedIo::new(TokioIo::new(upgraded), watch.clone());
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(io);
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -306,19 +314,20 @@ async fn intercept(
         Err(_) => return,
     };
     let (provider, api_root) = (Arc::new(provider), Arc::new(api_root));
+    let service_watch = watch.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         let (provider, api_root) = (provider.clone(), api_root.clone());
+        let active = service_watch.begin();
         async move {
-            match rewrite(req, &provider, &api_root) {
-                Ok(req) => pipeline::handle(state, peer, req).await,
-                Err(resp) => Ok(*resp),
-            }
+            let resp = match rewrite(req, &provider, &api_root) {
+                Ok(req) => pipeline::handle(state, peer, req).await?,
+                Err(resp) => *resp,
+            };
+            Ok::<_, Infallible>(resp.map(|b| conn::Tracked::new(b, active)))
         }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    let builder = crate::server::http_builder(max_header_bytes);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     // On shutdown: finish the requests in flight (streams included), then close, as the server
@@ -326,6 +335,10 @@ async fn intercept(
     // its time is up.
     let ended = tokio::select! {
         r = conn.as_mut() => r,
+        why = watch.expired() => {
+            tracing::debug!(reason = why.as_str(), "closing an intercepted connection");
+            Ok(())
+        }
         _ = async { drop(shutdown.wait_for(|s| *s).await) } => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::cache::{self, Clock, Store};
@@ -25,6 +25,7 @@ use crate::config::{CacheBackend, CacheMode, Config, ConfigError, Env};
 use crate::events::{self, Events};
 use crate::metrics::Metrics;
 use crate::proxy::cache::Cache;
+use crate::proxy::conn;
 use crate::proxy::pipeline::{Runtime, State};
 
 /// How to start a server.
@@ -125,6 +126,8 @@ impl Server {
             events::DEFAULT_CAPACITY,
             metrics.events_dropped.clone(),
         ));
+        let max_buffered = config.server.max_buffered_bytes;
+        let metrics_gauge = metrics.buffered_bytes.clone();
         let state = Arc::new(State {
             runtime: ArcSwap::from_pointee(Runtime::new(config, None)),
             metrics,
@@ -132,6 +135,7 @@ impl Server {
             cost,
             events,
             held: crate::proxy::held::HeldConnections::new(),
+            bodies: crate::proxy::client_body::BodyBudget::new(max_buffered, metrics_gauge),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let forward = Arc::new(crate::forward::Forward::new(
@@ -233,6 +237,61 @@ impl Server {
 /// How long a client has to finish the TLS handshake (`server.tls`).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most headers one HTTP/1 request may carry (nginx and hyper allow about 100).
+const MAX_HEADERS: usize = 128;
+
+/// How relay serves HTTP/1.1 and HTTP/2 on a client connection (its own listener and the
+/// connections inside intercepted tunnels): heads up to `max_header_bytes` and [`MAX_HEADERS`].
+pub(crate) fn http_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        // The connection's own timers (proxy::conn) cover idle and slow headers, one clock for
+        // both protocols.
+        .header_read_timeout(None)
+        .max_buf_size(max_header_bytes)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// One open client connection: its slot under `server.max_connections` and its place in
+/// `relay_connections_open`, both given back when it closes.
+struct Open {
+    _slot: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Open {
+    fn new(slot: OwnedSemaphorePermit, metrics: &Arc<Metrics>) -> Open {
+        metrics.connections.inc();
+        Open {
+            _slot: slot,
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics.connections.dec();
+    }
+}
+
+/// A connection relay closes itself (idle, or its headers too slow).
+fn closed(metrics: &Metrics, why: conn::Expired) {
+    tracing::debug!(reason = why.as_str(), "closing a client connection");
+    metrics
+        .connections_closed
+        .with_label_values(&[why.as_str()])
+        .inc();
+}
+
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<State>,
@@ -240,12 +299,37 @@ async fn accept_loop(
     forward: Arc<crate::forward::Forward>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    let (max_connections, max_header_bytes) = {
+        let rt = state.runtime.load();
+        let s = &rt.config.server;
+        (s.max_connections, s.max_header_bytes)
+    };
+    let builder = http_builder(max_header_bytes);
     let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut at_cap = false;
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                at_cap = false;
+                slot
+            }
+            Err(_) => {
+                state.metrics.connections_at_cap.inc();
+                if !at_cap {
+                    at_cap = true;
+                    tracing::warn!(
+                        max_connections,
+                        "server.max_connections are open; new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    _ = shutdown.changed() => break,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -258,16 +342,26 @@ async fn accept_loop(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let forward = forward.clone();
+                let watch = conn::Watch::new(conn::Timers::of(&state.runtime.load().config.server));
+                let stream = conn::WatchedIo::new(stream, watch.clone());
+                let open = Open::new(slot, &state.metrics);
+                let (state, forward) = (state.clone(), forward.clone());
+                let service_watch = watch.clone();
                 // The forward proxy (CONNECT, absolute-form) first; it hands the rest to the pipeline.
                 let svc = service_fn(move |req| {
-                    crate::forward::handle(forward.clone(), state.clone(), peer, req)
+                    let active = service_watch.begin();
+                    let answer = crate::forward::handle(forward.clone(), state.clone(), peer, req);
+                    async move {
+                        let resp = answer.await?;
+                        Ok::<_, std::convert::Infallible>(resp.map(|b| conn::Tracked::new(b, active)))
+                    }
                 });
+                let metrics = open.metrics.clone();
                 if let Some(tls) = &tls {
                     // HTTPS: the handshake runs in the connection's task, never in this loop.
                     let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
                     conns.spawn(async move {
+                        let _open = open;
                         let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
@@ -277,8 +371,11 @@ async fn accept_loop(
                             Err(_) => return,
                         };
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                        if let Err(e) = watcher.watch(conn.into_owned()).await {
-                            tracing::debug!(error = %e, "connection ended with an error");
+                        tokio::select! {
+                            r = watcher.watch(conn.into_owned()) => if let Err(e) = r {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            },
+                            why = watch.expired() => closed(&metrics, why),
                         }
                     });
                     continue;
@@ -288,8 +385,12 @@ async fn accept_loop(
                     .into_owned();
                 let conn = graceful.watch(conn);
                 conns.spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    let _open = open;
+                    tokio::select! {
+                        r = conn => if let Err(e) = r {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        },
+                        why = watch.expired() => closed(&metrics, why),
                     }
                 });
             }

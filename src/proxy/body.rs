@@ -94,6 +94,8 @@ pub struct Exchange {
     pub first_byte: Option<Duration>,
     /// The live feed's capture (`relay tui`, `/relay/events`); `None` while nobody subscribes.
     live: Option<Box<Live>>,
+    /// The memory the request body holds (`server.max_buffered_bytes`), given back at the close.
+    pub buffered: Option<super::client_body::Buffered>,
 }
 
 impl Exchange {
@@ -131,6 +133,7 @@ impl Exchange {
             tally: None,
             first_byte: None,
             live: None,
+            buffered: None,
         }
     }
 

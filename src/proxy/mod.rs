@@ -3,6 +3,8 @@
 
 pub mod body;
 pub mod cache;
+pub mod client_body;
+pub mod conn;
 pub mod error;
 pub mod filter;
 pub mod held;

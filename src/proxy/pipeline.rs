@@ -34,19 +34,18 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
-use http_body::Body as _;
-use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::body::{Exchange, RelayBody};
 use super::cache::{self as stage, Answer, Cache, FlightLead, Outcome};
+use super::client_body::{self, BodyBudget, ClientBody};
 use super::error::{Dialect, EdgeError};
 use super::filter;
 use super::names;
 use super::route::{self, PathTarget};
 use super::tunnel;
-use super::upstream::{self, UpstreamBody, Upstreams};
+use super::upstream::{self, Upstreams};
 use crate::cache;
 use crate::config::{Config, ServerConfig};
 use crate::events::{self, Events};
@@ -97,6 +96,8 @@ pub struct State {
     pub events: Arc<Events>,
     /// Connections taken over from the server (WebSockets, tunnels), for the shutdown drain.
     pub held: Arc<super::held::HeldConnections>,
+    /// Request bodies in memory, over all requests (`server.max_buffered_bytes`).
+    pub bodies: BodyBudget,
 }
 
 /// The hyper service function.
@@ -315,7 +316,10 @@ async fn relay_api(
         || path.starts_with(&format!("{}/", cache::admin::PREFIX))
     {
         match &state.cache {
-            Some(c) => Some(cache::admin::handle(c.store(), req).await),
+            Some(c) => Some(match own_body(state, req).await {
+                Ok((req, _held)) => cache::admin::handle(c.store(), req).await,
+                Err(e) => crate::api::error(e.status(), &e.to_string()),
+            }),
             None => Some(crate::api::error(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 "the cache is off (cache.enabled: false)",
@@ -327,6 +331,26 @@ async fn relay_api(
     found
         .unwrap_or_else(|| crate::api::error(http::StatusCode::NOT_FOUND, "no such relay endpoint"))
         .map(RelayBody::full)
+}
+
+/// A request to relay's own API with its body read whole, under `server.max_body_bytes`,
+/// `server.body_read_timeout` and the server's body budget, as any request relay reads.
+async fn own_body(
+    state: &State,
+    req: Request<Incoming>,
+) -> Result<(Request<http_body_util::Full<Bytes>>, client_body::Buffered), EdgeError> {
+    let server = &state.runtime.load().config.server;
+    let bounds = client_body::Bounds {
+        max_bytes: server.max_body_bytes,
+        stall: server.body_read_timeout,
+    };
+    let (parts, body) = req.into_parts();
+    let declared = client_body::declared_length(&parts.headers);
+    let (bytes, held) = client_body::read_whole(body, declared, bounds, &state.bodies).await?;
+    Ok((
+        Request::from_parts(parts, http_body_util::Full::new(bytes)),
+        held,
+    ))
 }
 
 /// Stages 3–9.
@@ -356,13 +380,13 @@ async fn forward(
     }
 
     // 4. Read the body.
-    let body = read_body(
-        body,
-        &parts.headers,
-        &parts.method,
-        cfg.server.max_body_bytes,
-    )
-    .await?;
+    let bounds = client_body::Bounds {
+        max_bytes: cfg.server.max_body_bytes,
+        stall: cfg.server.body_read_timeout,
+    };
+    let (body, buffered) =
+        client_body::read(body, &parts.headers, &parts.method, bounds, &state.bodies).await?;
+    x.buffered = buffered;
     let model = match &body {
         ClientBody::Whole(bytes) => {
             x.bytes_in = bytes.len() as u64;
@@ -652,6 +676,12 @@ async fn call_upstream(
         whole,
         upgrade,
     } = call;
+    // An upload that fails mid-send because of the caller (over the limit, stalled) is the
+    // caller's error, never the provider's.
+    let fault = match &body {
+        ClientBody::Stream(u) => Some(u.fault()),
+        ClientBody::Whole(_) => None,
+    };
     let mut body = Some(body);
     let mut headers = Some(headers);
     let mut last = None;
@@ -704,6 +734,10 @@ async fn call_upstream(
                 return Ok((index, resp));
             }
             Err((e, not_sent)) => {
+                if let Some(f) = fault.as_ref().and_then(|f| f.get()) {
+                    // The ticket is dropped unjudged: neither a success nor a failure.
+                    return Err(f.to_edge());
+                }
                 if let Some(t) = ticket {
                     t.record(limit::breaker::Outcome::Failure, metrics);
                 }
@@ -715,61 +749,6 @@ async fn call_upstream(
         }
     }
     Err(last.expect("the primary is always tried"))
-}
-
-/// The caller's body as relay holds it.
-enum ClientBody {
-    /// Read whole (JSON): forwarded byte-for-byte.
-    Whole(Bytes),
-    /// Streamed through (uploads), bounded.
-    Stream(Limited<Incoming>),
-}
-
-impl From<ClientBody> for UpstreamBody {
-    fn from(b: ClientBody) -> UpstreamBody {
-        match b {
-            ClientBody::Whole(bytes) => Either::Left(Full::new(bytes)),
-            ClientBody::Stream(s) => Either::Right(s),
-        }
-    }
-}
-
-/// Reads a JSON (or untyped) body whole, bounded by `limit`; streams any other body through under the
-/// same bound. A declared `Content-Length` over the limit is refused before reading.
-async fn read_body(
-    body: Incoming,
-    headers: &HeaderMap,
-    method: &Method,
-    limit: u64,
-) -> Result<ClientBody, EdgeError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(EdgeError::BodyTooLarge { limit });
-    }
-    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    if body.is_end_stream() || matches!(*method, Method::GET | Method::HEAD) && declared.is_none() {
-        return Ok(ClientBody::Whole(Bytes::new()));
-    }
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|ct| {
-            let ct = ct.trim_start().to_ascii_lowercase();
-            ct.starts_with("application/json") || ct.contains("+json")
-        });
-    if !is_json {
-        return Ok(ClientBody::Stream(Limited::new(body, limit_usize)));
-    }
-    match Limited::new(body, limit_usize).collect().await {
-        Ok(collected) => Ok(ClientBody::Whole(collected.to_bytes())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(EdgeError::BodyTooLarge { limit })
-        }
-        Err(e) => Err(EdgeError::ClientBody(e.to_string())),
-    }
 }
 
 /// Reads `model` from a JSON body without changing it. `strict`: routing needs the model, so a body

@@ -12,10 +12,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
-use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -26,9 +24,7 @@ use super::error::EdgeError;
 use super::names;
 use crate::config::{Config, Provider, ProviderKind};
 
-/// The body relay sends upstream: the bytes it read (JSON, forwarded byte-for-byte) or the caller's
-/// body streamed through under the size limit.
-pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
+pub use super::client_body::UpstreamBody;
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
