@@ -1,7 +1,7 @@
 # relay container image: multi-stage build, stripped binary, slim non-root runtime.
 #
 #   docker build -t relay .
-#   docker run -p 8080:8080 -e OPENAI_API_KEY relay
+#   docker run -p 127.0.0.1:8080:8080 -e OPENAI_API_KEY -e ANTHROPIC_API_KEY relay
 #
 # The build stage runs scripts/build-release.sh, the same script CI runs, so the image's build command
 # and features (redis) are tested on every CI run even though no Docker engine runs there.
@@ -33,7 +33,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /data --create-home relay
 COPY --from=build /usr/local/bin/relay /usr/local/bin/relay
-COPY configs/relay.yaml /etc/relay/relay.yaml
+# Names OPENAI_API_KEY and ANTHROPIC_API_KEY, so `docker run -e OPENAI_API_KEY=...` works.
+COPY deploy/docker/image.yaml /etc/relay/relay.yaml
 # Listen on all interfaces inside the container; the cache file and the local CA go to /data.
 ENV RELAY_SERVER_LISTEN=0.0.0.0:8080 \
     XDG_DATA_HOME=/data

@@ -195,6 +195,24 @@ fn dockerfile_builds_with_the_ci_script_and_runs_slim_non_root_with_a_healthchec
     assert!(df.contains("HEALTHCHECK"));
     assert!(df.contains(r#"CMD ["relay", "health""#));
     assert!(df.contains("EXPOSE 8080"));
+    // `docker run -e OPENAI_API_KEY=... relay` injects the key: the image's config names it.
+    let copied = df
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("COPY ")?
+                .strip_suffix(" /etc/relay/relay.yaml")
+                .map(str::to_string)
+        })
+        .expect("the Dockerfile copies a config to /etc/relay/relay.yaml");
+    let env = Env::empty()
+        .with("OPENAI_API_KEY", "sk-image-test")
+        .with("ANTHROPIC_API_KEY", "sk-ant-image-test");
+    let cfg = Config::from_yaml_str(&read(&copied), &copied, &env).expect("the image's config loads");
+    for (name, key) in [("openai", "sk-image-test"), ("anthropic", "sk-ant-image-test")] {
+        let p = cfg.provider(name).expect(name);
+        assert_eq!(p.api_key.as_ref().map(|k| k.expose()), Some(key), "{name}");
+    }
+    assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:8080");
 
     let script = read("scripts/build-release.sh");
     assert!(script.contains("cargo build --release --locked --features redis"));
