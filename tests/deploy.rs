@@ -207,8 +207,12 @@ fn dockerfile_builds_with_the_ci_script_and_runs_slim_non_root_with_a_healthchec
     let env = Env::empty()
         .with("OPENAI_API_KEY", "sk-image-test")
         .with("ANTHROPIC_API_KEY", "sk-ant-image-test");
-    let cfg = Config::from_yaml_str(&read(&copied), &copied, &env).expect("the image's config loads");
-    for (name, key) in [("openai", "sk-image-test"), ("anthropic", "sk-ant-image-test")] {
+    let cfg =
+        Config::from_yaml_str(&read(&copied), &copied, &env).expect("the image's config loads");
+    for (name, key) in [
+        ("openai", "sk-image-test"),
+        ("anthropic", "sk-ant-image-test"),
+    ] {
         let p = cfg.provider(name).expect(name);
         assert_eq!(p.api_key.as_ref().map(|k| k.expose()), Some(key), "{name}");
     }

@@ -83,8 +83,8 @@ pub struct Cache {
     keys: KeyMemo,
     /// Answers of recently hit entries, ready to send.
     replays: Replays,
-    /// True while the store is failing (so an outage is logged once).
-    outage: AtomicBool,
+    /// Whether reads and writes are failing, so that each outage is logged once.
+    outage: Outage,
 }
 
 /// The `x-relay-cache` response header value.
@@ -137,7 +137,7 @@ impl Cache {
             flights: Flights::new(),
             keys: KeyMemo::default(),
             replays: Replays::default(),
-            outage: AtomicBool::new(false),
+            outage: Outage::default(),
         }
     }
 
@@ -296,25 +296,21 @@ impl Cache {
     async fn get(&self, key: CacheKey) -> Option<Arc<Entry>> {
         match self.store.get_shared(key).await {
             Ok(found) => {
-                if self.outage.swap(false, Ordering::Relaxed) {
-                    tracing::info!(backend = self.store.backend(), "cache store is back");
+                if self.outage.ok(Op::Read) {
+                    tracing::info!(backend = self.store.backend(), "cache reads succeed again");
                 }
                 found
             }
             Err(e) => {
-                self.failed(&e);
+                if self.outage.failed(Op::Read) {
+                    tracing::warn!(
+                        backend = self.store.backend(),
+                        error = %e,
+                        "cache reads fail; requests go on as misses"
+                    );
+                }
                 None
             }
-        }
-    }
-
-    fn failed(&self, e: &crate::cache::StoreError) {
-        if !self.outage.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                backend = self.store.backend(),
-                error = %e,
-                "cache store failing; requests go on as misses"
-            );
         }
     }
 
@@ -670,7 +666,11 @@ impl Recorder {
         };
         let store = &self.cache.store;
         match store.put(self.key, entry) {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.cache.outage.ok(Op::Write) {
+                    tracing::info!(backend = store.backend(), "cache writes are accepted again");
+                }
+            }
             // Not a store failure: this answer alone is over the size bound.
             Err(crate::cache::StoreError::TooLarge { .. }) => {}
             Err(e) => {
@@ -678,9 +678,52 @@ impl Recorder {
                     .cache_errors
                     .with_label_values(&[store.backend()])
                     .inc();
-                self.cache.failed(&e);
+                if self.cache.outage.failed(Op::Write) {
+                    tracing::warn!(
+                        backend = store.backend(),
+                        error = %e,
+                        "cache writes are refused (each counts in relay_cache_errors_total); answers are not recorded until they are accepted again"
+                    );
+                }
             }
         }
+    }
+}
+
+/// Which side of the store an outage is on.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Read,
+    Write,
+}
+
+/// Whether the store's reads and writes are failing, each on its own: a full write queue while
+/// reads succeed is one write outage, logged once, not an outage that every read ends.
+#[derive(Debug, Default)]
+struct Outage {
+    read: AtomicBool,
+    write: AtomicBool,
+}
+
+impl Outage {
+    fn flag(&self, op: Op) -> &AtomicBool {
+        match op {
+            Op::Read => &self.read,
+            Op::Write => &self.write,
+        }
+    }
+
+    /// An operation failed; true when this starts an outage (log it).
+    fn failed(&self, op: Op) -> bool {
+        let f = self.flag(op);
+        // A load first: no cache-line write per request during an outage.
+        !f.load(Ordering::Relaxed) && !f.swap(true, Ordering::Relaxed)
+    }
+
+    /// An operation succeeded; true when this ends an outage (log it).
+    fn ok(&self, op: Op) -> bool {
+        let f = self.flag(op);
+        f.load(Ordering::Relaxed) && f.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -957,6 +1000,22 @@ pub fn drain_for_followers(mut body: hyper::body::Incoming, mut tap: Tap, idle: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_write_queue_is_one_outage_whatever_the_reads_do() {
+        let o = Outage::default();
+        // Every request: its put is refused (queue full), its next lookup succeeds.
+        let mut logged = 0;
+        for _ in 0..1000 {
+            logged += usize::from(o.failed(Op::Write));
+            logged += usize::from(o.ok(Op::Read));
+        }
+        assert_eq!(logged, 1, "one line for the whole outage");
+        assert!(o.ok(Op::Write), "the first accepted put ends it");
+        assert!(!o.ok(Op::Write));
+        assert!(o.failed(Op::Read) && !o.failed(Op::Read));
+        assert!(o.ok(Op::Read));
+    }
 
     #[test]
     fn replays_are_derived_once_per_entry_and_follow_replacements() {
