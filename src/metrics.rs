@@ -111,6 +111,9 @@ pub struct Metrics {
     pub connections_at_cap: IntCounter,
     /// `relay_request_buffer_bytes`: request bodies held in memory now, bytes.
     pub buffered_bytes: IntGauge,
+    /// `relay_ledger_moved_aside_total`: damaged usage ledgers moved aside at start (a new one
+    /// started; spending before it is in the moved file).
+    pub ledger_moved_aside: IntCounter,
 }
 
 impl Metrics {
@@ -337,8 +340,14 @@ impl Metrics {
             "Request bodies held in memory, bytes",
         )
         .expect("valid metric");
+        let ledger_moved_aside = IntCounter::new(
+            "relay_ledger_moved_aside_total",
+            "Damaged usage ledgers moved aside at start",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(refused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ledger_moved_aside.clone()),
             Box::new(connections.clone()),
             Box::new(connections_closed.clone()),
             Box::new(connections_at_cap.clone()),
@@ -395,6 +404,7 @@ impl Metrics {
             connections_closed,
             connections_at_cap,
             buffered_bytes,
+            ledger_moved_aside,
         }
     }
 

@@ -515,6 +515,74 @@ async fn a_corrupt_store_is_moved_aside_and_relay_starts_empty() {
     assert_eq!(aside.len(), 1, "{aside:?}");
 }
 
+/// A real store, damaged inside: its header is whole (redb opens it) but the pages that index the
+/// stored keys are overwritten. relay starts; the first write that meets the damage has the file
+/// moved aside and an empty one opened, and recording goes on (no refusal to start, no store that
+/// fails every write until a restart). Damage that breaks listing the keys at start is caught
+/// there the same way.
+#[tokio::test]
+async fn a_store_with_damaged_pages_inside_is_moved_aside_and_relay_starts() {
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.redb");
+    let yaml = format!("{}cache: {{}}\n", providers(&openai, &anthropic));
+    let env = Env::empty().with("RELAY_CACHE_PATH", path.display().to_string());
+    let mut keys = Vec::new();
+    {
+        let mut relay = Relay::start_with(&yaml, env.clone(), false).await;
+        for i in 0..150 {
+            let body = format!(
+                r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"question {i} {}"}}]}}"#,
+                "x".repeat(200)
+            );
+            let a = post_json(&relay, CHAT, &body, &[]).await;
+            assert_eq!(a.header("x-relay-cache"), Some("MISS"));
+            let hex = a.header("x-relay-cache-key").unwrap().to_string();
+            // The key's first bytes (the header holds its short form): enough to find its pages.
+            keys.push(
+                (0..hex.len() / 2)
+                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+                    .collect::<Vec<u8>>(),
+            );
+        }
+        let server = relay.take();
+        server.shutdown();
+        within(server.wait()).await;
+    }
+    // The pages that hold keys but no entry body: the key index. Their middle is overwritten.
+    let mut file = std::fs::read(&path).unwrap();
+    let has = |page: &[u8], needle: &[u8]| memchr::memmem::find(page, needle).is_some();
+    let mut damaged = 0;
+    for page in file.chunks_mut(4096).skip(1) {
+        if !has(page, b"question") && keys.iter().any(|k| has(page, k)) {
+            for b in &mut page[512..3584] {
+                *b = 0xA5;
+            }
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "found the key index's pages");
+    std::fs::write(&path, &file).unwrap();
+
+    let relay = Relay::start_with(&yaml, env, false).await;
+    let body = chat_body("gpt-4o", false);
+    assert_eq!(
+        call(&relay, CHAT, &body, &[]).await.1.as_deref(),
+        Some("MISS")
+    );
+    assert_eq!(
+        call(&relay, CHAT, &body, &[]).await.1.as_deref(),
+        Some("HIT")
+    );
+    let aside: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("cache.redb.corrupt"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+}
+
 async fn single_flight(stream: bool) {
     const N: usize = 50;
     let (openai, _anthropic, relay) = cached_setup("").await;

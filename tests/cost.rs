@@ -863,3 +863,53 @@ async fn a_shared_upstream_call_is_booked_once_and_saved_once() {
     assert_eq!(row["saved_micros"], 43);
     assert_eq!(row["input"], 9, "tokens count the one upstream call");
 }
+
+/// A truncated ledger (a full disk, a copy cut short) made redb panic, and relay ran on with no
+/// ledger: budgets failed open without a word. Now the file is moved aside (never deleted), a new
+/// ledger starts, and relay says so: an error line, a metric, a notice in `relay usage`.
+#[tokio::test]
+async fn a_damaged_ledger_is_moved_aside_and_a_new_one_starts_loudly() {
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("usage.redb");
+    let env = Env::empty().with("RELAY_COST_LEDGER_PATH", ledger.display().to_string());
+    let yaml = providers(&openai, &anthropic);
+    {
+        let mut first = Relay::start_with(&yaml, env.clone(), false).await;
+        let (s, _, _) = call(&first, CHAT, &chat_body("gpt-4o", false), &[]).await;
+        assert_eq!(s, StatusCode::OK);
+        settled(&first, 1).await;
+        let server = first.take();
+        server.shutdown();
+        within(server.wait()).await;
+    }
+    let len = std::fs::metadata(&ledger).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ledger)
+        .unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+
+    let second = Relay::start_with(&yaml, env, false).await;
+    let m = second.metrics().await;
+    assert_eq!(metric(&m, "relay_ledger_moved_aside_total", &[]), Some(1.0));
+    let aside: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("usage.redb.damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    // The new ledger books requests, and the report says what happened.
+    let (s, _, _) = call(&second, CHAT, &chat_body("gpt-4o", false), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    settled(&second, 1).await;
+    let r = usage(&second, "by=day").await;
+    assert_eq!(r["total"]["requests"], 1);
+    let notices = r["notices"].as_array().expect("notices");
+    assert!(
+        notices[0].as_str().unwrap().contains(&aside[0]),
+        "{notices:?}"
+    );
+}

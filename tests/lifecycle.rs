@@ -483,6 +483,131 @@ fn relay_cmd(dir: &std::path::Path) -> tokio::process::Command {
     cmd
 }
 
+/// Reads a `relay serve --log-format json` child's log up to "relay listening": its address, and
+/// a task that keeps draining the log (so the process never blocks on a full pipe).
+async fn listening(
+    child: &mut tokio::process::Child,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let addr: std::net::SocketAddr = within(async {
+        loop {
+            let Some(line) = lines.next_line().await.expect("read stdout") else {
+                panic!("relay exited before listening; output: {seen:#?}");
+            };
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+            if v["message"] == "relay listening" {
+                break v["addr"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no addr field: {line}"))
+                    .parse()
+                    .unwrap_or_else(|e| panic!("addr does not parse ({e}): {line}"));
+            }
+            seen.push(line);
+        }
+    })
+    .await;
+    let rest = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push(line);
+        }
+        rest
+    });
+    (addr, rest)
+}
+
+/// A full disk, as relay's process meets it: writes past a file-size limit fail (EFBIG, the same
+/// path through redb as ENOSPC), after which redb refuses every write until the database is
+/// opened again. relay reopens it by itself: once the limit is lifted, answers are recorded
+/// again, without a restart.
+#[tokio::test]
+async fn the_cache_records_again_after_the_disk_was_full() {
+    let (a, _b, anthropic) = mocks().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.yaml");
+    let cache = dir.path().join("cache.redb");
+    std::fs::write(
+        &file,
+        format!(
+            "{}cache:\n  path: {}\n",
+            providers(&a, &anthropic),
+            cache.display()
+        ),
+    )
+    .unwrap();
+    // SIGXFSZ ignored (inherited through exec), so a write past the limit fails with EFBIG.
+    let mut child = tokio::process::Command::new("bash")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .args([
+            "-c",
+            "trap '' XFSZ; ulimit -S -f 8192; exec \"$0\" serve --config \"$1\" --listen 127.0.0.1:0 --log-format json",
+            env!("CARGO_BIN_EXE_relay"),
+        ])
+        .arg(&file)
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn relay");
+    let (addr, _rest) = listening(&mut child).await;
+    let ask = |n: usize, pad: usize| {
+        let body = format!(
+            r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":"{n} {}"}}]}}"#,
+            "x".repeat(pad)
+        );
+        async move {
+            let resp = within(client().request(json_req(&format!("http://{addr}{CHAT}"), body)))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            resp.headers()["x-relay-cache"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let stats = || async move {
+        let resp = within(client().request(get(&format!("http://{addr}/relay/cache/stats"))))
+            .await
+            .unwrap();
+        json(resp).await
+    };
+    // Fill the file to its 8 MiB limit: large requests until writes are lost (counted, or the
+    // store answers with an error).
+    let failing = |s: serde_json::Value| {
+        s["write_errors"].as_u64().unwrap_or(0) > 0 || s["error"].is_string()
+    };
+    let mut n = 0;
+    while !failing(stats().await) {
+        assert!(n < 200, "writes never failed under an 8 MiB file limit");
+        assert_eq!(ask(n, 300_000).await, "MISS");
+        n += 1;
+    }
+    // The disk has room again.
+    let pid = child.id().expect("relay is running").to_string();
+    let lifted = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--fsize=unlimited:unlimited"])
+        .status()
+        .expect("run prlimit");
+    assert!(lifted.success());
+    // The next answers are recorded: a repeat is a hit (the first put after the disk came back
+    // may still meet the old handle, so a few new questions are asked).
+    let mut recorded = false;
+    for m in 0..5 {
+        assert_eq!(ask(1000 + m, 10).await, "MISS");
+        if ask(1000 + m, 10).await == "HIT" {
+            recorded = true;
+            break;
+        }
+    }
+    assert!(recorded, "the cache records again without a restart");
+}
+
 #[tokio::test]
 async fn binary_serves_and_exits_cleanly_on_sigterm() {
     let (a, _b, anthropic) = mocks().await;
@@ -511,34 +636,7 @@ async fn binary_serves_and_exits_cleanly_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn relay");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let addr: std::net::SocketAddr = within(async {
-        loop {
-            let Some(line) = lines.next_line().await.expect("read stdout") else {
-                panic!("relay exited before listening; output: {seen:#?}");
-            };
-            let v: serde_json::Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
-            if v["message"] == "relay listening" {
-                break v["addr"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("no addr field: {line}"))
-                    .parse()
-                    .unwrap_or_else(|e| panic!("addr does not parse ({e}): {line}"));
-            }
-            seen.push(line);
-        }
-    })
-    .await;
-    // Keep draining the log so the process never blocks on a full pipe.
-    let rest = tokio::spawn(async move {
-        let mut rest = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            rest.push(line);
-        }
-        rest
-    });
+    let (addr, rest) = listening(&mut child).await;
 
     let resp =
         within(client().request(json_req(&format!("http://{addr}{CHAT}"), chat_body(false))))

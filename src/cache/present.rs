@@ -54,6 +54,16 @@ impl Present {
         }
     }
 
+    /// Adds every key `other` holds (the writer's refill after it reopened the file).
+    pub(crate) fn insert_all(&self, other: &Present) {
+        for (mine, theirs) in self.shards.iter().zip(&other.shards) {
+            let theirs = theirs.lock().unwrap_or_else(PoisonError::into_inner);
+            mine.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(theirs.iter().copied());
+        }
+    }
+
     pub(crate) fn clear(&self) {
         for s in &self.shards {
             s.lock().unwrap_or_else(PoisonError::into_inner).clear();

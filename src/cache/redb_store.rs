@@ -81,9 +81,13 @@ pub struct RedbStore {
     path: PathBuf,
     opts: StoreOptions,
     /// `None` once closed.
-    db: ArcSwapOption<DbHandle>,
-    /// Resolves when the database is dropped (the file lock released), taken by `close`.
-    released: Mutex<Option<oneshot::Receiver<()>>>,
+    db: Arc<ArcSwapOption<DbHandle>>,
+    /// Set by `close`: no more reads or writes. (The handle above is also empty while the writer
+    /// reopens the file.)
+    closed: AtomicBool,
+    /// Resolves when the database is dropped (the file lock released), taken by `close`. Shared
+    /// with the writer, which replaces it when it reopens the file.
+    released: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
     tx: mpsc::Sender<Op>,
     /// Hits, counted off the writer queue (see [`Hits`]).
     hits: Hits,
@@ -147,19 +151,15 @@ impl RedbStore {
                 source,
             })?;
         }
-        let db = open_or_recover(&path, &opts)?;
-        let present = match keys_held(&db) {
-            Ok(p) => Some(Arc::new(p)),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cache: could not list the stored keys; every lookup will read the file");
-                None
-            }
-        };
+        let (db, present) = open_with_keys(&path, &opts)?;
+        let present = Some(Arc::new(present));
         let (released_tx, released_rx) = oneshot::channel();
         let db = Arc::new(DbHandle {
             db: Some(db),
             on_drop: Some(released_tx),
         });
+        let released = Arc::new(Mutex::new(Some(released_rx)));
+        let slot = Arc::new(ArcSwapOption::new(Some(db.clone())));
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (hits_tx, hits_rx) = std::sync::mpsc::sync_channel(HITS_CAPACITY);
         let queued = Arc::new(AtomicBool::new(false));
@@ -169,6 +169,9 @@ impl RedbStore {
         let write_errors = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             db: db.clone(),
+            slot: slot.clone(),
+            released: released.clone(),
+            path: path.clone(),
             rx,
             hits: hits_rx,
             pending: pending.clone(),
@@ -197,8 +200,9 @@ impl RedbStore {
         Ok(RedbStore {
             path,
             opts,
-            db: ArcSwapOption::new(Some(db)),
-            released: Mutex::new(Some(released_rx)),
+            db: slot,
+            closed: AtomicBool::new(false),
+            released,
             tx,
             hits: Hits {
                 queue: hits_tx,
@@ -242,7 +246,7 @@ impl RedbStore {
     /// The lookup behind `get` and `get_shared`: counts the hit (a hot slot's count is taken by
     /// the caller, through [`hot::Slot::hit`] or [`hot::Slot::hit_shared`]).
     async fn find(&self, key: CacheKey) -> Result<Option<Found>, StoreError> {
-        if self.db.load().is_none() {
+        if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
         let now = self.opts.clock.now_ms();
@@ -358,8 +362,9 @@ impl Store for RedbStore {
     }
 
     fn put(&self, key: CacheKey, mut entry: Entry) -> Result<(), StoreError> {
-        // The writer may not have dropped its queue yet when `close` returns.
-        if self.db.load().is_none() {
+        // The writer may not have dropped its queue yet when `close` returns. (While the writer
+        // reopens the file, puts queue for it.)
+        if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
         let size = self.opts.check_size(&entry)?;
@@ -511,6 +516,7 @@ impl Store for RedbStore {
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
+            self.closed.store(true, Ordering::Release);
             let committed = self.ask(Op::Close).await;
             // The writer has dropped its handle; drop ours and wait for readers still running.
             self.db.store(None);
@@ -572,6 +578,12 @@ enum Outcome {
 /// The writer thread's state.
 struct Writer {
     db: Arc<DbHandle>,
+    /// The store's handle to the database, which readers load; the writer swaps it when it
+    /// reopens the file.
+    slot: Arc<ArcSwapOption<DbHandle>>,
+    /// The store's signal that the file is released (for `close`), replaced on reopen.
+    released: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
+    path: PathBuf,
     rx: mpsc::Receiver<Op>,
     hits: std::sync::mpsc::Receiver<CacheKey>,
     pending: Arc<Pending>,
@@ -628,6 +640,10 @@ impl Writer {
     /// (redb keeps the file consistent at its last durable commit). Removals, clears, flushes
     /// (every `list`/`stats`) and closing are durable at once.
     fn commit(&mut self, batch: Vec<Op>) {
+        if self.db.db.is_none() {
+            // The last reopen failed (the disk still full): try again first.
+            self.reopen(Broken::Io);
+        }
         let mut hits: HashMap<CacheKey, u64> = HashMap::new();
         for key in self.hits.try_iter() {
             *hits.entry(key).or_default() += 1;
@@ -642,16 +658,12 @@ impl Writer {
                 if durable {
                     self.last_durable = std::time::Instant::now();
                 }
+                let Some(db) = self.db.db.as_ref() else {
+                    return self.answer(batch, Err(StoreError::Closed));
+                };
                 // redb asserts on some damage; a panic here must cost this batch, not the writer.
                 let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    apply(
-                        self.db.db(),
-                        &batch,
-                        &hits,
-                        now,
-                        self.opts.max_bytes,
-                        durable,
-                    )
+                    apply(db, &batch, &hits, now, self.opts.max_bytes, durable)
                 }));
                 if matches!(applied, Ok(Ok(_))) {
                     self.synced = durable;
@@ -672,6 +684,12 @@ impl Writer {
                     cleared: false,
                 })
             };
+        self.answer(batch, result);
+    }
+
+    /// After a batch: the in-memory front and key set follow what landed, lost puts are counted,
+    /// a broken database is reopened, and each op's waiter gets its answer.
+    fn answer(&mut self, batch: Vec<Op>, result: Result<Applied, StoreError>) {
         match &result {
             Ok(applied) => {
                 let present = self.present.as_deref();
@@ -714,6 +732,12 @@ impl Writer {
                 .filter(|op| matches!(op, Op::Put { .. }))
                 .count()
         });
+        if let Err(e) = &result {
+            let closing = batch.iter().any(|op| matches!(op, Op::Close(_)));
+            if let (Some(broken), false) = (Broken::of(e), closing) {
+                self.reopen(broken);
+            }
+        }
         let mut outcomes = match result {
             Ok(applied) => applied.outcomes.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => {
@@ -746,6 +770,103 @@ impl Writer {
         }
     }
 }
+
+/// A write error after which redb's handle is of no more use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broken {
+    /// The file is damaged (redb found it corrupt, read past its end, or panicked on it): it is
+    /// moved aside and an empty one starts.
+    Damaged,
+    /// An I/O error (a full disk, a quota): redb refuses every later write ("Previous I/O error
+    /// occurred") until the database is opened again. The same file is reopened once it can be.
+    Io,
+}
+
+impl Broken {
+    fn of(e: &StoreError) -> Option<Broken> {
+        let StoreError::Backend { source, .. } = e else {
+            return None;
+        };
+        let Some(e) = source.downcast_ref::<redb::Error>() else {
+            // Only a panic inside redb makes a non-redb backend error here.
+            return Some(Broken::Damaged);
+        };
+        match e {
+            redb::Error::Corrupted(_) => Some(Broken::Damaged),
+            redb::Error::Io(io) if io_means_corrupt(io) => Some(Broken::Damaged),
+            redb::Error::Io(_) | redb::Error::PreviousIo => Some(Broken::Io),
+            _ => None,
+        }
+    }
+}
+
+impl Writer {
+    /// Opens the file again after `broken` (moving a damaged one aside first). Readers see the
+    /// store as closed (misses) until it is back. When the file cannot be opened yet (the disk is
+    /// still full), the next batch that fails tries again.
+    fn reopen(&mut self, broken: Broken) {
+        // Stop readers taking the old handle, then wait (briefly) for those that have it: the
+        // file lock goes with the last one.
+        self.slot.store(None);
+        let old = std::mem::replace(
+            &mut self.db,
+            Arc::new(DbHandle {
+                db: None,
+                on_drop: None,
+            }),
+        );
+        drop(old);
+        if broken == Broken::Damaged && self.path.exists() {
+            let secs = self.opts.clock.now_ms() / 1000;
+            match move_aside(&self.path, &format!("corrupt-{secs}")) {
+                Ok(moved) => tracing::warn!(
+                    path = %self.path.display(),
+                    moved_to = %moved.display(),
+                    "cache store damaged while serving; moved it aside and started an empty one"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cache store damaged and cannot be moved aside")
+                }
+            }
+            self.hot.clear();
+            if let Some(p) = &self.present {
+                p.clear();
+            }
+        }
+        let start = std::time::Instant::now();
+        let opened = loop {
+            match open_with_keys(&self.path, &self.opts) {
+                Err(StoreError::Locked { .. }) if start.elapsed() < REOPEN_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => break other,
+            }
+        };
+        match opened {
+            Ok((db, present)) => {
+                if let Some(p) = &self.present {
+                    p.clear();
+                    p.insert_all(&present);
+                }
+                let (tx, rx) = oneshot::channel();
+                let handle = Arc::new(DbHandle {
+                    db: Some(db),
+                    on_drop: Some(tx),
+                });
+                *self.released.lock().unwrap_or_else(PoisonError::into_inner) = Some(rx);
+                self.db = handle.clone();
+                self.slot.store(Some(handle));
+                tracing::info!(path = %self.path.display(), "cache store reopened");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cache store cannot be reopened yet");
+            }
+        }
+    }
+}
+
+/// How long a reopen waits for readers still holding the old database.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One write transaction over a batch: the ops in order, then the expiry sweep and eviction.
 fn apply(
@@ -1074,6 +1195,40 @@ fn open_or_recover(path: &Path, opts: &StoreOptions) -> Result<Database, StoreEr
     }
 }
 
+/// [`open_or_recover`], then the set of stored keys. Reading every key walks pages the open did
+/// not touch, so a file damaged inside (not in its header) fails here, with an error or a panic
+/// in redb: that file is moved aside too, and an empty one starts.
+fn open_with_keys(path: &Path, opts: &StoreOptions) -> Result<(Database, Present), StoreError> {
+    let db = open_or_recover(path, opts)?;
+    let listed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| keys_held(&db)));
+    let reason = match listed {
+        Ok(Ok(present)) => return Ok((db, present)),
+        Ok(Err(e)) => e.to_string(),
+        Err(panic) => format!("redb failed on the file: {}", panic_text(&panic)),
+    };
+    drop(db);
+    let secs = opts.clock.now_ms() / 1000;
+    let moved = move_aside(path, &format!("corrupt-{secs}"))?;
+    tracing::warn!(
+        path = %path.display(),
+        moved_to = %moved.display(),
+        %reason,
+        "cache store damaged (its keys cannot be read); moved it aside and started an empty one"
+    );
+    let db = open_or_recover(path, opts)?;
+    let present = keys_held(&db)?;
+    Ok((db, present))
+}
+
+/// What a caught panic said.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
 /// A file this much larger than what it may hold is compacted when opened.
 pub(crate) fn oversized_above(max_bytes: u64) -> u64 {
     max_bytes.saturating_mul(8).max(16 << 20)
@@ -1115,13 +1270,8 @@ fn compact_if_oversized(mut db: Database, path: &Path, max_bytes: u64) -> Option
 fn try_open_guarded(path: &Path, secs: u64) -> Result<Database, OpenFailure> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| try_open(path, secs))).unwrap_or_else(
         |panic| {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_owned());
             Err(OpenFailure::Unusable {
-                reason: format!("redb failed on the file: {msg}"),
+                reason: format!("redb failed on the file: {}", panic_text(&panic)),
                 suffix: format!("corrupt-{secs}"),
             })
         },

@@ -95,6 +95,9 @@ pub struct Report {
     pub prices_as_of: String,
     pub rows: Vec<ReportRow>,
     pub total: ReportRow,
+    /// What the reader must know about the figures (a damaged ledger moved aside).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 /// One group's sums. Money in micro-USD (integers) and in USD.
@@ -177,6 +180,7 @@ pub fn report(rows: &[Row], since: Day, today: Day, by: By) -> Report {
             .map(|(g, c)| ReportRow::new(g, c))
             .collect(),
         total: ReportRow::new("total".to_string(), total),
+        notices: Vec::new(),
     }
 }
 
@@ -216,7 +220,11 @@ pub async fn api(acct: &Accounting, query: Option<&str>) -> Response<Bytes> {
     let today = Day::of_ms(acct.now_ms());
     let first = since.first_day(today);
     match acct.rows(first.to_string()).await {
-        Ok(rows) => json(StatusCode::OK, &report(&rows, first, today, by)),
+        Ok(rows) => {
+            let mut r = report(&rows, first, today, by);
+            r.notices = acct.notices();
+            json(StatusCode::OK, &r)
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
     }
 }
@@ -264,7 +272,11 @@ pub async fn run(args: &UsageArgs, cfg: &Config) -> Result<String, UsageError> {
                 .await
                 .map_err(|e| UsageError::Args(e.to_string()))?;
                 match opened {
-                    Ok(rows) => report(&rows, first, today, args.by),
+                    Ok(rows) => {
+                        let mut r = report(&rows, first, today, args.by);
+                        r.notices = ledger::notices(&path);
+                        r
+                    }
                     Err(LedgerError::Locked { path }) => {
                         remote(&listen_base(cfg.server.listen), since, args, Some(path)).await?
                     }
@@ -393,6 +405,9 @@ pub fn render_table(r: &Report) -> String {
         r.by.as_str(),
         r.prices_as_of
     );
+    for n in &r.notices {
+        let _ = writeln!(out, "note: {n}");
+    }
     if r.rows.is_empty() {
         out.push_str("no requests recorded in this period\n");
     }

@@ -2,8 +2,11 @@
 //!
 //! One redb file of its own (`cost.ledger_path`; default `usage.redb` beside the cache file, else
 //! `<data dir>/relay/usage.redb`). Unlike the cache it is not disposable: a file written by an older
-//! format is migrated in place, a file of a newer format (or one that cannot be opened) is left
-//! untouched and relay runs without a ledger, with a warning.
+//! format is migrated in place, a file of a newer format (or one another process holds) is left
+//! untouched and relay runs without a ledger, with a warning. A damaged file (redb finds it
+//! corrupt, or panics on it, as on a truncated file) is never deleted: the server moves it aside
+//! (`usage.redb.damaged-<unix secs>`), starts a new one and says so loudly (an error in the log,
+//! `relay_ledger_moved_aside_total`, a notice in `relay usage`), see [`Ledger::open_or_recover`].
 //!
 //! Layout (format [`LEDGER_VERSION`]):
 //! - table `meta`: `version` → the format;
@@ -180,6 +183,57 @@ pub enum LedgerError {
     },
     #[error("{}: {message}", path.display())]
     Db { path: PathBuf, message: String },
+    #[error("{}: damaged ({reason})", path.display())]
+    Damaged { path: PathBuf, reason: String },
+}
+
+/// Files a damaged ledger at `path` was moved to (`<name>.damaged-*` beside it), oldest first.
+pub fn moved_aside(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.damaged-", name.to_string_lossy());
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// What `relay usage` says about ledgers moved aside beside `path`.
+pub fn notices(path: &Path) -> Vec<String> {
+    moved_aside(path)
+        .iter()
+        .map(|p| {
+            format!(
+                "a damaged usage ledger was moved aside to {}; spending recorded before then is in that file, not in this report",
+                p.display()
+            )
+        })
+        .collect()
+}
+
+/// Whether a redb error means the file itself is damaged (as opposed to the file system).
+fn is_damage(e: &redb::Error) -> bool {
+    match e {
+        redb::Error::Corrupted(_) => true,
+        redb::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::InvalidData
+                | std::io::ErrorKind::InvalidInput
+        ),
+        _ => false,
+    }
 }
 
 /// The open ledger file.
@@ -189,8 +243,60 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Opens (or creates) the ledger at `path`. Blocking: call on the blocking pool.
+    /// Opens (or creates) the ledger at `path`. Blocking: call on the blocking pool. A damaged
+    /// file is [`LedgerError::Damaged`], a panic inside redb on it included.
     pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Ledger::open_unguarded(path)
+        }))
+        .unwrap_or_else(|panic| {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(LedgerError::Damaged {
+                path: path.to_owned(),
+                reason: format!("redb failed on the file: {reason}"),
+            })
+        })
+    }
+
+    /// [`Ledger::open`]; a damaged file is moved aside to `<path>.damaged-<secs>` (never
+    /// deleted) and a new ledger started. Returns where the damaged file went, if it did.
+    pub fn open_or_recover(
+        path: &Path,
+        secs: u64,
+    ) -> Result<(Ledger, Option<PathBuf>), LedgerError> {
+        match Ledger::open(path) {
+            Err(LedgerError::Damaged { reason, .. }) => {
+                let mut name = path.as_os_str().to_owned();
+                name.push(format!(".damaged-{secs}"));
+                let mut target = PathBuf::from(&name);
+                let mut n = 0;
+                while target.exists() {
+                    n += 1;
+                    let mut numbered = name.clone();
+                    numbered.push(format!("-{n}"));
+                    target = PathBuf::from(numbered);
+                }
+                std::fs::rename(path, &target).map_err(|source| LedgerError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                tracing::error!(
+                    path = %path.display(),
+                    moved_to = %target.display(),
+                    %reason,
+                    "usage ledger damaged: moved it aside (not deleted) and started a new one; spending recorded before now is in the moved file, and budgets count from zero"
+                );
+                Ok((Ledger::open(path)?, Some(target)))
+            }
+            other => other.map(|l| (l, None)),
+        }
+    }
+
+    fn open_unguarded(path: &Path) -> Result<Ledger, LedgerError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| LedgerError::Io {
                 path: path.to_owned(),
@@ -205,10 +311,18 @@ impl Ledger {
                 })
             }
             Err(e) => {
-                return Err(LedgerError::Db {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                })
+                let e = redb::Error::from(e);
+                return Err(if is_damage(&e) {
+                    LedgerError::Damaged {
+                        path: path.to_owned(),
+                        reason: e.to_string(),
+                    }
+                } else {
+                    LedgerError::Db {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    }
+                });
             }
         };
         let l = Ledger {
@@ -219,10 +333,18 @@ impl Ledger {
         Ok(l)
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> LedgerError {
-        LedgerError::Db {
-            path: self.path.clone(),
-            message: e.to_string(),
+    fn err(&self, e: impl Into<redb::Error>) -> LedgerError {
+        let e = e.into();
+        if is_damage(&e) {
+            LedgerError::Damaged {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            }
+        } else {
+            LedgerError::Db {
+                path: self.path.clone(),
+                message: e.to_string(),
+            }
         }
     }
 

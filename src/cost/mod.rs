@@ -173,8 +173,16 @@ impl Accounting {
                 ),
                 Some(path) => {
                     let p = path.clone();
-                    match tokio::task::spawn_blocking(move || ledger::Ledger::open(&p)).await {
-                        Ok(Ok(l)) => {
+                    let secs = clock.now_ms() / 1000;
+                    let opened = tokio::task::spawn_blocking(move || {
+                        ledger::Ledger::open_or_recover(&p, secs)
+                    })
+                    .await;
+                    match opened {
+                        Ok(Ok((l, moved))) => {
+                            if moved.is_some() {
+                                metrics.ledger_moved_aside.inc();
+                            }
                             ledger = Some(ledger::Writer::spawn(l));
                             ledger_path = Some(path);
                         }
@@ -214,6 +222,14 @@ impl Accounting {
     /// Now, unix milliseconds (the injected clock).
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// What `relay usage` must say about the ledger (damaged files moved aside beside it).
+    pub fn notices(&self) -> Vec<String> {
+        self.ledger_path
+            .as_deref()
+            .map(ledger::notices)
+            .unwrap_or_default()
     }
 
     /// The ledger file, when the ledger is open.
