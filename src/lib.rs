@@ -18,6 +18,8 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod redact;
+#[cfg(feature = "redis")]
+pub mod redis_gate;
 pub mod server;
 pub mod sse;
 pub mod tls;

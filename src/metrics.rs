@@ -114,6 +114,9 @@ pub struct Metrics {
     /// `relay_ledger_moved_aside_total`: damaged usage ledgers moved aside at start (a new one
     /// started; spending before it is in the moved file).
     pub ledger_moved_aside: IntCounter,
+    /// `relay_cache_backend{backend}`: 1 for the store serving the cache now (`redis`, or `redb`
+    /// while Redis is unreachable), with `cache.backend: redis`.
+    pub cache_backend: IntGaugeVec,
 }
 
 impl Metrics {
@@ -345,8 +348,17 @@ impl Metrics {
             "Damaged usage ledgers moved aside at start",
         )
         .expect("valid metric");
+        let cache_backend = IntGaugeVec::new(
+            Opts::new(
+                "relay_cache_backend",
+                "1 for the cache store in use (redis, or redb while Redis is unreachable)",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(refused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cache_backend.clone()),
             Box::new(ledger_moved_aside.clone()),
             Box::new(connections.clone()),
             Box::new(connections_closed.clone()),
@@ -405,6 +417,7 @@ impl Metrics {
             connections_at_cap,
             buffered_bytes,
             ledger_moved_aside,
+            cache_backend,
         }
     }
 

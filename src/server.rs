@@ -111,15 +111,15 @@ impl Server {
                 .await
                 .expect("TLS setup does not panic")?
         };
+        let metrics = Arc::new(Metrics::new());
         let cache = if config.cache.enabled {
             Some(Arc::new(Cache::new(
-                open_store(&config, opts.clock.clone()).await?,
+                open_store(&config, opts.clock.clone(), &metrics).await?,
                 opts.clock.clone(),
             )))
         } else {
             None
         };
-        let metrics = Arc::new(Metrics::new());
         let cost =
             crate::cost::Accounting::start(&config, opts.clock.clone(), metrics.clone()).await;
         let events = Arc::new(Events::new(
@@ -436,18 +436,41 @@ fn prepare(mut config: Config, offline: bool) -> Config {
     config
 }
 
-/// Opens the configured cache store. A Redis store that cannot be reached falls back to the local
-/// redb file, with a warning.
-async fn open_store(config: &Config, clock: Clock) -> Result<Arc<dyn Store>, StartError> {
-    match cache::open::open(config, clock.clone()).await {
-        Ok(store) => Ok(store),
-        Err(e) if config.cache.backend == CacheBackend::Redis => {
-            tracing::warn!(error = %e, "cache: Redis unreachable at start; using the local redb store instead");
-            let mut local = config.clone();
-            local.cache.backend = CacheBackend::Redb;
-            Ok(cache::open::open(&local, clock).await?)
-        }
-        Err(e) => Err(e.into()),
+/// Opens the configured cache store. With `cache.backend: redis`, the local redb file is opened
+/// too, as the net under Redis: it serves while Redis is unreachable (at start, or down or hung
+/// later) and relay moves back to Redis by itself ([`cache::fallback`]).
+async fn open_store(
+    config: &Config,
+    clock: Clock,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn Store>, StartError> {
+    if config.cache.backend != CacheBackend::Redis {
+        return Ok(cache::open::open(config, clock).await?);
+    }
+    let mut local = config.clone();
+    local.cache.backend = CacheBackend::Redb;
+    let local_store = cache::open::open(&local, clock.clone()).await?;
+    #[cfg(feature = "redis")]
+    {
+        let gauge = metrics.cache_backend.clone();
+        let report = move |redis: bool| {
+            gauge.with_label_values(&["redis"]).set(i64::from(redis));
+            gauge.with_label_values(&["redb"]).set(i64::from(!redis));
+        };
+        let store = cache::fallback::Fallback::open(
+            cache::open::redis_url(config),
+            cache::open::options(config, clock),
+            local_store,
+            report,
+        )
+        .await;
+        Ok(Arc::new(store))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        tracing::warn!("cache.backend: redis needs relay built with the redis feature; using the local redb store");
+        metrics.cache_backend.with_label_values(&["redb"]).set(1);
+        Ok(local_store)
     }
 }
 

@@ -21,6 +21,8 @@ pub mod admin;
 pub mod cli;
 mod codec;
 pub mod entry;
+#[cfg(feature = "redis")]
+pub mod fallback;
 mod hot;
 pub mod key;
 pub(crate) mod memo;

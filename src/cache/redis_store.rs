@@ -199,6 +199,11 @@ impl RedisStore {
         })
     }
 
+    /// The store's connection (for a health probe).
+    pub fn connection(&self) -> &ConnectionManager {
+        &self.conn
+    }
+
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }

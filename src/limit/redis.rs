@@ -6,12 +6,13 @@
 //! instances need no synchronised clocks). Keys: `relay:rl:v1:<bucket id hex>` holding the TAT,
 //! with a TTL that ends when the bucket would be full again.
 //!
-//! Redis down: the call fails within [`TIMEOUT`], relay uses its in-process buckets for the
-//! outage (logged once, `relay_ratelimit_backend{backend="local"}` = 1) and tries Redis again
-//! after [`RETRY_AFTER`]; the connection manager reconnects by itself, so no request fails
-//! because Redis is down. A Redis unreachable at start is connected to in the background.
+//! Redis down or hung: the call fails within [`TIMEOUT`], and from then on relay uses its
+//! in-process buckets at once, without asking Redis (logged once,
+//! `relay_ratelimit_backend{backend="local"}` = 1), until a background probe finds Redis answering
+//! ([`crate::redis_gate`]); no request fails, and only the first waits, because Redis is down. A
+//! Redis unreachable at start is connected to in the background.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -99,11 +100,10 @@ pub struct RedisLimiter {
     connecting: AtomicBool,
     /// Becomes true once the first connection attempt has finished (either way).
     attempted: tokio::sync::watch::Sender<bool>,
-    epoch: std::time::Instant,
-    /// Milliseconds since `epoch` before which requests skip Redis (after a failure).
-    skip_until_ms: AtomicU64,
-    /// In an outage (logged once).
+    /// Unreachable at start (logged once).
     down: AtomicBool,
+    /// Closed after a failed call: requests skip Redis until a probe finds it answering.
+    gate: Arc<crate::redis_gate::Gate>,
     backend: AtomicU8,
     book: Script,
     adjust: Script,
@@ -138,19 +138,14 @@ impl RedisLimiter {
             conn: ArcSwapOption::empty(),
             connecting: AtomicBool::new(false),
             attempted: tokio::sync::watch::channel(false).0,
-            epoch: std::time::Instant::now(),
-            skip_until_ms: AtomicU64::new(0),
             down: AtomicBool::new(false),
+            gate: crate::redis_gate::Gate::new("rate limits", |_| {}),
             backend: AtomicU8::new(BACKEND_UNKNOWN),
             book: Script::new(BOOK_LUA),
             adjust: Script::new(ADJUST_LUA),
         });
         limiter.connect();
         Some(limiter)
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Starts connecting in the background (once at a time); retries every [`RETRY_AFTER`] until
@@ -223,7 +218,7 @@ impl RedisLimiter {
         max_wait: Duration,
         metrics: &Metrics,
     ) -> Option<Result<Vec<Booked>, (usize, Duration)>> {
-        if self.now_ms() < self.skip_until_ms.load(Ordering::Acquire) {
+        if !self.gate.open() {
             self.set_backend(BACKEND_LOCAL, metrics);
             return None;
         }
@@ -261,20 +256,14 @@ impl RedisLimiter {
         let v = match answer {
             Ok(v) => v,
             Err(e) => {
-                if !self.down.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(error = %e, "rate limits: Redis unreachable; using in-process limits until it is back");
-                }
-                self.skip_until_ms.store(
-                    self.now_ms() + RETRY_AFTER.as_millis() as u64,
-                    Ordering::Release,
-                );
+                // In-process buckets at once for this request and every one after it, until the
+                // gate's background probe finds Redis answering again.
+                self.gate.failed(&conn, &e);
                 self.set_backend(BACKEND_LOCAL, metrics);
                 return None;
             }
         };
-        if self.down.swap(false, Ordering::AcqRel) {
-            tracing::info!("rate limits: Redis is back; shared limits resumed");
-        }
+        self.gate.succeeded();
         self.set_backend(BACKEND_REDIS, metrics);
         let us = |n: i64| Duration::from_micros(n.max(0) as u64);
         Some(match v.first() {

@@ -250,10 +250,7 @@ async fn admin(
         return Ok(relay_api(state, caller, req).await);
     }
     let (content_type, body) = match path {
-        "/healthz" => (
-            "application/json",
-            Bytes::from_static(b"{\"status\":\"ok\"}"),
-        ),
+        "/healthz" => ("application/json", health(state)),
         "/metrics" => {
             if let Some(cache) = &state.cache {
                 match cache.store().stats().await {
@@ -279,6 +276,38 @@ async fn admin(
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     Ok(resp)
+}
+
+/// `/healthz`: `{"status":"ok"}`, plus which backend serves when Redis is configured for the
+/// cache (`"cache": "redis"` or `"redb"`, the local fallback) or the rate limits
+/// (`"ratelimit": "redis"` or `"local"`).
+fn health(state: &State) -> Bytes {
+    let rt = state.runtime.load();
+    let cfg = &rt.config;
+    let mut body = String::from("{\"status\":\"ok\"");
+    if cfg.cache.backend == crate::config::CacheBackend::Redis {
+        if let Some(c) = &state.cache {
+            body.push_str(&format!(",\"cache\":\"{}\"", c.store().backend()));
+        }
+    }
+    if cfg.limits.backend == crate::config::LimitBackend::Redis {
+        let redis = state
+            .metrics
+            .ratelimit_backend
+            .with_label_values(&["redis"])
+            .get();
+        let local = state
+            .metrics
+            .ratelimit_backend
+            .with_label_values(&["local"])
+            .get();
+        if redis + local > 0 {
+            let b = if redis > 0 { "redis" } else { "local" };
+            body.push_str(&format!(",\"ratelimit\":\"{b}\""));
+        }
+    }
+    body.push('}');
+    Bytes::from(body)
 }
 
 /// Relay's own API under `/relay`.

@@ -54,6 +54,35 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered, like a hung
+    /// Redis.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill {sig}");
+    }
+
+    /// Runs `redis-cli` against this server; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed with redis-server");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// Stops the server now (waits for the process to exit).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
