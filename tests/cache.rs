@@ -705,11 +705,15 @@ async fn redis_backend_is_shared_and_survives_redis_going_away() {
         assert_eq!(got, mock::openai_json(&format!("gpt-4o-{i}")).as_bytes());
     }
     assert_eq!(openai.calls().get(), 4);
+    // The local file serves meanwhile (and says so): a repeat is a hit again.
     let m = b.metrics().await;
-    assert!(
-        m.contains("relay_cache_errors_total{backend=\"redis\"}"),
+    assert_eq!(
+        metric(&m, "relay_cache_backend", &[("backend", "redb")]),
+        Some(1.0),
         "{m}"
     );
+    let (_, c, _) = call(&b, CHAT, &chat_body("gpt-4o-2", false), &[]).await;
+    assert_eq!(c.as_deref(), Some("HIT"));
 }
 
 /// Runs `relay cache <args> --server <relay>` (the running server holds the redb file).
