@@ -117,6 +117,9 @@ pub struct Metrics {
     /// `relay_cache_backend{backend}`: 1 for the store serving the cache now (`redis`, or `redb`
     /// while Redis is unreachable), with `cache.backend: redis`.
     pub cache_backend: IntGaugeVec,
+    /// `relay_keys_folded_total`: requests booked as key `other` because
+    /// `cost::MAX_KEY_LABELS` unaliased keys were already named.
+    pub keys_folded: IntCounter,
 }
 
 impl Metrics {
@@ -356,8 +359,14 @@ impl Metrics {
             &["backend"],
         )
         .expect("valid metric");
+        let keys_folded = IntCounter::new(
+            "relay_keys_folded_total",
+            "Requests booked as key other: too many distinct unaliased keys",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(refused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(keys_folded.clone()),
             Box::new(cache_backend.clone()),
             Box::new(ledger_moved_aside.clone()),
             Box::new(connections.clone()),
@@ -418,6 +427,7 @@ impl Metrics {
             buffered_bytes,
             ledger_moved_aside,
             cache_backend,
+            keys_folded,
         }
     }
 

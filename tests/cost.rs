@@ -913,3 +913,53 @@ async fn a_damaged_ledger_is_moved_aside_and_a_new_one_starts_loudly() {
         "{notices:?}"
     );
 }
+
+/// 2,000 requests, each with a new random key (what a scanner or a bad client sends): the ledger,
+/// the budget spend and the usage report name the first `MAX_KEY_LABELS` keys and fold the rest
+/// into one `other` row, counted in `relay_keys_folded_total`.
+#[tokio::test]
+async fn random_keys_fold_into_a_bounded_set() {
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::empty().with(
+        "RELAY_COST_LEDGER_PATH",
+        dir.path().join("usage.redb").display().to_string(),
+    );
+    let relay = Relay::start_with(&providers(&openai, &anthropic), env, false).await;
+    const N: usize = 2000;
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let url = relay.url(CHAT);
+        tasks.push(tokio::spawn(async move {
+            for i in (worker..N).step_by(8) {
+                let mut req = json_req(&url, chat_body("gpt-4o", false));
+                req.headers_mut().insert(
+                    "authorization",
+                    http::HeaderValue::from_str(&format!("Bearer sk-random-{i}")).unwrap(),
+                );
+                let resp = client().request(req).await.unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                bytes(resp).await;
+            }
+        }));
+    }
+    for t in tasks {
+        within(t).await.unwrap();
+    }
+    settled(&relay, N as u64).await;
+    let r = usage(&relay, "by=key").await;
+    let rows = r["rows"].as_array().unwrap();
+    let max = relay::cost::MAX_KEY_LABELS;
+    assert!(rows.len() <= max + 1, "{} rows", rows.len());
+    let other = group(&r, relay::cost::OTHER_KEYS)["requests"]
+        .as_u64()
+        .unwrap();
+    assert!(other >= (N - max) as u64, "{other}");
+    assert_eq!(r["total"]["requests"], N as u64);
+    let m = relay.metrics().await;
+    assert_eq!(
+        metric(&m, "relay_keys_folded_total", &[]),
+        Some(other as f64)
+    );
+}

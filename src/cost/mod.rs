@@ -135,9 +135,57 @@ fn caller_key<'a>(headers: &'a HeaderMap, provider: &'a Provider) -> Option<&'a 
     header("x-api-key").or_else(|| provider.api_key.as_ref().map(|k| k.expose()))
 }
 
+/// Most distinct unaliased keys (`key-<hash prefix>`) the ledger, budgets and usage reports
+/// name on their own; later ones are booked as [`OTHER_KEYS`] (`relay_keys_folded_total`).
+pub const MAX_KEY_LABELS: usize = 1024;
+/// The label unaliased keys past [`MAX_KEY_LABELS`] share.
+pub const OTHER_KEYS: &str = "other";
+
+/// The unaliased key labels booked so far, bounded: a client that sends a new random key with
+/// every request cannot grow the ledger, the budget spend or the metrics without end.
+pub struct KeyLabels {
+    hasher: RandomState,
+    shards: Vec<Mutex<HashSet<String>>>,
+}
+
+const KEY_SHARDS: usize = 16;
+
+impl KeyLabels {
+    fn new() -> KeyLabels {
+        KeyLabels {
+            hasher: RandomState::new(),
+            shards: (0..KEY_SHARDS)
+                .map(|_| Mutex::new(HashSet::new()))
+                .collect(),
+        }
+    }
+
+    /// `label` itself when it is an alias, `none`, or an unaliased key already known or admitted
+    /// now; else [`OTHER_KEYS`].
+    pub fn fold(&self, label: String, metrics: &Metrics) -> String {
+        if !label.starts_with("key-") {
+            return label;
+        }
+        let shard = &self.shards[(self.hasher.hash_one(&label) as usize) % KEY_SHARDS];
+        let mut set = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if set.contains(&label) {
+            return label;
+        }
+        if set.len() < MAX_KEY_LABELS / KEY_SHARDS {
+            set.insert(label.clone());
+            return label;
+        }
+        drop(set);
+        metrics.keys_folded.inc();
+        OTHER_KEYS.to_string()
+    }
+}
+
 /// Server-wide cost state: the ledger writer, budget spend, once-only warnings. Outlives config
 /// reloads.
 pub struct Accounting {
+    /// Unaliased keys booked by name so far (bounded).
+    pub keys: KeyLabels,
     clock: Clock,
     metrics: Arc<Metrics>,
     ledger: Option<ledger::Writer>,
@@ -195,6 +243,7 @@ impl Accounting {
             }
         }
         let acct = Accounting {
+            keys: KeyLabels::new(),
             clock,
             metrics,
             ledger,
@@ -466,7 +515,9 @@ pub fn plan(
     if !book.enabled {
         return None;
     }
-    let key = book.key_label(caller_key(headers, provider));
+    let key = acct
+        .keys
+        .fold(book.key_label(caller_key(headers, provider)), &acct.metrics);
     let price = model.and_then(|m| book.prices.lookup(m)).map(|(_, p)| p);
     let budget = book
         .budget_for(&key)

@@ -33,6 +33,7 @@ pub mod gcra;
 mod redis;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -171,12 +172,26 @@ pub type BucketId = [u8; 32];
 const SHARDS: usize = 64;
 /// A shard this large sweeps out full (idle) buckets when it must grow.
 const SWEEP_AT: usize = 4096;
+/// Most buckets one shard holds (so at most `SHARDS × SHARD_CAP` = 524,288 in all, about 40 MB):
+/// past it after a sweep, an eighth of the shard is let go.
+const SHARD_CAP: usize = 2 * SWEEP_AT;
 
 /// In-process buckets, shared by every [`Limiter`] built from successive configs.
 #[derive(Debug)]
 pub struct Buckets {
     epoch: Instant,
     shards: Box<[RwLock<HashMap<BucketId, Cell>>]>,
+    /// When each shard sweeps next (touched under its write lock).
+    sweeps: Box<[Sweep]>,
+}
+
+/// When a shard of [`Buckets`] sweeps next.
+#[derive(Debug, Default)]
+struct Sweep {
+    /// At this many buckets (0: at [`SWEEP_AT`]).
+    next_len: AtomicUsize,
+    /// Or a second after this (`Buckets::now`).
+    last_ns: AtomicU64,
 }
 
 impl Default for Buckets {
@@ -184,6 +199,7 @@ impl Default for Buckets {
         Buckets {
             epoch: Instant::now(),
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            sweeps: (0..SHARDS).map(|_| Sweep::default()).collect(),
         }
     }
 }
@@ -204,9 +220,38 @@ impl Buckets {
         }
         let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
         if map.len() >= SWEEP_AT && !map.contains_key(id) {
-            map.retain(|_, c| !c.is_idle(now));
+            // A sweep walks the whole shard: at most once a second, or when it has grown by an
+            // eighth since the last one, so a flood of new keys is not a walk per request.
+            let sweep = &self.sweeps[id[0] as usize % SHARDS];
+            let due = map.len() >= sweep.next_len.load(Ordering::Relaxed)
+                || now.saturating_sub(sweep.last_ns.load(Ordering::Relaxed)) >= 1_000_000_000;
+            if due {
+                map.retain(|_, c| !c.is_idle(now));
+                sweep
+                    .next_len
+                    .store(map.len() + map.len() / 8, Ordering::Relaxed);
+                sweep.last_ns.store(now, Ordering::Relaxed);
+            }
+            if map.len() >= SHARD_CAP {
+                // Still full of busy buckets: a flood of new keys. An eighth goes; a bucket let
+                // go starts full again next time, which a key with a new value each request
+                // gets anyway.
+                let victims: Vec<BucketId> = map.keys().take(SHARD_CAP / 8).copied().collect();
+                for v in &victims {
+                    map.remove(v);
+                }
+            }
         }
         f(map.entry(*id).or_default())
+    }
+
+    /// Buckets held (tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
     }
 
     /// Books every slot or none: on the first that does not fit, the others are given back.

@@ -282,3 +282,19 @@ async fn full_buckets_are_swept_when_a_shard_grows() {
         .with_cell(&id(0), later, |c| c.book(later, 1, p, 0))
         .is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_new_keys_keeps_each_shard_under_its_cap() {
+    let b = Buckets::default();
+    // A slow rate: no bucket is full (idle) again during the flood, so sweeping frees nothing.
+    let p = Params::per_second(0.01, 1);
+    let now = b.now();
+    for n in 0..(SHARD_CAP as u32 * 3) {
+        let mut id = [0u8; 32];
+        id[1..5].copy_from_slice(&n.to_le_bytes());
+        b.with_cell(&id, now, |c| c.book(now, 1, p, 0)).unwrap();
+    }
+    let len = b.shards[0].read().unwrap().len();
+    assert!(len <= SHARD_CAP, "{len} buckets in one shard");
+    assert!(b.len() <= SHARDS * SHARD_CAP);
+}
