@@ -661,7 +661,7 @@ async fn promtool_check(text: &str) {
         Ok(c) => c,
         Err(e) => panic!(
             "promtool is needed to check the metrics output ({e}); install Debian's `prometheus` \
-             package (`apt-get install -y prometheus`), as .ci/run does"
+             package (`apt-get install -y prometheus`), as scripts/test.sh does"
         ),
     };
     let mut stdin = child.stdin.take().unwrap();

@@ -1,7 +1,7 @@
 //! `relay tui` in a real terminal: the built binary runs inside tmux in front of the mock upstream;
 //! the test sends requests through it and reads the screen with `tmux capture-pane`.
 //!
-//! Needs `tmux` (`.ci/run` installs Debian's when missing).
+//! Needs `tmux` (`scripts/test.sh` installs Debian's when missing).
 
 mod common;
 
