@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod cost;
 pub mod events;
+pub mod files;
 pub mod forward;
 pub mod health;
 pub mod limit;

@@ -6,10 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 use http::Request;
-use http_body_util::{BodyExt, StreamBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -173,13 +171,9 @@ async fn an_upload_over_the_limit_is_413_and_never_opens_the_breaker() {
     let relay = Relay::start(&yaml).await;
     for _ in 0..5 {
         // A chunked multipart upload: no Content-Length, so relay finds out while streaming it.
-        let chunks: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = (0..8)
-            .map(|_| Ok(http_body::Frame::data(Bytes::from(vec![b'x'; 500]))))
-            .collect();
-        let body = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
         let req = Request::post(relay.url("/v1/audio/transcriptions"))
             .header("content-type", "multipart/form-data; boundary=x")
-            .body(body)
+            .body(chunked(8, 500))
             .unwrap();
         let resp = within(client().request(req)).await.unwrap();
         assert_eq!(resp.status(), 413);
@@ -213,13 +207,9 @@ async fn the_admin_api_bounds_its_bodies() {
         .unwrap()
         .contains("max_body_bytes"));
     // Chunked, no declared length: the same.
-    let chunks: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = (0..10)
-        .map(|_| Ok(http_body::Frame::data(Bytes::from(vec![b'x'; 500]))))
-        .collect();
-    let body = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
     let req = Request::post(relay.url("/relay/cache/import"))
         .header("content-type", "application/json")
-        .body(body)
+        .body(chunked(10, 500))
         .unwrap();
     let resp = within(client().request(req)).await.unwrap();
     assert_eq!(resp.status(), 413);

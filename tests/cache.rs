@@ -507,11 +507,7 @@ async fn a_corrupt_store_is_moved_aside_and_relay_starts_empty() {
         call(&relay, CHAT, &body, &[]).await.1.as_deref(),
         Some("HIT")
     );
-    let aside: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with("cache.redb.corrupt"))
-        .collect();
+    let aside = files_starting(dir.path(), "cache.redb.corrupt");
     assert_eq!(aside.len(), 1, "{aside:?}");
 }
 
@@ -575,11 +571,7 @@ async fn a_store_with_damaged_pages_inside_is_moved_aside_and_relay_starts() {
         call(&relay, CHAT, &body, &[]).await.1.as_deref(),
         Some("HIT")
     );
-    let aside: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with("cache.redb.corrupt"))
-        .collect();
+    let aside = files_starting(dir.path(), "cache.redb.corrupt");
     assert_eq!(aside.len(), 1, "{aside:?}");
 }
 

@@ -895,11 +895,7 @@ async fn a_damaged_ledger_is_moved_aside_and_a_new_one_starts_loudly() {
     let second = Relay::start_with(&yaml, env, false).await;
     let m = second.metrics().await;
     assert_eq!(metric(&m, "relay_ledger_moved_aside_total", &[]), Some(1.0));
-    let aside: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with("usage.redb.damaged-"))
-        .collect();
+    let aside = files_starting(dir.path(), "usage.redb.damaged-");
     assert_eq!(aside.len(), 1, "{aside:?}");
     // The new ledger books requests, and the report says what happened.
     let (s, _, _) = call(&second, CHAT, &chat_body("gpt-4o", false), &[]).await;

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use http::Request;
 use relay::config::Env;
 
 const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
@@ -27,28 +26,6 @@ async fn with_key(extra: &str) -> (Mock, Mock, Relay) {
     )
     .await;
     (openai, anthropic, relay)
-}
-
-/// Sends `method path` with `headers` and `body`; the whole answer.
-async fn send(
-    relay: &Relay,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Answer {
-    let mut req = Request::builder().method(method).uri(relay.url(path));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = within(client().request(req.body(full(body.to_string())).unwrap()))
-        .await
-        .unwrap();
-    Answer {
-        status: resp.status(),
-        headers: resp.headers().clone(),
-        body: bytes(resp).await,
-    }
 }
 
 #[tokio::test]

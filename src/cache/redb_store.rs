@@ -613,6 +613,13 @@ impl Writer {
             if !first.awaited() && since < BATCH_WINDOW && self.rx.len() < MAX_BATCH {
                 std::thread::sleep(BATCH_WINDOW - since);
             }
+            // Hits first, then the ops: a hit is counted after its entry was queued, so every
+            // hit drained here has its put in this batch or an earlier one (drained after the
+            // ops, a hit on an entry queued meanwhile would land before its put, and be lost).
+            let mut hits: HashMap<CacheKey, u64> = HashMap::new();
+            for key in self.hits.try_iter() {
+                *hits.entry(key).or_default() += 1;
+            }
             let mut batch = vec![first];
             while !closing && batch.len() < MAX_BATCH {
                 match self.rx.try_recv() {
@@ -623,7 +630,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(batch);
+            self.commit(batch, hits);
             self.last_commit = std::time::Instant::now();
             if closing {
                 break;
@@ -639,14 +646,10 @@ impl Writer {
     /// requests costs an fsync a second, not one per batch. A crash loses at most that second
     /// (redb keeps the file consistent at its last durable commit). Removals, clears, flushes
     /// (every `list`/`stats`) and closing are durable at once.
-    fn commit(&mut self, batch: Vec<Op>) {
+    fn commit(&mut self, batch: Vec<Op>, hits: HashMap<CacheKey, u64>) {
         if self.db.db.is_none() {
             // The last reopen failed (the disk still full): try again first.
             self.reopen(Broken::Io);
-        }
-        let mut hits: HashMap<CacheKey, u64> = HashMap::new();
-        for key in self.hits.try_iter() {
-            *hits.entry(key).or_default() += 1;
         }
         let urgent = batch
             .iter()
@@ -1204,7 +1207,10 @@ fn open_with_keys(path: &Path, opts: &StoreOptions) -> Result<(Database, Present
     let reason = match listed {
         Ok(Ok(present)) => return Ok((db, present)),
         Ok(Err(e)) => e.to_string(),
-        Err(panic) => format!("redb failed on the file: {}", panic_text(&panic)),
+        Err(panic) => format!(
+            "redb failed on the file: {}",
+            crate::files::panic_text(&*panic)
+        ),
     };
     drop(db);
     let secs = opts.clock.now_ms() / 1000;
@@ -1218,15 +1224,6 @@ fn open_with_keys(path: &Path, opts: &StoreOptions) -> Result<(Database, Present
     let db = open_or_recover(path, opts)?;
     let present = keys_held(&db)?;
     Ok((db, present))
-}
-
-/// What a caught panic said.
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
 /// A file this much larger than what it may hold is compacted when opened.
@@ -1271,7 +1268,10 @@ fn try_open_guarded(path: &Path, secs: u64) -> Result<Database, OpenFailure> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| try_open(path, secs))).unwrap_or_else(
         |panic| {
             Err(OpenFailure::Unusable {
-                reason: format!("redb failed on the file: {}", panic_text(&panic)),
+                reason: format!(
+                    "redb failed on the file: {}",
+                    crate::files::panic_text(&*panic)
+                ),
                 suffix: format!("corrupt-{secs}"),
             })
         },
@@ -1371,23 +1371,12 @@ fn init(db: &Database) -> Result<(), StoreError> {
     txn.commit().map_err(db_err)
 }
 
-/// Renames `path` to `<path>.<suffix>` (adding `-1`, `-2`... if that exists); the new path.
+/// [`crate::files::move_aside`], as a store error.
 fn move_aside(path: &Path, suffix: &str) -> Result<PathBuf, StoreError> {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".{suffix}"));
-    let mut target = PathBuf::from(&name);
-    let mut n = 0;
-    while target.exists() {
-        n += 1;
-        let mut numbered = name.clone();
-        numbered.push(format!("-{n}"));
-        target = PathBuf::from(numbered);
-    }
-    std::fs::rename(path, &target).map_err(|source| StoreError::Io {
+    crate::files::move_aside(path, suffix).map_err(|source| StoreError::Io {
         path: path.to_owned(),
         source,
-    })?;
-    Ok(target)
+    })
 }
 
 fn locked(path: &Path) -> StoreError {

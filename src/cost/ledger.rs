@@ -250,14 +250,12 @@ impl Ledger {
             Ledger::open_unguarded(path)
         }))
         .unwrap_or_else(|panic| {
-            let reason = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_owned());
             Err(LedgerError::Damaged {
                 path: path.to_owned(),
-                reason: format!("redb failed on the file: {reason}"),
+                reason: format!(
+                    "redb failed on the file: {}",
+                    crate::files::panic_text(&*panic)
+                ),
             })
         })
     }
@@ -270,20 +268,12 @@ impl Ledger {
     ) -> Result<(Ledger, Option<PathBuf>), LedgerError> {
         match Ledger::open(path) {
             Err(LedgerError::Damaged { reason, .. }) => {
-                let mut name = path.as_os_str().to_owned();
-                name.push(format!(".damaged-{secs}"));
-                let mut target = PathBuf::from(&name);
-                let mut n = 0;
-                while target.exists() {
-                    n += 1;
-                    let mut numbered = name.clone();
-                    numbered.push(format!("-{n}"));
-                    target = PathBuf::from(numbered);
-                }
-                std::fs::rename(path, &target).map_err(|source| LedgerError::Io {
-                    path: path.to_owned(),
-                    source,
-                })?;
+                let target = crate::files::move_aside(path, &format!("damaged-{secs}")).map_err(
+                    |source| LedgerError::Io {
+                        path: path.to_owned(),
+                        source,
+                    },
+                )?;
                 tracing::error!(
                     path = %path.display(),
                     moved_to = %target.display(),

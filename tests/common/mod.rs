@@ -207,7 +207,20 @@ impl Answer {
 
 /// POSTs the JSON `body` to relay's `path` with extra `headers`; the whole answer.
 pub async fn post_json(relay: &Relay, path: &str, body: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut req = Request::post(relay.url(path)).header("content-type", "application/json");
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    send(relay, "POST", path, &all, body).await
+}
+
+/// Sends `method path` to relay with `headers` and `body`; the whole answer.
+pub async fn send(
+    relay: &Relay,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let mut req = Request::builder().method(method).uri(relay.url(path));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -219,6 +232,23 @@ pub async fn post_json(relay: &Relay, path: &str, body: &str, headers: &[(&str, 
         headers: resp.headers().clone(),
         body: bytes(resp).await,
     }
+}
+
+/// A body sent chunked (no `Content-Length`): `n` chunks of `size` bytes.
+pub fn chunked(n: usize, size: usize) -> Body {
+    let chunks: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = (0..n)
+        .map(|_| Ok(http_body::Frame::data(Bytes::from(vec![b'x'; size]))))
+        .collect();
+    http_body_util::StreamBody::new(futures_util::stream::iter(chunks)).boxed()
+}
+
+/// Names of the files in `dir` that start with `prefix` (moved-aside stores, say).
+pub fn files_starting(dir: &std::path::Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
 
 pub async fn bytes(resp: Response<Incoming>) -> Bytes {
