@@ -145,7 +145,7 @@ pub const OTHER_KEYS: &str = "other";
 /// every request cannot grow the ledger, the budget spend or the metrics without end.
 pub struct KeyLabels {
     hasher: RandomState,
-    shards: Vec<Mutex<HashSet<String>>>,
+    shards: Vec<std::sync::RwLock<HashSet<String>>>,
 }
 
 const KEY_SHARDS: usize = 16;
@@ -155,7 +155,7 @@ impl KeyLabels {
         KeyLabels {
             hasher: RandomState::new(),
             shards: (0..KEY_SHARDS)
-                .map(|_| Mutex::new(HashSet::new()))
+                .map(|_| std::sync::RwLock::new(HashSet::new()))
                 .collect(),
         }
     }
@@ -167,7 +167,15 @@ impl KeyLabels {
             return label;
         }
         let shard = &self.shards[(self.hasher.hash_one(&label) as usize) % KEY_SHARDS];
-        let mut set = shard.lock().unwrap_or_else(|e| e.into_inner());
+        // A known key (every request after a key's first) takes the read lock only.
+        if shard
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&label)
+        {
+            return label;
+        }
+        let mut set = shard.write().unwrap_or_else(|e| e.into_inner());
         if set.contains(&label) {
             return label;
         }
