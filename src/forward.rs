@@ -327,7 +327,7 @@ async fn intercept(
             Ok::<_, Infallible>(resp.map(|b| conn::Tracked::new(b, active)))
         }
     });
-    let builder = crate::server::http_builder(max_header_bytes);
+    let builder = conn::http_builder(max_header_bytes);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     // On shutdown: finish the requests in flight (streams included), then close, as the server

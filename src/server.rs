@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
@@ -237,29 +236,6 @@ impl Server {
 /// How long a client has to finish the TLS handshake (`server.tls`).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Most headers one HTTP/1 request may carry (nginx and hyper allow about 100).
-const MAX_HEADERS: usize = 128;
-
-/// How relay serves HTTP/1.1 and HTTP/2 on a client connection (its own listener and the
-/// connections inside intercepted tunnels): heads up to `max_header_bytes` and [`MAX_HEADERS`].
-pub(crate) fn http_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        // The connection's own timers (proxy::conn) cover idle and slow headers, one clock for
-        // both protocols.
-        .header_read_timeout(None)
-        .max_buf_size(max_header_bytes)
-        .max_headers(MAX_HEADERS);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-    builder
-}
-
 /// One open client connection: its slot under `server.max_connections` and its place in
 /// `relay_connections_open`, both given back when it closes.
 struct Open {
@@ -304,7 +280,7 @@ async fn accept_loop(
         let s = &rt.config.server;
         (s.max_connections, s.max_header_bytes)
     };
-    let builder = http_builder(max_header_bytes);
+    let builder = conn::http_builder(max_header_bytes);
     let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();
     let slots = Arc::new(Semaphore::new(max_connections));

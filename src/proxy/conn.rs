@@ -23,9 +23,34 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// Most headers one HTTP/1 request may carry (nginx and hyper allow about 100).
+pub const MAX_HEADERS: usize = 128;
+
+/// How relay serves HTTP/1.1 and HTTP/2 on a client connection (its own listener and the
+/// connections inside intercepted tunnels): heads up to `max_header_bytes` and [`MAX_HEADERS`].
+pub fn http_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        // The connection's own timers (proxy::conn) cover idle and slow headers, one clock for
+        // both protocols.
+        .header_read_timeout(None)
+        .max_buf_size(max_header_bytes)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
 
 /// The timers of one connection (`server.idle_timeout`, `server.header_read_timeout`).
 #[derive(Debug, Clone, Copy)]
