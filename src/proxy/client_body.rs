@@ -82,7 +82,9 @@ pub struct Upload {
     inner: Incoming,
     left: u64,
     bounds: Bounds,
-    stall: Pin<Box<Sleep>>,
+    /// The silence timer, made the first time the body has to wait (a body that arrives with its
+    /// headers, as most JSON bodies do, never arms a timer).
+    stall: Option<Pin<Box<Sleep>>>,
     fault: FaultSlot,
 }
 
@@ -92,7 +94,7 @@ impl Upload {
             inner,
             left: bounds.max_bytes,
             bounds,
-            stall: Box::pin(tokio::time::sleep(bounds.stall)),
+            stall: None,
             fault: FaultSlot::default(),
         }
     }
@@ -130,14 +132,20 @@ impl Body for Upload {
                     }
                     this.left -= n;
                 }
-                let deadline = tokio::time::Instant::now() + this.bounds.stall;
-                this.stall.as_mut().reset(deadline);
+                // The next wait starts a new silence.
+                if let Some(stall) = &mut this.stall {
+                    let deadline = tokio::time::Instant::now() + this.bounds.stall;
+                    stall.as_mut().reset(deadline);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => this.fail(Fault::Read(e.to_string())),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                if this.stall.as_mut().poll(cx).is_ready() {
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.bounds.stall)));
+                if stall.as_mut().poll(cx).is_ready() {
                     let timeout = this.bounds.stall;
                     return this.fail(Fault::Stalled { timeout });
                 }
