@@ -1,10 +1,15 @@
 //! The request pipeline, top to bottom. Every request meets these stages in this order:
 //!
+//! 0. **request filter** ([`super::filter`]): the path is normalised (above the root: 400), and
+//!    browser requests from other sites (403), `text/plain` and form bodies (415) and, for relay's
+//!    own API, `Host`s that are not loopback or configured (403) are refused;
 //! 1. **admin**: `/healthz` and `/metrics` are answered here and go no further;
 //! 2. **record**: an [`Exchange`] opens (request id, in-flight gauge, access log on close);
 //! 3. **route by path**: `/<provider>/v1/...` or `/v1/...`, anything else is 404;
-//! 4. **read body**: JSON bodies are read whole (bounded by `server.max_body_bytes`, 413 above) so the
-//!    model can be read; other bodies (uploads) stream through under the same bound;
+//! 4. **read body** ([`super::client_body`]): JSON bodies are read whole (bounded by
+//!    `server.max_body_bytes`, 413 above, `server.body_read_timeout`, 408, and the server's
+//!    `max_buffered_bytes`, 503) so the model can be read; other bodies (uploads) stream through
+//!    under the same bounds;
 //! 5. **route by model**: the route table picks the provider (400 when it needs a model and the body
 //!    is not JSON, 404 when nothing matches);
 //! 6. **cost, cache**: the request is booked to a key and its metering decided (see
