@@ -11,6 +11,17 @@ use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A small chat completion through relay; the whole answer.
+async fn chat(relay: &Relay) -> Answer {
+    post_json(
+        relay,
+        "/v1/chat/completions",
+        r#"{"model":"gpt-4o","messages":[]}"#,
+        &[],
+    )
+    .await
+}
+
 /// Reads until the server closes the socket; what it sent.
 async fn until_closed(s: &mut TcpStream) -> String {
     let mut got = Vec::new();
@@ -138,24 +149,12 @@ async fn request_bodies_in_memory_have_one_budget() {
     .await;
     // The next caller waits for room (1 s), then gets 503 relay_busy rather than the machine's
     // memory.
-    let a = post_json(
-        &relay,
-        "/v1/chat/completions",
-        r#"{"model":"gpt-4o","messages":[]}"#,
-        &[],
-    )
-    .await;
+    let a = chat(&relay).await;
     assert_eq!(a.status, 503);
     assert_eq!(a.header("x-relay-error"), Some("relay_busy"));
     // The holder stalls and gets 408; its memory comes back and requests flow again.
     assert!(until_closed(&mut holder).await.starts_with("HTTP/1.1 408"));
-    let a = post_json(
-        &relay,
-        "/v1/chat/completions",
-        r#"{"model":"gpt-4o","messages":[]}"#,
-        &[],
-    )
-    .await;
+    let a = chat(&relay).await;
     assert_eq!(a.status, 200);
     assert_eq!(gauge().await, 0.0);
 }
@@ -180,13 +179,7 @@ async fn an_upload_over_the_limit_is_413_and_never_opens_the_breaker() {
         assert_eq!(resp.headers()["x-relay-error"], "request_too_large");
     }
     // Every other caller is still served: the uploads were the caller's fault, not the provider's.
-    let a = post_json(
-        &relay,
-        "/v1/chat/completions",
-        r#"{"model":"gpt-4o","messages":[]}"#,
-        &[],
-    )
-    .await;
+    let a = chat(&relay).await;
     assert_eq!(a.status, 200);
     let m = relay.metrics().await;
     assert_eq!(

@@ -518,6 +518,18 @@ async fn listening(
     (addr, rest)
 }
 
+/// `relay.yaml` in `dir` for the binary: the two mocks, the cache file in `dir` too.
+fn config_with_cache(dir: &std::path::Path, openai: &Mock, anthropic: &Mock) -> std::path::PathBuf {
+    let file = dir.join("relay.yaml");
+    let yaml = format!(
+        "{}cache:\n  path: {}\n",
+        providers(openai, anthropic),
+        dir.join("cache.redb").display()
+    );
+    std::fs::write(&file, yaml).unwrap();
+    file
+}
+
 /// A full disk, as relay's process meets it: writes past a file-size limit fail (EFBIG, the same
 /// path through redb as ENOSPC), after which redb refuses every write until the database is
 /// opened again. relay reopens it by itself: once the limit is lifted, answers are recorded
@@ -526,17 +538,7 @@ async fn listening(
 async fn the_cache_records_again_after_the_disk_was_full() {
     let (a, _b, anthropic) = mocks().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("relay.yaml");
-    let cache = dir.path().join("cache.redb");
-    std::fs::write(
-        &file,
-        format!(
-            "{}cache:\n  path: {}\n",
-            providers(&a, &anthropic),
-            cache.display()
-        ),
-    )
-    .unwrap();
+    let file = config_with_cache(dir.path(), &a, &anthropic);
     // SIGXFSZ ignored (inherited through exec), so a write past the limit fails with EFBIG.
     let mut child = tokio::process::Command::new("bash")
         .current_dir(dir.path())
@@ -612,19 +614,9 @@ async fn the_cache_records_again_after_the_disk_was_full() {
 async fn binary_serves_and_exits_cleanly_on_sigterm() {
     let (a, _b, anthropic) = mocks().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("relay.yaml");
     // The cache (on by default) keeps its file in the temp dir: hermetic, and the request below is
     // a miss that reaches the mock.
-    let cache = dir.path().join("cache.redb");
-    std::fs::write(
-        &file,
-        format!(
-            "{}cache:\n  path: {}\n",
-            providers(&a, &anthropic),
-            cache.display()
-        ),
-    )
-    .unwrap();
+    let file = config_with_cache(dir.path(), &a, &anthropic);
 
     let mut child = relay_cmd(dir.path())
         .arg("serve")
