@@ -352,6 +352,63 @@ async fn ttl_expires_entries_on_the_injected_clock() {
     assert_eq!(openai.calls().get(), 4);
 }
 
+/// The TTL has one owner, the cache stage: `x-relay-cache-ttl: 0` and `cache.ttl: 0` mean forever,
+/// whatever `cache.ttl` the relay started with, live and after a reload.
+#[tokio::test]
+async fn ttl_zero_is_forever_live_and_after_a_reload() {
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    let clock = ManualClock::new(1_700_000_000_000);
+    let base = providers(&openai, &anthropic);
+    let relay = Relay::start_opts(
+        &format!("{base}cache:\n  ttl: 2s\n"),
+        Opts {
+            clock: clock.clock(),
+            watch: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let pinned = chat_body("gpt-4o", false);
+    let plain = chat_body("gpt-4o-mini", false);
+    let (_, c, _) = call(&relay, CHAT, &pinned, &[("x-relay-cache-ttl", "0")]).await;
+    assert_eq!(c.as_deref(), Some("MISS"));
+    call(&relay, CHAT, &plain, &[]).await;
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(
+        call(&relay, CHAT, &pinned, &[]).await.1.as_deref(),
+        Some("HIT"),
+        "x-relay-cache-ttl: 0 outlives cache.ttl: 2s"
+    );
+    assert_eq!(
+        call(&relay, CHAT, &plain, &[]).await.1.as_deref(),
+        Some("MISS"),
+        "cache.ttl: 2s still applies to the others"
+    );
+    assert_eq!(openai.calls().get(), 3);
+
+    let mut reloads = relay.server().reloads();
+    relay.write_config(&format!("{base}cache:\n  ttl: 0\n"));
+    assert_eq!(
+        next_reload(&mut reloads).await,
+        relay::server::ReloadEvent::Applied
+    );
+    let after = chat_body("gpt-4.1", false);
+    assert_eq!(
+        call(&relay, CHAT, &after, &[]).await.1.as_deref(),
+        Some("MISS")
+    );
+    clock.advance(Duration::from_secs(400 * 24 * 3600));
+    for body in [&after, &pinned] {
+        assert_eq!(
+            call(&relay, CHAT, body, &[]).await.1.as_deref(),
+            Some("HIT"),
+            "cache.ttl: 0 after a reload is forever"
+        );
+    }
+    assert_eq!(openai.calls().get(), 4);
+}
+
 #[tokio::test]
 async fn oldest_entries_are_evicted_at_the_size_bound() {
     let (openai, _anthropic, relay) = cached_setup("  max_bytes: 4000\n").await;

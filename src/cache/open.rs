@@ -24,7 +24,6 @@ pub fn redb_path(cfg: &Config) -> Result<PathBuf, StoreError> {
 /// The store options of a config.
 pub fn options(cfg: &Config, clock: Clock) -> StoreOptions {
     StoreOptions {
-        ttl: cfg.cache.ttl,
         max_bytes: cfg.cache.max_bytes,
         clock,
     }

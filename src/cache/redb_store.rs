@@ -368,9 +368,6 @@ impl Store for RedbStore {
             return Err(StoreError::Closed);
         }
         let size = self.opts.check_size(&entry)?;
-        if entry.meta.expires_ms.is_none() {
-            entry.meta.expires_ms = self.opts.default_expiry(self.opts.clock.now_ms());
-        }
         // Kept in memory (the front, the pending queue) for as long as it is hot.
         entry.compact();
         let entry = Arc::new(entry);

@@ -319,15 +319,11 @@ impl Store for RedisStore {
         })
     }
 
-    fn put(&self, key: CacheKey, mut entry: Entry) -> Result<(), StoreError> {
+    fn put(&self, key: CacheKey, entry: Entry) -> Result<(), StoreError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
         let size = self.opts.check_size(&entry)?;
-        let now = self.opts.clock.now_ms();
-        if entry.meta.expires_ms.is_none() {
-            entry.meta.expires_ms = self.opts.default_expiry(now);
-        }
         let entry = Arc::new(entry);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         self.pending.queue_put(&self.tx, seq, key, entry, size)
@@ -646,10 +642,10 @@ mod tests {
     async fn entries_are_shared_between_instances() {
         let server = RedisServer::start();
         let clock = ManualClock::new(T0);
-        let a = RedisStore::open(&server.url(), options(&clock, None, 1 << 20))
+        let a = RedisStore::open(&server.url(), options(&clock, 1 << 20))
             .await
             .unwrap();
-        let b = RedisStore::open(&server.url(), options(&clock, None, 1 << 20))
+        let b = RedisStore::open(&server.url(), options(&clock, 1 << 20))
             .await
             .unwrap();
         let e = json_entry("m", T0, "{}");
@@ -663,7 +659,7 @@ mod tests {
     async fn an_outage_is_an_error_then_the_store_reconnects() {
         let mut server = RedisServer::start();
         let clock = ManualClock::new(T0);
-        let s = RedisStore::open(&server.url(), options(&clock, None, 1 << 20))
+        let s = RedisStore::open(&server.url(), options(&clock, 1 << 20))
             .await
             .unwrap();
         s.put(key(1), json_entry("m", T0, "{}")).unwrap();
@@ -704,14 +700,13 @@ mod tests {
     async fn redis_ttl_backs_up_relay_expiry() {
         let server = RedisServer::start();
         let clock = ManualClock::new(T0);
-        let s = RedisStore::open(
-            &server.url(),
-            options(&clock, Some(Duration::from_secs(60)), 1 << 20),
-        )
-        .await
-        .unwrap();
-        s.put(key(1), json_entry("m", T0, "{}")).unwrap();
-        s.put(key(2), json_entry("m", T0, "{}")).unwrap();
+        let s = RedisStore::open(&server.url(), options(&clock, 1 << 20))
+            .await
+            .unwrap();
+        let mut minute = json_entry("m", T0, "{}");
+        minute.meta.expires_ms = Some(T0 + 60_000);
+        s.put(key(1), minute.clone()).unwrap();
+        s.put(key(2), minute).unwrap();
         s.flush().await.unwrap();
         let mut conn = s.conn().unwrap();
         let pttl: i64 = redis::cmd("PTTL")

@@ -41,7 +41,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stores `entry` under `key`, replacing any entry there. Never waits for disk or network: the
     /// entry is queued for the backend's single writer, and visible to [`Store::get`] at once.
     ///
-    /// When `entry.meta.expires_ms` is `None`, the store's default TTL applies, counted from now.
+    /// The entry's `meta.expires_ms` is its expiry as given (`None`: it never expires); the store
+    /// adds no TTL of its own, so whoever puts an entry owns its lifetime (the cache stage, from
+    /// `cache.ttl` or `x-relay-cache-ttl`, as the config is now).
     /// Fails without storing when the entry alone exceeds the size bound
     /// ([`StoreError::TooLarge`]), the write queue is full ([`StoreError::QueueFull`]), or the
     /// store is closed. A write that fails later (disk full) is logged and counted in
@@ -160,9 +162,6 @@ pub struct Stats {
 /// Options every backend takes at open.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// Default time to live of an entry from when it is put (`cache.ttl`); `None` = forever.
-    /// Default: 7 days.
-    pub ttl: Option<Duration>,
     /// Size bound over [`Entry::size`] (`cache.max_bytes`); the oldest entries are evicted past it.
     /// Default: 1 GiB.
     pub max_bytes: u64,
@@ -173,7 +172,6 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> StoreOptions {
         StoreOptions {
-            ttl: Some(Duration::from_secs(7 * 24 * 3600)),
             max_bytes: 1 << 30,
             clock: Clock::system(),
         }
@@ -184,12 +182,6 @@ impl Default for StoreOptions {
 const MAX_ENTRY_BYTES: u64 = 1 << 31;
 
 impl StoreOptions {
-    /// The expiry of an entry put at `now_ms` with the default TTL.
-    pub(crate) fn default_expiry(&self, now_ms: u64) -> Option<u64> {
-        self.ttl
-            .map(|ttl| now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)))
-    }
-
     /// Rejects an entry that could never fit, before it is queued.
     pub(crate) fn check_size(&self, entry: &Entry) -> Result<u64, StoreError> {
         let size = entry.size();
@@ -452,18 +444,11 @@ mod tests {
     }
 
     #[test]
-    fn default_expiry_and_size_check() {
+    fn size_check() {
         let opts = StoreOptions {
-            ttl: Some(Duration::from_secs(1)),
             max_bytes: 100,
             clock: Clock::system(),
         };
-        assert_eq!(opts.default_expiry(10), Some(1_010));
-        let forever = StoreOptions {
-            ttl: None,
-            ..opts.clone()
-        };
-        assert_eq!(forever.default_expiry(10), None);
         let big = crate::cache::entry::tests::json_entry("m", 1, &"x".repeat(200));
         assert!(matches!(
             opts.check_size(&big),

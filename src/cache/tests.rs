@@ -21,9 +21,8 @@ pub(crate) struct Opened {
 }
 
 /// Options with a manual clock at [`T0`].
-pub(crate) fn options(clock: &ManualClock, ttl: Option<Duration>, max_bytes: u64) -> StoreOptions {
+pub(crate) fn options(clock: &ManualClock, max_bytes: u64) -> StoreOptions {
     StoreOptions {
-        ttl,
         max_bytes,
         clock: clock.clock(),
     }
@@ -31,14 +30,6 @@ pub(crate) fn options(clock: &ManualClock, ttl: Option<Duration>, max_bytes: u64
 
 fn key(n: u8) -> CacheKey {
     CacheKey::from_bytes([n; 32])
-}
-
-/// `entry` as a store returns it when put at `now` with `ttl` as the default.
-fn stored(mut entry: Entry, now: u64, ttl: Option<Duration>) -> Entry {
-    if entry.meta.expires_ms.is_none() {
-        entry.meta.expires_ms = ttl.map(|t| now + t.as_millis() as u64);
-    }
-    entry
 }
 
 /// Generates one `#[tokio::test]` per generic case, opening stores with `$open`
@@ -83,17 +74,17 @@ where
     Fut: Future<Output = Opened>,
 {
     let clock = ManualClock::new(T0);
-    let ttl = Some(Duration::from_secs(3600));
-    let opened = open(options(&clock, ttl, 1 << 20)).await;
+    let opened = open(options(&clock, 1 << 20)).await;
     let s = &opened.store;
-    let json = json_entry("gpt-4o", T0, r#"{"id":"chatcmpl-1","choices":[]}"#);
+    let mut json = json_entry("gpt-4o", T0, r#"{"id":"chatcmpl-1","choices":[]}"#);
+    json.meta.expires_ms = Some(T0 + 3_600_000);
     let sse = sse_entry("claude", T0);
     s.put(key(1), json.clone()).unwrap();
     s.put(key(2), sse.clone()).unwrap();
     s.flush().await.unwrap();
-    assert_eq!(s.get(key(1)).await.unwrap(), Some(stored(json, T0, ttl)));
+    assert_eq!(s.get(key(1)).await.unwrap(), Some(json));
     let got = s.get(key(2)).await.unwrap().unwrap();
-    assert_eq!(got, stored(sse.clone(), T0, ttl));
+    assert_eq!(got, sse, "no expiry given: none is added");
     // Byte-faithful: the events concatenate to the recorded stream, non-UTF-8 bytes included.
     assert_eq!(got.response.to_bytes(), sse.response.to_bytes());
     assert_eq!(s.get(key(3)).await.unwrap(), None);
@@ -105,7 +96,7 @@ where
     Fut: Future<Output = Opened>,
 {
     let clock = ManualClock::new(T0);
-    let opened = open(options(&clock, None, 1 << 20)).await;
+    let opened = open(options(&clock, 1 << 20)).await;
     let s = &opened.store;
     let e = json_entry("m", T0, "{}");
     s.put(key(1), e.clone()).unwrap();
@@ -123,7 +114,7 @@ where
     Fut: Future<Output = Opened>,
 {
     let clock = ManualClock::new(T0);
-    let opened = open(options(&clock, None, 1 << 20)).await;
+    let opened = open(options(&clock, 1 << 20)).await;
     let s = &opened.store;
     s.put(key(1), json_entry("m", T0, "first")).unwrap();
     s.flush().await.unwrap();
@@ -142,7 +133,7 @@ where
     Fut: Future<Output = Opened>,
 {
     let clock = ManualClock::new(T0);
-    let opened = open(options(&clock, None, 1 << 20)).await;
+    let opened = open(options(&clock, 1 << 20)).await;
     let s = &opened.store;
     s.put(key(1), json_entry("m", T0, "{}")).unwrap();
     s.put(key(2), json_entry("m", T0, "{}")).unwrap();
@@ -171,7 +162,7 @@ where
     Fut: Future<Output = Opened>,
 {
     let clock = ManualClock::new(T0);
-    let opened = open(options(&clock, None, 1 << 20)).await;
+    let opened = open(options(&clock, 1 << 20)).await;
     let s = &opened.store;
     let first = json_entry("m", T0, "first");
     s.put(key(1), first.clone()).unwrap();
@@ -203,11 +194,13 @@ where
     Fut: Future<Output = Opened>,
 {
     let clock = ManualClock::new(T0);
-    let opened = open(options(&clock, Some(Duration::from_secs(60)), 1 << 20)).await;
+    let opened = open(options(&clock, 1 << 20)).await;
     let s = &opened.store;
     let mut long = json_entry("m", T0, "long");
     long.meta.expires_ms = Some(T0 + 600_000);
-    s.put(key(1), json_entry("m", T0, "default ttl")).unwrap();
+    let mut minute = json_entry("m", T0, "a minute");
+    minute.meta.expires_ms = Some(T0 + 60_000);
+    s.put(key(1), minute).unwrap();
     s.put(key(2), long).unwrap();
     // Expired while still queued: a miss too.
     let mut stale = json_entry("m", T0, "stale");
@@ -245,7 +238,7 @@ where
     Fut: Future<Output = Opened>,
 {
     let clock = ManualClock::new(T0);
-    let opened = open(options(&clock, None, 1 << 20)).await;
+    let opened = open(options(&clock, 1 << 20)).await;
     let s = &opened.store;
     s.put(key(1), json_entry("m", T0, "{}")).unwrap();
     s.flush().await.unwrap();
@@ -261,7 +254,7 @@ where
 {
     let clock = ManualClock::new(T0);
     let one = json_entry("m", T0, &"x".repeat(1000)).size();
-    let opened = open(options(&clock, None, 3 * one + one / 2)).await;
+    let opened = open(options(&clock, 3 * one + one / 2)).await;
     let s = &opened.store;
     // Put out of creation order: eviction follows created_ms, not arrival.
     for (n, created) in [(2u8, T0 + 2), (1, T0 + 1), (3, T0 + 3)] {
@@ -301,7 +294,7 @@ where
 {
     let clock = ManualClock::new(T0);
     let one = json_entry("m", T0, "{}").size();
-    let opened = open(options(&clock, None, 100 * one)).await;
+    let opened = open(options(&clock, 100 * one)).await;
     let s = &opened.store;
     for n in 0..100u8 {
         s.put(key(n), json_entry("m", T0 + u64::from(n), "{}"))
@@ -332,7 +325,7 @@ where
     Fut: Future<Output = Opened>,
 {
     let clock = ManualClock::new(T0);
-    let opened = open(options(&clock, None, 500)).await;
+    let opened = open(options(&clock, 500)).await;
     let s = &opened.store;
     let err = s
         .put(key(1), json_entry("m", T0, &"x".repeat(1000)))
@@ -352,7 +345,7 @@ where
     Fut: Future<Output = Opened>,
 {
     let clock = ManualClock::new(T0);
-    let opened = open(options(&clock, None, 1 << 20)).await;
+    let opened = open(options(&clock, 1 << 20)).await;
     let s = &opened.store;
     let models = ["gpt-4o", "claude", "gpt-4o", "claude", "gpt-4o"];
     for (i, model) in models.iter().enumerate() {
@@ -404,7 +397,7 @@ where
     Fut: Future<Output = Opened>,
 {
     let clock = ManualClock::new(T0);
-    let opened = open(options(&clock, None, 1 << 20)).await;
+    let opened = open(options(&clock, 1 << 20)).await;
     let s = &opened.store;
     for (n, model) in [(1u8, "gpt-4o"), (2, "claude"), (3, "gpt-4o"), (4, "claude")] {
         s.put(key(n), json_entry(model, T0 + u64::from(n), "{}"))
@@ -432,7 +425,7 @@ where
     Fut: Future<Output = Opened>,
 {
     let clock = ManualClock::new(T0);
-    let opened = open(options(&clock, None, 1 << 20)).await;
+    let opened = open(options(&clock, 1 << 20)).await;
     let s = &opened.store;
     s.put(key(1), json_entry("m", T0, "{}")).unwrap();
     s.put(key(2), json_entry("m", T0, "{}")).unwrap();
@@ -453,7 +446,7 @@ where
     Fut: Future<Output = Opened>,
 {
     let clock = ManualClock::new(T0);
-    let opened = open(options(&clock, None, 1 << 20)).await;
+    let opened = open(options(&clock, 1 << 20)).await;
     let s = &opened.store;
     let mut a = [0x11; 32];
     a[..2].copy_from_slice(&[0xab, 0xcd]);
@@ -496,7 +489,7 @@ where
     Fut: Future<Output = Opened>,
 {
     let clock = ManualClock::new(T0);
-    let opened = open(options(&clock, Some(Duration::from_secs(3600)), 1 << 20)).await;
+    let opened = open(options(&clock, 1 << 20)).await;
     let s = &opened.store;
     s.put(key(1), json_entry("gpt-4o", T0, r#"{"id":"x"}"#))
         .unwrap();
@@ -540,7 +533,7 @@ where
     Fut: Future<Output = Opened>,
 {
     let clock = ManualClock::new(T0);
-    let opened = open(options(&clock, None, 1 << 20)).await;
+    let opened = open(options(&clock, 1 << 20)).await;
     let s = &opened.store;
     assert_eq!(s.stats().await.unwrap(), Stats::default());
     let a = json_entry("m", T0 + 10, "{}");
@@ -570,7 +563,7 @@ where
     Fut: Future<Output = Opened>,
 {
     let clock = ManualClock::new(T0);
-    let opened = open(options(&clock, None, 1 << 20)).await;
+    let opened = open(options(&clock, 1 << 20)).await;
     let s = &opened.store;
     s.put(key(1), json_entry("m", T0, "{}")).unwrap();
     s.close().await.unwrap();
@@ -603,7 +596,7 @@ mod redb {
     #[tokio::test]
     async fn hot_entries_are_shared_not_copied() {
         let clock = ManualClock::new(T0);
-        let opened = open(options(&clock, None, 1 << 20)).await;
+        let opened = open(options(&clock, 1 << 20)).await;
         let s = &opened.store;
         assert!(s.shares_entries());
         s.put(key(1), json_entry("m", T0, "{}")).unwrap();
@@ -617,7 +610,7 @@ mod redb {
     }
 
     fn opts(clock: &ManualClock) -> StoreOptions {
-        options(clock, None, 1 << 20)
+        options(clock, 1 << 20)
     }
 
     /// Files in `dir` other than `name`.
@@ -728,7 +721,7 @@ mod redb {
         let big = json_entry("m", T0, &"x".repeat(256 << 10));
         {
             // 32 MiB written under a 64 MiB bound, then all but one entry cleared.
-            let s = RedbStore::open(&path, options(&clock, None, 64 << 20)).unwrap();
+            let s = RedbStore::open(&path, options(&clock, 64 << 20)).unwrap();
             for k in 0..128 {
                 s.put(key(k), big.clone()).unwrap();
             }
@@ -740,14 +733,14 @@ mod redb {
         let bloated = size();
         assert!(bloated > redb_store::oversized_above(1 << 20), "{bloated}");
         // Within what a 64 MiB bound allows: left as it is.
-        RedbStore::open(&path, options(&clock, None, 64 << 20))
+        RedbStore::open(&path, options(&clock, 64 << 20))
             .unwrap()
             .close()
             .await
             .unwrap();
         assert_eq!(size(), bloated);
         // Far over what a 1 MiB bound allows: compacted, the entry kept.
-        let s = RedbStore::open(&path, options(&clock, None, 1 << 20)).unwrap();
+        let s = RedbStore::open(&path, options(&clock, 1 << 20)).unwrap();
         let compacted = size();
         assert!(compacted < bloated / 4, "{compacted} of {bloated}");
         assert!(s.get(key(200)).await.unwrap().is_some());

@@ -22,7 +22,7 @@ struct Fixture {
 fn open() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let opts = options(&clock, Some(Duration::from_secs(3600)), 1 << 24);
+    let opts = options(&clock, 1 << 24);
     let store = RedbStore::open(dir.path().join("cache.redb"), opts).unwrap();
     Fixture {
         store: Arc::new(store),
@@ -96,7 +96,9 @@ async fn list_is_newest_first_with_model_and_limit() {
     let (k1, k2, k3) = (key_with(&[1], 1), key_with(&[2], 2), key_with(&[3], 3));
     s.put(k1, json_entry("gpt-4o", T0 - 3000, r#"{"id":"a"}"#))
         .unwrap();
-    s.put(k2, sse_entry("claude", T0 - 2000)).unwrap();
+    let mut hour = sse_entry("claude", T0 - 2000);
+    hour.meta.expires_ms = Some(T0 + 3_600_000);
+    s.put(k2, hour).unwrap();
     s.put(k3, json_entry("gpt-4o", T0 - 1000, r#"{"id":"c"}"#))
         .unwrap();
     let mut expired = json_entry("gpt-4o", T0, "{}");

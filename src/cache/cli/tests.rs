@@ -116,7 +116,7 @@ fn direct() -> Direct {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     let path = dir.path().join("cache.redb");
-    let store = RedbStore::open(&path, options(&clock, None, 1 << 24)).unwrap();
+    let store = RedbStore::open(&path, options(&clock, 1 << 24)).unwrap();
     Direct {
         backend: Backend::Direct {
             store: Arc::new(store),
