@@ -685,6 +685,60 @@ async fn single_flight_sse() {
     single_flight(true).await;
 }
 
+/// A shared upstream call that fails hands every request that joined it the first request's own
+/// error: the same status, the same code.
+#[tokio::test]
+async fn single_flight_followers_get_the_leaders_exact_error() {
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    let yaml = providers(&openai, &anthropic).replacen(
+        "    kind: openai\n",
+        "    kind: openai\n    timeouts: {first_byte: 2s}\n",
+        1,
+    );
+    let relay = Relay::start(&format!("{yaml}cache:\n  enabled: true\n")).await;
+    let body = chat_body("gpt-4o", false);
+    let send = || {
+        let req = Request::post(relay.url(CHAT))
+            .header("content-type", "application/json")
+            .header("x-mock", "hold")
+            .body(full(body.clone()))
+            .unwrap();
+        tokio::spawn(async move {
+            let resp = within(client().request(req)).await.unwrap();
+            let code = header(&resp, "x-relay-error").map(str::to_string);
+            (resp.status(), code)
+        })
+    };
+    let leader = send();
+    openai
+        .calls()
+        .wait_for(1, "the leader's upstream call")
+        .await;
+    let follower = send();
+    for _ in 0..2000 {
+        if relay.metrics().await.contains("relay_inflight_requests 2") {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let (status, code) = leader.await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(code.as_deref(), Some("upstream_timeout"));
+    let (status, code) = follower.await.unwrap();
+    assert_eq!(
+        (status, code.as_deref()),
+        (StatusCode::GATEWAY_TIMEOUT, Some("upstream_timeout")),
+        "the follower answers as the leader did"
+    );
+    assert_eq!(
+        openai.calls().get(),
+        1,
+        "the follower joined the leader's call"
+    );
+    openai.release();
+}
+
 #[tokio::test]
 async fn followers_keep_streaming_when_the_leader_leaves() {
     let (openai, _anthropic, relay) = cached_setup("").await;

@@ -830,7 +830,8 @@ struct Flight {
 struct FlightState {
     head: Option<(StatusCode, HeaderMap)>,
     chunks: Vec<Bytes>,
-    end: Option<Result<(), String>>,
+    /// How the flight ended: the leader's own error when it failed before or while answering.
+    end: Option<Result<(), EdgeError>>,
 }
 
 impl Flight {
@@ -896,8 +897,8 @@ impl FlightLead {
 
     /// Fails the flight with relay's error for the leader (followers get the same status).
     pub fn fail(mut self, why: &EdgeError) {
-        let msg = why.to_string();
-        self.flight.update(|s| s.end = Some(Err(msg)));
+        let why = why.clone();
+        self.flight.update(|s| s.end = Some(Err(why)));
         self.done = true;
         self.cache.flights.remove(&self.key, &self.flight);
     }
@@ -906,8 +907,11 @@ impl FlightLead {
 impl Drop for FlightLead {
     fn drop(&mut self) {
         if !self.done {
-            self.flight
-                .update(|s| s.end = Some(Err("the shared upstream response was cut off".into())));
+            let cut = EdgeError::Unreachable {
+                provider: "shared request".to_string(),
+                detail: "the shared upstream response was cut off".to_string(),
+            };
+            self.flight.update(|s| s.end = Some(Err(cut)));
             self.cache.flights.remove(&self.key, &self.flight);
         }
     }
@@ -927,10 +931,7 @@ async fn follow(
                 break (*status, headers.clone());
             }
             if let Some(Err(e)) = &s.end {
-                return Err(EdgeError::Unreachable {
-                    provider: "shared request".to_string(),
-                    detail: e.clone(),
-                });
+                return Err(e.clone());
             }
         }
         if rx.changed().await.is_err() {
@@ -955,7 +956,7 @@ async fn follow(
                     match &s.end {
                         Some(Ok(())) => return None,
                         Some(Err(e)) => {
-                            let e: BoxError = e.clone().into();
+                            let e: BoxError = e.to_string().into();
                             drop(s);
                             return Some((Err(e), (flight, rx, usize::MAX)));
                         }

@@ -38,8 +38,9 @@ pub enum Source {
     Upstream,
 }
 
-/// An error relay answers itself.
-#[derive(Debug, thiserror::Error)]
+/// An error relay answers itself. `Clone`: requests that share one upstream call (single flight)
+/// each answer the first request's error, status and code as they are.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EdgeError {
     #[error("no route for {method} {path}{}", model.as_ref().map(|m| format!(" (model {m:?})")).unwrap_or_default())]
     NoRoute {
