@@ -24,7 +24,7 @@ use http::HeaderMap;
 use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::names;
+use crate::wire::headers as names;
 use tokio::sync::{broadcast, watch};
 
 /// Events a subscriber may fall behind by before the oldest are dropped for it.

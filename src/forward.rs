@@ -36,15 +36,15 @@ use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OnceCell};
 
+use crate::error::{Dialect, EdgeError};
 use crate::proxy::body::RelayBody;
 use crate::proxy::conn;
-use crate::proxy::error::{Dialect, EdgeError};
 use crate::proxy::filter;
 use crate::proxy::held::Held;
-use crate::proxy::names;
 use crate::proxy::pipeline::{self, State};
 use crate::proxy::upstream::strip_hop_by_hop;
 use crate::tls::{self, LocalCa, TlsError};
+use crate::wire::headers as names;
 
 /// How long relay waits to connect a blind tunnel or a plain-HTTP origin.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -8,8 +8,10 @@
 
 pub(crate) mod api;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod cost;
+pub mod error;
 pub mod events;
 pub mod files;
 pub mod forward;
@@ -22,6 +24,6 @@ pub mod redact;
 #[cfg(feature = "redis")]
 pub mod redis_gate;
 pub mod server;
-pub mod sse;
 pub mod tls;
 pub mod tui;
+pub mod wire;

@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::cache::{self, Clock, Store};
+use crate::cache::{self, Store};
+use crate::clock::Clock;
 use crate::config::watch::{ConfigWatcher, DEFAULT_DEBOUNCE};
 use crate::config::{CacheBackend, CacheMode, Config, ConfigError, Env};
 use crate::events::{self, Events};

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::mock::{self, Kind, Mock};
 use common::*;
 use http::StatusCode;
-use relay::cache::ManualClock;
+use relay::clock::ManualClock;
 use relay::config::Env;
 
 const CHAT: &str = "/v1/chat/completions";

@@ -29,7 +29,8 @@ use serde::de::DeserializeOwned;
 use super::admin::{
     self, ApiError, EntryDetail, EntrySummary, Imported, Removed, ResponseView, StatsView,
 };
-use super::{Clock, Store, StoreError};
+use super::{Store, StoreError};
+use crate::clock::Clock;
 use crate::config::Config;
 
 /// The `relay cache` subcommands.

@@ -47,4 +47,4 @@ pub use key::{
 pub use redb_store::{default_path, RedbStore};
 #[cfg(feature = "redis")]
 pub use redis_store::RedisStore;
-pub use store::{Clock, ListFilter, ListItem, ManualClock, Stats, Store, StoreError, StoreOptions};
+pub use store::{ListFilter, ListItem, Stats, Store, StoreError, StoreOptions};

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{Clock, RedbStore, Store, StoreError, StoreOptions};
+use super::{RedbStore, Store, StoreError, StoreOptions};
+use crate::clock::Clock;
 use crate::config::{CacheBackend, Config};
 
 /// The redb file the config points at (`cache.path`, else `<data dir>/relay/cache.redb`).

@@ -615,7 +615,7 @@ mod tests {
     use super::*;
     use crate::cache::entry::tests::json_entry;
     use crate::cache::tests::{options, Opened, T0};
-    use crate::cache::ManualClock;
+    use crate::clock::ManualClock;
 
     pub(crate) use crate::cache::redis_server::RedisServer;
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::entry::tests::{json_entry, sse_entry};
 use super::*;
+use crate::clock::ManualClock;
 
 /// 2023-11-14T22:13:20Z: an arbitrary, fixed "now".
 pub(crate) const T0: u64 = 1_700_000_000_000;

@@ -252,6 +252,9 @@ impl PartialEq for Route {
     }
 }
 
+/// The name of the rule made from the original relay's `ratelimit.requests_per_second` / `burst`.
+pub const LEGACY_RULE: &str = "default";
+
 /// `ratelimit:` — the original relay's single token bucket. Enforced by the limits stage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitConfig {

@@ -703,7 +703,7 @@ fn resolve_limits(
     let mut rules = Vec::new();
     let mut names = HashSet::new();
     if legacy.enabled && legacy.requests_per_second > 0.0 {
-        names.insert(crate::limit::LEGACY_RULE.to_string());
+        names.insert(super::LEGACY_RULE.to_string());
     }
     for (i, r) in rl.rules.iter().flatten().enumerate() {
         let at = |k: &str| format!("ratelimit.rules[{i}].{k}");

@@ -23,7 +23,7 @@ use super::budget::Day;
 use super::ledger::{self, Counts, Ledger, LedgerError, Row};
 use super::Accounting;
 use crate::api::{error, json};
-use crate::cache::Clock;
+use crate::clock::Clock;
 use crate::config::Config;
 
 /// The endpoint's path.

@@ -1,9 +1,9 @@
 //! Cost: tokens per request, prices, the usage ledger and budgets.
 //!
 //! What comes in: the routed request (provider, model, the caller's key, the JSON body) and the
-//! answer's bytes as they stream to the caller. What goes out: on the request's [`Exchange`], its
-//! [`Usage`], its cost and (cache hits) the cost it saved, which the access-log line, the metrics,
-//! the ledger and the budgets all read from there when the exchange closes.
+//! answer's bytes as they stream to the caller. What goes out: the request's [`Usage`] (a [`Hook`]
+//! puts it on whatever is [`Metered`]) and, when the request closes, its price ([`Tally::settle`]:
+//! cost, or for cache hits the cost saved), booked to the metrics, the ledger and the budgets.
 //!
 //! The pieces, in the order a request meets them (see `proxy::pipeline`):
 //! 1. [`plan`]: after routing, decide what to meter, which key to book it to, and whether to ask an
@@ -38,12 +38,11 @@ use tokio::sync::Notify;
 pub use prices::{cost_micros, usd, Prices};
 pub use usage::{Meter, MeterMode, Usage};
 
-use crate::cache::Clock;
+use crate::clock::Clock;
 use crate::config::{Budget, Config, ModelPrice, Provider, ProviderKind, StreamUsage};
+use crate::error::EdgeError;
 use crate::metrics::Metrics;
-use crate::proxy::body::Exchange;
-use crate::proxy::error::EdgeError;
-use crate::proxy::names;
+use crate::wire::headers as names;
 
 /// Upstream paths (suffixes) whose answers carry token usage.
 const METERED_SUFFIXES: &[&str] = &[
@@ -377,7 +376,31 @@ impl Accounting {
     }
 }
 
-/// The accounting of one request, carried by its [`Exchange`] and settled when it closes.
+/// What a closing request tells its [`Tally`]: who answered, for which model, with which usage.
+pub struct Settled<'a> {
+    pub provider: &'a str,
+    pub model: Option<&'a str>,
+    /// The model's metric label (bounded).
+    pub model_label: &'a str,
+    pub usage: Option<Usage>,
+    /// The answer was an error or did not complete.
+    pub failed: bool,
+}
+
+/// What a request cost, and what a cache hit saved, micro-USD.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Priced {
+    pub cost_micros: u64,
+    pub saved_micros: u64,
+}
+
+/// Whatever carries a request's usage to its close (the pipeline's per-request context): a
+/// [`Hook`] puts the metered usage there when the body ends.
+pub trait Metered: Send + 'static {
+    fn usage_slot(&mut self) -> &mut Option<Usage>;
+}
+
+/// The accounting of one request, carried by the request's context and settled when it closes.
 pub struct Tally {
     acct: Arc<Accounting>,
     /// The caller's key as booked (alias, `key-<hash prefix>`, `none`).
@@ -390,11 +413,12 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Prices the exchange's usage, then books it: metrics, budget spend, one ledger record.
-    /// `failed`: the answer was an error or did not complete.
-    pub fn settle(self, x: &mut Exchange, failed: bool) {
+    /// Prices the request's usage, then books it: metrics, budget spend, one ledger record.
+    pub fn settle(self, x: Settled<'_>) -> Priced {
         let acct = &self.acct;
-        let provider = x.provider.as_deref().unwrap_or("none");
+        let provider = x.provider;
+        let failed = x.failed;
+        let mut priced = Priced::default();
         let m = &acct.metrics;
         let mut counts = ledger::Counts {
             requests: 1,
@@ -405,17 +429,17 @@ impl Tally {
                 Some(p) => cost_micros(p, &u),
                 None => {
                     if u.total() > 0 {
-                        acct.warn_unpriced(x.model.as_deref().unwrap_or("-"));
+                        acct.warn_unpriced(x.model.unwrap_or("-"));
                     }
                     0
                 }
             };
             if self.hit {
-                x.saved_micros = micros;
+                priced.saved_micros = micros;
             } else {
-                x.cost_micros = micros;
+                priced.cost_micros = micros;
             }
-            let labels = |kind| [provider, x.model_label.as_str(), kind];
+            let labels = |kind| [provider, x.model_label, kind];
             for (kind, n) in [
                 ("input", u.input),
                 ("cached_input", u.cached_input),
@@ -450,19 +474,19 @@ impl Tally {
                 counts.estimated = u64::from(u.estimated);
             }
         }
-        let pm = [provider, x.model_label.as_str()];
-        if x.cost_micros > 0 {
+        let pm = [provider, x.model_label];
+        if priced.cost_micros > 0 {
             m.cost_usd
                 .with_label_values(&pm)
-                .inc_by(x.cost_micros as f64 / 1e6);
+                .inc_by(priced.cost_micros as f64 / 1e6);
         }
-        if x.saved_micros > 0 {
+        if priced.saved_micros > 0 {
             m.cost_saved_usd
                 .with_label_values(&pm)
-                .inc_by(x.saved_micros as f64 / 1e6);
+                .inc_by(priced.saved_micros as f64 / 1e6);
         }
-        counts.cost_micros = x.cost_micros;
-        counts.saved_micros = x.saved_micros;
+        counts.cost_micros = priced.cost_micros;
+        counts.saved_micros = priced.saved_micros;
         if self.hit {
             counts.hits = 1;
         } else if failed {
@@ -471,8 +495,8 @@ impl Tally {
             counts.misses = 1;
         }
         let now = acct.now_ms();
-        if x.cost_micros > 0 {
-            acct.spend.add(&self.key, now, x.cost_micros);
+        if priced.cost_micros > 0 {
+            acct.spend.add(&self.key, now, priced.cost_micros);
         }
         if let Some((name, b)) = &self.budget {
             let ratio = budget::check(b, acct.spend.get(&self.key, now), now).ratio;
@@ -482,12 +506,13 @@ impl Tally {
             let key = ledger::RowKey {
                 day: budget::Day::of_ms(now).to_string(),
                 provider: provider.to_string(),
-                model: x.model_label.clone(),
+                model: x.model_label.to_string(),
                 key: self.key.clone(),
             };
             l.add(key, counts);
         }
         acct.settle_one();
+        priced
     }
 }
 
@@ -664,10 +689,14 @@ impl Plan {
     /// and the `x-relay-cost-usd` / `x-relay-saved-usd` / `x-relay-tokens` headers at once; a shared
     /// answer is metered as it streams. When the caller did not ask for the usage chunk and relay
     /// would have injected it, the chunk is removed from the replay too.
-    pub fn served<B>(&self, resp: &mut http::Response<B>, x: &mut Exchange) -> Option<Hook> {
-        x.tally = Some(self.tally(true));
+    pub fn served<B>(&self, resp: &mut http::Response<B>) -> Served {
+        let mut served = Served {
+            tally: self.tally(true),
+            usage: None,
+            hook: None,
+        };
         if !self.metered {
-            return None;
+            return served;
         }
         let strip = self.inject
             && resp
@@ -676,7 +705,7 @@ impl Plan {
                 .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let recorded = resp.extensions_mut().remove::<RecordedUsage>();
         if let Some(RecordedUsage(Some(u))) = recorded {
-            x.usage = Some(u);
+            served.usage = Some(u);
             let saved = self.price.map(|p| cost_micros(&p, &u)).unwrap_or(0);
             let h = resp.headers_mut();
             h.insert(
@@ -690,7 +719,7 @@ impl Plan {
                 h.insert(names::X_RELAY_TOKENS, v);
             }
             if !strip {
-                return None;
+                return served;
             }
         }
         let ct = resp
@@ -702,19 +731,28 @@ impl Plan {
         let meter = Meter::new(
             &ct,
             MeterMode {
-                keep_text: self.keep_text && x.usage.is_none(),
+                keep_text: self.keep_text && served.usage.is_none(),
                 strip_usage_chunk: strip,
             },
         );
         if meter.rewrites() {
             resp.headers_mut().remove(http::header::CONTENT_LENGTH);
         }
-        Some(Hook {
+        served.hook = Some(Hook {
             meter,
             model: self.model.clone(),
-            request: self.request.clone().filter(|_| x.usage.is_none()),
-        })
+            request: self.request.clone().filter(|_| served.usage.is_none()),
+        });
+        served
     }
+}
+
+/// A response served without an upstream call: its tally (a hit), the usage recorded with it, and
+/// the hook that meters its body when that is still needed.
+pub struct Served {
+    pub tally: Tally,
+    pub usage: Option<Usage>,
+    pub hook: Option<Hook>,
 }
 
 /// `x-relay-tokens`: `in=<prompt>;out=<output>;cached=<cached input>` (`;estimated` when counted by
@@ -760,15 +798,16 @@ impl Hook {
         self.meter.rewrites()
     }
 
-    /// The body ended or was dropped: puts the usage on `x` and closes it. When the answer carried
-    /// no usage, the tokens are counted with tiktoken on the blocking pool and `x` closes there.
-    pub fn finish(self, mut x: Exchange) {
+    /// The body ended or was dropped: puts the usage on `x` and drops it (which closes it). When
+    /// the answer carried no usage, the tokens are counted with tiktoken on the blocking pool and
+    /// `x` is dropped there.
+    pub fn finish<X: Metered>(self, mut x: X) {
         let reading = self.meter.finish();
         if let Some(u) = reading.usage {
-            x.usage = Some(u);
+            *x.usage_slot() = Some(u);
             return;
         }
-        if x.usage.is_some() {
+        if x.usage_slot().is_some() {
             return;
         }
         let (Some(request), Some(output)) = (self.request, reading.generated) else {
@@ -780,7 +819,7 @@ impl Hook {
             output,
         };
         let count = move || {
-            x.usage = Some(est.count());
+            *x.usage_slot() = Some(est.count());
             drop(x);
         };
         match tokio::runtime::Handle::try_current() {

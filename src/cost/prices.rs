@@ -110,10 +110,7 @@ pub fn cost_micros(price: &ModelPrice, u: &Usage) -> u64 {
     u64::try_from((per_million + 500_000) / 1_000_000).unwrap_or(u64::MAX)
 }
 
-/// Micro-USD as a decimal USD string with six places (`0.001250`), for headers and output.
-pub fn usd(micros: u64) -> String {
-    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
-}
+pub use crate::wire::usd;
 
 #[cfg(test)]
 mod tests {

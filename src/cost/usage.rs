@@ -526,7 +526,7 @@ impl SseState {
     /// only an incomplete tail is copied.
     fn drain_events(&mut self, data: &Bytes, mut sink: impl FnMut(&[u8], bool)) {
         let mut partial = std::mem::take(&mut self.partial);
-        crate::sse::split_events(&mut partial, data, |ev| {
+        crate::wire::sse::split_events(&mut partial, data, |ev| {
             self.read_event(&ev);
             let usage_only = self.strip && is_usage_only_chunk(&ev);
             sink(&ev, usage_only);

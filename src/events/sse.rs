@@ -12,13 +12,16 @@ use http::{header, HeaderValue, Response};
 use http_body::Frame;
 
 use super::{RequestEvent, Subscription};
-use crate::proxy::body::{BoxError, RelayBody};
+use crate::error::BoxError;
 
 /// Quiet time after which a keep-alive comment is sent (so dead readers are noticed).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// The SSE response for one subscriber.
-pub fn response(sub: Subscription) -> Response<RelayBody> {
+/// The SSE response for one subscriber: its body a stream of frames, which the server sends as
+/// they come.
+pub fn response(
+    sub: Subscription,
+) -> Response<impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send + 'static> {
     let first = Some(Bytes::from_static(b": relay events\n\n"));
     let stream = futures_util::stream::unfold((sub, first), |(mut sub, first)| async move {
         if let Some(b) = first {
@@ -34,7 +37,7 @@ pub fn response(sub: Subscription) -> Response<RelayBody> {
         };
         Some((Ok(Frame::data(frame)), (sub, None)))
     });
-    let mut resp = Response::new(RelayBody::stream(stream));
+    let mut resp = Response::new(stream);
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -22,8 +22,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{BreakerConfig, Config};
+use crate::error::EdgeError;
 use crate::metrics::Metrics;
-use crate::proxy::error::EdgeError;
 
 const CLOSED: u8 = 0;
 const HALF_OPEN: u8 = 1;

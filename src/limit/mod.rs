@@ -37,68 +37,18 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::config::{Config, LimitScope, OnLimit};
+use crate::error::EdgeError;
 use crate::metrics::Metrics;
-use crate::proxy::error::EdgeError;
-use crate::proxy::names;
 use gcra::{Booked, Cell, Params};
 
-/// The name of the rule made from the original relay's `ratelimit.requests_per_second` / `burst`.
-pub const LEGACY_RULE: &str = "default";
+pub use crate::config::LEGACY_RULE;
 
-/// The `x-ratelimit-*-requests` headers: the tightest request limit the request passed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateHeaders {
-    /// The bucket's capacity (burst).
-    pub limit: u64,
-    /// Requests still allowed at once.
-    pub remaining: u64,
-    /// Until the bucket is full again.
-    pub reset: Duration,
-}
-
-impl RateHeaders {
-    /// Sets `x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests` and
-    /// `x-ratelimit-reset-requests` (a duration the way OpenAI writes it: `1s`, `250ms`, `6m0s`),
-    /// replacing any the upstream sent.
-    pub fn apply(&self, h: &mut HeaderMap) {
-        h.insert(
-            names::X_RATELIMIT_LIMIT_REQUESTS,
-            HeaderValue::from(self.limit),
-        );
-        h.insert(
-            "x-ratelimit-remaining-requests",
-            HeaderValue::from(self.remaining),
-        );
-        if let Ok(v) = HeaderValue::from_str(&format_reset(self.reset)) {
-            h.insert(names::X_RATELIMIT_RESET_REQUESTS, v);
-        }
-    }
-}
-
-/// `250ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`.
-pub fn format_reset(d: Duration) -> String {
-    let ms = d.as_millis() as u64;
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let (h, m, s) = (ms / 3_600_000, ms / 60_000 % 60, ms % 60_000);
-    let secs = if s % 1000 == 0 {
-        format!("{}s", s / 1000)
-    } else {
-        let text = format!("{:.3}", s as f64 / 1000.0);
-        format!("{}s", text.trim_end_matches('0'))
-    };
-    match (h, m) {
-        (0, 0) => secs,
-        (0, m) => format!("{m}m{secs}"),
-        (h, m) => format!("{h}h{m}m{secs}"),
-    }
-}
+pub use crate::wire::headers::{format_reset, RateHeaders};
 
 /// The tokens a request may use, estimated before it runs: prompt bytes / 4 (about 4 bytes per token
 /// in English text and JSON) plus the answer's bound (`max_tokens`, `max_completion_tokens` or

@@ -29,7 +29,7 @@ use super::cache::Tap;
 use crate::events::{Events, Live, Snapshot};
 use crate::metrics::Metrics;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::error::BoxError;
 
 /// How a response ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +191,12 @@ impl Exchange {
     }
 }
 
+impl crate::cost::Metered for Exchange {
+    fn usage_slot(&mut self) -> &mut Option<crate::cost::Usage> {
+        &mut self.usage
+    }
+}
+
 impl Drop for Exchange {
     fn drop(&mut self) {
         self.metrics.inflight.dec();
@@ -212,7 +218,15 @@ impl Drop for Exchange {
             r.settle(u.total());
         }
         if let Some(t) = self.tally.take() {
-            t.settle(self, status >= 400 || outcome != Outcome::Complete);
+            let priced = t.settle(crate::cost::Settled {
+                provider: self.provider.as_deref().unwrap_or("none"),
+                model: self.model.as_deref(),
+                model_label: &self.model_label,
+                usage: self.usage,
+                failed: status >= 400 || outcome != Outcome::Complete,
+            });
+            self.cost_micros = priced.cost_micros;
+            self.saved_micros = priced.saved_micros;
         }
         // After the cost stage: the end event carries tokens and cost.
         if let Some(live) = self.live.take() {

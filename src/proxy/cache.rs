@@ -34,15 +34,16 @@ use http_body::Frame;
 use tokio::sync::watch;
 
 use super::body::{BoxError, RelayBody};
-use super::error::{EdgeError, MissReason};
-use super::names;
 use crate::cache::memo::Memo;
 use crate::cache::{
-    scope_for_api_key, CacheKey, CachedBody, Clock, Entry, EntryMeta, KeyInput, KeyMemo, Scope,
-    SseEvent, Store,
+    scope_for_api_key, CacheKey, CachedBody, Entry, EntryMeta, KeyInput, KeyMemo, Scope, SseEvent,
+    Store,
 };
+use crate::clock::Clock;
 use crate::config::{CacheMode, CacheScope, Config, ReplayTiming};
+use crate::error::{EdgeError, MissReason};
 use crate::metrics::Metrics;
+use crate::wire::headers as names;
 
 /// Request headers that steer the cache; never forwarded upstream.
 pub const CONTROL_HEADERS: [HeaderName; 3] = [
@@ -608,7 +609,7 @@ impl Recorder {
                 failed,
             } => {
                 let mut first = true;
-                crate::sse::split_events(partial, data, |event| {
+                crate::wire::sse::split_events(partial, data, |event| {
                     for line in event.split(|b| *b == b'\n') {
                         let line = line.trim_ascii_end();
                         *ended |= line == b"data: [DONE]"

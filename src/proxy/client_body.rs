@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
-use super::error::EdgeError;
+use crate::error::EdgeError;
 
 /// The caller's body as relay holds it.
 pub enum ClientBody {
@@ -111,7 +111,7 @@ impl Upload {
     }
 }
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::error::BoxError;
 
 impl Body for Upload {
     type Data = Bytes;

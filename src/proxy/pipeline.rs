@@ -45,17 +45,17 @@ use serde::Deserialize;
 use super::body::{Exchange, RelayBody};
 use super::cache::{self as stage, Answer, Cache, FlightLead, Outcome};
 use super::client_body::{self, BodyBudget, ClientBody};
-use super::error::{Dialect, EdgeError};
 use super::filter;
-use super::names;
 use super::route::{self, PathTarget};
 use super::tunnel;
 use super::upstream::{self, Upstreams};
 use crate::cache;
 use crate::config::{Config, ServerConfig};
+use crate::error::{Dialect, EdgeError};
 use crate::events::{self, Events};
 use crate::limit::{self, breaker::Breakers, Limiter};
 use crate::metrics::{Metrics, ModelLabels};
+use crate::wire::headers as names;
 
 /// Everything derived from one config: swapped as a whole on reload.
 pub struct Runtime {
@@ -336,7 +336,7 @@ async fn relay_api(
     let events_remote = state.runtime.load().config.server.events_remote;
     let allowed = relay_api_allowed(path, caller.local, events_remote);
     if path == events::PATH && allowed {
-        return events::sse::response(state.events.subscribe());
+        return events::sse::response(state.events.subscribe()).map(RelayBody::stream);
     }
     let found = if !allowed {
         None
@@ -493,8 +493,12 @@ async fn forward(
                     Outcome::Served(mut resp) => {
                         metrics.cache_hits.with_label_values(&labels).inc();
                         if let Some(c) = &cost {
-                            let hook = c.served(&mut resp, x);
-                            return Ok(resp.map(|b| b.with_meter(hook)));
+                            let served = c.served(&mut resp);
+                            x.tally = Some(served.tally);
+                            if served.usage.is_some() {
+                                x.usage = served.usage;
+                            }
+                            return Ok(resp.map(|b| b.with_meter(served.hook)));
                         }
                         return Ok(*resp);
                     }

@@ -20,9 +20,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::error::EdgeError;
-use super::names;
 use crate::config::{Config, Provider, ProviderKind};
+use crate::error::EdgeError;
+use crate::wire::headers as names;
 
 pub use super::client_body::UpstreamBody;
 

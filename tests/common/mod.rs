@@ -30,7 +30,7 @@ pub struct Opts {
     pub env: Env,
     pub watch: bool,
     pub offline: bool,
-    pub clock: relay::cache::Clock,
+    pub clock: relay::clock::Clock,
     /// Where relay listens (default `127.0.0.1:0`).
     pub listen: Option<SocketAddr>,
 }

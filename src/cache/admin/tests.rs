@@ -11,7 +11,8 @@ use serde_json::Value;
 use super::*;
 use crate::cache::entry::tests::{json_entry, sse_entry};
 use crate::cache::tests::{options, T0};
-use crate::cache::{ManualClock, RedbStore};
+use crate::cache::RedbStore;
+use crate::clock::ManualClock;
 
 struct Fixture {
     store: Arc<dyn Store>,

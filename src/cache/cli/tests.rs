@@ -3,7 +3,8 @@
 use super::*;
 use crate::cache::entry::tests::{json_entry, sse_entry};
 use crate::cache::tests::{options, T0};
-use crate::cache::{CacheKey, ManualClock, RedbStore};
+use crate::cache::{CacheKey, RedbStore};
+use crate::clock::ManualClock;
 
 const MIN: u64 = 60_000;
 const HOUR: u64 = 60 * MIN;

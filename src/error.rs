@@ -10,26 +10,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use super::names;
+use crate::wire::headers as names;
+pub use crate::wire::Dialect;
 
-/// Which API shape the caller speaks; decides the error body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    OpenAi,
-    Anthropic,
-}
-
-impl Dialect {
-    /// Anthropic when the path is the Messages API or the caller sends `anthropic-version` (every
-    /// Anthropic SDK does); OpenAI otherwise.
-    pub fn of(path: &str, headers: &http::HeaderMap) -> Dialect {
-        if headers.contains_key("anthropic-version") || path.contains("/v1/messages") {
-            Dialect::Anthropic
-        } else {
-            Dialect::OpenAi
-        }
-    }
-}
+/// The error type of bodies relay streams (hyper's `Box<dyn Error>`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Which side caused an error (pingora's habit: errors know their source).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +45,7 @@ pub enum EdgeError {
     Timeout { provider: String, timeout: Duration },
     #[error("{}", offline_message(*reason, key))]
     OfflineMiss { reason: MissReason, key: String },
-    #[error("budget exceeded: key {key:?} has used its {period} budget {budget:?} (${} of ${}); it resets at {resets}", crate::cost::usd(*spent_micros), crate::cost::usd(*limit_micros))]
+    #[error("budget exceeded: key {key:?} has used its {period} budget {budget:?} (${} of ${}); it resets at {resets}", crate::wire::usd(*spent_micros), crate::wire::usd(*limit_micros))]
     BudgetExceeded {
         /// The key as booked (alias or hash prefix).
         key: String,
@@ -82,9 +67,9 @@ pub enum EdgeError {
         tokens: bool,
         retry_after: Duration,
         /// The `x-ratelimit-*-requests` headers of the refusing request limit.
-        headers: Option<crate::limit::RateHeaders>,
+        headers: Option<crate::wire::headers::RateHeaders>,
     },
-    /// A browser request from a page of another site (see [`super::filter`]).
+    /// A browser request from a page of another site (see [`crate::proxy::filter`]).
     #[error("relay refuses browser requests from other sites ({what}); a page you visit must not spend your API key. To allow a web app, list its origin in server.allowed_origins")]
     CrossSite { what: String },
     /// A `text/plain` or form body: what any web page can send without asking, and no API client
@@ -323,14 +308,5 @@ mod tests {
         assert_eq!(resp.headers()["retry-after"], "30");
         assert_eq!(retry_secs(Duration::ZERO), 1);
         assert_eq!(retry_secs(Duration::from_secs(2)), 2);
-    }
-
-    #[test]
-    fn dialect() {
-        let mut h = http::HeaderMap::new();
-        assert_eq!(Dialect::of("/v1/chat/completions", &h), Dialect::OpenAi);
-        assert_eq!(Dialect::of("/v1/messages", &h), Dialect::Anthropic);
-        h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
-        assert_eq!(Dialect::of("/v1/models", &h), Dialect::Anthropic);
     }
 }

@@ -1,0 +1,74 @@
+//! The header names relay reads and writes on every request, as constants: a `&str` name is parsed
+//! and checked each time it is used (`HeaderName::from_static` is `const`, so here it runs once, at
+//! compile time).
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// Request: `skip|refresh|only`; response: `HIT|MISS|BYPASS|REFRESH`.
+pub const X_RELAY_CACHE: HeaderName = HeaderName::from_static("x-relay-cache");
+pub const X_RELAY_CACHE_TTL: HeaderName = HeaderName::from_static("x-relay-cache-ttl");
+pub const X_RELAY_CACHE_NAMESPACE: HeaderName = HeaderName::from_static("x-relay-cache-namespace");
+pub const X_RELAY_CACHE_KEY: HeaderName = HeaderName::from_static("x-relay-cache-key");
+/// The original relay's hit marker.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_RELAY_ERROR: HeaderName = HeaderName::from_static("x-relay-error");
+pub const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
+pub const X_RELAY_BUDGET_RESET: HeaderName = HeaderName::from_static("x-relay-budget-reset");
+pub const X_RELAY_COST_USD: HeaderName = HeaderName::from_static("x-relay-cost-usd");
+pub const X_RELAY_SAVED_USD: HeaderName = HeaderName::from_static("x-relay-saved-usd");
+pub const X_RELAY_TOKENS: HeaderName = HeaderName::from_static("x-relay-tokens");
+pub const X_RATELIMIT_LIMIT_REQUESTS: HeaderName =
+    HeaderName::from_static("x-ratelimit-limit-requests");
+pub const X_RATELIMIT_RESET_REQUESTS: HeaderName =
+    HeaderName::from_static("x-ratelimit-reset-requests");
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// The `x-ratelimit-*-requests` headers: the tightest request limit the request passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// The bucket's capacity (burst).
+    pub limit: u64,
+    /// Requests still allowed at once.
+    pub remaining: u64,
+    /// Until the bucket is full again.
+    pub reset: Duration,
+}
+
+impl RateHeaders {
+    /// Sets `x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests` and
+    /// `x-ratelimit-reset-requests` (a duration the way OpenAI writes it: `1s`, `250ms`, `6m0s`),
+    /// replacing any the upstream sent.
+    pub fn apply(&self, h: &mut HeaderMap) {
+        h.insert(X_RATELIMIT_LIMIT_REQUESTS, HeaderValue::from(self.limit));
+        h.insert(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from(self.remaining),
+        );
+        if let Ok(v) = HeaderValue::from_str(&format_reset(self.reset)) {
+            h.insert(X_RATELIMIT_RESET_REQUESTS, v);
+        }
+    }
+}
+
+/// `250ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`.
+pub fn format_reset(d: Duration) -> String {
+    let ms = d.as_millis() as u64;
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, m, s) = (ms / 3_600_000, ms / 60_000 % 60, ms % 60_000);
+    let secs = if s % 1000 == 0 {
+        format!("{}s", s / 1000)
+    } else {
+        let text = format!("{:.3}", s as f64 / 1000.0);
+        format!("{}s", text.trim_end_matches('0'))
+    };
+    match (h, m) {
+        (0, 0) => secs,
+        (0, m) => format!("{m}m{secs}"),
+        (h, m) => format!("{h}h{m}m{secs}"),
+    }
+}
