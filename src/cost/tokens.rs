@@ -12,7 +12,7 @@
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
 
-use super::usage::Usage;
+use super::usage::{text_of, Usage};
 
 /// Which BPE a model uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,49 +89,6 @@ pub fn count_request(enc: Encoding, body: &[u8]) -> u64 {
         }
     }
     total
-}
-
-/// The text in a content value: a string, an array of strings or of parts with `text`.
-fn text_of(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Array(items) => items
-            .iter()
-            .map(|i| match i {
-                Value::String(s) => s.clone(),
-                other => other
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
-}
-
-/// The text of a whole JSON answer (chat `choices[].message.content`, completions
-/// `choices[].text`, Anthropic `content[].text`).
-pub fn answer_text(body: &[u8]) -> String {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return String::new();
-    };
-    let mut out = String::new();
-    if let Some(choices) = v.get("choices").and_then(Value::as_array) {
-        for c in choices {
-            for t in [c.pointer("/message/content"), c.get("text")]
-                .into_iter()
-                .flatten()
-            {
-                out.push_str(&text_of(t));
-            }
-        }
-    }
-    if let Some(content) = v.get("content") {
-        out.push_str(&text_of(content));
-    }
-    out
 }
 
 /// A count to make off the async workers: the request and what was generated.
@@ -226,17 +183,5 @@ mod tests {
         ]});
         let n = count_request(Encoding::Cl100kBase, body.to_string().as_bytes());
         assert_eq!(n, 129);
-    }
-
-    #[test]
-    fn answer_text_of_both_shapes() {
-        assert_eq!(
-            answer_text(br#"{"choices":[{"message":{"content":"Hello world"}}]}"#),
-            "Hello world"
-        );
-        assert_eq!(
-            answer_text(br#"{"content":[{"type":"text","text":"Hi"}]}"#),
-            "Hi"
-        );
     }
 }

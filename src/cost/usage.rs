@@ -356,6 +356,51 @@ pub struct Reading {
     pub generated: Option<Generated>,
 }
 
+/// The text in a content value: a string, an array of strings or of parts with `text`.
+pub(crate) fn text_of(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => s.clone(),
+                other => other
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// The text of a whole JSON answer (chat `choices[].message.content`, completions
+/// `choices[].text`, Anthropic `content[].text`).
+pub fn answer_text(body: &[u8]) -> String {
+    use serde_json::Value;
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    if let Some(choices) = v.get("choices").and_then(Value::as_array) {
+        for c in choices {
+            for t in [c.pointer("/message/content"), c.get("text")]
+                .into_iter()
+                .flatten()
+            {
+                out.push_str(&text_of(t));
+            }
+        }
+    }
+    if let Some(content) = v.get("content") {
+        out.push_str(&text_of(content));
+    }
+    out
+}
+
 /// A generated answer kept for a token count. Turning it into text parses JSON: do it on the
 /// blocking pool ([`Generated::text`]).
 #[derive(Debug, Clone)]
@@ -371,7 +416,7 @@ impl Generated {
     /// Responses API deltas).
     pub fn text(&self) -> String {
         match self {
-            Generated::Json(b) => super::tokens::answer_text(b),
+            Generated::Json(b) => answer_text(b),
             Generated::Events(evs) => {
                 let mut out = String::new();
                 for e in evs {
@@ -712,5 +757,17 @@ mod tests {
         assert!(has_usage_object(br#"{"usage" : {"a":1}}"#));
         assert!(!has_usage_object(br#"{"usage":null,"x":"usage"}"#));
         assert!(has_usage_object(br#"{"usage":null,"b":{"usage":{}}}"#));
+    }
+
+    #[test]
+    fn answer_text_of_both_shapes() {
+        assert_eq!(
+            answer_text(br#"{"choices":[{"message":{"content":"Hello world"}}]}"#),
+            "Hello world"
+        );
+        assert_eq!(
+            answer_text(br#"{"content":[{"type":"text","text":"Hi"}]}"#),
+            "Hi"
+        );
     }
 }

@@ -25,7 +25,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use super::cache::Tap;
 use crate::events::{Events, Live, Snapshot};
 use crate::metrics::Metrics;
 
@@ -285,6 +284,42 @@ fn itoa_status(status: u16) -> String {
     }
 }
 
+/// A per-chunk filter on an upstream body (the cache's recorder and single-flight feed): it sees
+/// every data frame as it passes, and how the body ended.
+pub trait Tap: Send {
+    fn on_data(&mut self, data: &Bytes);
+    /// The body ended cleanly.
+    fn on_end(&mut self);
+    /// The body failed or went silent past the idle timeout.
+    fn on_error(&mut self);
+    /// Others wait on this body, so it is read to its end even when its own caller leaves.
+    fn has_followers(&self) -> bool;
+}
+
+/// Keeps reading an upstream body whose caller left, for the followers of its flight.
+fn drain_for_followers(mut body: Incoming, mut tap: Box<dyn Tap>, idle: Duration) {
+    use http_body_util::BodyExt;
+    tokio::spawn(async move {
+        loop {
+            match tokio::time::timeout(idle, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Some(d) = frame.data_ref() {
+                        tap.on_data(d);
+                    }
+                }
+                Ok(None) => {
+                    tap.on_end();
+                    return;
+                }
+                Ok(Some(Err(_))) | Err(_) => {
+                    tap.on_error();
+                    return;
+                }
+            }
+        }
+    });
+}
+
 /// A body relay produces over time (a paced replay, a share of another request's stream).
 pub type FrameStream =
     Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send>>;
@@ -300,7 +335,7 @@ enum Inner {
         /// reader is never mistaken for a silent upstream.
         armed: bool,
         /// The cache's recorder / single-flight feed, when the answer is cacheable.
-        tap: Option<Box<Tap>>,
+        tap: Option<Box<dyn Tap>>,
     },
 }
 
@@ -354,9 +389,9 @@ impl RelayBody {
     }
 
     /// Lets the cache see the upstream body as it passes (no effect on other bodies).
-    pub fn with_tap(mut self, t: Option<Tap>) -> RelayBody {
+    pub fn with_tap(mut self, t: Option<impl Tap + 'static>) -> RelayBody {
         if let Inner::Upstream { tap, .. } = &mut self.inner {
-            *tap = t.map(Box::new);
+            *tap = t.map(|t| Box::new(t) as Box<dyn Tap>);
         }
         self
     }
@@ -407,7 +442,7 @@ impl Drop for RelayBody {
                     let inner =
                         std::mem::replace(&mut self.inner, Inner::Full(Full::new(Bytes::new())));
                     if let Inner::Upstream { body, idle, .. } = inner {
-                        super::cache::drain_for_followers(body, *t, idle);
+                        drain_for_followers(body, t, idle);
                     }
                 }
                 // Dropped unfinished: nothing is stored.

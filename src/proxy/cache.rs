@@ -33,7 +33,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body::Frame;
 use tokio::sync::watch;
 
-use super::body::{BoxError, RelayBody};
+use super::body::RelayBody;
 use crate::cache::memo::Memo;
 use crate::cache::{
     scope_for_api_key, CacheKey, CachedBody, Entry, EntryMeta, KeyInput, KeyMemo, Scope, SseEvent,
@@ -41,6 +41,7 @@ use crate::cache::{
 };
 use crate::clock::Clock;
 use crate::config::{CacheMode, CacheScope, Config, ReplayTiming};
+use crate::error::BoxError;
 use crate::error::{EdgeError, MissReason};
 use crate::metrics::Metrics;
 use crate::wire::headers as names;
@@ -734,8 +735,8 @@ pub struct Tap {
     lead: Option<FlightLead>,
 }
 
-impl Tap {
-    pub fn on_data(&mut self, data: &Bytes) {
+impl super::body::Tap for Tap {
+    fn on_data(&mut self, data: &Bytes) {
         if let Some(r) = &mut self.recorder {
             if !r.push(data) {
                 self.recorder = None;
@@ -747,7 +748,7 @@ impl Tap {
     }
 
     /// The upstream body ended cleanly: store, then let followers finish.
-    pub fn on_end(&mut self) {
+    fn on_end(&mut self) {
         if let Some(r) = self.recorder.take() {
             r.finish();
         }
@@ -757,14 +758,14 @@ impl Tap {
     }
 
     /// The upstream body failed: nothing is stored; followers see the failure.
-    pub fn on_error(&mut self) {
+    fn on_error(&mut self) {
         self.recorder = None;
         self.lead = None; // dropping an unfinished lead fails its flight
     }
 
     /// True when others are waiting on this body (so it must be read to the end even if its own
     /// caller left).
-    pub fn has_followers(&self) -> bool {
+    fn has_followers(&self) -> bool {
         self.lead
             .as_ref()
             .is_some_and(|l| l.flight.followers.load(Ordering::Relaxed) > 0)
@@ -973,30 +974,6 @@ async fn follow(
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
-}
-
-/// Keeps reading an upstream body whose caller left, for the followers of its flight.
-pub fn drain_for_followers(mut body: hyper::body::Incoming, mut tap: Tap, idle: Duration) {
-    use http_body_util::BodyExt;
-    tokio::spawn(async move {
-        loop {
-            match tokio::time::timeout(idle, body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    if let Some(d) = frame.data_ref() {
-                        tap.on_data(d);
-                    }
-                }
-                Ok(None) => {
-                    tap.on_end();
-                    return;
-                }
-                Ok(Some(Err(_))) | Err(_) => {
-                    tap.on_error();
-                    return;
-                }
-            }
-        }
-    });
 }
 
 #[cfg(test)]

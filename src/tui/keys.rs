@@ -1,167 +1,12 @@
-//! Every key binding and its help text, in one table ([`BINDINGS`]), and [`handle_key`], the one
-//! function keys go through (tests call it directly).
+//! [`handle_key`], the one function keys go through (tests call it directly), over the table of
+//! bindings in [`super::bindings`].
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::widgets::{Paragraph, Wrap};
 
 use super::actions;
+pub use super::bindings::{Action, Binding, BINDINGS};
 use super::state::{Popup, State, View};
-
-/// What a key does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Down,
-    Up,
-    Top,
-    Bottom,
-    PageDown,
-    PageUp,
-    Open,
-    Back,
-    Quit,
-    Filter,
-    Pause,
-    Clear,
-    Sort,
-    NextView,
-    Export,
-    Replay,
-    Help,
-}
-
-/// One binding: the keys, what they do, the help line.
-pub struct Binding {
-    /// As shown in the help view.
-    pub label: &'static str,
-    pub keys: &'static [KeyCode],
-    /// Needs Ctrl held.
-    pub ctrl: bool,
-    pub action: Action,
-    pub help: &'static str,
-}
-
-/// All bindings, in help order.
-pub const BINDINGS: &[Binding] = &[
-    Binding {
-        label: "j ↓",
-        keys: &[KeyCode::Char('j'), KeyCode::Down],
-        ctrl: false,
-        action: Action::Down,
-        help: "next request (scroll in detail)",
-    },
-    Binding {
-        label: "k ↑",
-        keys: &[KeyCode::Char('k'), KeyCode::Up],
-        ctrl: false,
-        action: Action::Up,
-        help: "previous request",
-    },
-    Binding {
-        label: "g Home",
-        keys: &[KeyCode::Char('g'), KeyCode::Home],
-        ctrl: false,
-        action: Action::Top,
-        help: "first request",
-    },
-    Binding {
-        label: "G End",
-        keys: &[KeyCode::Char('G'), KeyCode::End],
-        ctrl: false,
-        action: Action::Bottom,
-        help: "newest request, and follow new ones",
-    },
-    Binding {
-        label: "PgDn PgUp",
-        keys: &[KeyCode::PageDown],
-        ctrl: false,
-        action: Action::PageDown,
-        help: "page down / up",
-    },
-    Binding {
-        label: "",
-        keys: &[KeyCode::PageUp],
-        ctrl: false,
-        action: Action::PageUp,
-        help: "",
-    },
-    Binding {
-        label: "Enter",
-        keys: &[KeyCode::Enter],
-        ctrl: false,
-        action: Action::Open,
-        help: "request detail: headers, bodies, timing",
-    },
-    Binding {
-        label: "q Esc",
-        keys: &[KeyCode::Char('q'), KeyCode::Esc],
-        ctrl: false,
-        action: Action::Back,
-        help: "back; quit from the main view",
-    },
-    Binding {
-        label: "Ctrl-C",
-        keys: &[KeyCode::Char('c')],
-        ctrl: true,
-        action: Action::Quit,
-        help: "quit",
-    },
-    Binding {
-        label: "/",
-        keys: &[KeyCode::Char('/')],
-        ctrl: false,
-        action: Action::Filter,
-        help: "filter: model:gpt-4o status:5xx provider:openai cache:hit text",
-    },
-    Binding {
-        label: "p",
-        keys: &[KeyCode::Char('p')],
-        ctrl: false,
-        action: Action::Pause,
-        help: "pause / resume the table (events are held, not lost)",
-    },
-    Binding {
-        label: "z",
-        keys: &[KeyCode::Char('z')],
-        ctrl: false,
-        action: Action::Clear,
-        help: "clear rows and totals",
-    },
-    Binding {
-        label: "s",
-        keys: &[KeyCode::Char('s')],
-        ctrl: false,
-        action: Action::Sort,
-        help: "sort: arrival, latency, cost, status",
-    },
-    Binding {
-        label: "Tab",
-        keys: &[KeyCode::Tab],
-        ctrl: false,
-        action: Action::NextView,
-        help: "requests / models and limits",
-    },
-    Binding {
-        label: "e",
-        keys: &[KeyCode::Char('e')],
-        ctrl: false,
-        action: Action::Export,
-        help: "export the request as curl (keys redacted)",
-    },
-    Binding {
-        label: "r",
-        keys: &[KeyCode::Char('r')],
-        ctrl: false,
-        action: Action::Replay,
-        help: "replay the request through relay",
-    },
-    Binding {
-        label: "?",
-        keys: &[KeyCode::Char('?')],
-        ctrl: false,
-        action: Action::Help,
-        help: "this help",
-    },
-];
 
 /// What the run loop must do after a key (side effects stay out of the state).
 #[derive(Debug, Clone, PartialEq)]
@@ -353,7 +198,7 @@ fn detail_bottom(state: &State) -> u16 {
                 .line_count(state.size.0)
         })
         .unwrap_or(0);
-    let screen = state.size.1.saturating_sub(super::view::DETAIL_CHROME) as usize;
+    let screen = state.size.1.saturating_sub(super::state::DETAIL_CHROME) as usize;
     lines.saturating_sub(screen).min(u16::MAX as usize) as u16
 }
 

@@ -10,6 +10,7 @@
 //! watches it; [`run_attach`] watches another relay through its `GET /relay/events` stream.
 
 pub mod actions;
+pub mod bindings;
 pub mod keys;
 pub mod limits;
 pub mod state;

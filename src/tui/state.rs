@@ -7,6 +7,18 @@ use std::sync::Arc;
 use super::limits::LimitsSnapshot;
 use crate::events::{CacheState, Phase, RequestEvent};
 
+/// Screen rows around the table in the main view: title, two totals lines, the sparklines (4), the
+/// table header and the status bar.
+const MAIN_CHROME: u16 = 1 + 2 + 4 + 1 + 1;
+
+/// Screen rows around the detail text: title, the section's top border, the status bar.
+pub const DETAIL_CHROME: u16 = 3;
+
+/// Table rows that fit in a terminal `height` rows tall.
+pub fn table_rows(height: u16) -> usize {
+    height.saturating_sub(MAIN_CHROME) as usize
+}
+
 /// Rows kept in the table; older ones are forgotten (totals keep counting).
 pub const MAX_ROWS: usize = 10_000;
 /// Captured headers and bodies kept over all rows (up to 128 KiB a request): past it, the oldest
@@ -540,9 +552,9 @@ impl State {
         self.selected_index(&visible).map(|i| visible[i])
     }
 
-    /// Table rows that fit on screen (see [`super::view::table_rows`]).
+    /// Table rows that fit on screen (see [`table_rows`]).
     pub fn page(&self) -> usize {
-        super::view::table_rows(self.size.1).max(1)
+        table_rows(self.size.1).max(1)
     }
 
     /// Moves the selection by `delta` rows in the visible list (clamped).

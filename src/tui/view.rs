@@ -1,5 +1,5 @@
 //! Drawing: [`render`] is a pure function of the [`State`]; every piece of screen text is here (key
-//! help comes from [`super::keys::BINDINGS`]).
+//! help comes from [`super::bindings::BINDINGS`]).
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
@@ -10,22 +10,10 @@ use ratatui::widgets::{
 use ratatui::Frame;
 
 use super::actions;
-use super::keys::BINDINGS;
+use super::bindings::BINDINGS;
 use super::limits::Circuit;
-use super::state::{Row, State, View};
+use super::state::{table_rows, Row, State, View};
 use crate::events::{CacheState, Phase, RequestEvent};
-
-/// Screen rows around the table in the main view: title, two totals lines, the sparklines (4), the
-/// table header and the status bar.
-const MAIN_CHROME: u16 = 1 + 2 + 4 + 1 + 1;
-
-/// Screen rows around the detail text: title, the section's top border, the status bar.
-pub const DETAIL_CHROME: u16 = 3;
-
-/// Table rows that fit in a terminal `height` rows tall.
-pub fn table_rows(height: u16) -> usize {
-    height.saturating_sub(MAIN_CHROME) as usize
-}
 
 /// Draws the whole screen.
 pub fn render(state: &State, f: &mut Frame) {
