@@ -21,6 +21,7 @@ pub mod env;
 mod raw;
 mod resolve;
 pub mod tls;
+mod view;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -598,7 +599,7 @@ impl Config {
 
     /// The effective config as YAML, with secrets masked (`relay config check`).
     pub fn to_masked_yaml(&self) -> String {
-        resolve::to_masked_yaml(self)
+        view::to_masked_yaml(self)
     }
 }
 

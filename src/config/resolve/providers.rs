@@ -1,0 +1,184 @@
+//! Resolving `providers` (base URLs, keys, timeouts) and `routes` (with the default table).
+
+use super::*;
+
+pub(super) fn resolve_provider(
+    cx: &Ctx,
+    i: usize,
+    p: RawProvider,
+    env: &Env,
+    warnings: &mut Vec<String>,
+) -> Result<Provider, ConfigError> {
+    let at = |k: &str| format!("providers[{i}].{k}");
+    if p.name.is_empty() {
+        return Err(cx.err(at("name"), "a provider needs a name"));
+    }
+    if !p
+        .name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(cx.err(
+            at("name"),
+            format!(
+                "{:?}: use letters, digits, '-', '_' or '.' (it is a URL path prefix)",
+                p.name
+            ),
+        ));
+    }
+    if RESERVED_NAMES.contains(&p.name.as_str()) {
+        return Err(cx.err(
+            at("name"),
+            format!("{:?} is reserved for relay's own paths", p.name),
+        ));
+    }
+    let Some(base) = p.base_url.as_deref() else {
+        return Err(cx.err(at("base_url"), "missing (e.g. https://api.openai.com/v1)"));
+    };
+    let base_url = parse_base_url(base).map_err(|m| cx.err(at("base_url"), m))?;
+    let api_key_env = p.api_key_env.filter(|v| !v.is_empty());
+    let api_key = match &api_key_env {
+        Some(var) => match env.get(var).filter(|v| !v.is_empty()) {
+            Some(v) => Some(Secret::new(v)),
+            None => {
+                warnings.push(format!(
+                    "{}: environment variable {var} is not set; clients must send their own key",
+                    at("api_key_env")
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    let timeouts = Timeouts {
+        connect: p.timeouts.connect.unwrap_or(DEFAULT_CONNECT),
+        first_byte: p.timeouts.first_byte.unwrap_or(DEFAULT_FIRST_BYTE),
+        idle: p.timeouts.idle.unwrap_or(DEFAULT_IDLE),
+    };
+    for (k, d) in [
+        ("timeouts.connect", timeouts.connect),
+        ("timeouts.first_byte", timeouts.first_byte),
+        ("timeouts.idle", timeouts.idle),
+    ] {
+        if d.is_zero() {
+            return Err(cx.err(at(k), "must be greater than 0"));
+        }
+    }
+    let breaker = resolve_breaker(cx, i, &p.breaker)?;
+    Ok(Provider {
+        breaker,
+        name: p.name,
+        kind: p.kind.unwrap_or(ProviderKind::Openai),
+        base_url,
+        api_key_env,
+        api_key,
+        http2: p.http2.unwrap_or(false),
+        timeouts,
+    })
+}
+
+pub(super) fn parse_base_url(s: &str) -> Result<BaseUrl, String> {
+    if !s.contains("://") {
+        return Err(format!(
+            "{s:?}: the URL must start with http:// or https:// (e.g. https://api.openai.com/v1)"
+        ));
+    }
+    let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    let scheme = match uri.scheme() {
+        Some(sc) if *sc == http::uri::Scheme::HTTP || *sc == http::uri::Scheme::HTTPS => sc.clone(),
+        _ => {
+            return Err(format!(
+            "{s:?}: the URL must start with http:// or https:// (e.g. https://api.openai.com/v1)"
+        ))
+        }
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{s:?}: the URL has no host"))?;
+    if uri.query().is_some() {
+        return Err(format!("{s:?}: a base URL cannot have a query string"));
+    }
+    Ok(BaseUrl {
+        scheme,
+        authority,
+        path: uri.path().trim_end_matches('/').to_string(),
+    })
+}
+
+pub(super) fn resolve_route(
+    cx: &Ctx,
+    i: usize,
+    r: RawRoute,
+    providers: &[Provider],
+) -> Result<Route, ConfigError> {
+    let at = |k: &str| format!("routes[{i}].{k}");
+    let provider = providers
+        .iter()
+        .position(|p| p.name == r.provider)
+        .ok_or_else(|| {
+            let known: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+            let message = if r.provider.is_empty() {
+                format!("missing; one of {known:?}")
+            } else {
+                format!(
+                    "unknown provider {:?} (known: {})",
+                    r.provider,
+                    known.join(", ")
+                )
+            };
+            cx.err(at("provider"), message)
+        })?;
+    let pattern = |k: &str, s: Option<String>| -> Result<Option<glob::Pattern>, ConfigError> {
+        s.map(|s| glob::Pattern::new(&s).map_err(|e| cx.err(at(k), format!("bad glob {s:?}: {e}"))))
+            .transpose()
+    };
+    let fallback = match r.fallback.as_deref().filter(|f| !f.is_empty()) {
+        None => None,
+        Some(f) => match providers.iter().position(|p| p.name == f) {
+            Some(i) if i == provider => {
+                return Err(cx.err(at("fallback"), "the fallback must be another provider"))
+            }
+            Some(i) => Some(i),
+            None => {
+                let known: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+                return Err(cx.err(
+                    at("fallback"),
+                    format!("unknown provider {f:?} (known: {})", known.join(", ")),
+                ));
+            }
+        },
+    };
+    Ok(Route {
+        model: pattern("model", r.model)?,
+        path: pattern("path", r.path)?,
+        provider,
+        fallback,
+    })
+}
+
+/// With no `routes:`: `/v1/messages*` and `claude-*` to the first Anthropic-kind provider, everything
+/// else to the first OpenAI-kind provider.
+pub(super) fn default_routes(providers: &[Provider]) -> Vec<Route> {
+    let first = |kind| providers.iter().position(|p| p.kind == kind);
+    let mut routes = Vec::new();
+    if let Some(a) = first(ProviderKind::Anthropic) {
+        for (model, path) in [(None, Some("/v1/messages*")), (Some("claude-*"), None)] {
+            routes.push(Route {
+                model: model.map(|m| glob::Pattern::new(m).expect("valid")),
+                path: path.map(|p| glob::Pattern::new(p).expect("valid")),
+                provider: a,
+                fallback: None,
+            });
+        }
+    }
+    if let Some(o) = first(ProviderKind::Openai) {
+        routes.push(Route {
+            model: None,
+            path: None,
+            provider: o,
+            fallback: None,
+        });
+    }
+    routes
+}
