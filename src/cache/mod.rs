@@ -18,6 +18,7 @@
 //!   by another process is [`StoreError::Locked`], not corruption.
 
 pub mod admin;
+mod canonical;
 pub mod cli;
 mod codec;
 pub mod entry;

@@ -732,7 +732,10 @@ mod redb {
             s.close().await.unwrap();
         }
         let bloated = size();
-        assert!(bloated > redb_store::oversized_above(1 << 20), "{bloated}");
+        assert!(
+            bloated > redb_store::open::oversized_above(1 << 20),
+            "{bloated}"
+        );
         // Within what a 64 MiB bound allows: left as it is.
         RedbStore::open(&path, options(&clock, 64 << 20))
             .unwrap()
