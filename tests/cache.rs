@@ -564,6 +564,9 @@ async fn a_corrupt_store_is_moved_aside_and_relay_starts_empty() {
         call(&relay, CHAT, &body, &[]).await.1.as_deref(),
         Some("HIT")
     );
+    // The writer moves the file aside when its batch meets the damage: wait for it (a stats
+    // read queues behind the batch).
+    relay.metrics().await;
     let aside = files_starting(dir.path(), "cache.redb.corrupt");
     assert_eq!(aside.len(), 1, "{aside:?}");
 }
@@ -628,6 +631,9 @@ async fn a_store_with_damaged_pages_inside_is_moved_aside_and_relay_starts() {
         call(&relay, CHAT, &body, &[]).await.1.as_deref(),
         Some("HIT")
     );
+    // The writer moves the file aside when its batch meets the damage: wait for it (a stats
+    // read queues behind the batch).
+    relay.metrics().await;
     let aside = files_starting(dir.path(), "cache.redb.corrupt");
     assert_eq!(aside.len(), 1, "{aside:?}");
 }
