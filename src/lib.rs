@@ -1,21 +1,27 @@
 //! relay: a fast, terminal-first proxy and gateway for AI APIs.
 //!
-//! The request pipeline, in the order a request meets it, lives in [`proxy::pipeline`]. The modules:
-//! [`config`] (typed, validated, hot-reloaded), [`proxy`] (server, routing, upstream client,
-//! streaming), [`metrics`] (Prometheus), [`cache`] (response cache keys, entries and stores), [`cost`] (tokens,
-//! prices, the usage ledger, budgets), [`limit`] (rate limits, circuit breakers), [`events`] (the live
-//! request feed) and [`tui`] (the `relay tui` dashboard).
+//! The tree, from the bottom floor up (every `use` points down):
+//! - [`wire`] (OpenAI / Anthropic facts: header names, SSE framing, dialects), [`error`] (the one
+//!   edge error type), [`clock`], [`files`], [`redact`], and [`config`] (typed, validated,
+//!   hot-reloaded);
+//! - the leaf concerns, which know nothing of the proxy: [`cache`] (keys, entries, stores),
+//!   [`cost`] (tokens, prices, ledger, budgets), [`limit`] (rate limits, circuit breakers),
+//!   [`events`] (the live feed), [`metrics`], [`tls`], [`logging`];
+//! - [`proxy`]: the connection path, [`proxy::server`] (accept loop, connection bounds) →
+//!   [`proxy::forward_proxy`] (`CONNECT` and absolute-URI requests, which every request passes
+//!   first) → [`proxy::pipeline`] (the stages in request order);
+//! - [`admin`] (relay's own `/relay/...` API), [`cli`] (the commands that reach a store or a running
+//!   relay) and [`tui`] (`relay tui`); `main.rs` parses the command line.
 
-pub(crate) mod api;
+pub mod admin;
 pub mod cache;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod cost;
 pub mod error;
 pub mod events;
 pub mod files;
-pub mod forward;
-pub mod health;
 pub mod limit;
 pub mod logging;
 pub mod metrics;
@@ -23,7 +29,9 @@ pub mod proxy;
 pub mod redact;
 #[cfg(feature = "redis")]
 pub mod redis_gate;
-pub mod server;
 pub mod tls;
 pub mod tui;
 pub mod wire;
+
+/// `relay::server`: starting and stopping a server (the CLI, the TUI, tests and the load harness).
+pub use proxy::server;

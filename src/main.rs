@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use relay::cache::cli::CacheCommand;
+use relay::cli::cache::CacheCommand;
+use relay::cli::usage::UsageArgs;
 use relay::config::{Config, Env};
-use relay::cost::cli::UsageArgs;
 use relay::logging::{self, LogFormat};
 use relay::server::{ServeOptions, Server};
 
@@ -244,7 +244,7 @@ fn main() -> ExitCode {
                         .enable_all()
                         .build()
                         .expect("tokio runtime");
-                    rt.block_on(relay::health::check(&cfg, url.as_deref()))
+                    rt.block_on(relay::cli::health::check(&cfg, url.as_deref()))
                 });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -296,7 +296,7 @@ fn cache(command: CacheCommand, config: Option<PathBuf>, server: Option<String>)
         .with_writer(std::io::stderr)
         .try_init();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match rt.block_on(relay::cache::cli::run(command, &cfg, server)) {
+    match rt.block_on(relay::cli::cache::run(command, &cfg, server)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -315,7 +315,7 @@ fn usage(args: UsageArgs) -> ExitCode {
         }
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match rt.block_on(relay::cost::cli::run(&args, &cfg)) {
+    match rt.block_on(relay::cli::usage::run(&args, &cfg)) {
         Ok(out) => {
             use std::io::Write as _;
             let mut stdout = std::io::stdout().lock();

@@ -4,7 +4,7 @@
 //!
 //! Two situations: nothing holds the store (the CLI opens the file itself), and a server holds it
 //! (here: this test process opens the redb file, which locks it, and serves
-//! `relay::cache::admin::handle` over that store on 127.0.0.1:0).
+//! `relay::admin::cache::handle` over that store on 127.0.0.1:0).
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -494,7 +494,7 @@ impl AdminServer {
                     let svc = hyper::service::service_fn(move |req| {
                         let store = store.clone();
                         async move {
-                            let resp = relay::cache::admin::handle(&store, req).await;
+                            let resp = relay::admin::cache::handle(&store, req).await;
                             Ok::<_, Infallible>(resp.map(Full::new))
                         }
                     });

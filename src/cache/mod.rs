@@ -12,14 +12,12 @@
 //!   commits queued puts, removals and hit counts in one transaction per batch. A queued entry is
 //!   visible to [`Store::get`] at once. [`Store::flush`] waits until everything queued is committed.
 //! - Reads run on tokio's blocking pool, never on the async workers.
-//! - Time comes from an injected [`Clock`] (unix milliseconds), so TTL tests need no sleeps.
+//! - Time comes from an injected [`Clock`](crate::clock::Clock) (unix milliseconds), so TTL tests need no sleeps.
 //! - The redb file records its schema version and [`KEY_VERSION`]; a mismatch, or a file redb cannot
 //!   open, is moved aside with one warning and an empty store starts: never a crash loop. A file held
 //!   by another process is [`StoreError::Locked`], not corruption.
 
-pub mod admin;
 mod canonical;
-pub mod cli;
 mod codec;
 pub mod entry;
 #[cfg(feature = "redis")]
@@ -38,7 +36,7 @@ mod redis_server;
 pub mod redis_store;
 pub mod store;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use entry::{CachedBody, Entry, EntryMeta, JsonlError, SseEvent};
 pub use key::{

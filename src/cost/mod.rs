@@ -17,10 +17,10 @@
 //!    one record for the [`ledger`]'s writer task.
 
 pub mod budget;
-pub mod cli;
 pub mod inject;
 pub mod ledger;
 pub mod prices;
+pub mod report;
 pub mod tokens;
 pub mod usage;
 

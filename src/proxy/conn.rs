@@ -13,7 +13,7 @@
 //! A request counts as in flight from its headers to the end (or drop) of its response body, so
 //! a long stream or a slow upload is never cut by these timers (the upstream's own timeouts and
 //! `server.body_read_timeout` cover those). The accept loop caps connections at
-//! `server.max_connections` (see [`crate::server`]).
+//! `server.max_connections` (see [`crate::proxy::server`]).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -1,13 +1,20 @@
-//! The proxy: routing, upstream client, streaming bodies, edge errors, and the pipeline that composes
-//! them ([`pipeline`] reads top to bottom in request order).
+//! The connection path: [`server`] accepts connections (bounded by [`conn`]), hands each request
+//! to [`forward_proxy`] (the `CONNECT` / absolute-URI forward proxy, HTTPS interception), which
+//! passes everything else to [`pipeline`]: one function listing the stages in request order
+//! ([`filter`], [`admin`], [`route`], [`client_body`], [`cache`], cost and limits, [`upstream`],
+//! [`body`]). [`state`] is what every request shares.
 
+pub mod admin;
 pub mod body;
 pub mod cache;
 pub mod client_body;
 pub mod conn;
 pub mod filter;
+pub mod forward_proxy;
 pub mod held;
 pub mod pipeline;
 pub mod route;
+pub mod server;
+pub mod state;
 pub mod tunnel;
 pub mod upstream;

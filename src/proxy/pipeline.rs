@@ -36,74 +36,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
+use super::admin::{self, is_relay_api};
 use super::body::{Exchange, RelayBody};
-use super::cache::{self as stage, Answer, Cache, FlightLead, Outcome};
-use super::client_body::{self, BodyBudget, ClientBody};
+use super::cache::{self as stage, Answer, FlightLead, Outcome};
+use super::client_body::{self, ClientBody};
 use super::filter;
 use super::route::{self, PathTarget};
+pub use super::state::{Runtime, State};
 use super::tunnel;
-use super::upstream::{self, Upstreams};
-use crate::cache;
-use crate::config::{Config, ServerConfig};
+use super::upstream;
+use crate::config::ServerConfig;
 use crate::error::{Dialect, EdgeError};
-use crate::events::{self, Events};
-use crate::limit::{self, breaker::Breakers, Limiter};
-use crate::metrics::{Metrics, ModelLabels};
+use crate::limit;
+use crate::metrics::Metrics;
 use crate::wire::headers as names;
-
-/// Everything derived from one config: swapped as a whole on reload.
-pub struct Runtime {
-    pub config: Config,
-    pub upstreams: Upstreams,
-    pub labels: ModelLabels,
-    /// Prices, key aliases and budgets.
-    pub cost: crate::cost::Book,
-    /// Rate-limit rules; the buckets carry over from the previous runtime.
-    pub limiter: Limiter,
-    /// Circuit breakers by provider; carried over while a provider's settings are unchanged.
-    pub breakers: Breakers,
-}
-
-impl Runtime {
-    /// Builds the runtime for `config`, reusing the connection pools of `previous` where possible.
-    pub fn new(config: Config, previous: Option<&Runtime>) -> Runtime {
-        let upstreams = Upstreams::new(&config, previous.map(|p| &p.upstreams));
-        let labels = ModelLabels::from_config(&config);
-        let cost = crate::cost::Book::from_config(&config);
-        let limiter = Limiter::new(&config, previous.map(|p| &p.limiter));
-        let breakers = Breakers::new(&config, previous.map(|p| &p.breakers));
-        Runtime {
-            config,
-            upstreams,
-            labels,
-            cost,
-            limiter,
-            breakers,
-        }
-    }
-}
-
-/// State shared by every request of one server.
-pub struct State {
-    pub runtime: ArcSwap<Runtime>,
-    pub metrics: Arc<Metrics>,
-    /// The response cache (`None` when `cache.enabled` was off at start).
-    pub cache: Option<Arc<Cache>>,
-    /// Usage ledger, budget spend (outlives reloads).
-    pub cost: Arc<crate::cost::Accounting>,
-    /// The live request feed (`relay tui`, `GET /relay/events`).
-    pub events: Arc<Events>,
-    /// Connections taken over from the server (WebSockets, tunnels), for the shutdown drain.
-    pub held: Arc<super::held::HeldConnections>,
-    /// Request bodies in memory, over all requests (`server.max_buffered_bytes`).
-    pub bodies: BodyBudget,
-}
 
 /// The hyper service function.
 pub async fn handle(
@@ -118,7 +69,7 @@ pub async fn handle(
         Err(refused) => return Ok(*refused),
     };
     let caller = filter::caller(peer, req.headers(), &rt.config.server.trusted_proxies);
-    let req = match admin(&state, caller, req).await {
+    let req = match admin::handle(&state, caller, req).await {
         Ok(resp) => return Ok(resp),
         Err(req) => req,
     };
@@ -162,7 +113,7 @@ fn request_filter(
         tracing::debug!(reason, error = %e, "request refused by the filter");
         let path = req.uri().path();
         Box::new(if is_relay_api(path) {
-            crate::api::error(e.status(), &e.to_string()).map(RelayBody::full)
+            crate::admin::reply::error(e.status(), &e.to_string()).map(RelayBody::full)
         } else {
             let id = HeaderValue::try_from(uuid::Uuid::new_v4().to_string()).expect("ASCII");
             e.to_response(Dialect::of(path, req.headers()), &id)
@@ -210,7 +161,7 @@ fn request_filter(
     {
         metrics.refused.with_label_values(&["host"]).inc();
         let host = filter::request_host(req.headers(), req.uri()).unwrap_or_default();
-        return Err(Box::new(crate::api::error(
+        return Err(Box::new(crate::admin::reply::error(
             http::StatusCode::FORBIDDEN,
             &format!("relay's own API does not answer Host {host:?} (it answers loopback names and IP addresses, and the names in server.allowed_hosts)"),
         )
@@ -233,158 +184,6 @@ fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
         b = b.authority(a.clone());
     }
     b.path_and_query(pq).build().ok()
-}
-
-/// `/relay` and below: relay's own API.
-fn is_relay_api(path: &str) -> bool {
-    path == RELAY_PREFIX || path.starts_with(RELAY_PREFIX_SLASH)
-}
-
-/// Stage 1: relay's own endpoints. Anything else is handed back to go on through the pipeline.
-///
-/// `/relay/...` (the cache admin API, `/relay/usage`) answers local callers only: it can read and
-/// delete every recording, and shows spending by key. Others get a 404 there, as for any unknown
-/// path.
-async fn admin(
-    state: &State,
-    caller: filter::Caller,
-    req: Request<Incoming>,
-) -> Result<Response<RelayBody>, Request<Incoming>> {
-    let path = req.uri().path();
-    if is_relay_api(path) {
-        return Ok(relay_api(state, caller, req).await);
-    }
-    let (content_type, body) = match path {
-        "/healthz" => ("application/json", health(state)),
-        "/metrics" => {
-            if let Some(cache) = &state.cache {
-                match cache.store().stats().await {
-                    Ok(s) => {
-                        state.metrics.cache_entries.set(s.entries as i64);
-                        state.metrics.cache_bytes.set(s.bytes as i64);
-                    }
-                    Err(_) => state
-                        .metrics
-                        .cache_errors
-                        .with_label_values(&[cache.store().backend()])
-                        .inc(),
-                }
-            }
-            (
-                "text/plain; version=0.0.4; charset=utf-8",
-                Bytes::from(state.metrics.render()),
-            )
-        }
-        _ => return Err(req),
-    };
-    let mut resp = Response::new(RelayBody::full(body));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    Ok(resp)
-}
-
-/// `/healthz`: `{"status":"ok"}`, plus which backend serves when Redis is configured for the
-/// cache (`"cache": "redis"` or `"redb"`, the local fallback) or the rate limits
-/// (`"ratelimit": "redis"` or `"local"`).
-fn health(state: &State) -> Bytes {
-    let rt = state.runtime.load();
-    let cfg = &rt.config;
-    let mut body = String::from("{\"status\":\"ok\"");
-    if cfg.cache.backend == crate::config::CacheBackend::Redis {
-        if let Some(c) = &state.cache {
-            body.push_str(&format!(",\"cache\":\"{}\"", c.store().backend()));
-        }
-    }
-    if cfg.limits.backend == crate::config::LimitBackend::Redis {
-        let redis = state
-            .metrics
-            .ratelimit_backend
-            .with_label_values(&["redis"])
-            .get();
-        let local = state
-            .metrics
-            .ratelimit_backend
-            .with_label_values(&["local"])
-            .get();
-        if redis + local > 0 {
-            let b = if redis > 0 { "redis" } else { "local" };
-            body.push_str(&format!(",\"ratelimit\":\"{b}\""));
-        }
-    }
-    body.push('}');
-    Bytes::from(body)
-}
-
-/// Relay's own API under `/relay`.
-const RELAY_PREFIX: &str = "/relay";
-const RELAY_PREFIX_SLASH: &str = "/relay/";
-
-/// Whether a caller may use the `/relay/...` endpoint at `path`: local callers always; others only
-/// `/relay/events`, and only with `server.events_remote: true`.
-fn relay_api_allowed(path: &str, local: bool, events_remote: bool) -> bool {
-    local || (events_remote && path == events::PATH)
-}
-
-/// `/relay/...`: local callers only (and `/relay/events` for anyone with
-/// `server.events_remote: true`).
-async fn relay_api(
-    state: &State,
-    caller: filter::Caller,
-    req: Request<Incoming>,
-) -> Response<RelayBody> {
-    let path = req.uri().path();
-    let events_remote = state.runtime.load().config.server.events_remote;
-    let allowed = relay_api_allowed(path, caller.local, events_remote);
-    if path == events::PATH && allowed {
-        return events::sse::response(state.events.subscribe()).map(RelayBody::stream);
-    }
-    let found = if !allowed {
-        None
-    } else if path == crate::cost::cli::PATH {
-        Some(if req.method() == Method::GET {
-            crate::cost::cli::api(&state.cost, req.uri().query()).await
-        } else {
-            crate::api::error(http::StatusCode::METHOD_NOT_ALLOWED, "use GET")
-        })
-    } else if path == cache::admin::PREFIX
-        || path.starts_with(&format!("{}/", cache::admin::PREFIX))
-    {
-        match &state.cache {
-            Some(c) => Some(match own_body(state, req).await {
-                Ok((req, _held)) => cache::admin::handle(c.store(), req).await,
-                Err(e) => crate::api::error(e.status(), &e.to_string()),
-            }),
-            None => Some(crate::api::error(
-                http::StatusCode::SERVICE_UNAVAILABLE,
-                "the cache is off (cache.enabled: false)",
-            )),
-        }
-    } else {
-        None
-    };
-    found
-        .unwrap_or_else(|| crate::api::error(http::StatusCode::NOT_FOUND, "no such relay endpoint"))
-        .map(RelayBody::full)
-}
-
-/// A request to relay's own API with its body read whole, under `server.max_body_bytes`,
-/// `server.body_read_timeout` and the server's body budget, as any request relay reads.
-async fn own_body(
-    state: &State,
-    req: Request<Incoming>,
-) -> Result<(Request<http_body_util::Full<Bytes>>, client_body::Buffered), EdgeError> {
-    let server = &state.runtime.load().config.server;
-    let bounds = client_body::Bounds {
-        max_bytes: server.max_body_bytes,
-        stall: server.body_read_timeout,
-    };
-    let (parts, body) = req.into_parts();
-    let declared = client_body::declared_length(&parts.headers);
-    let (bytes, held) = client_body::read_whole(body, declared, bounds, &state.bodies).await?;
-    Ok((
-        Request::from_parts(parts, http_body_util::Full::new(bytes)),
-        held,
-    ))
 }
 
 /// Stages 3–9.
@@ -827,32 +626,5 @@ mod tests {
             Err(EdgeError::BadJson(_))
         ));
         assert_eq!(peek_model(b"{nope", false).unwrap(), None);
-    }
-
-    #[test]
-    fn relay_api_is_loopback_only_but_events_can_be_opened() {
-        let (lan, lan6, local, local6) = (false, false, true, true);
-        let admin = [
-            crate::cost::cli::PATH,
-            cache::admin::PREFIX,
-            "/relay/cache/entries",
-            "/relay",
-            "/relay/nope",
-            "/relay/events/x",
-        ];
-        for remote in [false, true] {
-            for ip in [local, local6] {
-                assert!(relay_api_allowed(events::PATH, ip, remote));
-                for p in admin {
-                    assert!(relay_api_allowed(p, ip, remote), "{p}");
-                }
-            }
-            for ip in [lan, lan6] {
-                assert_eq!(relay_api_allowed(events::PATH, ip, remote), remote);
-                for p in admin {
-                    assert!(!relay_api_allowed(p, ip, remote), "{p} {remote}");
-                }
-            }
-        }
     }
 }

@@ -37,7 +37,7 @@ pub use view::render;
 
 use crate::events::sse::{Message, Parser};
 use crate::events::{Events, Next, Subscription};
-use crate::server::{ServeOptions, Server, StartError};
+use crate::proxy::server::{ServeOptions, Server, StartError};
 
 /// Most redraws per second.
 pub const FPS: u32 = 15;

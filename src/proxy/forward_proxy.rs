@@ -36,13 +36,13 @@ use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OnceCell};
 
+use super::body::RelayBody;
+use super::conn;
+use super::filter;
+use super::held::Held;
+use super::pipeline::{self, State};
+use super::upstream::strip_hop_by_hop;
 use crate::error::{Dialect, EdgeError};
-use crate::proxy::body::RelayBody;
-use crate::proxy::conn;
-use crate::proxy::filter;
-use crate::proxy::held::Held;
-use crate::proxy::pipeline::{self, State};
-use crate::proxy::upstream::strip_hop_by_hop;
 use crate::tls::{self, LocalCa, TlsError};
 use crate::wire::headers as names;
 

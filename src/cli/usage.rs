@@ -6,59 +6,20 @@
 //! and goes through the running relay's loopback endpoint when one does (redb allows one process
 //! per file), like `relay cache`.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::cost::budget::Day;
+use crate::cost::ledger::{self, Ledger, LedgerError};
+use crate::cost::report::{report, By, Report, ReportRow, Since, PATH};
 use bytes::Bytes;
-use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde::{Deserialize, Serialize};
-
-use super::budget::Day;
-use super::ledger::{self, Counts, Ledger, LedgerError, Row};
-use super::Accounting;
-use crate::api::{error, json};
-use crate::clock::Clock;
-use crate::config::Config;
-
-/// The endpoint's path.
-pub const PATH: &str = "/relay/usage";
-
-/// How rows are grouped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum By {
-    Day,
-    Model,
-    Key,
-    Provider,
-}
-
-impl By {
-    fn as_str(self) -> &'static str {
-        match self {
-            By::Day => "day",
-            By::Model => "model",
-            By::Key => "key",
-            By::Provider => "provider",
-        }
-    }
-
-    fn parse(s: &str) -> Option<By> {
-        match s {
-            "day" => Some(By::Day),
-            "model" => Some(By::Model),
-            "key" => Some(By::Key),
-            "provider" => Some(By::Provider),
-            _ => None,
-        }
-    }
-}
 
 /// `relay usage` options.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -81,152 +42,6 @@ pub struct UsageArgs {
     /// Always ask the relay at this URL (e.g. http://127.0.0.1:8080) instead of opening the ledger.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
-}
-
-/// The summed ledger for one period.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    /// First day included (UTC, `YYYY-MM-DD`).
-    pub since: String,
-    /// Last day included (today, UTC).
-    pub until: String,
-    pub by: By,
-    /// The date of the built-in price table.
-    pub prices_as_of: String,
-    pub rows: Vec<ReportRow>,
-    pub total: ReportRow,
-    /// What the reader must know about the figures (a damaged ledger moved aside).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notices: Vec<String>,
-}
-
-/// One group's sums. Money in micro-USD (integers) and in USD.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReportRow {
-    /// The day, model, key or provider.
-    pub group: String,
-    #[serde(flatten)]
-    pub counts: Counts,
-    pub cost_usd: f64,
-    pub saved_usd: f64,
-}
-
-impl ReportRow {
-    fn new(group: String, counts: Counts) -> ReportRow {
-        ReportRow {
-            group,
-            cost_usd: counts.cost_micros as f64 / 1e6,
-            saved_usd: counts.saved_micros as f64 / 1e6,
-            counts,
-        }
-    }
-}
-
-/// Where a period starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Since {
-    /// The last N days, today included.
-    Days(u32),
-    Date(Day),
-}
-
-impl Since {
-    pub fn parse(s: &str) -> Result<Since, String> {
-        let s = s.trim();
-        if let Some(n) = s.strip_suffix('d') {
-            return match n.parse::<u32>() {
-                Ok(n) if n >= 1 => Ok(Since::Days(n)),
-                _ => Err(format!("{s:?}: want a number of days ≥ 1, e.g. 7d")),
-            };
-        }
-        Day::parse(s)
-            .map(Since::Date)
-            .ok_or_else(|| format!("{s:?}: want a number of days (7d) or a date (2025-11-01)"))
-    }
-
-    /// The first day of the period, seen from `today`.
-    pub fn first_day(self, today: Day) -> Day {
-        match self {
-            Since::Days(n) => today.plus_days(-(i64::from(n) - 1)),
-            Since::Date(d) => d,
-        }
-    }
-}
-
-/// Sums `rows` (already from `since` on) by `by`. Rows are in group order; the total sums all.
-pub fn report(rows: &[Row], since: Day, today: Day, by: By) -> Report {
-    let mut groups: BTreeMap<String, Counts> = BTreeMap::new();
-    let mut total = Counts::default();
-    for (k, c) in rows {
-        if Day::parse(&k.day).is_none_or(|d| d < since || d > today) {
-            continue;
-        }
-        let g = match by {
-            By::Day => &k.day,
-            By::Model => &k.model,
-            By::Key => &k.key,
-            By::Provider => &k.provider,
-        };
-        groups.entry(g.clone()).or_default().add(c);
-        total.add(c);
-    }
-    Report {
-        since: since.to_string(),
-        until: today.to_string(),
-        by,
-        prices_as_of: super::prices::builtin().as_of.clone(),
-        rows: groups
-            .into_iter()
-            .map(|(g, c)| ReportRow::new(g, c))
-            .collect(),
-        total: ReportRow::new("total".to_string(), total),
-        notices: Vec::new(),
-    }
-}
-
-/// `GET /relay/usage?since=7d&by=day` for a running server (loopback peers only; see the
-/// pipeline's `relay_api`).
-pub async fn api(acct: &Accounting, query: Option<&str>) -> Response<Bytes> {
-    let mut since = Since::Days(7);
-    let mut by = By::Day;
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "since" => match Since::parse(v) {
-                Ok(s) => since = s,
-                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("since: {e}")),
-            },
-            "by" => match By::parse(v) {
-                Some(b) => by = b,
-                None => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "by: want day, model, key or provider",
-                    )
-                }
-            },
-            other => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("unknown parameter {other:?} (since, by)"),
-                )
-            }
-        }
-    }
-    let today = Day::of_ms(acct.now_ms());
-    let first = since.first_day(today);
-    match acct.rows(first.to_string()).await {
-        Ok(rows) => {
-            let mut r = report(&rows, first, today, by);
-            r.notices = acct.notices();
-            json(StatusCode::OK, &r)
-        }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
-    }
 }
 
 /// Why `relay usage` failed. `Display` is the message for the user.
@@ -386,8 +201,8 @@ pub fn render_table(r: &Report) -> String {
             (c.input + c.cache_write).to_string(),
             c.cached_input.to_string(),
             c.output.to_string(),
-            super::usd(c.cost_micros),
-            super::usd(c.saved_micros),
+            crate::wire::usd(c.cost_micros),
+            crate::wire::usd(c.saved_micros),
         ]
     };
     let mut cells: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
@@ -439,7 +254,7 @@ pub fn render_table(r: &Report) -> String {
         let _ = writeln!(
             out,
             "the cache saved ${} ({} hits)",
-            super::usd(saved),
+            crate::wire::usd(saved),
             r.total.counts.hits
         );
     }
@@ -472,8 +287,8 @@ pub fn render_csv(r: &Report) -> String {
             c.cache_write,
             c.output,
             c.reasoning,
-            super::usd(c.cost_micros),
-            super::usd(c.saved_micros)
+            crate::wire::usd(c.cost_micros),
+            crate::wire::usd(c.saved_micros)
         );
     }
     out
@@ -482,7 +297,7 @@ pub fn render_csv(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cost::ledger::RowKey;
+    use crate::cost::ledger::{Counts, Row, RowKey};
 
     fn row(day: &str, model: &str, key: &str, cost: u64, hits: u64) -> Row {
         (

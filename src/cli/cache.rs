@@ -5,7 +5,7 @@
 //!   the configured store itself, runs, and closes it.
 //! - **A running `relay serve` holds the redb file** (opening it fails with
 //!   [`StoreError::Locked`]; redb allows one process per file): the command goes to that server's
-//!   loopback admin API ([`super::admin`]) at `http://<server.listen>/relay/cache/...`, with
+//!   loopback admin API ([`crate::admin::cache`]) at `http://<server.listen>/relay/cache/...`, with
 //!   `0.0.0.0` / `[::]` replaced by `127.0.0.1` / `[::1]`.
 //! - **`--server URL`**: always that server's admin API; the store is not opened.
 //!
@@ -26,10 +26,10 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
-use super::admin::{
-    self, ApiError, EntryDetail, EntrySummary, Imported, Removed, ResponseView, StatsView,
+use crate::admin::cache::{
+    self as admin, ApiError, EntryDetail, EntrySummary, Imported, Removed, ResponseView, StatsView,
 };
-use super::{Store, StoreError};
+use crate::cache::{Store, StoreError};
 use crate::clock::Clock;
 use crate::config::Config;
 
@@ -338,10 +338,10 @@ impl Backend {
         if let Some(url) = server {
             return Ok(Backend::remote(server_base(url)?, None));
         }
-        match super::open::open(cfg, Clock::system()).await {
+        match crate::cache::open::open(cfg, Clock::system()).await {
             Ok(store) => {
                 let what = match store.backend() {
-                    "redb" => super::open::redb_path(cfg)?.display().to_string(),
+                    "redb" => crate::cache::open::redb_path(cfg)?.display().to_string(),
                     other => other.to_owned(),
                 };
                 Ok(Backend::Direct { store, what })

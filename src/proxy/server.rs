@@ -18,15 +18,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::cache::Cache;
+use super::conn;
+use super::pipeline::{Runtime, State};
 use crate::cache::{self, Store};
 use crate::clock::Clock;
 use crate::config::watch::{ConfigWatcher, DEFAULT_DEBOUNCE};
 use crate::config::{CacheBackend, CacheMode, Config, ConfigError, Env};
 use crate::events::{self, Events};
 use crate::metrics::Metrics;
-use crate::proxy::cache::Cache;
-use crate::proxy::conn;
-use crate::proxy::pipeline::{Runtime, State};
 
 /// How to start a server.
 #[derive(Debug, Clone, Default)]
@@ -138,7 +138,7 @@ impl Server {
             bodies: crate::proxy::client_body::BodyBudget::new(max_buffered, metrics_gauge),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let forward = Arc::new(crate::forward::Forward::new(
+        let forward = Arc::new(crate::proxy::forward_proxy::Forward::new(
             crate::tls::ca_dir(&state.runtime.load().config),
             addr,
             shutdown_rx.clone(),
@@ -273,7 +273,7 @@ async fn accept_loop(
     listener: TcpListener,
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
-    forward: Arc<crate::forward::Forward>,
+    forward: Arc<crate::proxy::forward_proxy::Forward>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let (max_connections, max_header_bytes) = {
@@ -327,7 +327,7 @@ async fn accept_loop(
                 // The forward proxy (CONNECT, absolute-form) first; it hands the rest to the pipeline.
                 let svc = service_fn(move |req| {
                     let active = service_watch.begin();
-                    let answer = crate::forward::handle(forward.clone(), state.clone(), peer, req);
+                    let answer = crate::proxy::forward_proxy::handle(forward.clone(), state.clone(), peer, req);
                     async move {
                         let resp = answer.await?;
                         Ok::<_, std::convert::Infallible>(resp.map(|b| conn::Tracked::new(b, active)))

@@ -31,11 +31,11 @@ use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::{json, response};
+use crate::admin::reply::{json, response};
 
-use super::entry::{CachedBody, Entry, EntryMeta};
-use super::key::CacheKey;
-use super::store::{ListFilter, Store, StoreError};
+use crate::cache::entry::{CachedBody, Entry, EntryMeta};
+use crate::cache::key::CacheKey;
+use crate::cache::store::{ListFilter, Store, StoreError};
 
 /// Where the server mounts the admin API. Every path [`handle`] serves starts with it.
 pub const PREFIX: &str = "/relay/cache";

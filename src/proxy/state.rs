@@ -1,0 +1,62 @@
+//! What every request of one server shares: the [`Runtime`] built from one config (swapped whole on
+//! reload) and the server's [`State`] (metrics, cache, accounting, the live feed), which outlive reloads.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::cache::Cache;
+use super::client_body::BodyBudget;
+use super::upstream::Upstreams;
+use crate::config::Config;
+use crate::events::Events;
+use crate::limit::{breaker::Breakers, Limiter};
+use crate::metrics::{Metrics, ModelLabels};
+
+/// Everything derived from one config: swapped as a whole on reload.
+pub struct Runtime {
+    pub config: Config,
+    pub upstreams: Upstreams,
+    pub labels: ModelLabels,
+    /// Prices, key aliases and budgets.
+    pub cost: crate::cost::Book,
+    /// Rate-limit rules; the buckets carry over from the previous runtime.
+    pub limiter: Limiter,
+    /// Circuit breakers by provider; carried over while a provider's settings are unchanged.
+    pub breakers: Breakers,
+}
+
+impl Runtime {
+    /// Builds the runtime for `config`, reusing the connection pools of `previous` where possible.
+    pub fn new(config: Config, previous: Option<&Runtime>) -> Runtime {
+        let upstreams = Upstreams::new(&config, previous.map(|p| &p.upstreams));
+        let labels = ModelLabels::from_config(&config);
+        let cost = crate::cost::Book::from_config(&config);
+        let limiter = Limiter::new(&config, previous.map(|p| &p.limiter));
+        let breakers = Breakers::new(&config, previous.map(|p| &p.breakers));
+        Runtime {
+            config,
+            upstreams,
+            labels,
+            cost,
+            limiter,
+            breakers,
+        }
+    }
+}
+
+/// State shared by every request of one server.
+pub struct State {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Arc<Metrics>,
+    /// The response cache (`None` when `cache.enabled` was off at start).
+    pub cache: Option<Arc<Cache>>,
+    /// Usage ledger, budget spend (outlives reloads).
+    pub cost: Arc<crate::cost::Accounting>,
+    /// The live request feed (`relay tui`, `GET /relay/events`).
+    pub events: Arc<Events>,
+    /// Connections taken over from the server (WebSockets, tunnels), for the shutdown drain.
+    pub held: Arc<super::held::HeldConnections>,
+    /// Request bodies in memory, over all requests (`server.max_buffered_bytes`).
+    pub bodies: BodyBudget,
+}
