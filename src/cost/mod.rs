@@ -398,6 +398,8 @@ pub struct Priced {
 /// [`Hook`] puts the metered usage there when the body ends.
 pub trait Metered: Send + 'static {
     fn usage_slot(&mut self) -> &mut Option<Usage>;
+    /// The body is over: run the request's closing phase.
+    fn close(self);
 }
 
 /// The accounting of one request, carried by the request's context and settled when it closes.
@@ -798,20 +800,19 @@ impl Hook {
         self.meter.rewrites()
     }
 
-    /// The body ended or was dropped: puts the usage on `x` and drops it (which closes it). When
-    /// the answer carried no usage, the tokens are counted with tiktoken on the blocking pool and
-    /// `x` is dropped there.
+    /// The body ended or was dropped: puts the usage on `x` and closes it. When the answer carried
+    /// no usage, the tokens are counted with tiktoken on the blocking pool and `x` closes there.
     pub fn finish<X: Metered>(self, mut x: X) {
         let reading = self.meter.finish();
         if let Some(u) = reading.usage {
             *x.usage_slot() = Some(u);
-            return;
+            return x.close();
         }
         if x.usage_slot().is_some() {
-            return;
+            return x.close();
         }
         let (Some(request), Some(output)) = (self.request, reading.generated) else {
-            return;
+            return x.close();
         };
         let est = tokens::Estimate {
             model: self.model,
@@ -820,7 +821,7 @@ impl Hook {
         };
         let count = move || {
             *x.usage_slot() = Some(est.count());
-            drop(x);
+            x.close();
         };
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {

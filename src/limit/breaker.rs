@@ -63,18 +63,18 @@ impl State {
 
 /// How a call through the circuit went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Verdict {
     Success,
     Failure,
 }
 
-impl Outcome {
+impl Verdict {
     /// The outcome of an upstream answer with `status`: 5xx fail, 429 fails when configured.
-    pub fn of_status(status: u16, count_429: bool) -> Outcome {
+    pub fn of_status(status: u16, count_429: bool) -> Verdict {
         if status >= 500 || (status == 429 && count_429) {
-            Outcome::Failure
+            Verdict::Failure
         } else {
-            Outcome::Success
+            Verdict::Success
         }
     }
 }
@@ -213,12 +213,12 @@ impl Circuit {
         self.transition(from, OPEN, metrics);
     }
 
-    fn record(&self, probe: bool, outcome: Outcome, metrics: &Metrics) {
+    fn record(&self, probe: bool, outcome: Verdict, metrics: &Metrics) {
         let now = self.now();
         if probe {
             self.probes.fetch_sub(1, Ordering::AcqRel);
             match outcome {
-                Outcome::Success => {
+                Verdict::Success => {
                     self.consecutive.store(0, Ordering::Release);
                     for s in &self.window {
                         s.ok.store(0, Ordering::Relaxed);
@@ -226,7 +226,7 @@ impl Circuit {
                     }
                     self.transition(HALF_OPEN, CLOSED, metrics);
                 }
-                Outcome::Failure => self.open(HALF_OPEN, now, metrics),
+                Verdict::Failure => self.open(HALF_OPEN, now, metrics),
             }
             return;
         }
@@ -246,11 +246,11 @@ impl Circuit {
             slot.failed.store(0, Ordering::Release);
         }
         match outcome {
-            Outcome::Success => {
+            Verdict::Success => {
                 slot.ok.fetch_add(1, Ordering::AcqRel);
                 self.consecutive.store(0, Ordering::Release);
             }
-            Outcome::Failure => {
+            Verdict::Failure => {
                 slot.failed.fetch_add(1, Ordering::AcqRel);
                 let run = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
                 let (ok, failed) = self.window_counts(index);
@@ -288,14 +288,14 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    pub fn record(mut self, outcome: Outcome, metrics: &Metrics) {
+    pub fn record(mut self, outcome: Verdict, metrics: &Metrics) {
         self.done = true;
         self.circuit.record(self.probe, outcome, metrics);
     }
 
     /// Records the outcome of an upstream answer with `status`.
     pub fn record_status(self, status: u16, metrics: &Metrics) {
-        let outcome = Outcome::of_status(status, self.circuit.cfg.count_429);
+        let outcome = Verdict::of_status(status, self.circuit.cfg.count_429);
         self.record(outcome, metrics);
     }
 }
@@ -380,7 +380,7 @@ mod tests {
         }
     }
 
-    fn call(c: &Arc<Circuit>, m: &Metrics, outcome: Outcome) {
+    fn call(c: &Arc<Circuit>, m: &Metrics, outcome: Verdict) {
         c.admit(m).expect("admitted").record(outcome, m);
     }
 
@@ -388,13 +388,13 @@ mod tests {
     async fn opens_after_consecutive_failures_then_probes_and_closes() {
         let m = Metrics::new();
         let c = Arc::new(Circuit::new("p", cfg(3, 1.0, 100)));
-        call(&c, &m, Outcome::Failure);
-        call(&c, &m, Outcome::Failure);
-        call(&c, &m, Outcome::Success); // resets the run
-        call(&c, &m, Outcome::Failure);
-        call(&c, &m, Outcome::Failure);
+        call(&c, &m, Verdict::Failure);
+        call(&c, &m, Verdict::Failure);
+        call(&c, &m, Verdict::Success); // resets the run
+        call(&c, &m, Verdict::Failure);
+        call(&c, &m, Verdict::Failure);
         assert_eq!(c.state(), State::Closed);
-        call(&c, &m, Outcome::Failure);
+        call(&c, &m, Verdict::Failure);
         assert_eq!(c.state(), State::Open);
         assert_eq!(c.admit(&m).unwrap_err(), Duration::from_secs(30));
 
@@ -405,9 +405,9 @@ mod tests {
         assert_eq!(c.state(), State::HalfOpen);
         // Only one probe at a time.
         assert_eq!(c.admit(&m).unwrap_err(), PROBE_RETRY);
-        probe.record(Outcome::Success, &m);
+        probe.record(Verdict::Success, &m);
         assert_eq!(c.state(), State::Closed);
-        call(&c, &m, Outcome::Success);
+        call(&c, &m, Verdict::Success);
         let text = m.render();
         assert!(
             text.contains(r#"relay_circuit_state{provider="p"} 0"#),
@@ -421,12 +421,12 @@ mod tests {
     async fn failed_probe_reopens_and_dropped_probe_frees_its_slot() {
         let m = Metrics::new();
         let c = Arc::new(Circuit::new("p", cfg(1, 1.0, 100)));
-        call(&c, &m, Outcome::Failure);
+        call(&c, &m, Verdict::Failure);
         assert_eq!(c.state(), State::Open);
         tokio::time::advance(Duration::from_secs(30)).await;
         drop(c.admit(&m).expect("probe")); // the caller left
         let probe = c.admit(&m).expect("the slot is free again");
-        probe.record(Outcome::Failure, &m);
+        probe.record(Verdict::Failure, &m);
         assert_eq!(c.state(), State::Open);
         assert_eq!(c.admit(&m).unwrap_err(), Duration::from_secs(30));
     }
@@ -438,9 +438,9 @@ mod tests {
         // 4 failures in 9 requests: under min_requests.
         for i in 0..9 {
             let o = if i % 2 == 0 {
-                Outcome::Success
+                Verdict::Success
             } else {
-                Outcome::Failure
+                Verdict::Failure
             };
             call(&c, &m, o);
         }
@@ -448,23 +448,23 @@ mod tests {
         // Old results leave the window: 10 s later only new ones count.
         tokio::time::advance(Duration::from_secs(11)).await;
         for _ in 0..6 {
-            call(&c, &m, Outcome::Success);
+            call(&c, &m, Verdict::Success);
         }
         for _ in 0..4 {
-            call(&c, &m, Outcome::Failure);
+            call(&c, &m, Verdict::Failure);
         }
         assert_eq!(c.state(), State::Closed, "4 of 10 is under 0.5");
-        call(&c, &m, Outcome::Failure);
-        call(&c, &m, Outcome::Failure);
+        call(&c, &m, Verdict::Failure);
+        call(&c, &m, Verdict::Failure);
         assert_eq!(c.state(), State::Open, "6 of 12");
     }
 
     #[test]
     fn statuses() {
-        assert_eq!(Outcome::of_status(200, false), Outcome::Success);
-        assert_eq!(Outcome::of_status(404, false), Outcome::Success);
-        assert_eq!(Outcome::of_status(503, false), Outcome::Failure);
-        assert_eq!(Outcome::of_status(429, false), Outcome::Success);
-        assert_eq!(Outcome::of_status(429, true), Outcome::Failure);
+        assert_eq!(Verdict::of_status(200, false), Verdict::Success);
+        assert_eq!(Verdict::of_status(404, false), Verdict::Success);
+        assert_eq!(Verdict::of_status(503, false), Verdict::Failure);
+        assert_eq!(Verdict::of_status(429, false), Verdict::Success);
+        assert_eq!(Verdict::of_status(429, true), Verdict::Failure);
     }
 }

@@ -111,7 +111,7 @@ pub struct Lookup {
 }
 
 /// The outcome of the cache stage.
-pub enum Outcome {
+pub enum Resolved {
     /// Answered without an upstream call of its own.
     Served(Box<http::Response<RelayBody>>),
     /// Forward; `lead` is set when this request leads a single flight.
@@ -139,13 +139,13 @@ impl Cache {
         self: &Arc<Self>,
         lookup: Lookup,
         request_id: &HeaderValue,
-    ) -> Result<Outcome, EdgeError> {
+    ) -> Result<Resolved, EdgeError> {
         if lookup.status == Status::Bypass {
-            return Ok(Outcome::Forward(Some(lookup), None));
+            return Ok(Resolved::Forward(Some(lookup), None));
         }
         if lookup.read {
             if let Some(entry) = self.get(lookup.key).await {
-                return Ok(Outcome::Served(Box::new(
+                return Ok(Resolved::Served(Box::new(
                     self.replay(lookup.key, entry, &lookup, request_id),
                 )));
             }
@@ -157,22 +157,22 @@ impl Cache {
             });
         }
         if !(lookup.read && lookup.write) {
-            return Ok(Outcome::Forward(Some(lookup), None));
+            return Ok(Resolved::Forward(Some(lookup), None));
         }
         match self.flights.join(self, lookup.key) {
             Joined::Follow(flight) => {
                 let resp = follow(flight, lookup.key, request_id).await?;
-                Ok(Outcome::Served(Box::new(resp)))
+                Ok(Resolved::Served(Box::new(resp)))
             }
             Joined::Lead(lead) => {
                 // The entry may have landed between the lookup and taking the lead.
                 if let Some(entry) = self.get(lookup.key).await {
                     lead.publish(&entry);
-                    return Ok(Outcome::Served(Box::new(
+                    return Ok(Resolved::Served(Box::new(
                         self.replay(lookup.key, entry, &lookup, request_id),
                     )));
                 }
-                Ok(Outcome::Forward(Some(lookup), Some(lead)))
+                Ok(Resolved::Forward(Some(lookup), Some(lead)))
             }
         }
     }

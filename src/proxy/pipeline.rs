@@ -42,9 +42,10 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::admin::{self, is_relay_api};
-use super::body::{Exchange, RelayBody};
-use super::cache::{self as stage, Answer, FlightLead, Outcome};
+use super::body::RelayBody;
+use super::cache::{self as stage, Answer, FlightLead, Resolved};
 use super::client_body::{self, ClientBody};
+use super::context::RequestContext;
 use super::filter;
 use super::route::{self, PathTarget};
 pub use super::state::{Runtime, State};
@@ -78,7 +79,7 @@ pub async fn handle(
         None => HeaderValue::try_from(uuid::Uuid::new_v4().to_string()).expect("uuid is ASCII"),
     };
     let dialect = Dialect::of(req.uri().path(), req.headers());
-    let mut x = Exchange::begin(
+    let mut x = RequestContext::begin(
         state.metrics.clone(),
         rt.config.server.request_log,
         started,
@@ -90,13 +91,14 @@ pub async fn handle(
     let resp = match forward(&rt, &state, &mut x, req).await {
         Ok(resp) => resp,
         Err(e) => {
-            x.error = Some(e.code());
-            e.to_response(dialect, &x.request_id).map(RelayBody::full)
+            let resp = e.to_response(dialect, &x.request_id).map(RelayBody::full);
+            x.error = Some(e);
+            resp
         }
     };
     x.status = resp.status().as_u16();
     x.headers_sent(resp.headers());
-    Ok(resp.map(|b| b.with_exchange(x)))
+    Ok(resp.map(|b| b.with_context(x)))
 }
 
 /// Stage 0: the request filter ([`filter`]). The path is normalised (a path above the root is
@@ -190,7 +192,7 @@ fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
 async fn forward(
     rt: &Runtime,
     state: &State,
-    x: &mut Exchange,
+    x: &mut RequestContext,
     req: Request<Incoming>,
 ) -> Result<Response<RelayBody>, EdgeError> {
     let cfg = &rt.config;
@@ -289,7 +291,7 @@ async fn forward(
                 let served = cache.resolve(lookup, &x.request_id).await;
                 let labels = [provider.name.as_str(), x.model_label.as_str()];
                 match served? {
-                    Outcome::Served(mut resp) => {
+                    Resolved::Served(mut resp) => {
                         metrics.cache_hits.with_label_values(&labels).inc();
                         if let Some(c) = &cost {
                             let served = c.served(&mut resp);
@@ -301,7 +303,7 @@ async fn forward(
                         }
                         return Ok(*resp);
                     }
-                    Outcome::Forward(lookup, lead) => {
+                    Resolved::Forward(lookup, lead) => {
                         if lookup
                             .as_ref()
                             .is_some_and(|l| l.status != stage::Status::Bypass)
@@ -493,7 +495,7 @@ struct Call<'a> {
 /// before anything was sent (only for bodies relay read whole, which it can send again). Each
 /// answer is reported to the provider's circuit: 5xx (429 with `count_429`), connect errors and
 /// timeouts as failures. A successful stream (SSE) is judged when it ends: its ticket goes to
-/// `deferred` (the request's [`Exchange`]), so a stream cut by the idle timeout is a failure.
+/// `deferred` (the request's [`RequestContext`]), so a stream cut by the idle timeout is a failure.
 async fn call_upstream(
     rt: &Runtime,
     metrics: &Metrics,
@@ -576,7 +578,7 @@ async fn call_upstream(
                     return Err(f.to_edge());
                 }
                 if let Some(t) = ticket {
-                    t.record(limit::breaker::Outcome::Failure, metrics);
+                    t.record(limit::breaker::Verdict::Failure, metrics);
                 }
                 if !not_sent {
                     return Err(e);

@@ -4,7 +4,7 @@
 use super::*;
 
 /// What an applied op answers.
-pub(super) enum Outcome {
+pub(super) enum OpDone {
     Done,
     Removed(bool),
     Cleared(u64),
@@ -117,7 +117,7 @@ impl Writer {
                 })
             } else {
                 Ok(Applied {
-                    outcomes: batch.iter().map(|_| Outcome::Done).collect(),
+                    outcomes: batch.iter().map(|_| OpDone::Done).collect(),
                     gone: Vec::new(),
                     cleared: false,
                 })
@@ -188,16 +188,16 @@ impl Writer {
         }
         .into_iter();
         for op in batch {
-            let outcome = outcomes.next().unwrap_or(Ok(Outcome::Done));
+            let outcome = outcomes.next().unwrap_or(Ok(OpDone::Done));
             match op {
                 Op::Put { key, seq, .. } => self.pending.settle(&key, seq),
                 Op::Hit(_) | Op::Expire(_) | Op::Tick => {}
                 Op::Remove { reply, .. } => {
-                    let _ = reply.send(outcome.map(|o| matches!(o, Outcome::Removed(true))));
+                    let _ = reply.send(outcome.map(|o| matches!(o, OpDone::Removed(true))));
                 }
                 Op::Clear { reply, .. } => {
                     let _ = reply.send(outcome.map(|o| match o {
-                        Outcome::Cleared(n) => n,
+                        OpDone::Cleared(n) => n,
                         _ => 0,
                     }));
                 }
@@ -328,19 +328,19 @@ pub(super) fn apply(
                     key, entry, size, ..
                 } => {
                     t.put(key, entry, *size)?;
-                    Outcome::Done
+                    OpDone::Done
                 }
                 Op::Hit(key) => {
                     t.hit(key, 1)?;
-                    Outcome::Done
+                    OpDone::Done
                 }
                 Op::Expire(key) => {
                     t.expire(key, now)?;
-                    Outcome::Done
+                    OpDone::Done
                 }
-                Op::Remove { key, .. } => Outcome::Removed(t.drop_entry(key)?),
-                Op::Clear { model, .. } => Outcome::Cleared(t.clear(model.as_deref())?),
-                Op::Flush(_) | Op::Close(_) | Op::Tick => Outcome::Done,
+                Op::Remove { key, .. } => OpDone::Removed(t.drop_entry(key)?),
+                Op::Clear { model, .. } => OpDone::Cleared(t.clear(model.as_deref())?),
+                Op::Flush(_) | Op::Close(_) | Op::Tick => OpDone::Done,
             });
         }
         for (key, n) in hits {
@@ -362,7 +362,7 @@ pub(super) fn apply(
 /// What a committed batch did.
 pub(super) struct Applied {
     /// One per op, in order.
-    pub(super) outcomes: Vec<Outcome>,
+    pub(super) outcomes: Vec<OpDone>,
     /// Entries it removed (besides replacing): to drop from the in-memory front.
     pub(super) gone: Vec<CacheKey>,
     /// Whether it removed every entry.

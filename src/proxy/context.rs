@@ -1,0 +1,214 @@
+//! The per-request context, built once when a request enters the pipeline: its id, method and
+//! path, then what the stages learn (route, provider, model and its metric label, the cost
+//! tally, the token reservation, the breaker ticket of a stream), the timings, byte counts and
+//! usage, and how it ended. Stages read it; none works these facts out again.
+//!
+//! It travels in the response body ([`super::body::RelayBody`]), so it is closed when the last
+//! byte has gone out or the caller disconnects (the body is dropped, which drops the upstream
+//! response and so cancels the upstream request): the one closing phase, [`super::finish`].
+//! `Drop` runs that phase only as the fallback, for a context dropped before its body ended
+//! (the handler cancelled before it answered).
+//!
+//! While someone watches the live feed ([`crate::events`]: `relay tui`, `/relay/events`), the
+//! context also captures headers and the start of each body and publishes the request's events.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method};
+
+use crate::error::EdgeError;
+use crate::events::{Events, Live, Snapshot};
+use crate::metrics::Metrics;
+
+/// How a response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Every byte was handed to the connection.
+    Complete,
+    /// The caller went away first (the upstream request was dropped with it).
+    ClientGone,
+    /// The upstream body failed mid-way.
+    UpstreamError,
+    /// The upstream was silent longer than `timeouts.idle`.
+    IdleTimeout,
+}
+
+impl Ending {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Complete => "complete",
+            Ending::ClientGone => "client_gone",
+            Ending::UpstreamError => "upstream_error",
+            Ending::IdleTimeout => "idle_timeout",
+        }
+    }
+}
+
+/// One request's context; see the module docs.
+pub struct RequestContext {
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) log: bool,
+    pub started: Instant,
+    pub method: Method,
+    pub path: String,
+    pub request_id: HeaderValue,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    /// Metric label for the model (bounded, see [`crate::metrics::ModelLabels`]).
+    pub model_label: String,
+    /// 0 until response headers exist; a record dropped at 0 is logged as 499 (caller gone).
+    pub status: u16,
+    /// Time from sending upstream to its response headers.
+    pub upstream: Option<Duration>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Relay's own error, when relay answered with one.
+    pub error: Option<EdgeError>,
+    /// Tokens reserved by a tokens-per-minute rule. Whatever meters the real usage settles it
+    /// ([`crate::limit::Reservation::settle`]); dropped unsettled, the estimate stands.
+    pub tokens: Option<crate::limit::Reservation>,
+    /// The circuit-breaker ticket of a streamed answer: judged when the stream ends (cut by the
+    /// idle timeout or an upstream error: a failure; complete: a success; caller gone: neither).
+    pub circuit: Option<crate::limit::breaker::Ticket>,
+    /// How the body ended, once it has.
+    pub ending: Option<Ending>,
+    /// The closing phase ran ([`super::finish::finish`]).
+    pub(super) closed: bool,
+    /// Tokens of this request: the provider's usage, or relay's estimate (`usage.estimated`).
+    pub usage: Option<crate::cost::Usage>,
+    /// What this request cost, micro-USD (0 for cache hits and models without a price).
+    pub cost_micros: u64,
+    /// Cache hits: what the request would have cost, micro-USD.
+    pub saved_micros: u64,
+    /// The cost stage's record, settled (priced, booked) when this record closes.
+    pub tally: Option<crate::cost::Tally>,
+    /// Time from the request's arrival to the first byte of the response body.
+    pub first_byte: Option<Duration>,
+    /// The live feed's capture (`relay tui`, `/relay/events`); `None` while nobody subscribes.
+    pub(super) live: Option<Box<Live>>,
+    /// The memory the request body holds (`server.max_buffered_bytes`), given back at the close.
+    pub buffered: Option<super::client_body::Buffered>,
+}
+
+impl RequestContext {
+    /// Opens the record and counts the request in flight.
+    pub fn begin(
+        metrics: Arc<Metrics>,
+        log: bool,
+        started: Instant,
+        method: Method,
+        path: String,
+        request_id: HeaderValue,
+    ) -> RequestContext {
+        metrics.inflight.inc();
+        RequestContext {
+            metrics,
+            log,
+            started,
+            method,
+            path,
+            request_id,
+            provider: None,
+            model: None,
+            model_label: String::from("none"),
+            status: 0,
+            upstream: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            error: None,
+            tokens: None,
+            circuit: None,
+            ending: None,
+            closed: false,
+            usage: None,
+            cost_micros: 0,
+            saved_micros: 0,
+            tally: None,
+            first_byte: None,
+            live: None,
+            buffered: None,
+        }
+    }
+
+    /// Joins the live feed when someone subscribes to it (captures the request headers, redacted).
+    pub fn observe(&mut self, events: &Arc<Events>, request_headers: &http::HeaderMap) {
+        self.live = Live::begin(events, request_headers);
+    }
+
+    /// Keeps the start of the request body for the live feed (only while observed).
+    pub fn capture_request_body(&mut self, body: &Bytes) {
+        if let Some(live) = self.live.as_deref_mut() {
+            live.request_body(body);
+        }
+    }
+
+    /// The request is about to go upstream: the live feed's first start event, status 0 (only while
+    /// observed), so a slow answer shows as in flight before its headers arrive.
+    pub fn sending_upstream(&mut self) {
+        if let Some(live) = self.live.as_deref() {
+            live.pending(self.snapshot());
+        }
+    }
+
+    /// Response headers are set: the live feed's start event (only while observed).
+    pub fn headers_sent(&mut self, headers: &http::HeaderMap) {
+        if let Some(mut live) = self.live.take() {
+            live.response_headers(headers, self.snapshot());
+            self.live = Some(live);
+        }
+    }
+
+    pub(super) fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            started: self.started,
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            method: self.method.as_str(),
+            path: &self.path,
+            provider: self.provider.as_deref(),
+            model: self.model.as_deref(),
+            status: self.status,
+            upstream: self.upstream,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            error: self.error.as_ref().map(EdgeError::code),
+            outcome: self.ending.map(Ending::as_str),
+            usage: self.usage,
+            cost_micros: self.cost_micros,
+            saved_micros: self.saved_micros,
+        }
+    }
+
+    /// The caller's key as the ledger books it (alias, `key-<hash prefix>`, `none`), when known.
+    pub fn key(&self) -> Option<&str> {
+        self.tally.as_ref().map(|t| t.key.as_str())
+    }
+}
+
+impl crate::cost::Metered for RequestContext {
+    fn usage_slot(&mut self) -> &mut Option<crate::cost::Usage> {
+        &mut self.usage
+    }
+
+    fn close(self) {
+        RequestContext::close(self);
+    }
+}
+
+impl RequestContext {
+    /// Runs the closing phase now (the body is over).
+    pub fn close(mut self) {
+        super::finish::finish(&mut self);
+    }
+}
+
+impl Drop for RequestContext {
+    /// The fallback: a context dropped before its body closed it (a cancelled handler, a body
+    /// dropped early) is closed here, as the caller having gone.
+    fn drop(&mut self) {
+        if !self.closed {
+            super::finish::finish(self);
+        }
+    }
+}
