@@ -86,6 +86,17 @@ pub enum EdgeError {
     /// within the wait.
     #[error("relay is holding its limit of request bodies in memory (server.max_buffered_bytes); retry shortly")]
     BufferFull,
+    /// The forward proxy was asked for a host that is not a provider by a caller that is not this
+    /// machine: relay is no open proxy.
+    #[error("relay proxies {host} (not a provider host) for loopback clients only")]
+    ProxyForbidden { host: String },
+    /// A forward-proxy request relay cannot serve (`CONNECT` without `host:port`, an `https://`
+    /// URL in absolute form, a path that does not parse).
+    #[error("{why}")]
+    BadProxyRequest { code: &'static str, why: String },
+    /// Relay could not make the certificate to intercept a provider host (its local CA).
+    #[error("relay cannot make a certificate for {host}: {detail}")]
+    LocalCa { host: String, detail: String },
     /// The provider's circuit breaker is open: relay does not call it until the cooldown ends.
     #[error("upstream {provider} is failing and relay has paused requests to it (circuit open); retry after {} s", retry_secs(*retry_after))]
     CircuitOpen {
@@ -142,7 +153,33 @@ impl EdgeError {
             EdgeError::FormBody { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             EdgeError::BadPath { .. } => StatusCode::BAD_REQUEST,
             EdgeError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            EdgeError::ProxyForbidden { .. } => StatusCode::FORBIDDEN,
+            EdgeError::BadProxyRequest { .. } => StatusCode::BAD_REQUEST,
+            EdgeError::LocalCa { .. } => StatusCode::BAD_GATEWAY,
         }
+    }
+
+    /// Whether this error counts against the provider's circuit breaker: the upstream could not be
+    /// reached or did not answer in time. A caller's mistake, a limit or an offline miss never does.
+    pub fn counts_for_breaker(&self) -> bool {
+        matches!(
+            self,
+            EdgeError::Unreachable { .. } | EdgeError::Timeout { .. }
+        )
+    }
+
+    /// Whether the same request may succeed when sent again later (a caller's SDK may retry):
+    /// upstream trouble, a rate limit, an open circuit, relay being busy. A budget refusal, an
+    /// offline miss and every error in the request itself are not.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            EdgeError::Unreachable { .. }
+                | EdgeError::Timeout { .. }
+                | EdgeError::RateLimited { .. }
+                | EdgeError::CircuitOpen { .. }
+                | EdgeError::BufferFull
+        )
     }
 
     pub fn source(&self) -> Source {
@@ -173,6 +210,9 @@ impl EdgeError {
             EdgeError::BadPath { .. } => "invalid_path",
             EdgeError::BodyTimeout { .. } => "request_body_timeout",
             EdgeError::BufferFull => "relay_busy",
+            EdgeError::ProxyForbidden { .. } => "proxy_forbidden",
+            EdgeError::BadProxyRequest { code, .. } => code,
+            EdgeError::LocalCa { .. } => "local_ca_unavailable",
         }
     }
 
@@ -191,9 +231,14 @@ impl EdgeError {
             (Dialect::Anthropic, EdgeError::CrossSite { .. }) => "permission_error",
             (Dialect::Anthropic, EdgeError::BufferFull) => "overloaded_error",
             (Dialect::Anthropic, EdgeError::CircuitOpen { .. }) => "api_error",
-            (Dialect::OpenAi, EdgeError::Unreachable { .. } | EdgeError::Timeout { .. }) => {
-                "server_error"
-            }
+            (
+                Dialect::OpenAi,
+                EdgeError::Unreachable { .. }
+                | EdgeError::Timeout { .. }
+                | EdgeError::LocalCa { .. },
+            ) => "server_error",
+            (Dialect::Anthropic, EdgeError::ProxyForbidden { .. }) => "permission_error",
+            (Dialect::Anthropic, EdgeError::LocalCa { .. }) => "api_error",
             (Dialect::OpenAi, _) => "invalid_request_error",
             (Dialect::Anthropic, EdgeError::NoRoute { .. }) => "not_found_error",
             (Dialect::Anthropic, EdgeError::BodyTooLarge { .. }) => "request_too_large",
@@ -281,6 +326,33 @@ mod tests {
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "request_too_large");
         assert_eq!(e.status(), 413);
+    }
+
+    #[test]
+    fn breaker_and_retry_facts() {
+        let down = EdgeError::Unreachable {
+            provider: "openai".into(),
+            detail: "refused".into(),
+        };
+        let slow = EdgeError::Timeout {
+            provider: "openai".into(),
+            timeout: Duration::from_secs(1),
+        };
+        assert!(down.counts_for_breaker() && down.retryable());
+        assert!(slow.counts_for_breaker() && slow.retryable());
+        assert!(EdgeError::BufferFull.retryable() && !EdgeError::BufferFull.counts_for_breaker());
+        let miss = EdgeError::OfflineMiss {
+            reason: MissReason::Offline,
+            key: "k".into(),
+        };
+        assert!(!miss.counts_for_breaker() && !miss.retryable());
+        let bad = EdgeError::BadJson("x".into());
+        assert!(!bad.counts_for_breaker() && !bad.retryable());
+        let forbidden = EdgeError::ProxyForbidden {
+            host: "example.com".into(),
+        };
+        assert_eq!(forbidden.status(), 403);
+        assert_eq!(forbidden.code(), "proxy_forbidden");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -44,7 +44,6 @@ use super::pipeline::{self, State};
 use super::upstream::strip_hop_by_hop;
 use crate::error::{Dialect, EdgeError};
 use crate::tls::{self, LocalCa, TlsError};
-use crate::wire::headers as names;
 
 /// How long relay waits to connect a blind tunnel or a plain-HTTP origin.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -190,11 +189,10 @@ async fn connect(
         .authority()
         .map(|a| (a.host().to_ascii_lowercase(), a.port_u16().unwrap_or(443)))
     else {
-        return proxy_error(
-            StatusCode::BAD_REQUEST,
-            "bad_connect_target",
-            "CONNECT needs host:port",
-        );
+        return proxy_error(EdgeError::BadProxyRequest {
+            code: "bad_connect_target",
+            why: "CONNECT needs host:port".to_string(),
+        });
     };
     let target = {
         let rt = state.runtime.load();
@@ -209,7 +207,10 @@ async fn connect(
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(%host, error = %e, "cannot make a certificate to intercept");
-                    return proxy_error(StatusCode::BAD_GATEWAY, "local_ca_unavailable", &e);
+                    return proxy_error(EdgeError::LocalCa {
+                        host: host.clone(),
+                        detail: e,
+                    });
                 }
             };
             tracing::debug!(%host, %provider, "CONNECT intercepted");
@@ -236,18 +237,16 @@ async fn connect(
                 {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        return proxy_error(
-                            StatusCode::BAD_GATEWAY,
-                            "upstream_unreachable",
-                            &format!("cannot connect to {host}:{port}: {e}"),
-                        )
+                        return proxy_error(EdgeError::Unreachable {
+                            provider: format!("{host}:{port}"),
+                            detail: e.to_string(),
+                        })
                     }
                     Err(_) => {
-                        return proxy_error(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "upstream_timeout",
-                            &format!("connecting to {host}:{port} timed out"),
-                        )
+                        return proxy_error(EdgeError::Timeout {
+                            provider: format!("{host}:{port}"),
+                            timeout: CONNECT_TIMEOUT,
+                        })
                     }
                 };
             tracing::debug!(%host, port, "CONNECT tunnelled");
@@ -385,11 +384,10 @@ fn rewrite<B>(
             *req.uri_mut() = uri;
             Ok(req)
         }
-        Err(e) => Err(Box::new(proxy_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request_path",
-            &e.to_string(),
-        ))),
+        Err(e) => Err(Box::new(proxy_error(EdgeError::BadProxyRequest {
+            code: "bad_request_path",
+            why: e.to_string(),
+        }))),
     }
 }
 
@@ -422,11 +420,11 @@ async fn absolute_form(
         return forbidden(host);
     }
     if req.uri().scheme() != Some(&http::uri::Scheme::HTTP) {
-        return proxy_error(
-            StatusCode::BAD_REQUEST,
-            "bad_proxy_request",
-            "only http:// URLs can be proxied in absolute form; use CONNECT for https",
-        );
+        return proxy_error(EdgeError::BadProxyRequest {
+            code: "bad_proxy_request",
+            why: "only http:// URLs can be proxied in absolute form; use CONNECT for https"
+                .to_string(),
+        });
     }
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -438,11 +436,10 @@ async fn absolute_form(
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, RelayBody::upstream(body, PLAIN_IDLE))
         }
-        Err(e) => proxy_error(
-            StatusCode::BAD_GATEWAY,
-            "upstream_unreachable",
-            &format!("{host}:{port}: {e}"),
-        ),
+        Err(e) => proxy_error(EdgeError::Unreachable {
+            provider: format!("{host}:{port}"),
+            detail: e.to_string(),
+        }),
     }
 }
 
@@ -455,27 +452,16 @@ fn local_caller(state: &State, peer: SocketAddr, headers: &http::HeaderMap) -> b
 
 /// 403 for a non-loopback peer asking relay to reach a host that is not a provider.
 fn forbidden(host: &str) -> Response<RelayBody> {
-    proxy_error(
-        StatusCode::FORBIDDEN,
-        "proxy_forbidden",
-        &format!("relay proxies {host} (not a provider host) for loopback clients only"),
-    )
+    proxy_error(EdgeError::ProxyForbidden {
+        host: host.to_string(),
+    })
 }
 
-/// relay's own forward-proxy error, in the OpenAI error shape with `x-relay-error`.
-fn proxy_error(status: StatusCode, code: &'static str, message: &str) -> Response<RelayBody> {
-    let body = serde_json::json!({
-        "error": {"message": message, "type": "relay_proxy_error", "param": null, "code": code}
-    });
-    let mut resp = Response::new(RelayBody::full(body.to_string()));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(names::X_RELAY_ERROR, HeaderValue::from_static(code));
-    resp
+/// The forward proxy's errors are edge errors like any other, in the OpenAI shape (a proxy
+/// client speaks no provider's dialect), with `x-relay-error` and a request id.
+fn proxy_error(e: EdgeError) -> Response<RelayBody> {
+    let id = HeaderValue::try_from(uuid::Uuid::new_v4().to_string()).expect("a uuid is ASCII");
+    e.to_response(Dialect::OpenAi, &id).map(RelayBody::full)
 }
 
 #[cfg(test)]
