@@ -36,6 +36,16 @@ pub enum ClientBody {
     Stream(Upload),
 }
 
+impl ClientBody {
+    /// The bytes, when relay read the body whole.
+    pub fn whole(&self) -> Option<&Bytes> {
+        match self {
+            ClientBody::Whole(b) => Some(b),
+            ClientBody::Stream(_) => None,
+        }
+    }
+}
+
 /// The body relay sends upstream: the bytes it read, or the caller's body streamed through.
 pub type UpstreamBody = Either<Full<Bytes>, Upload>;
 

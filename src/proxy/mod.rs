@@ -17,6 +17,7 @@ pub mod held;
 pub mod pipeline;
 pub mod route;
 pub mod server;
+pub mod stages;
 pub mod state;
 pub mod tunnel;
 pub mod upstream;

@@ -1,0 +1,611 @@
+//! The pipeline's stages 3 to 9, each a small type holding the few things it needs (never the whole
+//! config), with one method that goes on (`Ok`, or [`Flow::Next`]) or answers ([`Flow::Respond`],
+//! or an [`EdgeError`]). [`super::pipeline`] lists them in request order; what they learn goes on
+//! the [`RequestContext`].
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderValue, Method, Response, Uri};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::body::RelayBody;
+use super::cache::{self as stage, Answer, Cache, FlightLead, Lookup, Resolved};
+use super::client_body::{self, BodyBudget, ClientBody};
+use super::context::RequestContext;
+use super::route::{self, PathTarget};
+use super::state::Runtime;
+use super::tunnel;
+use super::upstream;
+use crate::config::{Config, Provider, ServerConfig};
+use crate::error::EdgeError;
+use crate::limit::{self, breaker::Verdict, Admitted, Limiter};
+use crate::metrics::{Metrics, ModelLabels};
+
+/// What a stage that may answer by itself returns.
+pub enum Flow<T> {
+    /// Go on to the next stage with this.
+    Next(T),
+    /// Answer the caller with this; no later stage runs.
+    Respond(Box<Response<RelayBody>>),
+}
+
+/// Where the route table sent a request: the provider (by index), its fallback, the client path
+/// and the upstream path and query.
+pub struct Routed<'a> {
+    pub index: usize,
+    pub fallback: Option<usize>,
+    /// The client path (`/v1/...`), to build a fallback's upstream path.
+    pub rest: &'a str,
+    pub path_and_query: String,
+}
+
+fn no_route(parts: &Parts, model: Option<String>) -> EdgeError {
+    EdgeError::NoRoute {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        model,
+    }
+}
+
+/// Stage 3: route by path, `/<provider>/v1/...` or `/v1/...`; anything else is 404.
+pub struct RouteByPath<'a> {
+    pub cfg: &'a Config,
+}
+
+impl RouteByPath<'_> {
+    pub fn run<'p>(&self, method: &Method, uri: &'p Uri) -> Result<PathTarget<'p>, EdgeError> {
+        match route::classify(self.cfg, uri.path()) {
+            PathTarget::Unknown => Err(EdgeError::NoRoute {
+                method: method.to_string(),
+                path: uri.path().to_string(),
+                model: None,
+            }),
+            target => Ok(target),
+        }
+    }
+}
+
+/// Stage 4: read the body ([`client_body`]). A JSON body is read whole, bounded by
+/// `server.max_body_bytes` (413), `server.body_read_timeout` (408) and `max_buffered_bytes` (503),
+/// and peeked once for its model; other bodies (uploads) stream through under the same bounds.
+pub struct ReadBody<'a> {
+    pub server: &'a ServerConfig,
+    pub budget: &'a BodyBudget,
+    pub labels: &'a ModelLabels,
+}
+
+impl ReadBody<'_> {
+    /// `strict`: routing needs the model, so a body that is not JSON is a 400. `upgrade`: a
+    /// WebSocket handshake, whose model (Realtime API) is in the query.
+    pub async fn run(
+        &self,
+        x: &mut RequestContext,
+        parts: &Parts,
+        body: Incoming,
+        strict: bool,
+        upgrade: bool,
+    ) -> Result<ClientBody, EdgeError> {
+        let bounds = client_body::Bounds {
+            max_bytes: self.server.max_body_bytes,
+            stall: self.server.body_read_timeout,
+        };
+        let (body, buffered) =
+            client_body::read(body, &parts.headers, &parts.method, bounds, self.budget).await?;
+        x.buffered = buffered;
+        let model = match &body {
+            ClientBody::Whole(bytes) => {
+                x.bytes_in = bytes.len() as u64;
+                x.capture_request_body(bytes);
+                peek_model(bytes, strict)?
+            }
+            ClientBody::Stream(_) => None,
+        };
+        let model = match model {
+            None if upgrade => tunnel::query_model(parts.uri.query()),
+            model => model,
+        };
+        x.model_label = self.labels.label(model.as_deref()).to_string();
+        x.model = model;
+        Ok(body)
+    }
+}
+
+/// Stage 5: route by model. The route table picks the provider (404 when nothing matches).
+pub struct RouteByModel<'a> {
+    pub cfg: &'a Config,
+}
+
+impl RouteByModel<'_> {
+    pub fn run<'p>(
+        &self,
+        x: &mut RequestContext,
+        parts: &Parts,
+        target: PathTarget<'p>,
+    ) -> Result<Routed<'p>, EdgeError> {
+        let (index, fallback, rest) = match target {
+            PathTarget::Explicit { provider, rest } => (provider, None, rest),
+            PathTarget::Table { path } => {
+                match route::select_route(self.cfg, path, x.model.as_deref()) {
+                    Some(r) => (r.provider, r.fallback, path),
+                    None => return Err(no_route(parts, x.model.clone())),
+                }
+            }
+            PathTarget::Unknown => return Err(no_route(parts, None)),
+        };
+        let provider = &self.cfg.providers[index];
+        x.provider = Some(provider.name.clone());
+        let mut path_and_query = route::upstream_path(&provider.base_url.path, rest);
+        if let Some(q) = parts.uri.query() {
+            path_and_query.push('?');
+            path_and_query.push_str(q);
+        }
+        Ok(Routed {
+            index,
+            fallback,
+            rest,
+            path_and_query,
+        })
+    }
+}
+
+/// Stage 6a: cost. The request is booked to a key and its metering decided ([`crate::cost`]).
+pub struct Meter<'a> {
+    pub book: &'a crate::cost::Book,
+    pub acct: &'a Arc<crate::cost::Accounting>,
+}
+
+impl Meter<'_> {
+    pub fn run(
+        &self,
+        x: &mut RequestContext,
+        provider: &Provider,
+        parts: &Parts,
+        path_and_query: &str,
+        whole: Option<&Bytes>,
+    ) -> Option<crate::cost::Plan> {
+        let plan = crate::cost::plan(
+            self.book,
+            self.acct,
+            provider,
+            &parts.method,
+            path_and_query,
+            &parts.headers,
+            whole,
+            x.model.as_deref(),
+        );
+        if let Some(c) = &plan {
+            x.tally = Some(c.tally(false));
+        }
+        plan
+    }
+}
+
+/// What the cache stage sends on with a request that goes upstream.
+#[derive(Default)]
+pub struct CacheMiss {
+    pub lookup: Option<Lookup>,
+    /// Set when this request leads a single flight: its followers wait on its answer.
+    pub lead: Option<FlightLead>,
+}
+
+/// Stage 6b: the cache ([`super::cache`]). A hit is replayed (with its saved cost and the
+/// `x-relay-cost-usd` / `x-relay-tokens` headers), an identical request in flight is shared, an
+/// offline miss is 504; otherwise the request goes on, with what the tap needs to record it.
+pub struct CacheLookup<'a> {
+    pub cache: Option<&'a Arc<Cache>>,
+    pub cfg: &'a Config,
+    pub metrics: &'a Metrics,
+}
+
+impl CacheLookup<'_> {
+    pub async fn run(
+        &self,
+        x: &mut RequestContext,
+        parts: &Parts,
+        provider: &str,
+        path_and_query: &str,
+        whole: Option<&Bytes>,
+        cost: Option<&crate::cost::Plan>,
+    ) -> Result<Flow<CacheMiss>, EdgeError> {
+        let Some(cache) = self.cache else {
+            return Ok(Flow::Next(CacheMiss::default()));
+        };
+        let plan = cache.plan(
+            self.cfg,
+            &parts.method,
+            &parts.headers,
+            provider,
+            path_and_query,
+            whole,
+        )?;
+        let Some(lookup) = plan else {
+            return Ok(Flow::Next(CacheMiss::default()));
+        };
+        let resolved = cache.resolve(lookup, &x.request_id).await?;
+        let labels = [provider, x.model_label.as_str()];
+        match resolved {
+            Resolved::Served(mut resp) => {
+                self.metrics.cache_hits.with_label_values(&labels).inc();
+                let Some(c) = cost else {
+                    return Ok(Flow::Respond(resp));
+                };
+                let served = c.served(&mut resp);
+                x.tally = Some(served.tally);
+                if served.usage.is_some() {
+                    x.usage = served.usage;
+                }
+                Ok(Flow::Respond(Box::new(
+                    resp.map(|b| b.with_meter(served.hook)),
+                )))
+            }
+            Resolved::Forward(lookup, lead) => {
+                if lookup
+                    .as_ref()
+                    .is_some_and(|l| l.status != stage::Status::Bypass)
+                {
+                    self.metrics.cache_misses.with_label_values(&labels).inc();
+                }
+                Ok(Flow::Next(CacheMiss { lookup, lead }))
+            }
+        }
+    }
+}
+
+/// Stage 6c: a key over its budget is refused (429 `budget_exceeded`).
+pub struct BudgetCheck<'a> {
+    pub book: &'a crate::cost::Book,
+    pub acct: &'a crate::cost::Accounting,
+}
+
+impl BudgetCheck<'_> {
+    pub fn run(&self, cost: Option<&crate::cost::Plan>) -> Result<(), EdgeError> {
+        match cost {
+            Some(c) => self.acct.check_budget(self.book, c.key()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Stage 6d: the request filters before it goes upstream. A streamed chat request gets
+/// `stream_options.include_usage` (`cost.stream_usage: inject`); the cache's control headers are
+/// removed; a request whose answer is recorded asks for it uncompressed (SSE events and usage
+/// must be readable).
+pub struct RequestFilters;
+
+impl RequestFilters {
+    pub fn run(
+        &self,
+        headers: &mut HeaderMap,
+        body: ClientBody,
+        inject: bool,
+        recorded: bool,
+    ) -> ClientBody {
+        let body = match body {
+            ClientBody::Whole(b) if inject => match crate::cost::inject::include_usage(&b) {
+                Some(changed) => {
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(changed.len()));
+                    ClientBody::Whole(changed)
+                }
+                None => ClientBody::Whole(b),
+            },
+            other => other,
+        };
+        for h in &stage::CONTROL_HEADERS {
+            headers.remove(h);
+        }
+        if recorded {
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        body
+    }
+}
+
+/// Stage 7: rate limits (after a miss: cache hits are never limited). The `ratelimit` rules pass
+/// the request, queue it for its slot (`on_limit: wait`) or refuse it (429), see [`crate::limit`].
+pub struct RateLimit<'a> {
+    pub limiter: &'a Limiter,
+    pub metrics: &'a Metrics,
+}
+
+impl RateLimit<'_> {
+    pub async fn run(
+        &self,
+        x: &mut RequestContext,
+        headers: &HeaderMap,
+        whole: Option<&Bytes>,
+    ) -> Result<Admitted, EdgeError> {
+        let limited = limit::Request {
+            headers,
+            model: x.model.as_deref(),
+            body: whole.map(|b| &b[..]),
+        };
+        let mut admitted = self.limiter.admit(&limited, self.metrics).await?;
+        x.tokens = admitted.tokens.take();
+        Ok(admitted)
+    }
+}
+
+/// One upstream call to make (stage 8).
+pub struct Call<'a> {
+    pub routed: &'a Routed<'a>,
+    pub query: Option<&'a str>,
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub body: ClientBody,
+    /// The body when relay read it whole: a fallback can send it again.
+    pub whole: Option<&'a Bytes>,
+    /// The `Upgrade` value of a protocol switch (WebSocket), restored after the hop-by-hop filter.
+    pub upgrade: Option<&'a HeaderValue>,
+}
+
+/// Stage 8: the circuit gate, then the upstream call. The route's provider is tried first; its
+/// fallback takes the request when the provider's circuit is open, or when the connection failed
+/// before anything was sent (only for bodies relay read whole, which it can send again). Each
+/// answer is reported to the provider's circuit: 5xx (429 with `count_429`), and the errors that
+/// [count](EdgeError::counts_for_breaker) (connect errors, timeouts) as failures. A successful
+/// stream (SSE) is judged when it ends: its ticket goes on the context, so a stream cut by the
+/// idle timeout is a failure.
+pub struct Upstream<'a> {
+    pub rt: &'a Runtime,
+    pub metrics: &'a Metrics,
+}
+
+impl Upstream<'_> {
+    pub async fn run(
+        &self,
+        x: &mut RequestContext,
+        call: Call<'_>,
+    ) -> Result<(usize, Response<Incoming>), EdgeError> {
+        x.sending_upstream();
+        let sent = Instant::now();
+        let (index, resp) = self.call(call, &mut x.circuit).await?;
+        let provider = &self.rt.config.providers[index];
+        if x.provider.as_deref() != Some(provider.name.as_str()) {
+            x.provider = Some(provider.name.clone());
+        }
+        let upstream_time = sent.elapsed();
+        x.upstream = Some(upstream_time);
+        self.metrics
+            .upstream_latency
+            .with_label_values(&[&provider.name])
+            .observe(upstream_time.as_secs_f64());
+        Ok((index, resp))
+    }
+
+    async fn call(
+        &self,
+        call: Call<'_>,
+        deferred: &mut Option<limit::breaker::Ticket>,
+    ) -> Result<(usize, Response<Incoming>), EdgeError> {
+        let (rt, metrics) = (self.rt, self.metrics);
+        let cfg = &rt.config;
+        let Call {
+            routed,
+            query,
+            method,
+            headers,
+            body,
+            whole,
+            upgrade,
+        } = call;
+        let (primary, fallback) = (routed.index, routed.fallback);
+        // An upload that fails mid-send because of the caller (over the limit, stalled) is the
+        // caller's error, never the provider's.
+        let fault = match &body {
+            ClientBody::Stream(u) => Some(u.fault()),
+            ClientBody::Whole(_) => None,
+        };
+        let mut body = Some(body);
+        let mut headers = Some(headers);
+        let mut last = None;
+        for index in std::iter::once(primary).chain(fallback) {
+            let provider = &cfg.providers[index];
+            let ticket = match rt.breakers.admit(index, cfg, metrics) {
+                Ok(ticket) => ticket,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            let Some(b) = body
+                .take()
+                .or_else(|| whole.cloned().map(ClientBody::Whole))
+            else {
+                break;
+            };
+            let h = if index == primary && fallback.is_some() {
+                headers.clone().expect("headers kept for the fallback")
+            } else {
+                headers.take().expect("headers kept for the fallback")
+            };
+            let pq = if index == primary {
+                Cow::Borrowed(routed.path_and_query.as_str())
+            } else {
+                let mut p = route::upstream_path(&provider.base_url.path, routed.rest);
+                if let Some(q) = query {
+                    p.push('?');
+                    p.push_str(q);
+                }
+                Cow::Owned(p)
+            };
+            let mut req = upstream::build_request(provider, &pq, method.clone(), h, b.into())?;
+            if let Some(v) = upgrade {
+                tunnel::restore(req.headers_mut(), v.clone());
+            }
+            match rt.upstreams.send_checked(index, provider, req).await {
+                Ok(resp) => {
+                    let stream =
+                        resp.status().is_success() && crate::wire::has_event_stream(resp.headers());
+                    match ticket {
+                        Some(t) if stream => *deferred = Some(t),
+                        Some(t) => t.record_status(resp.status().as_u16(), metrics),
+                        None => {}
+                    }
+                    return Ok((index, resp));
+                }
+                Err((e, not_sent)) => {
+                    if let Some(f) = fault.as_ref().and_then(|f| f.get()) {
+                        // The ticket is dropped unjudged: neither a success nor a failure.
+                        return Err(f.to_edge());
+                    }
+                    if let Some(t) = ticket {
+                        if e.counts_for_breaker() {
+                            t.record(Verdict::Failure, metrics);
+                        }
+                    }
+                    if !not_sent {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.expect("the primary is always tried"))
+    }
+}
+
+/// Stage 9: the response filters. Hop-by-hop headers go (a protocol switch keeps its upgrade
+/// headers, and on 101 the two connections are spliced, see [`super::tunnel`]); the cost meter,
+/// `x-ratelimit-*`, the cache's tap and its headers and `x-request-id` are put on; the body is
+/// streamed frame by frame through the per-chunk filters (the tap, the meter).
+pub struct ResponseFilters<'a> {
+    pub cache: Option<&'a Arc<Cache>>,
+    pub metrics: &'a Arc<Metrics>,
+    pub held: &'a Arc<super::held::HeldConnections>,
+}
+
+/// What stage 9 puts on the answer, gathered by the earlier stages.
+pub struct Answering<'a> {
+    pub provider: &'a Provider,
+    pub method: &'a Method,
+    pub path_and_query: &'a str,
+    pub request: Option<Bytes>,
+    pub cost: Option<&'a crate::cost::Plan>,
+    pub admitted: &'a Admitted,
+    pub miss: CacheMiss,
+    /// The caller's side of a protocol switch, and its `Upgrade` value.
+    pub upgrade: Option<(HeaderValue, Option<hyper::upgrade::OnUpgrade>)>,
+}
+
+impl ResponseFilters<'_> {
+    pub fn run(
+        &self,
+        x: &RequestContext,
+        resp: Response<Incoming>,
+        a: Answering<'_>,
+    ) -> Response<RelayBody> {
+        let provider = a.provider;
+        let (mut rparts, rbody) = resp.into_parts();
+        let switched = (rparts.status == http::StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| rparts.headers.get(header::UPGRADE).cloned())
+            .flatten();
+        upstream::strip_hop_by_hop(&mut rparts.headers);
+        if let (Some(v), Some((_, Some(caller)))) = (switched, a.upgrade) {
+            if let Some(theirs) = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+                tunnel::restore(&mut rparts.headers, v);
+                tunnel::splice(caller, theirs, provider.name.clone(), self.held.hold());
+            }
+        }
+        let hook = a
+            .cost
+            .and_then(|c| c.hook(rparts.status, &mut rparts.headers));
+        if let Some(h) = &a.admitted.headers {
+            h.apply(&mut rparts.headers);
+        }
+        let CacheMiss { lookup, lead } = a.miss;
+        let tap = match (self.cache, &lookup) {
+            (Some(cache), Some(l)) if l.status != stage::Status::Bypass => cache.tap(
+                l,
+                lead,
+                Answer {
+                    provider: &provider.name,
+                    model: x.model.as_deref(),
+                    method: a.method,
+                    path: a.path_and_query,
+                    request: a.request.unwrap_or_default(),
+                    status: rparts.status,
+                    headers: &rparts.headers,
+                },
+                self.metrics,
+            ),
+            _ => None,
+        };
+        if let Some(l) = &lookup {
+            stage::mark(&mut rparts.headers, l.status, &l.key, &x.request_id);
+        }
+        rparts
+            .headers
+            .entry("x-request-id")
+            .or_insert_with(|| x.request_id.clone());
+        let upstream_time = x.upstream.unwrap_or_default();
+        self.metrics.overhead.observe(
+            x.started
+                .elapsed()
+                .saturating_sub(upstream_time)
+                .as_secs_f64(),
+        );
+        Response::from_parts(
+            rparts,
+            RelayBody::upstream(rbody, provider.timeouts.idle)
+                .with_tap(tap)
+                .with_meter(hook),
+        )
+    }
+}
+
+/// Fails the single flight this request leads (its followers get the same error), passing `e` on.
+pub fn fail_lead(lead: Option<FlightLead>, e: EdgeError) -> EdgeError {
+    if let Some(lead) = lead {
+        lead.fail(&e);
+    }
+    e
+}
+
+/// Reads `model` from a JSON body without changing it. `strict`: routing needs the model, so a body
+/// that is not JSON is a 400; otherwise the upstream judges it.
+pub fn peek_model(body: &[u8], strict: bool) -> Result<Option<String>, EdgeError> {
+    #[derive(Deserialize)]
+    struct Peek {
+        #[serde(default)]
+        model: Option<String>,
+    }
+    if body.is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<Peek>(body) {
+        Ok(p) => Ok(p.model),
+        Err(e) if strict && (e.is_syntax() || e.is_eof()) => Err(EdgeError::BadJson(e.to_string())),
+        // Valid JSON of another shape (an array, a non-string model): no model to route by.
+        Err(_) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peek() {
+        assert_eq!(
+            peek_model(br#"{"model":"gpt-4o","x":[1,2]}"#, true)
+                .unwrap()
+                .as_deref(),
+            Some("gpt-4o")
+        );
+        assert_eq!(peek_model(b"", true).unwrap(), None);
+        assert_eq!(peek_model(b"[1]", true).unwrap(), None);
+        assert!(matches!(
+            peek_model(b"{nope", true),
+            Err(EdgeError::BadJson(_))
+        ));
+        assert_eq!(peek_model(b"{nope", false).unwrap(), None);
+    }
+}
