@@ -32,7 +32,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
-use serde::Deserialize;
 use tokio::sync::Notify;
 
 pub use prices::{cost_micros, usd, Prices};
@@ -546,6 +545,7 @@ pub fn plan(
     headers: &HeaderMap,
     body: Option<&Bytes>,
     model: Option<&str>,
+    peek: &crate::wire::BodyPeek,
 ) -> Option<Plan> {
     if !book.enabled {
         return None;
@@ -579,18 +579,18 @@ pub fn plan(
     let body = body.expect("metered requests have a body");
     let chat_like = path.ends_with("/chat/completions") || path.ends_with("/completions");
     if chat_like {
-        if let Some(s) = stream_request(body) {
+        if peek.stream {
             // An explicit `include_usage: false` is respected.
-            let asked = s.include_usage == Some(true);
+            let asked = peek.include_usage == Some(true);
             p.inject = !asked
-                && s.include_usage.is_none()
+                && peek.include_usage.is_none()
                 && provider.kind == ProviderKind::Openai
                 && book.stream_usage == StreamUsage::Inject;
             p.keep_text = !asked && !p.inject;
         }
     } else if path.ends_with("/messages") || path.ends_with("/responses") {
         // Their streams always end with usage.
-        p.keep_text = !is_stream(body);
+        p.keep_text = !peek.stream;
     }
     if p.keep_text || p.inject {
         // Possibly counted later (no usage, or an upstream that ignores stream_options).
@@ -598,44 +598,6 @@ pub fn plan(
         p.keep_text = true;
     }
     Some(p)
-}
-
-/// `stream` and `stream_options.include_usage` of a request body, when `stream` is true.
-struct StreamAsk {
-    include_usage: Option<bool>,
-}
-
-fn stream_request(body: &[u8]) -> Option<StreamAsk> {
-    // Cheap test first: most requests are not streamed.
-    if !contains(body, b"\"stream\"") {
-        return None;
-    }
-    #[derive(Deserialize)]
-    struct Opts {
-        include_usage: Option<bool>,
-    }
-    #[derive(Deserialize)]
-    struct Peek {
-        stream: Option<bool>,
-        stream_options: Option<Opts>,
-    }
-    let p: Peek = serde_json::from_slice(body).ok()?;
-    (p.stream == Some(true)).then(|| StreamAsk {
-        include_usage: p.stream_options.and_then(|o| o.include_usage),
-    })
-}
-
-fn is_stream(body: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct Peek {
-        stream: Option<bool>,
-    }
-    contains(body, b"\"stream\"")
-        && serde_json::from_slice::<Peek>(body).is_ok_and(|p| p.stream == Some(true))
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// Carried into the cache's replay: the usage recorded with a cached answer.

@@ -38,7 +38,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::HeaderMap;
-use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::config::{Config, LimitScope, OnLimit};
@@ -54,21 +53,16 @@ pub use crate::wire::headers::{format_reset, RateHeaders};
 /// in English text and JSON) plus the answer's bound (`max_tokens`, `max_completion_tokens` or
 /// `max_output_tokens`). The one place to swap in a real tokenizer.
 pub fn estimate_tokens(body: &[u8]) -> u64 {
-    #[derive(Deserialize)]
-    struct Bound {
-        max_tokens: Option<u64>,
-        max_completion_tokens: Option<u64>,
-        max_output_tokens: Option<u64>,
-    }
-    let bound = serde_json::from_slice::<Bound>(body)
+    let bound = crate::wire::BodyPeek::of(body)
         .ok()
-        .and_then(|b| {
-            b.max_completion_tokens
-                .or(b.max_tokens)
-                .or(b.max_output_tokens)
-        })
-        .unwrap_or(0);
-    (body.len() as u64).div_ceil(4) + bound
+        .and_then(|p| p.max_tokens);
+    estimate(body.len(), bound)
+}
+
+/// [`estimate_tokens`] from the body's length and its peeked bound (the pipeline reads the body
+/// once).
+pub fn estimate(body_len: usize, max_tokens: Option<u64>) -> u64 {
+    (body_len as u64).div_ceil(4) + max_tokens.unwrap_or(0)
 }
 
 /// What the limiter looks at in a request.
@@ -78,6 +72,8 @@ pub struct Request<'a> {
     pub model: Option<&'a str>,
     /// The JSON body when relay read it whole (token estimates), else `None`.
     pub body: Option<&'a [u8]>,
+    /// The answer's token bound the body asks for ([`crate::wire::BodyPeek::max_tokens`]).
+    pub max_tokens: Option<u64>,
 }
 
 /// A request that passed.
@@ -358,7 +354,7 @@ impl Limiter {
             [0; 32]
         };
         let estimate = match (self.needs_tokens, req.body) {
-            (true, Some(b)) if !b.is_empty() => estimate_tokens(b),
+            (true, Some(b)) if !b.is_empty() => estimate(b.len(), req.max_tokens),
             _ => 0,
         };
         let mut slots = Vec::with_capacity(self.rules.len() * 2);

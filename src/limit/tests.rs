@@ -37,6 +37,9 @@ async fn admit(
             headers: &h,
             model,
             body: Some(body),
+            max_tokens: crate::wire::BodyPeek::of(body)
+                .ok()
+                .and_then(|p| p.max_tokens),
         },
         m,
     )

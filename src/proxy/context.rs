@@ -56,6 +56,8 @@ pub struct RequestContext {
     pub request_id: HeaderValue,
     pub provider: Option<String>,
     pub model: Option<String>,
+    /// What the body says (model, stream, usage chunk, token bound), read once.
+    pub peek: crate::wire::BodyPeek,
     /// Metric label for the model (bounded, see [`crate::metrics::ModelLabels`]).
     pub model_label: String,
     /// 0 until response headers exist; a record dropped at 0 is logged as 499 (caller gone).
@@ -112,6 +114,7 @@ impl RequestContext {
             request_id,
             provider: None,
             model: None,
+            peek: crate::wire::BodyPeek::default(),
             model_label: String::from("none"),
             status: 0,
             upstream: None,

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Response, Uri};
 use hyper::body::Incoming;
-use serde::Deserialize;
 
 use super::body::RelayBody;
 use super::cache::{self as stage, Answer, Cache, FlightLead, Lookup, Resolved};
@@ -25,6 +24,7 @@ use crate::config::{Config, Provider, ServerConfig};
 use crate::error::EdgeError;
 use crate::limit::{self, breaker::Verdict, Admitted, Limiter};
 use crate::metrics::{Metrics, ModelLabels};
+use crate::wire::BodyPeek;
 
 /// What a stage that may answer by itself returns.
 pub enum Flow<T> {
@@ -97,15 +97,12 @@ impl ReadBody<'_> {
         let (body, buffered) =
             client_body::read(body, &parts.headers, &parts.method, bounds, self.budget).await?;
         x.buffered = buffered;
-        let model = match &body {
-            ClientBody::Whole(bytes) => {
-                x.bytes_in = bytes.len() as u64;
-                x.capture_request_body(bytes);
-                peek_model(bytes, strict)?
-            }
-            ClientBody::Stream(_) => None,
-        };
-        let model = match model {
+        if let ClientBody::Whole(bytes) = &body {
+            x.bytes_in = bytes.len() as u64;
+            x.capture_request_body(bytes);
+            x.peek = peek(bytes, strict)?;
+        }
+        let model = match x.peek.model.clone() {
             None if upgrade => tunnel::query_model(parts.uri.query()),
             model => model,
         };
@@ -177,6 +174,7 @@ impl Meter<'_> {
             &parts.headers,
             whole,
             x.model.as_deref(),
+            &x.peek,
         );
         if let Some(c) = &plan {
             x.tally = Some(c.tally(false));
@@ -326,6 +324,7 @@ impl RateLimit<'_> {
             headers,
             model: x.model.as_deref(),
             body: whole.map(|b| &b[..]),
+            max_tokens: x.peek.max_tokens,
         };
         let mut admitted = self.limiter.admit(&limited, self.metrics).await?;
         x.tokens = admitted.tokens.take();
@@ -569,22 +568,13 @@ pub fn fail_lead(lead: Option<FlightLead>, e: EdgeError) -> EdgeError {
     e
 }
 
-/// Reads `model` from a JSON body without changing it. `strict`: routing needs the model, so a body
-/// that is not JSON is a 400; otherwise the upstream judges it.
-pub fn peek_model(body: &[u8], strict: bool) -> Result<Option<String>, EdgeError> {
-    #[derive(Deserialize)]
-    struct Peek {
-        #[serde(default)]
-        model: Option<String>,
-    }
-    if body.is_empty() {
-        return Ok(None);
-    }
-    match serde_json::from_slice::<Peek>(body) {
-        Ok(p) => Ok(p.model),
-        Err(e) if strict && (e.is_syntax() || e.is_eof()) => Err(EdgeError::BadJson(e.to_string())),
-        // Valid JSON of another shape (an array, a non-string model): no model to route by.
-        Err(_) => Ok(None),
+/// The body's [`BodyPeek`], read once without changing the body. `strict`: routing needs the
+/// model, so a body that is not JSON is a 400; otherwise the upstream judges it.
+pub fn peek(body: &[u8], strict: bool) -> Result<BodyPeek, EdgeError> {
+    match BodyPeek::of(body) {
+        Ok(p) => Ok(p),
+        Err(e) if strict => Err(EdgeError::BadJson(e.to_string())),
+        Err(_) => Ok(BodyPeek::default()),
     }
 }
 
@@ -593,19 +583,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn peek() {
+    fn peek_model() {
+        let model = |b: &[u8], strict| peek(b, strict).map(|p| p.model);
         assert_eq!(
-            peek_model(br#"{"model":"gpt-4o","x":[1,2]}"#, true)
+            model(br#"{"model":"gpt-4o","x":[1,2]}"#, true)
                 .unwrap()
                 .as_deref(),
             Some("gpt-4o")
         );
-        assert_eq!(peek_model(b"", true).unwrap(), None);
-        assert_eq!(peek_model(b"[1]", true).unwrap(), None);
-        assert!(matches!(
-            peek_model(b"{nope", true),
-            Err(EdgeError::BadJson(_))
-        ));
-        assert_eq!(peek_model(b"{nope", false).unwrap(), None);
+        assert_eq!(model(b"", true).unwrap(), None);
+        assert_eq!(model(b"[1]", true).unwrap(), None);
+        assert!(matches!(model(b"{nope", true), Err(EdgeError::BadJson(_))));
+        assert_eq!(model(b"{nope", false).unwrap(), None);
     }
 }

@@ -28,6 +28,67 @@ impl Dialect {
     }
 }
 
+/// What relay reads of a JSON request body, once per request (the body itself goes upstream
+/// untouched): the model to route by, whether a stream is asked for and with its usage chunk, and
+/// the answer's token bound. A field of an unexpected type reads as absent, as the upstream would
+/// judge it, not as a broken body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BodyPeek {
+    pub model: Option<String>,
+    /// `"stream": true`.
+    pub stream: bool,
+    /// `stream_options.include_usage`, when given.
+    pub include_usage: Option<bool>,
+    /// `max_completion_tokens`, else `max_tokens`, else `max_output_tokens` (Responses API).
+    pub max_tokens: Option<u64>,
+}
+
+impl BodyPeek {
+    /// Reads `body` (one parse; values other than these fields are skipped, not built). An empty
+    /// body peeks as nothing; a body that is not JSON is an error for the caller to judge.
+    pub fn of(body: &[u8]) -> Result<BodyPeek, serde_json::Error> {
+        use serde_json::Value;
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            model: Option<Value>,
+            #[serde(default)]
+            stream: Option<Value>,
+            #[serde(default)]
+            stream_options: Option<Value>,
+            #[serde(default)]
+            max_completion_tokens: Option<Value>,
+            #[serde(default)]
+            max_tokens: Option<Value>,
+            #[serde(default)]
+            max_output_tokens: Option<Value>,
+        }
+        if body.is_empty() {
+            return Ok(BodyPeek::default());
+        }
+        let raw = match serde_json::from_slice::<Raw>(body) {
+            Ok(raw) => raw,
+            // Valid JSON of another shape (an array, a string): nothing to peek.
+            Err(e) if e.is_data() => return Ok(BodyPeek::default()),
+            Err(e) => return Err(e),
+        };
+        let count = |v: Option<Value>| v.and_then(|v| v.as_u64());
+        Ok(BodyPeek {
+            model: raw.model.and_then(|v| match v {
+                Value::String(s) => Some(s),
+                _ => None,
+            }),
+            stream: raw.stream.and_then(|v| v.as_bool()) == Some(true),
+            include_usage: raw
+                .stream_options
+                .and_then(|o| o.get("include_usage").and_then(Value::as_bool)),
+            max_tokens: count(raw.max_completion_tokens)
+                .or(count(raw.max_tokens))
+                .or(count(raw.max_output_tokens)),
+        })
+    }
+}
+
 /// A `Content-Type` of Server-Sent Events (`text/event-stream`, parameters allowed).
 pub fn is_event_stream(content_type: &[u8]) -> bool {
     content_type.starts_with(b"text/event-stream")
@@ -57,6 +118,28 @@ mod tests {
         assert_eq!(Dialect::of("/v1/messages", &h), Dialect::Anthropic);
         h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
         assert_eq!(Dialect::of("/v1/models", &h), Dialect::Anthropic);
+    }
+
+    #[test]
+    fn one_peek_reads_every_field() {
+        let p = BodyPeek::of(
+            br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":false},"max_tokens":99,"max_completion_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            BodyPeek {
+                model: Some("gpt-4o".into()),
+                stream: true,
+                include_usage: Some(false),
+                max_tokens: Some(10),
+            }
+        );
+        let p = BodyPeek::of(br#"{"model":7,"stream":"yes","max_output_tokens":5}"#).unwrap();
+        assert_eq!((p.model, p.stream, p.max_tokens), (None, false, Some(5)));
+        assert_eq!(BodyPeek::of(b"").unwrap(), BodyPeek::default());
+        assert_eq!(BodyPeek::of(b"[1,2]").unwrap(), BodyPeek::default());
+        assert!(BodyPeek::of(b"{nope").is_err());
     }
 
     #[test]
