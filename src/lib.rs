@@ -29,6 +29,7 @@ pub mod proxy;
 pub mod redact;
 #[cfg(feature = "redis")]
 pub mod redis_gate;
+pub mod shard;
 pub mod tls;
 pub mod tui;
 pub mod wire;

@@ -13,10 +13,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::entry::Entry;
 use super::key::CacheKey;
+use crate::shard::{lock, Sharded};
 
 const SHARDS: usize = 16;
 
@@ -52,7 +53,7 @@ impl Slot {
 
 /// See the module docs.
 pub(crate) struct Hot {
-    shards: [Mutex<Shard>; SHARDS],
+    shards: Sharded<Mutex<Shard>>,
     per_shard: u64,
     generation: AtomicU64,
 }
@@ -61,16 +62,14 @@ impl Hot {
     /// A front holding at most `budget` bytes of entries (0 turns it off).
     pub(crate) fn new(budget: u64) -> Hot {
         Hot {
-            shards: Default::default(),
+            shards: Sharded::with_default(SHARDS),
             per_shard: budget / SHARDS as u64,
             generation: AtomicU64::new(0),
         }
     }
 
     fn shard(&self, key: &CacheKey) -> MutexGuard<'_, Shard> {
-        self.shards[usize::from(key.as_bytes()[0]) % SHARDS]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(self.shards.by_bytes(key.as_bytes()))
     }
 
     pub(crate) fn get(&self, key: &CacheKey) -> Option<Arc<Slot>> {
@@ -150,8 +149,8 @@ impl Hot {
     /// Drops everything.
     pub(crate) fn clear(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        for shard in &self.shards {
-            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
             shard.entries.clear();
             shard.bytes = 0;
         }
@@ -160,10 +159,7 @@ impl Hot {
     /// Bytes held (for tests).
     #[cfg(test)]
     fn bytes(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).bytes)
-            .sum()
+        self.shards.iter().map(|s| lock(s).bytes).sum()
     }
 }
 

@@ -6,7 +6,9 @@
 //! is made.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::shard::{lock, Sharded};
 
 const SHARDS: usize = 16;
 
@@ -17,7 +19,7 @@ struct Shard<V> {
 
 /// See the module docs.
 pub struct Memo<V> {
-    shards: [Mutex<Shard<V>>; SHARDS],
+    shards: Sharded<Mutex<Shard<V>>>,
     budget: u64,
 }
 
@@ -25,7 +27,7 @@ impl<V: Clone> Memo<V> {
     /// A memo whose shards each hold values costing `budget_per_shard` in all.
     pub fn new(budget_per_shard: u64) -> Memo<V> {
         Memo {
-            shards: std::array::from_fn(|_| {
+            shards: Sharded::new(SHARDS, || {
                 Mutex::new(Shard {
                     map: HashMap::new(),
                     used: 0,
@@ -36,9 +38,7 @@ impl<V: Clone> Memo<V> {
     }
 
     fn shard(&self, key: &[u8; 32]) -> MutexGuard<'_, Shard<V>> {
-        self.shards[usize::from(key[0]) % SHARDS]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(self.shards.by_bytes(key))
     }
 
     /// The value kept under `key` when `valid` accepts it; otherwise the value `make` returns (with

@@ -11,15 +11,23 @@
 //! before.
 
 use std::collections::HashSet;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use super::key::CacheKey;
+use crate::shard::{lock, Sharded};
 
 const SHARDS: usize = 16;
 
-#[derive(Default)]
 pub(crate) struct Present {
-    shards: [Mutex<HashSet<u64>>; SHARDS],
+    shards: Sharded<Mutex<HashSet<u64>>>,
+}
+
+impl Default for Present {
+    fn default() -> Present {
+        Present {
+            shards: Sharded::with_default(SHARDS),
+        }
+    }
 }
 
 impl Present {
@@ -29,9 +37,7 @@ impl Present {
     }
 
     fn shard(&self, prefix: u64) -> MutexGuard<'_, HashSet<u64>> {
-        self.shards[(prefix >> 60) as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(self.shards.by_hash(prefix >> 60))
     }
 
     /// `false` only when the file does not hold `key`.
@@ -56,26 +62,21 @@ impl Present {
 
     /// Adds every key `other` holds (the writer's refill after it reopened the file).
     pub(crate) fn insert_all(&self, other: &Present) {
-        for (mine, theirs) in self.shards.iter().zip(&other.shards) {
-            let theirs = theirs.lock().unwrap_or_else(PoisonError::into_inner);
-            mine.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend(theirs.iter().copied());
+        for (mine, theirs) in self.shards.iter().zip(other.shards.iter()) {
+            let theirs = lock(theirs);
+            lock(mine).extend(theirs.iter().copied());
         }
     }
 
     pub(crate) fn clear(&self) {
-        for s in &self.shards {
-            s.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        for s in self.shards.iter() {
+            lock(s).clear();
         }
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.shards.iter().map(|s| lock(s).len()).sum()
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 use super::entry::{Entry, EntryMeta};
 use super::key::CacheKey;
 use crate::clock::Clock;
+use crate::shard::Sharded;
 
 /// A cache backend. Shared as `Arc<dyn Store>`; every method may be called from async code
 /// concurrently: none blocks the calling thread on disk or network.
@@ -239,18 +240,23 @@ impl WriteOp {
 /// Queued puts of the keys whose first byte falls in one shard: key → (put sequence number, entry).
 type Shard = Mutex<HashMap<CacheKey, (u64, Arc<Entry>)>>;
 
-/// Entries queued but not yet committed, visible to `get`. Sharded by the key's first byte so
-/// concurrent requests rarely meet on a lock, and each lock is held for one map operation.
-#[derive(Default)]
+/// Entries queued but not yet committed, visible to `get`. Sharded by the key so concurrent
+/// requests rarely meet on a lock, and each lock is held for one map operation.
 pub(crate) struct Pending {
-    shards: [Shard; 16],
+    shards: Sharded<Shard>,
+}
+
+impl Default for Pending {
+    fn default() -> Pending {
+        Pending {
+            shards: Sharded::with_default(16),
+        }
+    }
 }
 
 impl Pending {
     fn shard(&self, key: &CacheKey) -> MutexGuard<'_, HashMap<CacheKey, (u64, Arc<Entry>)>> {
-        self.shards[usize::from(key.as_bytes()[0] & 0x0f)]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        crate::shard::lock(self.shards.by_bytes(key.as_bytes()))
     }
 
     pub(crate) fn insert(&self, key: CacheKey, seq: u64, entry: Arc<Entry>) {

@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
 use crate::config::Budget;
+use crate::shard::{lock, Sharded};
 
 /// A UTC calendar day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -113,8 +113,7 @@ struct Spent {
 
 /// Spend per key, sharded so no one lock sees every request.
 pub struct Spend {
-    hasher: RandomState,
-    shards: Vec<Mutex<HashMap<String, Spent>>>,
+    shards: Sharded<Mutex<HashMap<String, Spent>>>,
 }
 
 const SHARDS: usize = 16;
@@ -128,19 +127,18 @@ impl Default for Spend {
 impl Spend {
     pub fn new() -> Spend {
         Spend {
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: Sharded::with_default(SHARDS),
         }
     }
 
     fn shard(&self, key: &str) -> &Mutex<HashMap<String, Spent>> {
-        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+        self.shards.by_key(key)
     }
 
     /// Adds `micros` spent by `key` at `now_ms`.
     pub fn add(&self, key: &str, now_ms: u64, micros: u64) {
         let today = Day::of_ms(now_ms);
-        let mut map = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(self.shard(key));
         let s = map.entry(key.to_string()).or_default();
         roll(s, today);
         s.day_micros += micros;
@@ -150,7 +148,7 @@ impl Spend {
     /// (today, this month) spent by `key`, micro-USD.
     pub fn get(&self, key: &str, now_ms: u64) -> (u64, u64) {
         let today = Day::of_ms(now_ms);
-        let map = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        let map = lock(self.shard(key));
         match map.get(key) {
             None => (0, 0),
             Some(s) => {
@@ -171,7 +169,7 @@ impl Spend {
             if day.month_index() != today.month_index() || c.cost_micros == 0 {
                 continue;
             }
-            let mut map = self.shard(&k.key).lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = lock(self.shard(&k.key));
             let s = map.entry(k.key.clone()).or_default();
             roll(s, today);
             s.month_micros += c.cost_micros;

@@ -25,7 +25,6 @@ pub mod tokens;
 pub mod usage;
 
 use std::collections::{BTreeMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +40,7 @@ use crate::clock::Clock;
 use crate::config::{Budget, Config, ModelPrice, Provider, ProviderKind, StreamUsage};
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
+use crate::shard::Sharded;
 use crate::wire::headers as names;
 
 /// Upstream paths (suffixes) whose answers carry token usage.
@@ -142,8 +142,7 @@ pub const OTHER_KEYS: &str = "other";
 /// The unaliased key labels booked so far, bounded: a client that sends a new random key with
 /// every request cannot grow the ledger, the budget spend or the metrics without end.
 pub struct KeyLabels {
-    hasher: RandomState,
-    shards: Vec<std::sync::RwLock<HashSet<String>>>,
+    shards: Sharded<std::sync::RwLock<HashSet<String>>>,
 }
 
 const KEY_SHARDS: usize = 16;
@@ -151,10 +150,7 @@ const KEY_SHARDS: usize = 16;
 impl KeyLabels {
     fn new() -> KeyLabels {
         KeyLabels {
-            hasher: RandomState::new(),
-            shards: (0..KEY_SHARDS)
-                .map(|_| std::sync::RwLock::new(HashSet::new()))
-                .collect(),
+            shards: Sharded::with_default(KEY_SHARDS),
         }
     }
 
@@ -164,16 +160,12 @@ impl KeyLabels {
         if !label.starts_with("key-") {
             return label;
         }
-        let shard = &self.shards[(self.hasher.hash_one(&label) as usize) % KEY_SHARDS];
+        let shard = self.shards.by_key(&label);
         // A known key (every request after a key's first) takes the read lock only.
-        if shard
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&label)
-        {
+        if crate::shard::read(shard).contains(&label) {
             return label;
         }
-        let mut set = shard.write().unwrap_or_else(|e| e.into_inner());
+        let mut set = crate::shard::write(shard);
         if set.contains(&label) {
             return label;
         }
@@ -199,8 +191,7 @@ pub struct Accounting {
     ledger_path: Option<PathBuf>,
     spend: budget::Spend,
     /// Models already warned about (no price), sharded by model. Bounded.
-    warned: Vec<Mutex<HashSet<String>>>,
-    hasher: RandomState,
+    warned: Sharded<Mutex<HashSet<String>>>,
     /// Requests settled so far.
     settled: AtomicU64,
     /// Set once someone waits on `settled` (tests): only then does settling wake waiters, so the
@@ -255,10 +246,7 @@ impl Accounting {
             ledger,
             ledger_path,
             spend: budget::Spend::new(),
-            warned: (0..WARN_SHARDS)
-                .map(|_| Mutex::new(HashSet::new()))
-                .collect(),
-            hasher: RandomState::new(),
+            warned: Sharded::with_default(WARN_SHARDS),
             settled: AtomicU64::new(0),
             watched: AtomicBool::new(false),
             settled_changed: Notify::new(),
@@ -364,8 +352,7 @@ impl Accounting {
     }
 
     fn warn_unpriced(&self, model: &str) {
-        let shard = (self.hasher.hash_one(model) as usize) % WARN_SHARDS;
-        let mut w = self.warned[shard].lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = crate::shard::lock(self.warned.by_key(model));
         if w.len() < MAX_WARNED && w.insert(model.to_string()) {
             tracing::warn!(
                 model,

@@ -43,6 +43,7 @@ use tokio::time::Instant;
 use crate::config::{Config, LimitScope, OnLimit};
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
+use crate::shard::{read, write, Sharded};
 use gcra::{Booked, Cell, Params};
 
 pub use crate::config::LEGACY_RULE;
@@ -126,9 +127,14 @@ const SHARD_CAP: usize = 2 * SWEEP_AT;
 #[derive(Debug)]
 pub struct Buckets {
     epoch: Instant,
-    shards: Box<[RwLock<HashMap<BucketId, Cell>>]>,
-    /// When each shard sweeps next (touched under its write lock).
-    sweeps: Box<[Sweep]>,
+    shards: Sharded<Shard>,
+}
+
+/// One shard of [`Buckets`]: its buckets, and when it sweeps next (touched under its write lock).
+#[derive(Debug, Default)]
+struct Shard {
+    map: RwLock<HashMap<BucketId, Cell>>,
+    sweep: Sweep,
 }
 
 /// When a shard of [`Buckets`] sweeps next.
@@ -144,8 +150,7 @@ impl Default for Buckets {
     fn default() -> Self {
         Buckets {
             epoch: Instant::now(),
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            sweeps: (0..SHARDS).map(|_| Sweep::default()).collect(),
+            shards: Sharded::with_default(SHARDS),
         }
     }
 }
@@ -157,18 +162,18 @@ impl Buckets {
     }
 
     fn with_cell<R>(&self, id: &BucketId, now: u64, f: impl FnOnce(&Cell) -> R) -> R {
-        let shard = &self.shards[id[0] as usize % SHARDS];
+        let shard = self.shards.by_bytes(id);
         {
-            let map = shard.read().unwrap_or_else(|e| e.into_inner());
+            let map = read(&shard.map);
             if let Some(c) = map.get(id) {
                 return f(c);
             }
         }
-        let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = write(&shard.map);
         if map.len() >= SWEEP_AT && !map.contains_key(id) {
             // A sweep walks the whole shard: at most once a second, or when it has grown by an
             // eighth since the last one, so a flood of new keys is not a walk per request.
-            let sweep = &self.sweeps[id[0] as usize % SHARDS];
+            let sweep = &shard.sweep;
             let due = map.len() >= sweep.next_len.load(Ordering::Relaxed)
                 || now.saturating_sub(sweep.last_ns.load(Ordering::Relaxed)) >= 1_000_000_000;
             if due {
@@ -194,10 +199,7 @@ impl Buckets {
     /// Buckets held (tests).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+        self.shards.iter().map(|s| read(&s.map).len()).sum()
     }
 
     /// Books every slot or none: on the first that does not fit, the others are given back.

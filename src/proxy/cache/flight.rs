@@ -2,12 +2,13 @@
 //! answer (head, then each chunk) is handed to every follower as it arrives; its error too.
 
 use super::*;
+use crate::shard::Sharded;
 
 // ------------------------------------------------------------------------------- single flight
 
 /// Requests in flight by key, sharded so no one lock sees every request.
 pub(super) struct Flights {
-    pub(super) shards: Vec<Mutex<HashMap<CacheKey, Arc<Flight>>>>,
+    pub(super) shards: Sharded<Mutex<HashMap<CacheKey, Arc<Flight>>>>,
 }
 
 pub(super) const SHARDS: usize = 16;
@@ -20,12 +21,12 @@ pub(super) enum Joined {
 impl Flights {
     pub(super) fn new() -> Flights {
         Flights {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: Sharded::with_default(SHARDS),
         }
     }
 
     pub(super) fn shard(&self, key: &CacheKey) -> &Mutex<HashMap<CacheKey, Arc<Flight>>> {
-        &self.shards[usize::from(key.as_bytes()[0]) % SHARDS]
+        self.shards.by_bytes(key.as_bytes())
     }
 
     pub(super) fn join(&self, cache: &Arc<Cache>, key: CacheKey) -> Joined {
