@@ -13,7 +13,7 @@
 //! request and response headers (key headers redacted at capture, see [`redact`]) and the first
 //! [`BODY_CAPTURE_LIMIT`] bytes of each body, for the TUI's detail view.
 
-pub mod sse;
+pub mod stream;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

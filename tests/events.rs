@@ -7,7 +7,7 @@ use bytes::Bytes;
 use common::mock::{Kind, Mock};
 use common::*;
 use http::StatusCode;
-use relay::events::sse::{Message, Parser};
+use relay::events::stream::{Message, Parser};
 use relay::events::{CacheState, Next, Phase, RequestEvent, DEFAULT_CAPACITY};
 
 const CHAT: &str = "/v1/chat/completions";

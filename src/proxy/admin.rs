@@ -119,7 +119,7 @@ async fn relay_api(
     let events_remote = state.runtime.load().config.server.events_remote;
     let allowed = relay_api_allowed(path, caller.local, events_remote);
     if path == events::PATH && allowed {
-        return events::sse::response(state.events.subscribe()).map(RelayBody::stream);
+        return events::stream::response(state.events.subscribe()).map(RelayBody::stream);
     }
     let found = if !allowed {
         None

@@ -35,7 +35,7 @@ pub use keys::{handle_key, Command};
 pub use state::{Msg, State, View};
 pub use view::render;
 
-use crate::events::sse::{Message, Parser};
+use crate::events::stream::{Message, Parser};
 use crate::events::{Events, Next, Subscription};
 use crate::proxy::server::{ServeOptions, Server, StartError};
 
