@@ -22,10 +22,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
+use super::client::RelayClient;
 use crate::admin::cache::{
     self as admin, ApiError, EntryDetail, EntrySummary, Imported, Removed, ResponseView, StatsView,
 };
@@ -324,7 +323,7 @@ enum Backend {
     /// A running relay's admin API over HTTP.
     Remote {
         /// Boxed: the client is large, and a `Direct` backend needs none.
-        client: Box<Client<HttpConnector, Full<Bytes>>>,
+        client: Box<RelayClient>,
         /// `http://host:port`, no trailing slash.
         base: String,
         /// The file the server holds, when that is why we went to it.
@@ -336,7 +335,7 @@ impl Backend {
     /// `--server` when given; else the configured store, or the server holding it.
     async fn connect(cfg: &Config, server: Option<&str>) -> Result<Backend, CliError> {
         if let Some(url) = server {
-            return Ok(Backend::remote(server_base(url)?, None));
+            return Backend::remote(cfg, server_base(url)?, None);
         }
         match crate::cache::open::open(cfg, Clock::system()).await {
             Ok(store) => {
@@ -347,21 +346,23 @@ impl Backend {
                 Ok(Backend::Direct { store, what })
             }
             Err(StoreError::Locked { path }) => {
-                Ok(Backend::remote(listen_base(cfg.server.listen), Some(path)))
+                Backend::remote(cfg, listen_base(cfg.server.listen), Some(path))
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    fn remote(base: String, held: Option<PathBuf>) -> Backend {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        Backend::Remote {
+    fn remote(cfg: &Config, base: String, held: Option<PathBuf>) -> Result<Backend, CliError> {
+        let client = RelayClient::new(cfg).map_err(|reason| CliError::Unreachable {
+            url: base.clone(),
+            reason,
+            held: held.clone(),
+        })?;
+        Ok(Backend::Remote {
             client: Box::new(client),
             base,
             held,
-        }
+        })
     }
 
     /// Where the commands run, for `stats`.
@@ -395,7 +396,7 @@ impl Backend {
                     reason: error_chain(e),
                     held: held.clone(),
                 };
-                let resp = client.request(req).await.map_err(|e| unreachable(&e))?;
+                let resp = client.send(req).await.map_err(|e| unreachable(&e))?;
                 let status = resp.status();
                 let answer = resp
                     .into_body()

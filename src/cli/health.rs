@@ -7,11 +7,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-
 use crate::config::{Config, ServerTls};
 
 /// How long the whole check may take.
@@ -30,34 +25,7 @@ pub fn default_url(cfg: &Config) -> String {
 pub async fn check(cfg: &Config, url: Option<&str>) -> Result<(), String> {
     let url = url.map(str::to_string).unwrap_or_else(|| default_url(cfg));
     let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let extra = match &cfg.server.tls {
-        ServerTls::Off => Vec::new(),
-        ServerTls::Auto => crate::tls::ca_dir(cfg)
-            .ok()
-            .and_then(|d| {
-                crate::config::tls::read_cert_chain(&d.join(crate::tls::CA_CERT_FILE)).ok()
-            })
-            .unwrap_or_default(),
-        ServerTls::Files { cert, .. } => {
-            crate::config::tls::read_cert_chain(cert).unwrap_or_default()
-        }
-    };
-    for c in extra {
-        let _ = roots.add(c);
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let client = super::client::RelayClient::new(cfg)?;
     let resp = tokio::time::timeout(TIMEOUT, client.get(uri))
         .await
         .map_err(|_| format!("{url}: no answer within {}s", TIMEOUT.as_secs()))?

@@ -2,5 +2,6 @@
 //! ([`usage`]) and `relay health` ([`health`]). `main.rs` parses the command line and calls these.
 
 pub mod cache;
+pub mod client;
 pub mod health;
 pub mod usage;

@@ -9,17 +9,15 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::cost::budget::Day;
 use crate::cost::ledger::{self, Ledger, LedgerError};
 use crate::cost::report::{report, By, Report, ReportRow, Since, PATH};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
+
+use super::client::RelayClient;
 
 /// `relay usage` options.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -69,7 +67,7 @@ pub enum UsageError {
 pub async fn run(args: &UsageArgs, cfg: &Config) -> Result<String, UsageError> {
     let since = Since::parse(&args.since).map_err(|e| UsageError::Args(format!("--since {e}")))?;
     let report = match &args.server {
-        Some(url) => remote(url.trim_end_matches('/'), since, args, None).await?,
+        Some(url) => remote(cfg, url.trim_end_matches('/'), since, args, None).await?,
         None => {
             let Some(path) = ledger::path(cfg) else {
                 return Err(UsageError::Off);
@@ -93,7 +91,14 @@ pub async fn run(args: &UsageArgs, cfg: &Config) -> Result<String, UsageError> {
                         r
                     }
                     Err(LedgerError::Locked { path }) => {
-                        remote(&listen_base(cfg.server.listen), since, args, Some(path)).await?
+                        remote(
+                            cfg,
+                            &listen_base(cfg.server.listen),
+                            since,
+                            args,
+                            Some(path),
+                        )
+                        .await?
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -122,6 +127,7 @@ fn listen_base(addr: SocketAddr) -> String {
 }
 
 async fn remote(
+    cfg: &Config,
     base: &str,
     since: Since,
     args: &UsageArgs,
@@ -146,13 +152,8 @@ async fn remote(
     let uri: http::Uri = url
         .parse()
         .map_err(|e| UsageError::Args(format!("invalid --server URL {base:?}: {e}")))?;
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-    let req = http::Request::get(uri)
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| UsageError::Args(e.to_string()))?;
-    let resp = client.request(req).await.map_err(|e| fail(e.to_string()))?;
+    let client = RelayClient::new(cfg).map_err(&fail)?;
+    let resp = client.get(uri).await.map_err(|e| fail(e.to_string()))?;
     let status = resp.status();
     let body = resp
         .into_body()

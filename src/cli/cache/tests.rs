@@ -310,7 +310,9 @@ async fn no_server_behind_a_held_file_says_what_to_do() {
         .unwrap()
         .port();
     let base = format!("http://127.0.0.1:{port}");
-    let backend = Backend::remote(base.clone(), Some(PathBuf::from("/data/cache.redb")));
+    let cfg = Config::defaults(&crate::config::Env::empty());
+    let backend =
+        Backend::remote(&cfg, base.clone(), Some(PathBuf::from("/data/cache.redb"))).unwrap();
     let e = execute(&backend, CacheCommand::Stats, T0)
         .await
         .unwrap_err();
@@ -322,7 +324,7 @@ async fn no_server_behind_a_held_file_says_what_to_do() {
         "{msg}"
     );
     assert!(msg.contains("pass --server URL"), "{msg}");
-    let backend = Backend::remote(base.clone(), None);
+    let backend = Backend::remote(&cfg, base.clone(), None).unwrap();
     let e = execute(&backend, CacheCommand::Stats, T0)
         .await
         .unwrap_err();
