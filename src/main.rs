@@ -12,8 +12,8 @@ use relay::logging::{self, LogFormat};
 use relay::server::{ServeOptions, Server};
 
 /// mimalloc instead of glibc's malloc: relay allocates on its workers and frees on its writer
-/// threads (log lines, cache entries), which contends on glibc's arena locks; measured with
-/// `examples/loadtest.rs`, which uses the same allocator (README, Performance).
+/// threads (log lines, cache entries), which contends on glibc's arena locks. The load harness
+/// (`examples/loadtest.rs`) uses the same allocator (docs/performance.md).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

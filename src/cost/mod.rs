@@ -42,15 +42,7 @@ use crate::error::EdgeError;
 use crate::metrics::Metrics;
 use crate::shard::Sharded;
 use crate::wire::headers as names;
-
-/// Upstream paths (suffixes) whose answers carry token usage.
-const METERED_SUFFIXES: &[&str] = &[
-    "/chat/completions",
-    "/completions",
-    "/responses",
-    "/messages",
-    "/embeddings",
-];
+use crate::wire::Endpoint;
 
 /// Everything cost needs from one config: prices, key aliases, budgets. Built at config load and
 /// swapped with it.
@@ -545,10 +537,9 @@ pub fn plan(
         .budget_for(&key)
         .filter(|(name, _)| *name != "*")
         .map(|(n, b)| (n.to_string(), *b));
-    let path = upstream_path.split('?').next().unwrap_or_default();
-    let metered = *method == Method::POST
-        && body.is_some_and(|b| !b.is_empty())
-        && METERED_SUFFIXES.iter().any(|s| path.ends_with(s));
+    let endpoint = crate::wire::Endpoint::of(upstream_path);
+    let metered =
+        *method == Method::POST && body.is_some_and(|b| !b.is_empty()) && endpoint.metered();
     let mut p = Plan {
         acct: acct.clone(),
         key,
@@ -564,8 +555,7 @@ pub fn plan(
         return Some(p);
     }
     let body = body.expect("metered requests have a body");
-    let chat_like = path.ends_with("/chat/completions") || path.ends_with("/completions");
-    if chat_like {
+    if endpoint.chat_like() {
         if peek.stream {
             // An explicit `include_usage: false` is respected.
             let asked = peek.include_usage == Some(true);
@@ -575,7 +565,7 @@ pub fn plan(
                 && book.stream_usage == StreamUsage::Inject;
             p.keep_text = !asked && !p.inject;
         }
-    } else if path.ends_with("/messages") || path.ends_with("/responses") {
+    } else if matches!(endpoint, Endpoint::Messages | Endpoint::Responses) {
         // Their streams always end with usage.
         p.keep_text = !peek.stream;
     }

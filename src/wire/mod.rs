@@ -28,6 +28,69 @@ impl Dialect {
     }
 }
 
+/// The API endpoint a request is for, from its path: the one list of the endpoints relay records
+/// and meters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// OpenAI `chat/completions` (and every OpenAI-compatible API's).
+    ChatCompletions,
+    /// OpenAI's legacy `completions`.
+    Completions,
+    /// OpenAI's Responses API.
+    Responses,
+    /// Anthropic's Messages API.
+    Messages,
+    /// Anthropic's `messages/count_tokens`.
+    CountTokens,
+    Embeddings,
+    Moderations,
+    /// Anything else (models, files, batches, ...): forwarded, neither recorded nor metered.
+    Other,
+}
+
+impl Endpoint {
+    /// The endpoint of `path` (an upstream or client path; a query is ignored).
+    pub fn of(path: &str) -> Endpoint {
+        let path = path.split('?').next().unwrap_or_default();
+        // Longest suffixes first: `/chat/completions` before `/completions`.
+        const KINDS: [(&str, Endpoint); 7] = [
+            ("/chat/completions", Endpoint::ChatCompletions),
+            ("/messages/count_tokens", Endpoint::CountTokens),
+            ("/completions", Endpoint::Completions),
+            ("/responses", Endpoint::Responses),
+            ("/messages", Endpoint::Messages),
+            ("/embeddings", Endpoint::Embeddings),
+            ("/moderations", Endpoint::Moderations),
+        ];
+        KINDS
+            .iter()
+            .find(|(suffix, _)| path.ends_with(suffix))
+            .map_or(Endpoint::Other, |(_, kind)| *kind)
+    }
+
+    /// Its `POST`s with a JSON body are answers relay records (the cache).
+    pub fn cacheable(self) -> bool {
+        self != Endpoint::Other
+    }
+
+    /// Its answers carry token usage relay meters (cost).
+    pub fn metered(self) -> bool {
+        matches!(
+            self,
+            Endpoint::ChatCompletions
+                | Endpoint::Completions
+                | Endpoint::Responses
+                | Endpoint::Messages
+                | Endpoint::Embeddings
+        )
+    }
+
+    /// Chat-completions-like: a stream of these has a usage chunk only when asked for.
+    pub fn chat_like(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+    }
+}
+
 /// What relay reads of a JSON request body, once per request (the body itself goes upstream
 /// untouched): the model to route by, whether a stream is asked for and with its usage chunk, and
 /// the answer's token bound. A field of an unexpected type reads as absent, as the upstream would
@@ -118,6 +181,28 @@ mod tests {
         assert_eq!(Dialect::of("/v1/messages", &h), Dialect::Anthropic);
         h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
         assert_eq!(Dialect::of("/v1/models", &h), Dialect::Anthropic);
+    }
+
+    #[test]
+    fn endpoints_from_paths() {
+        use Endpoint::*;
+        for (path, kind) in [
+            ("/v1/chat/completions", ChatCompletions),
+            ("/openai/v1/chat/completions?x=1", ChatCompletions),
+            ("/v1/completions", Completions),
+            ("/v1/responses", Responses),
+            ("/v1/messages?beta=true", Messages),
+            ("/v1/messages/count_tokens", CountTokens),
+            ("/v1/embeddings", Embeddings),
+            ("/v1/moderations", Moderations),
+            ("/v1/models", Other),
+        ] {
+            assert_eq!(Endpoint::of(path), kind, "{path}");
+        }
+        assert!(CountTokens.cacheable() && !CountTokens.metered());
+        assert!(Moderations.cacheable() && !Moderations.metered());
+        assert!(!Other.cacheable() && !Other.metered());
+        assert!(Completions.chat_like() && !Messages.chat_like());
     }
 
     #[test]

@@ -134,9 +134,9 @@ pub(super) fn try_open_guarded(path: &Path, secs: u64) -> Result<Database, OpenF
 }
 
 /// redb's own page cache. redb's default (1 GiB) would grow with the file to a gigabyte of memory
-/// (measured: 40 MB/s under a stream of new requests); the decoded entries that serve hits are in
-/// the front ([`hot`]), and the file's pages are in the OS page cache anyway, so a small cache for
-/// the B-trees' upper pages is enough (no slower in `loadtest --only 9`).
+/// under a stream of new requests; the decoded entries that serve hits are in the front
+/// ([`hot`]), and the file's pages are in the OS page cache anyway, so a small cache for the
+/// B-trees' upper pages is enough (docs/performance.md).
 pub(super) const REDB_CACHE_BYTES: usize = 32 << 20;
 
 pub(super) fn try_open(path: &Path, secs: u64) -> Result<Database, OpenFailure> {

@@ -3,17 +3,6 @@
 
 use super::*;
 
-/// Upstream paths (suffixes) whose POSTs are cacheable.
-pub(super) const CACHEABLE_SUFFIXES: &[&str] = &[
-    "/chat/completions",
-    "/completions",
-    "/responses",
-    "/messages",
-    "/messages/count_tokens",
-    "/embeddings",
-    "/moderations",
-];
-
 impl Cache {
     /// Decides what to do with a request (see the module docs). `Ok(None)`: not the cache's business.
     pub fn plan(
@@ -30,10 +19,9 @@ impl Cache {
             return Ok(None);
         }
         let offline = c.mode == CacheMode::Offline;
-        let path_only = upstream_path.split('?').next().unwrap_or_default();
         let cacheable = *method == Method::POST
             && body.is_some_and(|b| !b.is_empty())
-            && CACHEABLE_SUFFIXES.iter().any(|s| path_only.ends_with(s));
+            && crate::wire::Endpoint::of(upstream_path).cacheable();
         let Some(body) = body.filter(|_| cacheable) else {
             return if offline {
                 Err(EdgeError::OfflineMiss {
