@@ -5,9 +5,9 @@
 //!
 //! It travels in the response body ([`super::body::RelayBody`]), so it is closed when the last
 //! byte has gone out or the caller disconnects (the body is dropped, which drops the upstream
-//! response and so cancels the upstream request): the one closing phase, [`super::finish`].
-//! `Drop` runs that phase only as the fallback, for a context dropped before its body ended
-//! (the handler cancelled before it answered).
+//! response and so cancels the upstream request): the one closing phase, [`super::finish`],
+//! which also holds its `Drop` fallback, for a context dropped before its body ended (the handler
+//! cancelled before it answered).
 //!
 //! While someone watches the live feed ([`crate::events`]: `relay tui`, `/relay/events`), the
 //! context also captures headers and the start of each body and publishes the request's events.
@@ -186,32 +186,5 @@ impl RequestContext {
     /// The caller's key as the ledger books it (alias, `key-<hash prefix>`, `none`), when known.
     pub fn key(&self) -> Option<&str> {
         self.tally.as_ref().map(|t| t.key.as_str())
-    }
-}
-
-impl crate::cost::Metered for RequestContext {
-    fn usage_slot(&mut self) -> &mut Option<crate::cost::Usage> {
-        &mut self.usage
-    }
-
-    fn close(self) {
-        RequestContext::close(self);
-    }
-}
-
-impl RequestContext {
-    /// Runs the closing phase now (the body is over).
-    pub fn close(mut self) {
-        super::finish::finish(&mut self);
-    }
-}
-
-impl Drop for RequestContext {
-    /// The fallback: a context dropped before its body closed it (a cancelled handler, a body
-    /// dropped early) is closed here, as the caller having gone.
-    fn drop(&mut self) {
-        if !self.closed {
-            super::finish::finish(self);
-        }
     }
 }

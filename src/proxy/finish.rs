@@ -89,6 +89,33 @@ pub fn finish(cx: &mut RequestContext) {
     }
 }
 
+impl RequestContext {
+    /// Runs the closing phase now (the body is over).
+    pub fn close(mut self) {
+        finish(&mut self);
+    }
+}
+
+impl Drop for RequestContext {
+    /// The fallback: a context dropped before its body closed it (a cancelled handler, a body
+    /// dropped early) is closed here, as the caller having gone.
+    fn drop(&mut self) {
+        if !self.closed {
+            finish(self);
+        }
+    }
+}
+
+impl crate::cost::Metered for RequestContext {
+    fn usage_slot(&mut self) -> &mut Option<crate::cost::Usage> {
+        &mut self.usage
+    }
+
+    fn close(self) {
+        RequestContext::close(self);
+    }
+}
+
 fn itoa_status(status: u16) -> String {
     match http::StatusCode::from_u16(status) {
         Ok(s) => s.as_str().to_string(),
