@@ -211,6 +211,13 @@ impl Scope {
     }
 }
 
+impl Default for Scope {
+    /// [`Scope::ANONYMOUS`].
+    fn default() -> Scope {
+        Scope::ANONYMOUS
+    }
+}
+
 impl fmt::Debug for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -221,28 +228,11 @@ impl fmt::Debug for Scope {
     }
 }
 
-/// The key scope of a request, from its API key: `authorization: Bearer <key>` (OpenAI style; any
-/// other `authorization` value is hashed whole), else `x-api-key` (Anthropic style), else
-/// [`Scope::ANONYMOUS`]. Called once per request when `cache.scope` is `key`.
+/// The key scope of a request, from the API key it presents
+/// ([`crate::wire::headers::presented_key`]), else [`Scope::ANONYMOUS`]. The pipeline computes it
+/// once per request, for the cache and the rate limits alike.
 pub fn scope_for_api_key(headers: &http::HeaderMap) -> Scope {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
-            .filter(|v| !v.is_empty())
-    };
-    if let Some(auth) = header("authorization") {
-        let token = match auth.split_once(' ') {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-            // `Bearer` with nothing after it (the value is trimmed): no key.
-            None if auth.eq_ignore_ascii_case("bearer") => "",
-            _ => auth.as_str(),
-        };
-        if !token.is_empty() {
-            return Scope::from_api_key(token);
-        }
-    }
-    match header("x-api-key") {
+    match crate::wire::headers::presented_key(headers) {
         Some(key) => Scope::from_api_key(&key),
         None => Scope::ANONYMOUS,
     }

@@ -71,13 +71,13 @@ impl Book {
         }
     }
 
-    /// How the ledger and budgets name a key: its alias, else `key-` and the first 12 hex digits of
-    /// its blake3 hash, or `none` when the request carries no key.
-    pub fn key_label(&self, key: Option<&str>) -> String {
+    /// How the ledger and budgets name a key, from its blake3 hash: its alias, else `key-` and the
+    /// first 12 hex digits of the hash, or `none` when the request is booked to no key.
+    pub fn key_label(&self, key: Option<&blake3::Hash>) -> String {
         let Some(key) = key else {
             return "none".to_string();
         };
-        let hex = blake3::hash(key.as_bytes()).to_hex();
+        let hex = key.to_hex();
         for (h, name) in &self.aliases {
             if hex.starts_with(h.as_str()) {
                 return name.clone();
@@ -101,28 +101,6 @@ impl Book {
             .map(String::as_str)
             .filter(|k| *k != "*")
     }
-}
-
-/// The caller's API key (`Authorization: Bearer`, else `x-api-key`), else the key relay injects
-/// for the provider.
-fn caller_key<'a>(headers: &'a HeaderMap, provider: &'a Provider) -> Option<&'a str> {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
-    if let Some(auth) = header("authorization") {
-        let token = match auth.split_once(' ') {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-            _ => auth,
-        };
-        if !token.is_empty() && !token.eq_ignore_ascii_case("bearer") {
-            return Some(token);
-        }
-    }
-    header("x-api-key").or_else(|| provider.api_key.as_ref().map(|k| k.expose()))
 }
 
 /// Most distinct unaliased keys (`key-<hash prefix>`) the ledger, budgets and usage reports
@@ -521,7 +499,7 @@ pub fn plan(
     provider: &Provider,
     method: &Method,
     upstream_path: &str,
-    headers: &HeaderMap,
+    booked: Option<&blake3::Hash>,
     body: Option<&Bytes>,
     model: Option<&str>,
     peek: &crate::wire::BodyPeek,
@@ -529,9 +507,7 @@ pub fn plan(
     if !book.enabled {
         return None;
     }
-    let key = acct
-        .keys
-        .fold(book.key_label(caller_key(headers, provider)), &acct.metrics);
+    let key = acct.keys.fold(book.key_label(booked), &acct.metrics);
     let price = model.and_then(|m| book.prices.lookup(m)).map(|(_, p)| p);
     let budget = book
         .budget_for(&key)

@@ -37,7 +37,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use http::HeaderMap;
 use tokio::time::Instant;
 
 use crate::config::{Config, LimitScope, OnLimit};
@@ -69,7 +68,8 @@ pub fn estimate(body_len: usize, max_tokens: Option<u64>) -> u64 {
 /// What the limiter looks at in a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
-    pub headers: &'a HeaderMap,
+    /// The caller's key, hashed (its cache scope): the bucket of `key` rules.
+    pub caller: [u8; 32],
     pub model: Option<&'a str>,
     /// The JSON body when relay read it whole (token estimates), else `None`.
     pub body: Option<&'a [u8]>,
@@ -347,14 +347,7 @@ impl Limiter {
         if self.rules.is_empty() {
             return Ok(Admitted::default());
         }
-        let key = if self.needs_key {
-            match crate::cache::scope_for_api_key(req.headers) {
-                crate::cache::Scope::Key(h) => h,
-                crate::cache::Scope::Global => [0; 32],
-            }
-        } else {
-            [0; 32]
-        };
+        let key = if self.needs_key { req.caller } else { [0; 32] };
         let estimate = match (self.needs_tokens, req.body) {
             (true, Some(b)) if !b.is_empty() => estimate(b.len(), req.max_tokens),
             _ => 0,

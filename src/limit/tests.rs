@@ -31,10 +31,14 @@ async fn admit(
     model: Option<&str>,
     body: &[u8],
 ) -> Result<Admitted, EdgeError> {
-    let h = headers(key);
+    // The caller as the pipeline works it out from the key headers.
+    let caller = match crate::cache::scope_for_api_key(&headers(key)) {
+        crate::cache::Scope::Key(h) => h,
+        crate::cache::Scope::Global => [0; 32],
+    };
     l.admit(
         &Request {
-            headers: &h,
+            caller,
             model,
             body: Some(body),
             max_tokens: crate::wire::BodyPeek::of(body)

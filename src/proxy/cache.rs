@@ -36,8 +36,7 @@ use tokio::sync::watch;
 use super::body::RelayBody;
 use crate::cache::memo::Memo;
 use crate::cache::{
-    scope_for_api_key, CacheKey, CachedBody, Entry, EntryMeta, KeyInput, KeyMemo, Scope, SseEvent,
-    Store,
+    CacheKey, CachedBody, Entry, EntryMeta, KeyInput, KeyMemo, Scope, SseEvent, Store,
 };
 use crate::clock::Clock;
 use crate::config::{CacheMode, CacheScope, Config, ReplayTiming};
@@ -53,6 +52,7 @@ mod replay;
 
 pub use flight::FlightLead;
 use flight::{follow, Flights, Joined};
+pub use plan::Asked;
 pub use record::{Answer, Tap};
 use replay::Replays;
 

@@ -22,6 +22,35 @@ use crate::error::EdgeError;
 use crate::events::{Events, Live, Snapshot};
 use crate::metrics::Metrics;
 
+/// Who a request is from, worked out once ([`crate::wire::headers::presented_key`]): what the
+/// cache, the rate limits and the cost booking all read.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The presented key's scope (cache entries, rate-limit buckets); anonymous without one.
+    pub scope: crate::cache::Scope,
+    /// blake3 of the key the request is booked to (ledger, budgets): the presented key, else the
+    /// key relay injects for the provider (that key pays); `None` when there is neither.
+    pub booked: Option<blake3::Hash>,
+}
+
+impl Caller {
+    pub fn of(headers: &http::HeaderMap, provider: &crate::config::Provider) -> Caller {
+        let presented = crate::wire::headers::presented_key(headers);
+        let scope = match &presented {
+            Some(key) => crate::cache::Scope::from_api_key(key),
+            None => crate::cache::Scope::ANONYMOUS,
+        };
+        let booked = match &presented {
+            Some(key) => Some(blake3::hash(key.as_bytes())),
+            None => provider
+                .api_key
+                .as_ref()
+                .map(|k| blake3::hash(k.expose().as_bytes())),
+        };
+        Caller { scope, booked }
+    }
+}
+
 /// How a response ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -56,6 +85,8 @@ pub struct RequestContext {
     pub request_id: HeaderValue,
     pub provider: Option<String>,
     pub model: Option<String>,
+    /// Who calls, read once from the key headers (set when the request is routed).
+    pub caller: Caller,
     /// What the body says (model, stream, usage chunk, token bound), read once.
     pub peek: crate::wire::BodyPeek,
     /// Metric label for the model (bounded, see [`crate::metrics::ModelLabels`]).
@@ -115,6 +146,7 @@ impl RequestContext {
             provider: None,
             model: None,
             peek: crate::wire::BodyPeek::default(),
+            caller: Caller::default(),
             model_label: String::from("none"),
             status: 0,
             upstream: None,

@@ -258,7 +258,7 @@ async fn forward(
         limiter: &rt.limiter,
         metrics,
     };
-    let admitted = match limits.run(x, &parts.headers, whole.as_ref()).await {
+    let admitted = match limits.run(x, whole.as_ref()).await {
         Ok(admitted) => admitted,
         Err(e) => return Err(fail_lead(miss.lead, e)),
     };

@@ -13,9 +13,9 @@ use http::{header, HeaderMap, HeaderValue, Method, Response, Uri};
 use hyper::body::Incoming;
 
 use super::body::RelayBody;
-use super::cache::{self as stage, Answer, Cache, FlightLead, Lookup, Resolved};
+use super::cache::{self as stage, Answer, Asked, Cache, FlightLead, Lookup, Resolved};
 use super::client_body::{self, BodyBudget, ClientBody};
-use super::context::RequestContext;
+use super::context::{Caller, RequestContext};
 use super::route::{self, PathTarget};
 use super::state::Runtime;
 use super::tunnel;
@@ -136,6 +136,7 @@ impl RouteByModel<'_> {
         };
         let provider = &self.cfg.providers[index];
         x.provider = Some(provider.name.clone());
+        x.caller = Caller::of(&parts.headers, provider);
         let mut path_and_query = route::upstream_path(&provider.base_url.path, rest);
         if let Some(q) = parts.uri.query() {
             path_and_query.push('?');
@@ -171,7 +172,7 @@ impl Meter<'_> {
             provider,
             &parts.method,
             path_and_query,
-            &parts.headers,
+            x.caller.booked.as_ref(),
             whole,
             x.model.as_deref(),
             &x.peek,
@@ -213,14 +214,15 @@ impl CacheLookup<'_> {
         let Some(cache) = self.cache else {
             return Ok(Flow::Next(CacheMiss::default()));
         };
-        let plan = cache.plan(
-            self.cfg,
-            &parts.method,
-            &parts.headers,
+        let asked = Asked {
+            method: &parts.method,
+            headers: &parts.headers,
+            caller: x.caller.scope,
             provider,
-            path_and_query,
-            whole,
-        )?;
+            upstream_path: path_and_query,
+            body: whole,
+        };
+        let plan = cache.plan(self.cfg, &asked)?;
         let Some(lookup) = plan else {
             return Ok(Flow::Next(CacheMiss::default()));
         };
@@ -317,11 +319,14 @@ impl RateLimit<'_> {
     pub async fn run(
         &self,
         x: &mut RequestContext,
-        headers: &HeaderMap,
         whole: Option<&Bytes>,
     ) -> Result<Admitted, EdgeError> {
+        let caller = match x.caller.scope {
+            crate::cache::Scope::Key(h) => h,
+            crate::cache::Scope::Global => [0; 32],
+        };
         let limited = limit::Request {
-            headers,
+            caller,
             model: x.model.as_deref(),
             body: whole.map(|b| &b[..]),
             max_tokens: x.peek.max_tokens,

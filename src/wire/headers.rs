@@ -72,3 +72,27 @@ pub fn format_reset(d: Duration) -> String {
         (h, m) => format!("{h}h{m}m{secs}"),
     }
 }
+
+/// The API key a request presents: `Authorization: Bearer <key>` (OpenAI style; any other
+/// `authorization` value is the key as a whole), else `x-api-key` (Anthropic style). The one rule
+/// for who the caller is: the cache scope, the rate-limit key and the cost booking all start here.
+pub fn presented_key(headers: &HeaderMap) -> Option<String> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(auth) = header("authorization") {
+        let token = match auth.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            // `Bearer` with nothing after it (the value is trimmed): no key.
+            None if auth.eq_ignore_ascii_case("bearer") => "",
+            _ => auth.as_str(),
+        };
+        if !token.is_empty() {
+            return Some(token.to_string());
+        }
+    }
+    header("x-api-key")
+}

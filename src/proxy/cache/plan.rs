@@ -3,17 +3,29 @@
 
 use super::*;
 
+/// The request as the cache sees it.
+pub struct Asked<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    /// The caller's scope (its presented key's, worked out once by the pipeline).
+    pub caller: Scope,
+    pub provider: &'a str,
+    pub upstream_path: &'a str,
+    /// The JSON body, when relay read it whole.
+    pub body: Option<&'a Bytes>,
+}
+
 impl Cache {
     /// Decides what to do with a request (see the module docs). `Ok(None)`: not the cache's business.
-    pub fn plan(
-        &self,
-        cfg: &Config,
-        method: &Method,
-        headers: &HeaderMap,
-        provider: &str,
-        upstream_path: &str,
-        body: Option<&Bytes>,
-    ) -> Result<Option<Lookup>, EdgeError> {
+    pub fn plan(&self, cfg: &Config, asked: &Asked<'_>) -> Result<Option<Lookup>, EdgeError> {
+        let &Asked {
+            method,
+            headers,
+            caller,
+            provider,
+            upstream_path,
+            body,
+        } = asked;
         let c = &cfg.cache;
         if !c.enabled {
             return Ok(None);
@@ -61,7 +73,7 @@ impl Cache {
             return Ok(Some(self.lookup_shell(Status::Bypass, c.replay_timing)));
         }
         let scope = match c.scope {
-            CacheScope::Key => scope_for_api_key(headers),
+            CacheScope::Key => caller,
             CacheScope::Global => Scope::Global,
         };
         let namespace = headers
