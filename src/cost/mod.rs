@@ -498,7 +498,7 @@ pub fn plan(
     acct: &Arc<Accounting>,
     provider: &Provider,
     method: &Method,
-    upstream_path: &str,
+    endpoint: Endpoint,
     booked: Option<&blake3::Hash>,
     body: Option<&Bytes>,
     model: Option<&str>,
@@ -513,7 +513,6 @@ pub fn plan(
         .budget_for(&key)
         .filter(|(name, _)| *name != "*")
         .map(|(n, b)| (n.to_string(), *b));
-    let endpoint = crate::wire::Endpoint::of(upstream_path);
     let metered =
         *method == Method::POST && body.is_some_and(|b| !b.is_empty()) && endpoint.metered();
     let mut p = Plan {

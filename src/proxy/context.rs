@@ -85,6 +85,8 @@ pub struct RequestContext {
     pub request_id: HeaderValue,
     pub provider: Option<String>,
     pub model: Option<String>,
+    /// What the upstream path is for (set when the request is routed).
+    pub endpoint: crate::wire::Endpoint,
     /// Who calls, read once from the key headers (set when the request is routed).
     pub caller: Caller,
     /// What the body says (model, stream, usage chunk, token bound), read once.
@@ -147,6 +149,7 @@ impl RequestContext {
             model: None,
             peek: crate::wire::BodyPeek::default(),
             caller: Caller::default(),
+            endpoint: crate::wire::Endpoint::Other,
             model_label: String::from("none"),
             status: 0,
             upstream: None,

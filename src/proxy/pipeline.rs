@@ -217,7 +217,7 @@ async fn forward(
         book: &rt.cost,
         acct: &state.cost,
     };
-    let cost = meter.run(x, provider, &parts, &routed.path_and_query, whole.as_ref());
+    let cost = meter.run(x, provider, &parts, whole.as_ref());
     let lookup = CacheLookup {
         cache: state.cache.as_ref(),
         cfg,

@@ -142,6 +142,7 @@ impl RouteByModel<'_> {
             path_and_query.push('?');
             path_and_query.push_str(q);
         }
+        x.endpoint = crate::wire::Endpoint::of(&path_and_query);
         Ok(Routed {
             index,
             fallback,
@@ -163,7 +164,6 @@ impl Meter<'_> {
         x: &mut RequestContext,
         provider: &Provider,
         parts: &Parts,
-        path_and_query: &str,
         whole: Option<&Bytes>,
     ) -> Option<crate::cost::Plan> {
         let plan = crate::cost::plan(
@@ -171,7 +171,7 @@ impl Meter<'_> {
             self.acct,
             provider,
             &parts.method,
-            path_and_query,
+            x.endpoint,
             x.caller.booked.as_ref(),
             whole,
             x.model.as_deref(),
@@ -220,6 +220,7 @@ impl CacheLookup<'_> {
             caller: x.caller.scope,
             provider,
             upstream_path: path_and_query,
+            endpoint: x.endpoint,
             body: whole,
         };
         let plan = cache.plan(self.cfg, &asked)?;

@@ -11,6 +11,8 @@ pub struct Asked<'a> {
     pub caller: Scope,
     pub provider: &'a str,
     pub upstream_path: &'a str,
+    /// What the path is for ([`crate::wire::Endpoint`], worked out once by the pipeline).
+    pub endpoint: crate::wire::Endpoint,
     /// The JSON body, when relay read it whole.
     pub body: Option<&'a Bytes>,
 }
@@ -24,6 +26,7 @@ impl Cache {
             caller,
             provider,
             upstream_path,
+            endpoint,
             body,
         } = asked;
         let c = &cfg.cache;
@@ -31,9 +34,8 @@ impl Cache {
             return Ok(None);
         }
         let offline = c.mode == CacheMode::Offline;
-        let cacheable = *method == Method::POST
-            && body.is_some_and(|b| !b.is_empty())
-            && crate::wire::Endpoint::of(upstream_path).cacheable();
+        let cacheable =
+            *method == Method::POST && body.is_some_and(|b| !b.is_empty()) && endpoint.cacheable();
         let Some(body) = body.filter(|_| cacheable) else {
             return if offline {
                 Err(EdgeError::OfflineMiss {
