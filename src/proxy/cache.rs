@@ -39,7 +39,7 @@ use crate::cache::{
     CacheKey, CachedBody, Entry, EntryMeta, KeyInput, KeyMemo, Scope, SseEvent, Store,
 };
 use crate::clock::Clock;
-use crate::config::{CacheMode, CacheScope, Config, ReplayTiming};
+use crate::config::{CacheConfig, CacheMode, CacheScope, ReplayTiming};
 use crate::error::BoxError;
 use crate::error::{EdgeError, MissReason};
 use crate::metrics::Metrics;

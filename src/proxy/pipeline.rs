@@ -220,7 +220,7 @@ async fn forward(
     let cost = meter.run(x, provider, &parts, whole.as_ref());
     let lookup = CacheLookup {
         cache: state.cache.as_ref(),
-        cfg,
+        cfg: &cfg.cache,
         metrics,
     };
     let miss = match lookup

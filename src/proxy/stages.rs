@@ -20,7 +20,7 @@ use super::route::{self, PathTarget};
 use super::state::Runtime;
 use super::tunnel;
 use super::upstream;
-use crate::config::{Config, Provider, ServerConfig};
+use crate::config::{CacheConfig, Config, Provider, ServerConfig};
 use crate::error::EdgeError;
 use crate::limit::{self, breaker::Verdict, Admitted, Limiter};
 use crate::metrics::{Metrics, ModelLabels};
@@ -197,7 +197,7 @@ pub struct CacheMiss {
 /// offline miss is 504; otherwise the request goes on, with what the tap needs to record it.
 pub struct CacheLookup<'a> {
     pub cache: Option<&'a Arc<Cache>>,
-    pub cfg: &'a Config,
+    pub cfg: &'a CacheConfig,
     pub metrics: &'a Metrics,
 }
 

@@ -19,7 +19,7 @@ pub struct Asked<'a> {
 
 impl Cache {
     /// Decides what to do with a request (see the module docs). `Ok(None)`: not the cache's business.
-    pub fn plan(&self, cfg: &Config, asked: &Asked<'_>) -> Result<Option<Lookup>, EdgeError> {
+    pub fn plan(&self, c: &CacheConfig, asked: &Asked<'_>) -> Result<Option<Lookup>, EdgeError> {
         let &Asked {
             method,
             headers,
@@ -29,7 +29,6 @@ impl Cache {
             endpoint,
             body,
         } = asked;
-        let c = &cfg.cache;
         if !c.enabled {
             return Ok(None);
         }
