@@ -614,11 +614,7 @@ impl Plan {
         if !self.metered {
             return served;
         }
-        let strip = self.inject
-            && resp
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let strip = self.inject && crate::wire::has_event_stream(resp.headers());
         let recorded = resp.extensions_mut().remove::<RecordedUsage>();
         if let Some(RecordedUsage(Some(u))) = recorded {
             served.usage = Some(u);

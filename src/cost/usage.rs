@@ -433,11 +433,7 @@ impl Generated {
 impl Meter {
     /// A meter for an answer whose `Content-Type` is `content_type`.
     pub fn new(content_type: &str, mode: MeterMode) -> Meter {
-        let body = if content_type
-            .trim_start()
-            .to_ascii_lowercase()
-            .starts_with("text/event-stream")
-        {
+        let body = if crate::wire::is_event_stream(content_type.as_bytes()) {
             Body::Sse(Box::new(SseState {
                 partial: BytesMut::new(),
                 usage: None,

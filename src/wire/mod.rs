@@ -152,9 +152,17 @@ impl BodyPeek {
     }
 }
 
-/// A `Content-Type` of Server-Sent Events (`text/event-stream`, parameters allowed).
+/// A `Content-Type` of Server-Sent Events: `text/event-stream`, in any case (media types are
+/// case-insensitive), leading spaces and parameters allowed. The one test of "is it SSE".
 pub fn is_event_stream(content_type: &[u8]) -> bool {
-    content_type.starts_with(b"text/event-stream")
+    const SSE: &[u8] = b"text/event-stream";
+    let start = content_type
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(content_type.len());
+    content_type[start..]
+        .get(..SSE.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(SSE))
 }
 
 /// Whether `headers` announce a Server-Sent Events body.
@@ -237,6 +245,8 @@ mod tests {
         );
         assert!(has_event_stream(&h));
         assert!(!is_event_stream(b"application/json"));
+        assert!(is_event_stream(b" Text/Event-Stream;charset=utf-8"));
+        assert!(!is_event_stream(b"text/event"));
         assert_eq!(usd(2_500), "0.002500");
         assert_eq!(usd(12_345_678), "12.345678");
     }

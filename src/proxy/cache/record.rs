@@ -110,15 +110,10 @@ pub(super) const MAX_RECORDED: u64 = 64 << 20;
 
 /// The recording kind for a response, or `None` when it cannot be stored faithfully.
 pub(super) fn recording_kind(headers: &HeaderMap) -> Option<Kind> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
     let encoded = headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes() != b"identity");
-    if ct.starts_with("text/event-stream") {
+    if crate::wire::has_event_stream(headers) {
         // Events cannot be told apart in a compressed stream.
         (!encoded).then(|| Kind::Sse {
             partial: BytesMut::new(),
