@@ -127,7 +127,7 @@ fn offline_message(reason: MissReason, key: &str) -> String {
         MissReason::Offline => format!(
             "relay is offline and has no recording for this request (cache key {key}). To record one, run relay without --offline (cache.mode: live or record) and send the same request once; or import a recording with `relay cache import FILE.jsonl`."
         ),
-        MissReason::OfflineNotCacheable => "relay is offline and this request is not one it records (only POST requests with a JSON body to chat/completions, completions, responses, messages, embeddings and moderations are); run relay without --offline to send it upstream.".to_string(),
+        MissReason::OfflineNotCacheable => "relay is offline and this request is not one it records (only POST requests with a JSON body to chat/completions, completions, responses, messages, embeddings and moderations, and GET models, are); run relay without --offline to send it upstream.".to_string(),
         MissReason::Only => format!(
             "x-relay-cache: only was set and the cache has no entry for this request (cache key {key})"
         ),
@@ -141,9 +141,10 @@ impl EdgeError {
             EdgeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             EdgeError::BadJson(_) | EdgeError::ClientBody(_) => StatusCode::BAD_REQUEST,
             EdgeError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
-            EdgeError::Timeout { .. } | EdgeError::OfflineMiss { .. } => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            EdgeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            // Not 504 (what HTTP says for `only-if-cached`): every client retries a 5xx, Codex
+            // whatever the headers say, so a miss would start a retry storm. No client retries 424.
+            EdgeError::OfflineMiss { .. } => StatusCode::FAILED_DEPENDENCY,
             EdgeError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             EdgeError::CircuitOpen { .. } | EdgeError::BufferFull => {
@@ -279,10 +280,16 @@ impl EdgeError {
         );
         h.insert(names::X_RELAY_ERROR, HeaderValue::from_static(self.code()));
         h.insert(names::X_REQUEST_ID, request_id.clone());
+        if matches!(
+            self,
+            EdgeError::BudgetExceeded { .. } | EdgeError::OfflineMiss { .. }
+        ) {
+            // Sending it again cannot succeed (before the reset; without going online): the
+            // Anthropic and OpenAI SDKs, so Claude Code too, honour this over the status.
+            h.insert(names::X_SHOULD_RETRY, HeaderValue::from_static("false"));
+        }
         match self {
             EdgeError::BudgetExceeded { resets, .. } => {
-                // Retrying before the reset cannot succeed: tell the SDKs not to.
-                h.insert(names::X_SHOULD_RETRY, HeaderValue::from_static("false"));
                 if let Ok(v) = HeaderValue::try_from(resets.as_str()) {
                     h.insert(names::X_RELAY_BUDGET_RESET, v);
                 }

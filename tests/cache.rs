@@ -257,9 +257,9 @@ async fn api_keys_do_not_share_entries_unless_scope_is_global() {
 async fn request_controls() {
     let (openai, _anthropic, relay) = cached_setup("").await;
     let body = chat_body("gpt-4o", false);
-    // only, before anything is stored: a 504 in the caller's dialect.
+    // only, before anything is stored: a 424 in the caller's dialect.
     let (s, c, b) = call(&relay, CHAT, &body, &[("x-relay-cache", "only")]).await;
-    assert_eq!((s, c), (StatusCode::GATEWAY_TIMEOUT, None));
+    assert_eq!((s, c), (StatusCode::FAILED_DEPENDENCY, None));
     let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["error"]["type"], "relay_offline_miss");
     assert_eq!(openai.calls().get(), 0);
@@ -306,7 +306,7 @@ async fn request_controls() {
     let (s, _, _) = call(&relay, CHAT, &body, &[("x-relay-cache", "sometimes")]).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // Requests that are not cacheable say so.
-    let resp = within(client().request(get(&relay.url("/v1/models"))))
+    let resp = within(client().request(get(&relay.url("/v1/files"))))
         .await
         .unwrap();
     assert_eq!(header(&resp, "x-relay-cache"), None);
@@ -447,6 +447,12 @@ async fn entries_persist_across_restart_and_replay_offline() {
     let sse_body = chat_body("gpt-4o", true);
     call(&first, CHAT, &json_body, &[]).await;
     call(&first, CHAT, &sse_body, &[]).await;
+    // The models list is recorded too (SDK code that lists models works offline).
+    let models = within(client().request(get(&first.url("/v1/models"))))
+        .await
+        .unwrap();
+    assert_eq!(header(&models, "x-relay-cache"), Some("MISS"));
+    let models = bytes(models).await;
     let server = first.take();
     server.shutdown();
     within(server.wait()).await;
@@ -468,10 +474,11 @@ async fn entries_persist_across_restart_and_replay_offline() {
     assert_eq!((s.as_u16(), c.as_deref()), (200, Some("HIT")));
     assert_eq!(b, mock::openai_sse("gpt-4o").concat().as_bytes());
 
-    // A miss offline is a clear 504 in the caller's dialect.
-    let (s, _, b) = call(&offline, CHAT, &chat_body("gpt-4o-mini", false), &[]).await;
-    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
-    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    // A miss offline is a clear 424 in the caller's dialect, never retried.
+    let miss = post_json(&offline, CHAT, &chat_body("gpt-4o-mini", false), &[]).await;
+    assert_eq!(miss.status, StatusCode::FAILED_DEPENDENCY);
+    assert_eq!(miss.header("x-should-retry"), Some("false"));
+    let v: serde_json::Value = serde_json::from_slice(&miss.body).unwrap();
     assert_eq!(v["error"]["type"], "relay_offline_miss");
     assert!(
         v["error"]["message"]
@@ -487,15 +494,24 @@ async fn entries_persist_across_restart_and_replay_offline() {
         &[("anthropic-version", "2023-06-01")],
     )
     .await;
-    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(s, StatusCode::FAILED_DEPENDENCY);
     let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "relay_offline_miss");
-    // Requests relay never records are refused too, not sent.
     let resp = within(client().request(get(&offline.url("/v1/models"))))
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(header(&resp, "x-relay-cache"), Some("HIT"));
+    assert_eq!(bytes(resp).await, models);
+    let resp = within(client().request(get(&offline.url("/v1/models/gpt-4o"))))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FAILED_DEPENDENCY);
+    // Requests relay never records are refused too, not sent.
+    let resp = within(client().request(get(&offline.url("/v1/files"))))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FAILED_DEPENDENCY);
 }
 
 #[tokio::test]
@@ -537,7 +553,7 @@ async fn mode_switches_by_hot_reload() {
         Some("HIT")
     );
     let (s, _, _) = call(&relay, CHAT, &chat_body("gpt-4o-mini", false), &[]).await;
-    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(s, StatusCode::FAILED_DEPENDENCY);
     assert_eq!(openai.calls().get(), 2);
 }
 

@@ -489,9 +489,11 @@ async fn fallback_on_connection_refused() {
         backup.base_url()
     ))
     .await;
-    let a = chat(&relay, 1, &[]).await;
+    let a = chat(&relay, 1, &[("authorization", "Bearer sk-for-openai")]).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.header("x-mock-name"), Some("backup"));
+    // The caller's key was for openai: the fallback never sees it.
+    assert!(backup.last().headers.get("authorization").is_none());
     // Without a fallback (explicit provider path) the error is relay's 502.
     let direct = post_json(
         &relay,

@@ -686,6 +686,39 @@ async fn default_routes_by_model_and_by_path() {
 }
 
 #[tokio::test]
+async fn the_anthropic_sdks_models_list_goes_to_anthropic_with_its_key() {
+    let (openai, anthropic, relay) = setup("").await;
+    // What `client.models.list()` sends with ANTHROPIC_BASE_URL pointed at relay.
+    let req = Request::get(relay.url("/v1/models?limit=20"))
+        .header("anthropic-version", "2023-06-01")
+        .header("x-api-key", "sk-ant-caller")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let resp = within(client().request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-mock-name"), Some("anthropic"));
+    assert_eq!(anthropic.last().uri, "/v1/models?limit=20");
+    assert_eq!(anthropic.last().headers["x-api-key"], "sk-ant-caller");
+    assert_eq!(
+        openai.calls().get(),
+        0,
+        "the Anthropic key never went to openai"
+    );
+    // Claude Code's probe of the root is answered by relay itself.
+    let head = Request::head(relay.url("/"))
+        .body(full(Bytes::new()))
+        .unwrap();
+    let resp = within(client().request(head)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(openai.calls().get() + anthropic.calls().get(), 1);
+    let m = relay.metrics().await;
+    assert!(
+        !m.contains("status=\"404\""),
+        "no error counted for the probe"
+    );
+}
+
+#[tokio::test]
 async fn explicit_provider_prefixes() {
     let (openai, anthropic, relay) = setup("").await;
     let resp = client()

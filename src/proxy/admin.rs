@@ -1,4 +1,5 @@
-//! Stage 1 of the pipeline: relay's own endpoints. `/healthz` and `/metrics` are answered here, and
+//! Stage 1 of the pipeline: relay's own endpoints. `/` (what clients probe: `relay <version>`),
+//! `/healthz` and `/metrics` are answered here, and
 //! the API under `/relay` is dispatched to its handlers in [`crate::admin`] (the live feed
 //! `/relay/events`, the cache admin API, `/relay/usage`); what is not relay's own goes on.
 //!
@@ -38,6 +39,11 @@ pub async fn handle(
         return Ok(relay_api(state, caller, req).await);
     }
     let (content_type, body) = match path {
+        // The root: what clients probe before their first call (Claude Code sends `HEAD /`).
+        "/" if matches!(*req.method(), Method::GET | Method::HEAD) => (
+            "text/plain; charset=utf-8",
+            Bytes::from(concat!("relay ", env!("CARGO_PKG_VERSION"), "\n")),
+        ),
         "/healthz" => ("application/json", health(state)),
         "/metrics" => {
             if let Some(cache) = &state.cache {

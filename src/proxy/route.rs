@@ -59,6 +59,50 @@ pub fn select(cfg: &Config, path: &str, model: Option<&str>) -> Option<usize> {
     select_route(cfg, path, model).map(|r| r.provider)
 }
 
+/// The route of a `/v1/...` request: the first that matches `path` and `model`, except that a
+/// request without a model from an Anthropic client (it sends `anthropic-version` or `x-api-key`,
+/// as every Anthropic SDK does: `models.list()`, files, batches) goes to an Anthropic-kind
+/// provider (the first route to one that matches the path, else the first such provider), so an
+/// Anthropic key never goes to another provider.
+pub fn select_for(
+    cfg: &Config,
+    path: &str,
+    model: Option<&str>,
+    headers: &http::HeaderMap,
+) -> Option<Selected> {
+    if model.is_none() && crate::wire::headers::anthropic_client(headers) {
+        let anthropic = |i: usize| cfg.providers[i].kind == crate::config::ProviderKind::Anthropic;
+        let by_route = cfg
+            .routes
+            .iter()
+            .filter(|r| anthropic(r.provider))
+            .find(|r| r.path.as_ref().is_none_or(|p| p.matches(path)));
+        if let Some(r) = by_route {
+            return Some(Selected {
+                provider: r.provider,
+                fallback: r.fallback,
+            });
+        }
+        if let Some(provider) = (0..cfg.providers.len()).find(|&i| anthropic(i)) {
+            return Some(Selected {
+                provider,
+                fallback: None,
+            });
+        }
+    }
+    select_route(cfg, path, model).map(|r| Selected {
+        provider: r.provider,
+        fallback: r.fallback,
+    })
+}
+
+/// Where [`select_for`] sends a request: the provider and the route's fallback (indexes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selected {
+    pub provider: usize,
+    pub fallback: Option<usize>,
+}
+
 /// First route that matches `path` and `model`.
 pub fn select_route<'a>(
     cfg: &'a Config,
@@ -151,6 +195,34 @@ mod tests {
         let c = cfg("routes: [{model: 'gpt-*', provider: openai}]");
         assert_eq!(select(&c, "/v1/chat/completions", Some("llama")), None);
         assert_eq!(select(&c, "/v1/chat/completions", Some("gpt-4o")), Some(0));
+    }
+
+    #[test]
+    fn anthropic_clients_without_a_model_go_to_anthropic() {
+        let c = cfg("");
+        let mut h = http::HeaderMap::new();
+        let to = |h: &http::HeaderMap, path| {
+            select_for(&c, path, None, h).map(|s| c.providers[s.provider].name.clone())
+        };
+        assert_eq!(to(&h, "/v1/models").as_deref(), Some("openai"));
+        h.insert("anthropic-version", "2023-06-01".parse().unwrap());
+        assert_eq!(to(&h, "/v1/models").as_deref(), Some("anthropic"));
+        h.clear();
+        h.insert("x-api-key", "sk-ant-x".parse().unwrap());
+        assert_eq!(to(&h, "/v1/files").as_deref(), Some("anthropic"));
+        // A model decides as before.
+        let s = select_for(&c, "/v1/chat/completions", Some("gpt-4o"), &h).unwrap();
+        assert_eq!(c.providers[s.provider].name, "openai");
+        // Routes to an Anthropic-kind provider are followed, their fallback too.
+        let c = cfg("providers:\n  - {name: oa, kind: openai, base_url: 'http://a/v1'}\n  - {name: claude, kind: anthropic, base_url: 'http://b/v1'}\n  - {name: spare, kind: anthropic, base_url: 'http://c/v1'}\nroutes:\n  - {provider: oa}\n  - {path: '/v1/models*', provider: spare, fallback: claude}\n");
+        let s = select_for(&c, "/v1/models", None, &h).unwrap();
+        assert_eq!((s.provider, s.fallback), (2, Some(1)));
+        let s = select_for(&c, "/v1/files", None, &h).unwrap();
+        assert_eq!(
+            (s.provider, s.fallback),
+            (1, None),
+            "the first Anthropic provider"
+        );
     }
 
     #[test]

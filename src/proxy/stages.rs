@@ -127,7 +127,7 @@ impl RouteByModel<'_> {
         let (index, fallback, rest) = match target {
             PathTarget::Explicit { provider, rest } => (provider, None, rest),
             PathTarget::Table { path } => {
-                match route::select_route(self.cfg, path, x.model.as_deref()) {
+                match route::select_for(self.cfg, path, x.model.as_deref(), &parts.headers) {
                     Some(r) => (r.provider, r.fallback, path),
                     None => return Err(no_route(parts, x.model.clone())),
                 }
@@ -194,7 +194,7 @@ pub struct CacheMiss {
 
 /// Stage 6b: the cache ([`super::cache`]). A hit is replayed (with its saved cost and the
 /// `x-relay-cost-usd` / `x-relay-tokens` headers), an identical request in flight is shared, an
-/// offline miss is 504; otherwise the request goes on, with what the tap needs to record it.
+/// offline miss is 424; otherwise the request goes on, with what the tap needs to record it.
 pub struct CacheLookup<'a> {
     pub cache: Option<&'a Arc<Cache>>,
     pub cfg: &'a CacheConfig,
@@ -429,7 +429,13 @@ impl Upstream<'_> {
             let h = if index == primary && fallback.is_some() {
                 headers.clone().expect("headers kept for the fallback")
             } else {
-                headers.take().expect("headers kept for the fallback")
+                let mut h = headers.take().expect("headers kept for the fallback");
+                if index != primary {
+                    // The caller's key is for the provider it was routed to: a fallback gets its
+                    // own (`api_key_env`), never that one.
+                    upstream::strip_credentials(&mut h);
+                }
+                h
             };
             let pq = if index == primary {
                 Cow::Borrowed(routed.path_and_query.as_str())

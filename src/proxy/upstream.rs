@@ -227,6 +227,13 @@ pub fn build_request(
     Ok(req)
 }
 
+/// Removes every credential a caller can send (`Authorization`, `x-api-key`, Azure's `api-key`).
+pub fn strip_credentials(headers: &mut HeaderMap) {
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(names::X_API_KEY);
+    headers.remove("api-key");
+}
+
 fn inject_key(provider: &Provider, headers: &mut HeaderMap) {
     let Some(key) = &provider.api_key else { return };
     if headers.contains_key(header::AUTHORIZATION) || headers.contains_key("x-api-key") {

@@ -25,6 +25,7 @@ pub const X_RATELIMIT_LIMIT_REQUESTS: HeaderName =
 pub const X_RATELIMIT_RESET_REQUESTS: HeaderName =
     HeaderName::from_static("x-ratelimit-reset-requests");
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+pub const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
 /// The `x-ratelimit-*-requests` headers: the tightest request limit the request passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,4 +96,10 @@ pub fn presented_key(headers: &HeaderMap) -> Option<String> {
         }
     }
     header("x-api-key")
+}
+
+/// Whether a request comes from an Anthropic client: it sends `anthropic-version` (every
+/// Anthropic SDK, Claude Code) or the key in `x-api-key` (Anthropic's key header).
+pub fn anthropic_client(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(ANTHROPIC_VERSION) || headers.contains_key(X_API_KEY)
 }

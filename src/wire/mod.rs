@@ -20,7 +20,7 @@ impl Dialect {
     /// Anthropic when the path is the Messages API or the caller sends `anthropic-version` (every
     /// Anthropic SDK does); OpenAI otherwise.
     pub fn of(path: &str, headers: &http::HeaderMap) -> Dialect {
-        if headers.contains_key("anthropic-version") || path.contains("/v1/messages") {
+        if headers.contains_key(headers::ANTHROPIC_VERSION) || path.contains("/v1/messages") {
             Dialect::Anthropic
         } else {
             Dialect::OpenAi
@@ -44,7 +44,10 @@ pub enum Endpoint {
     CountTokens,
     Embeddings,
     Moderations,
-    /// Anything else (models, files, batches, ...): forwarded, neither recorded nor metered.
+    /// `models` and `models/{id}` (both providers): its `GET`s are recorded, so code that lists
+    /// models works offline.
+    Models,
+    /// Anything else (files, batches, ...): forwarded, neither recorded nor metered.
     Other,
 }
 
@@ -62,15 +65,25 @@ impl Endpoint {
             ("/embeddings", Endpoint::Embeddings),
             ("/moderations", Endpoint::Moderations),
         ];
-        KINDS
-            .iter()
-            .find(|(suffix, _)| path.ends_with(suffix))
-            .map_or(Endpoint::Other, |(_, kind)| *kind)
+        if let Some((_, kind)) = KINDS.iter().find(|(suffix, _)| path.ends_with(suffix)) {
+            return *kind;
+        }
+        // `/v1/models`, `/v1/models/{id}` (an id may hold a slash: `openai/gpt-4o`).
+        match path.find("/models") {
+            Some(i) if matches!(path.as_bytes().get(i + 7), None | Some(b'/')) => Endpoint::Models,
+            _ => Endpoint::Other,
+        }
     }
 
-    /// Its `POST`s with a JSON body are answers relay records (the cache).
-    pub fn cacheable(self) -> bool {
-        self != Endpoint::Other
+    /// Whether relay records the answer to a `method` request to this endpoint whose body is
+    /// `body_len` bytes (the cache): a `POST` with a JSON body to an API endpoint, a `GET` of the
+    /// models list or of one model.
+    pub fn cacheable(self, method: &http::Method, body_len: usize) -> bool {
+        match self {
+            Endpoint::Other => false,
+            Endpoint::Models => *method == http::Method::GET,
+            _ => *method == http::Method::POST && body_len > 0,
+        }
     }
 
     /// Its answers carry token usage relay meters (cost).
@@ -203,13 +216,21 @@ mod tests {
             ("/v1/messages/count_tokens", CountTokens),
             ("/v1/embeddings", Embeddings),
             ("/v1/moderations", Moderations),
-            ("/v1/models", Other),
+            ("/v1/models", Models),
+            ("/v1/models?limit=20", Models),
+            ("/v1/models/claude-opus-4-8", Models),
+            ("/v1/models/openai/gpt-4o", Models),
+            ("/v1/modelsx", Other),
+            ("/v1/files", Other),
         ] {
             assert_eq!(Endpoint::of(path), kind, "{path}");
         }
-        assert!(CountTokens.cacheable() && !CountTokens.metered());
-        assert!(Moderations.cacheable() && !Moderations.metered());
-        assert!(!Other.cacheable() && !Other.metered());
+        let (get, post) = (http::Method::GET, http::Method::POST);
+        assert!(CountTokens.cacheable(&post, 2) && !CountTokens.metered());
+        assert!(Moderations.cacheable(&post, 2) && !Moderations.metered());
+        assert!(!Messages.cacheable(&post, 0) && !Messages.cacheable(&get, 0));
+        assert!(Models.cacheable(&get, 0) && !Models.cacheable(&post, 2) && !Models.metered());
+        assert!(!Other.cacheable(&post, 2) && !Other.metered());
         assert!(Completions.chat_like() && !Messages.chat_like());
     }
 

@@ -33,8 +33,7 @@ impl Cache {
             return Ok(None);
         }
         let offline = c.mode == CacheMode::Offline;
-        let cacheable =
-            *method == Method::POST && body.is_some_and(|b| !b.is_empty()) && endpoint.cacheable();
+        let cacheable = body.is_some_and(|b| endpoint.cacheable(method, b.len()));
         let Some(body) = body.filter(|_| cacheable) else {
             return if offline {
                 Err(EdgeError::OfflineMiss {
