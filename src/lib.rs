@@ -21,6 +21,7 @@ pub mod config;
 pub mod cost;
 pub mod error;
 pub mod events;
+pub mod fieldpath;
 pub mod files;
 pub mod limit;
 pub mod logging;

@@ -5,13 +5,24 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::fieldpath::{FieldSet, Node};
+
+/// A rewrite of string values: `Some(new)` to write `new` instead.
+pub(crate) type Rewrite = dyn Fn(&str) -> Option<String>;
+
 /// The canonical form of a JSON body, or `None` when the body is not JSON: compact, object keys
-/// sorted at every depth (a repeated key: its last value), `ignore_fields` of the top-level object
-/// left out. Byte for byte what serializing the parsed `serde_json::Value` writes (the key layout
-/// depends on it; a test compares the two on 20,000 generated bodies), written while parsing
-/// instead of building the value (docs/performance.md has what that saves), and strings without
-/// escapes are copied as they are.
-pub(crate) fn canonical_json(ignore_fields: &[String], body: &[u8]) -> Option<Vec<u8>> {
+/// sorted at every depth (a repeated key: its last value), the fields of `ignore` left out (an
+/// object whose `type` is `"item_reference"` keeps them: it is nothing but its id). Byte for byte
+/// what serializing the parsed `serde_json::Value` writes (the key layout depends on it; a test
+/// compares the two on 20,000 generated bodies), written while parsing instead of building the
+/// value (docs/performance.md has what that saves), and strings without escapes are copied as
+/// they are. `text`, when given, rewrites every string value (not object keys) first: the
+/// portable form ([`super::portable`]).
+pub(crate) fn canonical_json(
+    ignore: &FieldSet,
+    text: Option<&Rewrite>,
+    body: &[u8],
+) -> Option<Vec<u8>> {
     use serde::de::DeserializeSeed;
     let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
     // Only objects and arrays are worth parsing; a bare scalar body is hashed raw too.
@@ -22,7 +33,8 @@ pub(crate) fn canonical_json(ignore_fields: &[String], body: &[u8]) -> Option<Ve
     let mut de = serde_json::Deserializer::from_slice(body);
     Canonical {
         out: &mut out,
-        skip: ignore_fields,
+        skip: ignore.root(),
+        text,
     }
     .deserialize(&mut de)
     .ok()?;
@@ -31,10 +43,11 @@ pub(crate) fn canonical_json(ignore_fields: &[String], body: &[u8]) -> Option<Ve
 }
 
 /// Writes one JSON value's canonical form to `out` as it is parsed (see [`canonical_json`]);
-/// `skip`: fields of this value, when an object, to leave out.
+/// `skip`: what of this value to leave out; `text`: the rewrite of string values.
 struct Canonical<'o> {
     out: &'o mut Vec<u8>,
-    skip: &'o [String],
+    skip: &'o Node,
+    text: Option<&'o Rewrite>,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for Canonical<'_> {
@@ -85,6 +98,9 @@ impl<'de> serde::de::Visitor<'de> for Canonical<'_> {
     }
 
     fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<(), E> {
+        if let Some(changed) = self.text.and_then(|t| t(v)) {
+            return self.scalar(changed.as_str());
+        }
         // Borrowed: the body spelled it without escapes, so it holds no quote, backslash or
         // control character, and serde_json would write it as it is.
         self.out.reserve(v.len() + 2);
@@ -95,7 +111,10 @@ impl<'de> serde::de::Visitor<'de> for Canonical<'_> {
     }
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
-        self.scalar(v)
+        match self.text.and_then(|t| t(v)) {
+            Some(changed) => self.scalar(changed.as_str()),
+            None => self.scalar(v),
+        }
     }
 
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
@@ -106,14 +125,22 @@ impl<'de> serde::de::Visitor<'de> for Canonical<'_> {
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         self.out.push(b'[');
         let mut first = true;
-        loop {
+        for i in 0.. {
+            let node = self.skip.element(i);
+            if node.drops() {
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
+                    break;
+                }
+                continue;
+            }
             let mark = self.out.len();
             if !first {
                 self.out.push(b',');
             }
             let item = Canonical {
                 out: &mut *self.out,
-                skip: &[],
+                skip: node,
+                text: self.text,
             };
             if seq.next_element_seed(item)?.is_none() {
                 self.out.truncate(mark);
@@ -128,25 +155,40 @@ impl<'de> serde::de::Visitor<'de> for Canonical<'_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         // Each value is written to `values` as it comes; the object is written sorted at the end.
         let mut values = Vec::new();
-        let mut fields: Vec<(std::borrow::Cow<'de, str>, std::ops::Range<usize>)> = Vec::new();
+        // Name, where its value is in `values`, and whether `ignore` leaves it out.
+        type Field<'de> = (std::borrow::Cow<'de, str>, std::ops::Range<usize>, bool);
+        let mut fields: Vec<Field<'de>> = Vec::new();
+        let mut dropped = false;
         while let Some(KeyStr(name)) = map.next_key()? {
-            if self.skip.iter().any(|s| *s == name) {
-                map.next_value::<serde::de::IgnoredAny>()?;
-                continue;
+            let node = self.skip.field(&name);
+            let drop = node.drops();
+            if drop && name != "type" {
+                // Kept aside, not skipped: an item reference keeps it (see `canonical_json`).
+                dropped = true;
             }
             let start = values.len();
             map.next_value_seed(Canonical {
                 out: &mut values,
-                skip: &[],
+                skip: node,
+                text: self.text,
             })?;
-            fields.push((name, start..values.len()));
+            fields.push((name, start..values.len(), drop));
         }
         // Stable: of a repeated name, the last stays last, and only the last is written.
         fields.sort_by(|a, b| a.0.cmp(&b.0));
+        let reference = dropped
+            && fields
+                .iter()
+                .rev()
+                .find(|f| f.0 == "type")
+                .is_some_and(|f| &values[f.1.clone()] == b"\"item_reference\"");
         self.out.push(b'{');
         let mut first = true;
-        for (i, (name, range)) in fields.iter().enumerate() {
+        for (i, (name, range, drop)) in fields.iter().enumerate() {
             if fields.get(i + 1).is_some_and(|next| next.0 == *name) {
+                continue;
+            }
+            if *drop && !(reference && name != "type") {
                 continue;
             }
             if !first {
@@ -335,10 +377,11 @@ mod tests {
             r#"[1,2"#,
             r#"{"bad":"\ud800"}"#,
         ];
+        let (set, none) = (FieldSet::parse(&ignore).unwrap(), FieldSet::default());
         for body in fixed {
-            for skip in [&ignore[..], &[]] {
+            for (skip, set) in [(&ignore[..], &set), (&[], &none)] {
                 assert_eq!(
-                    canonical_json(skip, body.as_bytes()),
+                    canonical_json(set, None, body.as_bytes()),
                     canonical_via_value(skip, body.as_bytes()),
                     "{body}"
                 );
@@ -346,7 +389,7 @@ mod tests {
         }
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert_eq!(
-            canonical_json(&ignore, deep.as_bytes()),
+            canonical_json(&set, None, deep.as_bytes()),
             None,
             "nesting limit"
         );
@@ -355,7 +398,7 @@ mod tests {
         let mut objects = 0;
         for _ in 0..20_000 {
             let body = random_json(&mut seed, 0);
-            let ours = canonical_json(&ignore, body.as_bytes());
+            let ours = canonical_json(&set, None, body.as_bytes());
             objects += usize::from(ours.as_ref().is_some_and(|o| o.starts_with(b"{")));
             assert_eq!(
                 ours,

@@ -24,6 +24,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::canonical::canonical_json;
+use crate::fieldpath::FieldSet;
 
 /// Version of the key layout described in this module's docs. Stored in the cache file's `meta`
 /// table and in every exported JSONL line; a mismatch means old keys can never be hit again.
@@ -258,33 +259,33 @@ pub struct KeyInput<'a> {
 /// Turns requests into keys. Built once per config load; cheap to share.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyBuilder {
-    ignore_fields: Vec<String>,
+    ignore: FieldSet,
 }
 
 impl KeyBuilder {
     /// Top-level JSON fields left out of the key by default: they don't change the answer.
     pub const DEFAULT_IGNORED: [&'static str; 2] = ["user", "metadata"];
 
-    /// A builder that leaves the given top-level JSON fields out of the key
-    /// (`cache.ignore_fields`). An empty list keeps every field.
-    pub fn new(ignore_fields: Vec<String>) -> KeyBuilder {
-        KeyBuilder { ignore_fields }
+    /// A builder that leaves the given fields out of the key (`cache.ignore_fields` and the
+    /// client rules). An empty set keeps every field.
+    pub fn new(ignore: FieldSet) -> KeyBuilder {
+        KeyBuilder { ignore }
     }
 
-    /// The top-level fields this builder ignores.
-    pub fn ignore_fields(&self) -> &[String] {
-        &self.ignore_fields
+    /// The fields this builder leaves out.
+    pub fn ignored(&self) -> &FieldSet {
+        &self.ignore
     }
 
     /// The key of a request (layout in the module docs). Parses the body once when it looks like
     /// JSON; costs about as much as one `serde_json` parse and re-serialization.
     pub fn key(&self, input: &KeyInput<'_>) -> CacheKey {
-        Self::key_ignoring(&self.ignore_fields, input)
+        Self::key_ignoring(&self.ignore, input)
     }
 
-    /// [`KeyBuilder::key`] for a builder ignoring `ignore_fields`, without building one (the
-    /// request path borrows the list from the live config).
-    pub fn key_ignoring(ignore_fields: &[String], input: &KeyInput<'_>) -> CacheKey {
+    /// [`KeyBuilder::key`] for a builder ignoring `ignore`, without building one (the request
+    /// path borrows the set from the live config).
+    pub fn key_ignoring(ignore: &FieldSet, input: &KeyInput<'_>) -> CacheKey {
         let mut h = blake3::Hasher::new_derive_key(KEY_CONTEXT);
         field(&mut h, input.provider.as_bytes());
         if input.method.bytes().any(|b| b.is_ascii_lowercase()) {
@@ -306,7 +307,7 @@ impl KeyBuilder {
             None => field(&mut h, b"-"),
             Some(ns) => tagged_field(&mut h, b'n', ns.as_bytes()),
         }
-        match canonical_json(ignore_fields, input.body) {
+        match canonical_json(ignore, None, input.body) {
             Some(json) => tagged_field(&mut h, b'j', &json),
             None => tagged_field(&mut h, b'r', input.body),
         }
@@ -334,11 +335,11 @@ impl Default for KeyMemo {
 
 impl KeyMemo {
     /// [`KeyBuilder::key_ignoring`], remembered by the raw request.
-    pub fn key(&self, ignore_fields: &[String], input: &KeyInput<'_>) -> CacheKey {
+    pub fn key(&self, ignore: &FieldSet, input: &KeyInput<'_>) -> CacheKey {
         self.keys.get_or_make(
-            raw_digest(ignore_fields, input),
+            raw_digest(ignore, input),
             |_| true,
-            || (KeyBuilder::key_ignoring(ignore_fields, input), 1),
+            || (KeyBuilder::key_ignoring(ignore, input), 1),
         )
     }
 }
@@ -347,7 +348,7 @@ impl KeyMemo {
 const RAW_CONTEXT: &str = "relay raw request v1";
 
 /// A digest of everything the key of `input` depends on, as raw bytes (length-prefixed fields).
-fn raw_digest(ignore_fields: &[String], input: &KeyInput<'_>) -> [u8; 32] {
+fn raw_digest(ignore: &FieldSet, input: &KeyInput<'_>) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key(RAW_CONTEXT);
     field(&mut h, input.provider.as_bytes());
     field(&mut h, input.method.as_bytes());
@@ -360,10 +361,7 @@ fn raw_digest(ignore_fields: &[String], input: &KeyInput<'_>) -> [u8; 32] {
         None => field(&mut h, b"-"),
         Some(ns) => tagged_field(&mut h, b'n', ns.as_bytes()),
     }
-    h.update(&(ignore_fields.len() as u64).to_le_bytes());
-    for f in ignore_fields {
-        field(&mut h, f.as_bytes());
-    }
+    field(&mut h, ignore.digest());
     field(&mut h, input.body);
     *h.finalize().as_bytes()
 }
@@ -371,12 +369,7 @@ fn raw_digest(ignore_fields: &[String], input: &KeyInput<'_>) -> [u8; 32] {
 impl Default for KeyBuilder {
     /// Ignores [`KeyBuilder::DEFAULT_IGNORED`].
     fn default() -> KeyBuilder {
-        KeyBuilder::new(
-            Self::DEFAULT_IGNORED
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
-        )
+        KeyBuilder::new(FieldSet::parse(&Self::DEFAULT_IGNORED).expect("valid paths"))
     }
 }
 
@@ -448,16 +441,41 @@ mod tests {
             key(r#"{"model":"m","x":{"user":"a"}}"#),
             key(r#"{"model":"m","x":{"user":"b"}}"#)
         );
-        let none_ignored = KeyBuilder::new(vec![]);
+        let none_ignored = KeyBuilder::new(FieldSet::default());
         assert_ne!(
             none_ignored.key(&input(br#"{"model":"m","user":"a"}"#)),
             none_ignored.key(&input(br#"{"model":"m","user":"b"}"#))
         );
-        let temp = KeyBuilder::new(vec!["temperature".into()]);
+        let temp = KeyBuilder::new(FieldSet::parse(&["temperature"]).unwrap());
         assert_eq!(
             temp.key(&input(br#"{"model":"m","temperature":0.1}"#)),
             temp.key(&input(br#"{"model":"m"}"#))
         );
+    }
+
+    #[test]
+    fn nested_paths_leave_out_only_what_they_name() {
+        let b = KeyBuilder::new(FieldSet::parse(&["input[*].id", "metadata.user_id"]).unwrap());
+        let k = |body: &str| b.key(&input(body.as_bytes()));
+        let run1 = r#"{"input":[{"id":"msg_1","type":"message","content":"hi"},{"id":"fc_9","type":"function_call"}],"metadata":{"user_id":"s1","tag":"a"}}"#;
+        let run2 = r#"{"metadata":{"tag":"a","user_id":"s2"},"input":[{"type":"message","content":"hi","id":"msg_2"},{"type":"function_call","id":"fc_3"}]}"#;
+        assert_eq!(k(run1), k(run2), "per-run ids left out");
+        // What the paths do not name still counts.
+        assert_ne!(
+            k(r#"{"input":[{"id":"a","content":"hi"}]}"#),
+            k(r#"{"input":[{"id":"a","content":"ho"}]}"#)
+        );
+        assert_ne!(
+            k(r#"{"metadata":{"user_id":"s","tag":"a"}}"#),
+            k(r#"{"metadata":{"user_id":"s","tag":"b"}}"#)
+        );
+        // An item reference is nothing but its id: two references never merge.
+        assert_ne!(
+            k(r#"{"input":[{"type":"item_reference","id":"msg_1"}]}"#),
+            k(r#"{"input":[{"type":"item_reference","id":"msg_2"}]}"#)
+        );
+        // The same id at the top level is not `input[*].id`.
+        assert_ne!(k(r#"{"id":"a"}"#), k(r#"{"id":"b"}"#));
     }
 
     #[test]
@@ -552,8 +570,8 @@ mod tests {
     #[test]
     fn the_memo_returns_the_computed_key() {
         let memo = KeyMemo::default();
-        let ignore = vec!["user".to_string()];
-        let none: Vec<String> = vec![];
+        let ignore = FieldSet::parse(&["user"]).unwrap();
+        let none = FieldSet::default();
         let bodies = [
             &br#"{"b":1,"a":2,"user":"x"}"#[..],
             br#"{"a":2, "b":1}"#,

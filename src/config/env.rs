@@ -92,6 +92,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("cache.mode", Kind::Text),
     ("cache.scope", Kind::Text),
     ("cache.ignore_fields", Kind::Yaml),
+    ("cache.client_rules", Kind::Yaml),
+    ("cache.portable", Kind::Yaml),
     ("cache.replay_timing", Kind::Text),
     ("models", Kind::Yaml),
     ("cost.enabled", Kind::Yaml),

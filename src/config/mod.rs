@@ -388,8 +388,18 @@ pub struct CacheConfig {
     pub max_bytes: u64,
     pub mode: CacheMode,
     pub scope: CacheScope,
-    /// Top-level request fields left out of the key (default `user`, `metadata`).
+    /// Request fields left out of the key, as written (default `user`, `metadata`): top-level
+    /// names or nested paths ([`crate::fieldpath`]).
     pub ignore_fields: Vec<String>,
+    /// Leave the per-run identifiers of known clients out of the key too
+    /// ([`crate::wire::clients::PER_RUN_FIELDS`]). Default on.
+    pub client_rules: bool,
+    /// What the key leaves out: `ignore_fields`, plus the client rules when on.
+    pub ignore: crate::fieldpath::FieldSet,
+    /// Replay by the portable form when no exact recording exists (offline and
+    /// `x-relay-cache: only`): dates, home and working directories, git status and OS version
+    /// normalized. Default on.
+    pub portable: bool,
     pub replay_timing: ReplayTiming,
 }
 

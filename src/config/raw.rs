@@ -173,6 +173,8 @@ pub struct RawCache {
     pub mode: Option<super::CacheMode>,
     pub scope: Option<super::CacheScope>,
     pub ignore_fields: Option<Vec<String>>,
+    pub client_rules: Option<bool>,
+    pub portable: Option<bool>,
     pub replay_timing: Option<super::ReplayTiming>,
 }
 

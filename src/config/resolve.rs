@@ -290,15 +290,15 @@ fn resolve_cache(cx: &Ctx, c: &RawCache, redis: &RedisConfig) -> Result<CacheCon
         .ignore_fields
         .clone()
         .unwrap_or_else(|| vec!["user".into(), "metadata".into()]);
-    for (i, f) in ignore_fields.iter().enumerate() {
-        if f.is_empty() {
-            return Err(cx.err(
-                format!("cache.ignore_fields[{i}]"),
-                "a field name cannot be empty",
-            ));
-        }
-    }
     ignore_fields.dedup();
+    let written = crate::fieldpath::FieldSet::parse(&ignore_fields)
+        .map_err(|(i, e)| cx.err(format!("cache.ignore_fields[{i}]"), e.to_string()))?;
+    let client_rules = c.client_rules.unwrap_or(true);
+    let ignore = if client_rules {
+        written.union(crate::wire::clients::per_run_fields())
+    } else {
+        written
+    };
     Ok(CacheConfig {
         enabled: c.enabled.unwrap_or(true),
         backend,
@@ -316,6 +316,9 @@ fn resolve_cache(cx: &Ctx, c: &RawCache, redis: &RedisConfig) -> Result<CacheCon
         mode: c.mode.unwrap_or(CacheMode::Live),
         scope: c.scope.unwrap_or(CacheScope::Key),
         ignore_fields,
+        client_rules,
+        ignore,
+        portable: c.portable.unwrap_or(true),
         replay_timing: c.replay_timing.unwrap_or(ReplayTiming::Fast),
     })
 }

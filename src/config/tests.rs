@@ -284,6 +284,16 @@ fn errors_name_file_and_key_path() {
             r#"t.yaml: routes[0].provider: missing; one of ["openai", "anthropic"]"#,
         ),
         (
+            "a cache path that can never apply",
+            "cache:\n  ignore_fields: [user, '[*].id']\n",
+            r#"t.yaml: cache.ignore_fields[1]: "[*].id" can never apply: a request body is an object, so a path starts with a field name"#,
+        ),
+        (
+            "a cache path that does not parse",
+            "cache:\n  ignore_fields: ['input[*]id']\n",
+            r#"t.yaml: cache.ignore_fields[0]: "input[*]id" is not a field path: steps are joined by `.`"#,
+        ),
+        (
             "unknown key",
             "server:\n  lisen: 127.0.0.1:1\n",
             "t.yaml: server.lisen: unknown field `lisen`, expected one of `listen`, `port`, \
@@ -1387,4 +1397,42 @@ fn a_blank_config_file_is_an_error_not_the_defaults() {
     assert!(Config::load(&path, &Env::empty()).is_ok());
     // The built-in defaults (no file at all) are still there.
     assert_eq!(Config::defaults(&Env::empty()).providers.len(), 2);
+}
+
+#[test]
+fn cache_keys_leave_out_nested_paths_and_the_client_rules() {
+    let c = Config::from_yaml_str(
+        "cache:\n  ignore_fields: [user, 'input[*].id']\n",
+        "t.yaml",
+        &Env::empty(),
+    )
+    .unwrap();
+    let paths: Vec<String> = c
+        .cache
+        .ignore
+        .paths()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert!(paths.contains(&"input[*].id".to_string()), "{paths:?}");
+    assert!(
+        paths.contains(&"prompt_cache_key".to_string()),
+        "client rules on by default"
+    );
+    assert!(c.cache.portable && c.cache.client_rules);
+    let c = Config::from_yaml_str(
+        "cache:\n  ignore_fields: [user]\n  client_rules: false\n  portable: false\n",
+        "t.yaml",
+        &Env::empty(),
+    )
+    .unwrap();
+    let paths: Vec<String> = c
+        .cache
+        .ignore
+        .paths()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(paths, ["user"]);
+    assert!(!c.cache.portable);
 }

@@ -155,6 +155,8 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         mode: CacheMode,
         scope: CacheScope,
         ignore_fields: &'a [String],
+        client_rules: bool,
+        portable: bool,
         replay_timing: ReplayTiming,
     }
     #[derive(Serialize)]
@@ -275,6 +277,8 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
             mode: cfg.cache.mode,
             scope: cfg.cache.scope,
             ignore_fields: &cfg.cache.ignore_fields,
+            client_rules: cfg.cache.client_rules,
+            portable: cfg.cache.portable,
             replay_timing: cfg.cache.replay_timing,
         },
         models: cfg

@@ -2,8 +2,9 @@
 //! ([`headers`]), Server-Sent Events framing ([`sse`]), which dialect a caller speaks ([`Dialect`]),
 //! how an event stream is recognised, and how relay writes money (`x-relay-cost-usd`).
 //!
-//! The bottom of the tree: it imports nothing of relay's.
+//! The bottom of the tree: it imports nothing of relay's but [`crate::fieldpath`].
 
+pub mod clients;
 pub mod headers;
 pub mod sse;
 

@@ -80,7 +80,7 @@ impl Cache {
             .get(names::X_RELAY_CACHE_NAMESPACE)
             .and_then(|v| v.to_str().ok());
         let key = self.keys.key(
-            &c.ignore_fields,
+            &c.ignore,
             &KeyInput {
                 provider,
                 method: method.as_str(),
