@@ -43,8 +43,15 @@ pub enum EdgeError {
     Unreachable { provider: String, detail: String },
     #[error("upstream {provider} did not respond within {}", humantime::format_duration(*timeout))]
     Timeout { provider: String, timeout: Duration },
-    #[error("{}", offline_message(*reason, key))]
-    OfflineMiss { reason: MissReason, key: String },
+    #[error("{}", offline_message(*reason, key, nearest.as_deref(), request_id))]
+    OfflineMiss {
+        reason: MissReason,
+        key: String,
+        /// The request's id, for `relay cache why` (empty when it has none to explain).
+        request_id: String,
+        /// The recording closest to the request, when there is one of the same endpoint.
+        nearest: Option<Box<Nearest>>,
+    },
     #[error("budget exceeded: key {key:?} has used its {period} budget {budget:?} (${} of ${}); it resets at {resets}", crate::wire::usd(*spent_micros), crate::wire::usd(*limit_micros))]
     BudgetExceeded {
         /// The key as booked (alias or hash prefix).
@@ -122,14 +129,62 @@ pub enum MissReason {
     Only,
 }
 
-fn offline_message(reason: MissReason, key: &str) -> String {
+/// The recording closest to a request that missed: which one, and where the two differ.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Nearest {
+    /// The recording's cache key (12 hex characters, as `relay cache ls` shows it).
+    pub key: String,
+    /// When it was recorded, RFC 3339 UTC.
+    pub recorded: String,
+    /// The first JSON paths where the request and the recording differ (`messages[2].content`).
+    pub differs: Vec<String>,
+    /// How many more paths differ.
+    pub more: usize,
+}
+
+impl Nearest {
+    /// `the nearest recording, 1a2b3c4d5e6f (recorded …), differs at a, b (and 3 more)`.
+    pub fn describe(&self) -> String {
+        let more = match self.more {
+            0 => String::new(),
+            n => format!(" (and {n} more)"),
+        };
+        if self.differs.is_empty() {
+            return format!(
+                "The nearest recording, {} (recorded {}), differs only in its request line.",
+                self.key, self.recorded
+            );
+        }
+        format!(
+            "The nearest recording, {} (recorded {}), differs at {}{more}.",
+            self.key,
+            self.recorded,
+            self.differs.join(", ")
+        )
+    }
+}
+
+fn offline_message(
+    reason: MissReason,
+    key: &str,
+    nearest: Option<&Nearest>,
+    request_id: &str,
+) -> String {
+    let mut near = nearest
+        .map(|n| format!(" {}", n.describe()))
+        .unwrap_or_default();
+    if !request_id.is_empty() {
+        near.push_str(&format!(
+            " `relay cache why {request_id}` explains the miss."
+        ));
+    }
     match reason {
         MissReason::Offline => format!(
-            "relay is offline and has no recording for this request (cache key {key}). To record one, run relay without --offline (cache.mode: live or record) and send the same request once; or import a recording with `relay cache import FILE.jsonl`."
+            "relay is offline and has no recording for this request (cache key {key}).{near} To record one, run relay without --offline (cache.mode: live or record) and send the same request once; or import a recording with `relay cache import FILE.jsonl`."
         ),
         MissReason::OfflineNotCacheable => "relay is offline and this request is not one it records (only POST requests with a JSON body to chat/completions, completions, responses, messages, embeddings and moderations, and GET models, are); run relay without --offline to send it upstream.".to_string(),
         MissReason::Only => format!(
-            "x-relay-cache: only was set and the cache has no entry for this request (cache key {key})"
+            "x-relay-cache: only was set and the cache has no entry for this request (cache key {key}).{near}"
         ),
     }
 }
@@ -252,7 +307,7 @@ impl EdgeError {
     /// The JSON body in the caller's dialect.
     pub fn body(&self, dialect: Dialect) -> Bytes {
         let message = self.to_string();
-        let value = match dialect {
+        let mut value = match dialect {
             Dialect::OpenAi => serde_json::json!({
                 "error": {
                     "message": message,
@@ -266,6 +321,12 @@ impl EdgeError {
                 "error": { "type": self.error_type(dialect), "message": message },
             }),
         };
+        if let EdgeError::OfflineMiss {
+            nearest: Some(n), ..
+        } = self
+        {
+            value["error"]["nearest"] = serde_json::to_value(n).expect("plain data");
+        }
         Bytes::from(serde_json::to_vec(&value).expect("json values serialize"))
     }
 
@@ -351,6 +412,8 @@ mod tests {
         let miss = EdgeError::OfflineMiss {
             reason: MissReason::Offline,
             key: "k".into(),
+            request_id: String::new(),
+            nearest: None,
         };
         assert!(!miss.counts_for_breaker() && !miss.retryable());
         let bad = EdgeError::BadJson("x".into());

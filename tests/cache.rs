@@ -841,26 +841,6 @@ async fn redis_backend_is_shared_and_survives_redis_going_away() {
     assert_eq!(c.as_deref(), Some("HIT"));
 }
 
-/// Runs `relay cache <args> --server <relay>` (the running server holds the redb file).
-async fn cache_cli(relay: &Relay, args: &[&str]) -> (bool, String, String) {
-    let out = within(
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_relay"))
-            .arg("cache")
-            .args(args)
-            .arg("--server")
-            .arg(relay.url(""))
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn export_clear_import_then_hit_through_the_running_server() {
     let (openai, _anthropic, relay) = cached_setup("").await;

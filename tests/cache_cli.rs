@@ -170,6 +170,7 @@ fn meta(provider: &str, model: &str, path: &str, created_ms: u64) -> EntryMeta {
         created_ms,
         expires_ms: Some(created_ms + 30 * DAY),
         hits: 0,
+        recorded: Default::default(),
     }
 }
 

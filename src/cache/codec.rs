@@ -2,17 +2,20 @@
 //!
 //! Layout (little-endian; `str`/`bytes` = `u32` length + data; `opt` = `u8` 0/1 + value):
 //! `u8 CODEC_VERSION`, then the meta: `str provider`, `opt str model`, `str method`, `str path`,
-//! `u16 status`, `u32 n` + `n × (str name, str value)`, `u64 created_ms`, `opt u64 expires_ms`;
-//! then `bytes request`, then the body: `u8 0` + `bytes` for JSON, or `u8 1` + `u32 n` +
+//! `u16 status`, `u32 n` + `n × (str name, str value)`, `u64 created_ms`, `opt u64 expires_ms`,
+//! and (since version 2) `u8 n` + `n ×` `opt str` of the [`Recorded`] fields in their order
+//! (scope, namespace, portable, client, session, prompt; a reader takes the ones it knows and
+//! skips the rest); then `bytes request`, then the body: `u8 0` + `bytes` for JSON, or `u8 1` + `u32 n` +
 //! `n × (u32 delay_ms, bytes data)` for SSE. Hits are not encoded: stores keep them beside the entry
 //! so counting a hit never rewrites the bodies. The meta comes first so listings decode only it.
 
 use bytes::Bytes;
 
-use super::entry::{CachedBody, Entry, EntryMeta, SseEvent};
+use super::entry::{CachedBody, Entry, EntryMeta, Recorded, SseEvent};
 
-/// Bump with any layout change (the redb schema version must be bumped too).
-const CODEC_VERSION: u8 = 1;
+/// Bump with any layout change. Version 1 (no recorded fields) is still read, so the redb schema
+/// version did not change with version 2; a change that cannot read the old layout bumps it too.
+const CODEC_VERSION: u8 = 2;
 
 /// Why stored bytes are not an entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +50,19 @@ pub(crate) fn encode(entry: &Entry) -> Vec<u8> {
             w.push(1);
             w.extend_from_slice(&t.to_le_bytes());
         }
+    }
+    let r = &m.recorded;
+    let recorded = [
+        &r.scope,
+        &r.namespace,
+        &r.portable,
+        &r.client,
+        &r.session,
+        &r.prompt,
+    ];
+    w.push(recorded.len() as u8);
+    for f in recorded {
+        put_opt_str(&mut w, f.as_deref());
     }
     put_bytes(&mut w, &entry.request);
     match &entry.response {
@@ -186,11 +202,19 @@ impl Reader<'_> {
         }
     }
 
+    fn opt_string(&mut self, what: &'static str) -> Result<Option<String>, CodecError> {
+        Ok(if self.flag(what)? {
+            Some(self.string(what)?)
+        } else {
+            None
+        })
+    }
+
     fn meta(&mut self) -> Result<EntryMeta, CodecError> {
-        match self.u8()? {
-            CODEC_VERSION => {}
+        let version = match self.u8()? {
+            v @ (1 | CODEC_VERSION) => v,
             v => return Err(CodecError::Version(v)),
-        }
+        };
         let provider = self.string("provider")?;
         let model = if self.flag("model")? {
             Some(self.string("model")?)
@@ -211,6 +235,25 @@ impl Reader<'_> {
         } else {
             None
         };
+        let mut recorded = Recorded::default();
+        if version >= 2 {
+            let n = self.u8()?;
+            let fields = [
+                &mut recorded.scope,
+                &mut recorded.namespace,
+                &mut recorded.portable,
+                &mut recorded.client,
+                &mut recorded.session,
+                &mut recorded.prompt,
+            ];
+            let known = fields.len();
+            for f in fields.into_iter().take(usize::from(n)) {
+                *f = self.opt_string("recorded field")?;
+            }
+            for _ in known..usize::from(n) {
+                self.opt_string("recorded field")?;
+            }
+        }
         Ok(EntryMeta {
             provider,
             model,
@@ -221,6 +264,7 @@ impl Reader<'_> {
             created_ms,
             expires_ms,
             hits: 0,
+            recorded,
         })
     }
 }
@@ -245,6 +289,35 @@ mod tests {
         let mut anon = json_entry("m", 1, "");
         anon.meta.model = None;
         assert_eq!(decode(Bytes::from(encode(&anon))).unwrap(), anon);
+    }
+
+    #[test]
+    fn recorded_fields_roundtrip_and_version_1_still_reads() {
+        let mut e = json_entry("m", 1, r#"{"a":1}"#);
+        e.meta.recorded = Recorded {
+            scope: Some("global".into()),
+            portable: Some("ab".repeat(32)),
+            client: Some("claude-code 2.1.197".into()),
+            session: Some("s-1".into()),
+            prompt: Some("say hi".into()),
+            namespace: None,
+        };
+        let bytes = encode(&e);
+        assert_eq!(decode(Bytes::from(bytes.clone())).unwrap(), e);
+        assert_eq!(decode_meta(&bytes).unwrap(), e.meta);
+        // The same entry as relay wrote it before: version 1, no recorded fields.
+        let mut old = e.clone();
+        old.meta.recorded = Recorded::default();
+        let v2 = encode(&old);
+        let CachedBody::Json(body) = &old.response else {
+            unreachable!()
+        };
+        let tail = 4 + old.request.len() + 1 + 4 + body.len();
+        let at = v2.len() - tail - 7;
+        assert_eq!(&v2[at..at + 7], &[6, 0, 0, 0, 0, 0, 0]);
+        let mut v1 = [&v2[..at], &v2[at + 7..]].concat();
+        v1[0] = 1;
+        assert_eq!(decode(Bytes::from(v1)).unwrap(), old);
     }
 
     #[test]

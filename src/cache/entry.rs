@@ -44,7 +44,7 @@ pub struct Entry {
 }
 
 /// An entry's description, without its bodies: what `relay cache ls` shows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntryMeta {
     /// Provider name, as configured.
@@ -67,6 +67,42 @@ pub struct EntryMeta {
     /// How many times the entry was served. Counted lazily by the store: a read may lag the latest
     /// hits by one write batch. Ignored on put except by import, which keeps it.
     pub hits: u64,
+    /// What relay knew of the request when it recorded it (entries recorded before relay 0.3 have
+    /// none of it).
+    #[serde(default, skip_serializing_if = "Recorded::is_empty")]
+    pub recorded: Recorded,
+}
+
+/// The request behind an entry, beyond its line and body: whose it is, the client and session it
+/// came from, and its portable key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Recorded {
+    /// The key scope: `global`, or the 64-hex hash the scope holds (never the API key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// `x-relay-cache-namespace`, when sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The key of the request's portable form (64 hex): what replays it another day, from another
+    /// directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub portable: Option<String>,
+    /// The client, from its `User-Agent` (`claude-code 2.1.197`, `codex 0.171.0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// The agent session (Claude Code's session id, Codex's conversation id, `relay run`'s label).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The start of the last user message, on one line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+}
+
+impl Recorded {
+    pub fn is_empty(&self) -> bool {
+        *self == Recorded::default()
+    }
 }
 
 /// A response body as it will be replayed.
@@ -321,6 +357,7 @@ pub(crate) mod tests {
                 created_ms,
                 expires_ms: None,
                 hits: 0,
+                recorded: Recorded::default(),
             },
             request: Bytes::from(format!(r#"{{"model":"{model}","messages":[]}}"#)),
             response: CachedBody::Json(Bytes::from(body.to_owned())),

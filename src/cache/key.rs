@@ -286,7 +286,30 @@ impl KeyBuilder {
     /// [`KeyBuilder::key`] for a builder ignoring `ignore`, without building one (the request
     /// path borrows the set from the live config).
     pub fn key_ignoring(ignore: &FieldSet, input: &KeyInput<'_>) -> CacheKey {
-        let mut h = blake3::Hasher::new_derive_key(KEY_CONTEXT);
+        key_with(KEY_CONTEXT, ignore, None, input)
+    }
+
+    /// The key of the request's portable form ([`super::portable`]): the same layout, its strings
+    /// rewritten, under its own derive-key context (`"relay portable key v1"`), so it can never
+    /// equal an exact key. Costs one more parse, plus the rewrites.
+    pub fn portable_key(ignore: &FieldSet, input: &KeyInput<'_>) -> CacheKey {
+        let portable = super::portable::Portable::of(input.body);
+        let rewrite = move |s: &str| portable.rewrite(s);
+        key_with(PORTABLE_CONTEXT, ignore, Some(&rewrite), input)
+    }
+}
+
+/// BLAKE3 derive-key context for the keys of portable forms.
+const PORTABLE_CONTEXT: &str = "relay portable key v1";
+
+fn key_with(
+    context: &str,
+    ignore: &FieldSet,
+    text: Option<&super::canonical::Rewrite>,
+    input: &KeyInput<'_>,
+) -> CacheKey {
+    {
+        let mut h = blake3::Hasher::new_derive_key(context);
         field(&mut h, input.provider.as_bytes());
         if input.method.bytes().any(|b| b.is_ascii_lowercase()) {
             field(&mut h, input.method.to_ascii_uppercase().as_bytes());
@@ -307,7 +330,7 @@ impl KeyBuilder {
             None => field(&mut h, b"-"),
             Some(ns) => tagged_field(&mut h, b'n', ns.as_bytes()),
         }
-        match canonical_json(ignore, None, input.body) {
+        match canonical_json(ignore, text, input.body) {
             Some(json) => tagged_field(&mut h, b'j', &json),
             None => tagged_field(&mut h, b'r', input.body),
         }

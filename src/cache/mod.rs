@@ -19,6 +19,7 @@
 
 mod canonical;
 mod codec;
+pub mod diff;
 pub mod entry;
 #[cfg(feature = "redis")]
 pub mod fallback;
@@ -26,6 +27,7 @@ mod hot;
 pub mod key;
 pub(crate) mod memo;
 pub mod open;
+pub mod portable;
 mod present;
 pub mod redb_store;
 /// The test harness's `redis-server` child process, shared with the integration tests.

@@ -90,6 +90,17 @@ pub enum CacheCommand {
     ///
     /// Also names the store and whether it was opened directly or through a running relay.
     Stats,
+    /// Explain why a request missed the cache.
+    ///
+    /// Asks the running relay (it remembers its latest misses): the request's key, a recording
+    /// its portable form would replay (offline), and the nearest recording with the first JSON
+    /// paths where the two differ. The request id is the `x-request-id` of the answer (an
+    /// offline miss names it too).
+    Why {
+        /// The request's id (`x-request-id`).
+        #[arg(value_name = "REQUEST_ID")]
+        request_id: String,
+    },
 }
 
 /// Why a `relay cache` command failed. `Display` is the message for the user.
@@ -139,7 +150,13 @@ fn unreachable_message(url: &str, reason: &str, held: Option<&Path>) -> String {
 /// through the running server that holds it (module docs); `server` (`--server URL`) forces the
 /// latter. Prints results on stdout, counts and notes on stderr.
 pub async fn run(cmd: CacheCommand, cfg: &Config, server: Option<String>) -> Result<(), CliError> {
-    let backend = Backend::connect(cfg, server.as_deref()).await?;
+    let backend = match (&cmd, server.as_deref()) {
+        // Misses live in the running relay's memory: never open the store for them.
+        (CacheCommand::Why { .. }, None) => {
+            Backend::remote(cfg, listen_base(cfg.server.listen), None)?
+        }
+        (_, server) => Backend::connect(cfg, server).await?,
+    };
     let result = execute(&backend, cmd, Clock::system().now_ms()).await;
     let closed = backend.close().await;
     let output = result?;
@@ -273,6 +290,11 @@ async fn execute(backend: &Backend, cmd: CacheCommand, now_ms: u64) -> Result<Ou
                 entries(removed as usize)
             )))
         }
+        CacheCommand::Why { request_id } => {
+            let path = format!("/why/{}", admin::percent_encode(request_id.trim()));
+            let why: serde_json::Value = backend.json(Method::GET, &path, Bytes::new()).await?;
+            Ok(Output::out(render_why(&why)))
+        }
         CacheCommand::Stats => {
             let stats: StatsView = backend.json(Method::GET, "/stats", Bytes::new()).await?;
             Ok(Output::out(render_stats(
@@ -282,6 +304,54 @@ async fn execute(backend: &Backend, cmd: CacheCommand, now_ms: u64) -> Result<Ou
             )))
         }
     }
+}
+
+/// `relay cache why`: the miss, then what would replay it and what is nearest.
+fn render_why(why: &serde_json::Value) -> String {
+    let text = |k: &str| why[k].as_str().unwrap_or("-").to_string();
+    let mut out = format!(
+        "request {}: {} {} ({}) missed at {}\nkey       {}\n",
+        text("request_id"),
+        text("method"),
+        text("path"),
+        text("provider"),
+        text("at"),
+        text("key"),
+    );
+    match why["portable_match"].as_str() {
+        Some(k) => {
+            let _ = writeln!(
+                out,
+                "portable  {k} would replay it offline (it differs only in dates, directories, git status or OS)"
+            );
+        }
+        None => out.push_str("portable  no recording has its portable form\n"),
+    }
+    let near = &why["nearest"];
+    if near.is_null() {
+        out.push_str("nearest   no recording of the same endpoint and key scope\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "nearest   {} (recorded {})",
+        near["key"].as_str().unwrap_or("-"),
+        near["recorded"].as_str().unwrap_or("-")
+    );
+    let differs: Vec<&str> = near["differs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    if differs.is_empty() {
+        out.push_str("          same body: it differs in its request line or scope only\n");
+    }
+    for p in differs {
+        let _ = writeln!(out, "  differs {p}");
+    }
+    if let Some(n) = near["more"].as_u64().filter(|n| *n > 0) {
+        let _ = writeln!(out, "  and {n} more");
+    }
+    out
 }
 
 fn is_stdio(file: &Path) -> bool {

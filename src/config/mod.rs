@@ -395,7 +395,7 @@ pub struct CacheConfig {
     /// ([`crate::wire::clients::PER_RUN_FIELDS`]). Default on.
     pub client_rules: bool,
     /// What the key leaves out: `ignore_fields`, plus the client rules when on.
-    pub ignore: crate::fieldpath::FieldSet,
+    pub ignore: std::sync::Arc<crate::fieldpath::FieldSet>,
     /// Replay by the portable form when no exact recording exists (offline and
     /// `x-relay-cache: only`): dates, home and working directories, git status and OS version
     /// normalized. Default on.

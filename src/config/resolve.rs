@@ -317,7 +317,7 @@ fn resolve_cache(cx: &Ctx, c: &RawCache, redis: &RedisConfig) -> Result<CacheCon
         scope: c.scope.unwrap_or(CacheScope::Key),
         ignore_fields,
         client_rules,
-        ignore,
+        ignore: std::sync::Arc::new(ignore),
         portable: c.portable.unwrap_or(true),
         replay_timing: c.replay_timing.unwrap_or(ReplayTiming::Fast),
     })

@@ -135,6 +135,8 @@ async fn relay_api(
         } else {
             reply::error(http::StatusCode::METHOD_NOT_ALLOWED, "use GET")
         })
+    } else if let Some(id) = path.strip_prefix(WHY_PREFIX) {
+        Some(why(state, id).await)
     } else if path == cache::PREFIX || path.starts_with(&format!("{}/", cache::PREFIX)) {
         match &state.cache {
             Some(c) => Some(match own_body(state, req).await {
@@ -152,6 +154,26 @@ async fn relay_api(
     found
         .unwrap_or_else(|| reply::error(http::StatusCode::NOT_FOUND, "no such relay endpoint"))
         .map(RelayBody::full)
+}
+
+/// `GET /relay/cache/why/<request id>`: why a request missed the cache (its keys, a recording its
+/// portable form would replay, the nearest recording and where it differs).
+const WHY_PREFIX: &str = "/relay/cache/why/";
+
+async fn why(state: &State, request_id: &str) -> Response<Bytes> {
+    let Some(c) = &state.cache else {
+        return reply::error(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "the cache is off (cache.enabled: false)",
+        );
+    };
+    match c.why(request_id).await {
+        Some(why) => reply::json(http::StatusCode::OK, &why),
+        None => reply::error(
+            http::StatusCode::NOT_FOUND,
+            &format!("relay remembers no cache miss with request id {request_id:?} (it keeps the latest misses since it started, about 16 MiB of requests; hits are not kept)"),
+        ),
+    }
 }
 
 /// A request to relay's own API with its body read whole, under `server.max_body_bytes`,

@@ -34,6 +34,7 @@ use http_body::Frame;
 use tokio::sync::watch;
 
 use super::body::RelayBody;
+use crate::cache::entry::Recorded;
 use crate::cache::memo::Memo;
 use crate::cache::{
     CacheKey, CachedBody, Entry, EntryMeta, KeyInput, KeyMemo, Scope, SseEvent, Store,
@@ -46,12 +47,15 @@ use crate::metrics::Metrics;
 use crate::wire::headers as names;
 
 mod flight;
+mod near;
 mod plan;
 mod record;
 mod replay;
 
 pub use flight::FlightLead;
 use flight::{follow, Flights, Joined};
+pub use near::Why;
+use near::{Misses, Portables};
 pub use plan::Asked;
 pub use record::{Answer, Tap};
 use replay::Replays;
@@ -74,6 +78,10 @@ pub struct Cache {
     replays: Replays,
     /// Whether reads and writes are failing, so that each outage is logged once.
     outage: Outage,
+    /// Portable keys of the recordings.
+    portables: Portables,
+    /// The latest misses, for `relay cache why`.
+    misses: Misses,
 }
 
 /// The `x-relay-cache` response header value.
@@ -96,6 +104,29 @@ impl Status {
     }
 }
 
+/// How a hit matched its recording (`x-relay-cache-match`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match {
+    /// The recorded request, byte for byte.
+    Exact,
+    /// The same key: it differs only where the key does not look (key order, whitespace, the
+    /// ignored fields and per-run ids).
+    Normalized,
+    /// The same portable form: it differs in dates, directories, git status or OS (offline, or
+    /// `x-relay-cache: only`).
+    Portable,
+}
+
+impl Match {
+    fn header(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Match::Exact => "exact",
+            Match::Normalized => "normalized",
+            Match::Portable => "portable",
+        })
+    }
+}
+
 /// What the cache decided for a request that goes (or may go) upstream.
 pub struct Lookup {
     pub key: CacheKey,
@@ -108,6 +139,55 @@ pub struct Lookup {
     ttl: Option<Duration>,
     timing: ReplayTiming,
     pub status: Status,
+    /// What the key is made of: a miss works out the portable key and the nearest recording
+    /// from it, and a recording keeps its context.
+    parts: Option<Arc<KeyParts>>,
+}
+
+/// A request as its cache key saw it.
+pub(super) struct KeyParts {
+    pub(super) provider: String,
+    pub(super) method: String,
+    pub(super) path: String,
+    pub(super) scope: Scope,
+    pub(super) namespace: Option<String>,
+    pub(super) body: Bytes,
+    pub(super) ignore: Arc<crate::fieldpath::FieldSet>,
+    /// `cache.portable`.
+    pub(super) portable: bool,
+    pub(super) client: Option<String>,
+    pub(super) session: Option<String>,
+}
+
+impl KeyParts {
+    pub(super) fn input(&self) -> KeyInput<'_> {
+        KeyInput {
+            provider: &self.provider,
+            method: &self.method,
+            path_and_query: &self.path,
+            body: &self.body,
+            scope: self.scope,
+            namespace: self.namespace.as_deref(),
+        }
+    }
+
+    /// The key of the portable form.
+    pub(super) fn portable_key(&self) -> CacheKey {
+        crate::cache::KeyBuilder::portable_key(&self.ignore, &self.input())
+    }
+
+    /// The scope as an entry records it.
+    pub(super) fn scope_label(&self) -> String {
+        scope_label(self.scope)
+    }
+}
+
+/// `global`, or the 64 hex characters of the scope's hash.
+pub(super) fn scope_label(scope: Scope) -> String {
+    match scope {
+        Scope::Global => "global".to_string(),
+        Scope::Key(h) => CacheKey::from_bytes(h).hex(),
+    }
 }
 
 /// The outcome of the cache stage.
@@ -127,6 +207,8 @@ impl Cache {
             keys: KeyMemo::default(),
             replays: Replays::default(),
             outage: Outage::default(),
+            portables: Portables::default(),
+            misses: Misses::default(),
         }
     }
 
@@ -150,10 +232,29 @@ impl Cache {
                 )));
             }
         }
+        self.remember_miss(&lookup, request_id);
         if let Some(reason) = lookup.only {
+            let parts = lookup.parts.as_deref().filter(|p| p.portable);
+            if let Some(parts) = parts {
+                let portable = parts.portable_key();
+                if let Some(key) = self.portables.find(&*self.store, portable).await {
+                    if let Some(entry) = self.get(key).await {
+                        let mut resp = self.replay(key, entry, &lookup, request_id);
+                        resp.headers_mut()
+                            .insert(names::X_RELAY_CACHE_MATCH, Match::Portable.header());
+                        return Ok(Resolved::Served(Box::new(resp)));
+                    }
+                }
+            }
+            let nearest = match &lookup.parts {
+                Some(p) => near::nearest(&*self.store, p).await.map(Box::new),
+                None => None,
+            };
             return Err(EdgeError::OfflineMiss {
                 reason,
                 key: lookup.key.short(),
+                request_id: request_id.to_str().unwrap_or_default().to_string(),
+                nearest,
             });
         }
         if !(lookup.read && lookup.write) {

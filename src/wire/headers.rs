@@ -11,6 +11,8 @@ pub const X_RELAY_CACHE: HeaderName = HeaderName::from_static("x-relay-cache");
 pub const X_RELAY_CACHE_TTL: HeaderName = HeaderName::from_static("x-relay-cache-ttl");
 pub const X_RELAY_CACHE_NAMESPACE: HeaderName = HeaderName::from_static("x-relay-cache-namespace");
 pub const X_RELAY_CACHE_KEY: HeaderName = HeaderName::from_static("x-relay-cache-key");
+/// Response: how a hit matched its recording, `exact|normalized|portable`.
+pub const X_RELAY_CACHE_MATCH: HeaderName = HeaderName::from_static("x-relay-cache-match");
 /// The original relay's hit marker.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

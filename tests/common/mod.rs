@@ -326,3 +326,24 @@ pub async fn read_to_end(body: &mut Incoming) -> Vec<u8> {
     }
     got
 }
+
+/// Runs `relay cache <args> --server <relay>` (the running server holds the redb file): success,
+/// stdout, stderr.
+pub async fn cache_cli(relay: &Relay, args: &[&str]) -> (bool, String, String) {
+    let out = within(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+            .arg("cache")
+            .args(args)
+            .arg("--server")
+            .arg(relay.url(""))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

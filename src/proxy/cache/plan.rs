@@ -39,6 +39,8 @@ impl Cache {
                 Err(EdgeError::OfflineMiss {
                     reason: MissReason::OfflineNotCacheable,
                     key: "-".to_string(),
+                    request_id: String::new(),
+                    nearest: None,
                 })
             } else {
                 Ok(None)
@@ -96,6 +98,18 @@ impl Cache {
             only,
             status,
         } = decision;
+        let parts = KeyParts {
+            provider: provider.to_string(),
+            method: method.as_str().to_string(),
+            path: upstream_path.to_string(),
+            scope,
+            namespace: namespace.map(str::to_string),
+            body: body.clone(),
+            ignore: c.ignore.clone(),
+            portable: c.portable,
+            client: crate::wire::clients::client_of(headers),
+            session: crate::wire::clients::session_of(headers),
+        };
         Ok(Some(Lookup {
             key,
             read,
@@ -104,6 +118,7 @@ impl Cache {
             ttl,
             timing: c.replay_timing,
             status,
+            parts: Some(Arc::new(parts)),
         }))
     }
 
@@ -116,6 +131,7 @@ impl Cache {
             ttl: None,
             timing,
             status,
+            parts: None,
         }
     }
 }

@@ -44,6 +44,11 @@ impl Cache {
                     created_ms: 0,
                     expires_ms: None,
                     hits: 0,
+                    recorded: lookup
+                        .parts
+                        .as_deref()
+                        .map(|p| recorded(p, &answer.request))
+                        .unwrap_or_default(),
                 },
                 ttl: lookup.ttl,
                 request: answer.request,
@@ -57,6 +62,19 @@ impl Cache {
             return None;
         }
         Some(Tap { recorder, lead })
+    }
+}
+
+/// What an entry keeps of the request behind it: its scope, namespace and portable key (worked
+/// out here, once per recorded miss), client, session and the start of its last user message.
+fn recorded(parts: &KeyParts, request: &Bytes) -> Recorded {
+    Recorded {
+        scope: Some(parts.scope_label()),
+        namespace: parts.namespace.clone(),
+        portable: parts.portable.then(|| parts.portable_key().hex()),
+        client: parts.client.clone(),
+        session: parts.session.clone(),
+        prompt: crate::wire::clients::last_user_text(request, 80),
     }
 }
 
@@ -193,6 +211,11 @@ impl Recorder {
         meta.expires_ms = self
             .ttl
             .map(|t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)));
+        let portable = meta
+            .recorded
+            .portable
+            .as_deref()
+            .and_then(|p| CacheKey::from_hex(p).ok());
         let entry = Entry {
             meta,
             request: self.request,
@@ -201,6 +224,9 @@ impl Recorder {
         let store = &self.cache.store;
         match store.put(self.key, entry) {
             Ok(()) => {
+                if let Some(p) = portable {
+                    self.cache.portables.insert(p, self.key);
+                }
                 if self.cache.outage.ok(Op::Write) {
                     tracing::info!(backend = store.backend(), "cache writes are accepted again");
                 }

@@ -32,7 +32,17 @@ impl Cache {
         *resp.headers_mut() = ready.headers.clone();
         let h = resp.headers_mut();
         h.insert(header::AGE, HeaderValue::from(age));
-        mark(h, Status::Hit, &lookup.key, request_id);
+        mark(h, Status::Hit, &key, request_id);
+        let exact = lookup
+            .parts
+            .as_ref()
+            .is_some_and(|p| p.body == entry.request);
+        let how = if exact {
+            Match::Exact
+        } else {
+            Match::Normalized
+        };
+        h.insert(names::X_RELAY_CACHE_MATCH, how.header());
         resp
     }
 }
