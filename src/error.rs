@@ -197,9 +197,11 @@ impl EdgeError {
             EdgeError::BadJson(_) | EdgeError::ClientBody(_) => StatusCode::BAD_REQUEST,
             EdgeError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
             EdgeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            // Not 504 (what HTTP says for `only-if-cached`): every client retries a 5xx, Codex
-            // whatever the headers say, so a miss would start a retry storm. No client retries 424.
-            EdgeError::OfflineMiss { .. } => StatusCode::FAILED_DEPENDENCY,
+            // Not 504 (what HTTP says for `only-if-cached`): the SDKs retry a 5xx, and Codex
+            // retries every status but 400 whatever the headers say (measured on 0.171: 403, 404,
+            // 409, 412, 422, 424 and 451 are each sent 6 times), so a miss would start a retry
+            // storm. 400 with `x-should-retry: false` ends every client's run at once.
+            EdgeError::OfflineMiss { .. } => StatusCode::BAD_REQUEST,
             EdgeError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             EdgeError::CircuitOpen { .. } | EdgeError::BufferFull => {

@@ -49,7 +49,7 @@ enum Command {
         #[arg(long)]
         no_watch: bool,
         /// Replay only: answer from the cache and never contact an upstream; a request with no
-        /// recording gets a 424 saying so (cache.mode: offline, kept across reloads).
+        /// recording gets a 400 saying so (cache.mode: offline, kept across reloads).
         #[arg(long)]
         offline: bool,
     },

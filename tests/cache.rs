@@ -257,9 +257,9 @@ async fn api_keys_do_not_share_entries_unless_scope_is_global() {
 async fn request_controls() {
     let (openai, _anthropic, relay) = cached_setup("").await;
     let body = chat_body("gpt-4o", false);
-    // only, before anything is stored: a 424 in the caller's dialect.
+    // only, before anything is stored: a 400 in the caller's dialect.
     let (s, c, b) = call(&relay, CHAT, &body, &[("x-relay-cache", "only")]).await;
-    assert_eq!((s, c), (StatusCode::FAILED_DEPENDENCY, None));
+    assert_eq!((s, c), (StatusCode::BAD_REQUEST, None));
     let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["error"]["type"], "relay_offline_miss");
     assert_eq!(openai.calls().get(), 0);
@@ -474,9 +474,9 @@ async fn entries_persist_across_restart_and_replay_offline() {
     assert_eq!((s.as_u16(), c.as_deref()), (200, Some("HIT")));
     assert_eq!(b, mock::openai_sse("gpt-4o").concat().as_bytes());
 
-    // A miss offline is a clear 424 in the caller's dialect, never retried.
+    // A miss offline is a clear 400 in the caller's dialect, never retried.
     let miss = post_json(&offline, CHAT, &chat_body("gpt-4o-mini", false), &[]).await;
-    assert_eq!(miss.status, StatusCode::FAILED_DEPENDENCY);
+    assert_eq!(miss.status, StatusCode::BAD_REQUEST);
     assert_eq!(miss.header("x-should-retry"), Some("false"));
     let v: serde_json::Value = serde_json::from_slice(&miss.body).unwrap();
     assert_eq!(v["error"]["type"], "relay_offline_miss");
@@ -494,7 +494,7 @@ async fn entries_persist_across_restart_and_replay_offline() {
         &[("anthropic-version", "2023-06-01")],
     )
     .await;
-    assert_eq!(s, StatusCode::FAILED_DEPENDENCY);
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "relay_offline_miss");
@@ -506,12 +506,12 @@ async fn entries_persist_across_restart_and_replay_offline() {
     let resp = within(client().request(get(&offline.url("/v1/models/gpt-4o"))))
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::FAILED_DEPENDENCY);
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     // Requests relay never records are refused too, not sent.
     let resp = within(client().request(get(&offline.url("/v1/files"))))
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::FAILED_DEPENDENCY);
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
@@ -553,7 +553,7 @@ async fn mode_switches_by_hot_reload() {
         Some("HIT")
     );
     let (s, _, _) = call(&relay, CHAT, &chat_body("gpt-4o-mini", false), &[]).await;
-    assert_eq!(s, StatusCode::FAILED_DEPENDENCY);
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(openai.calls().get(), 2);
 }
 

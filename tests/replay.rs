@@ -157,7 +157,7 @@ async fn offline_replays_another_day_from_another_directory_and_explains_misses(
         ],
     )
     .await;
-    assert_eq!(miss.status, StatusCode::FAILED_DEPENDENCY);
+    assert_eq!(miss.status, StatusCode::BAD_REQUEST);
     assert_eq!(miss.header("x-should-retry"), Some("false"));
     let v: serde_json::Value = serde_json::from_slice(&miss.body).unwrap();
     let near = &v["error"]["nearest"];

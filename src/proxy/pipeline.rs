@@ -14,7 +14,7 @@
 //! 5. **route by model** (`RouteByModel`): the route table picks the provider (400 when it needs a
 //!    model and the body is not JSON, 404 when nothing matches);
 //! 6. **cost** (`Meter`), **cache** (`CacheLookup`: a hit is replayed with its saved cost, an
-//!    identical request in flight is shared, an offline miss is 424), **budget** (`BudgetCheck`:
+//!    identical request in flight is shared, an offline miss is 400), **budget** (`BudgetCheck`:
 //!    429 `budget_exceeded`), **request filters** (`RequestFilters`: `include_usage` injected,
 //!    cache controls removed);
 //! 7. **rate limit** (`RateLimit`, after a miss: hits are never limited): pass, queue for the slot

@@ -194,7 +194,7 @@ pub struct CacheMiss {
 
 /// Stage 6b: the cache ([`super::cache`]). A hit is replayed (with its saved cost and the
 /// `x-relay-cost-usd` / `x-relay-tokens` headers), an identical request in flight is shared, an
-/// offline miss is 424; otherwise the request goes on, with what the tap needs to record it.
+/// offline miss is 400; otherwise the request goes on, with what the tap needs to record it.
 pub struct CacheLookup<'a> {
     pub cache: Option<&'a Arc<Cache>>,
     pub cfg: &'a CacheConfig,

@@ -374,6 +374,8 @@ async fn handle(
             with_usage(anthropic_json(&model), Kind::Anthropic, &usage)
         } else if path.ends_with("/chat/completions") {
             with_usage(openai_json(&model), Kind::OpenAi, &usage)
+        } else if path.ends_with("/responses") {
+            responses_json(&model).to_string()
         } else {
             serde_json::json!({"mock": shared.name, "path": path, "method": parts.method.as_str()})
                 .to_string()
@@ -386,7 +388,9 @@ async fn handle(
     }
 
     let usage = header("x-mock-usage").unwrap_or_default();
-    let events = if path.ends_with("/messages") {
+    let events = if path.ends_with("/responses") {
+        responses_sse(&model)
+    } else if path.ends_with("/messages") {
         anthropic_sse(&model)
             .into_iter()
             .map(|ev| sse_with_usage(ev, &usage))
@@ -500,6 +504,62 @@ pub fn openai_sse(model: &str) -> Vec<String> {
         ),
         chunk(serde_json::json!({}), serde_json::json!("stop")),
         "data: [DONE]\n\n".to_string(),
+    ]
+}
+
+/// A Responses API answer (what `response.completed` carries).
+pub fn responses_json(model: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": "resp_mock", "object": "response", "created_at": 1_700_000_000, "status": "completed",
+        "model": model,
+        "output": [{"id": "msg_mock", "type": "message", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hello world", "annotations": []}]}],
+        "usage": {"input_tokens": 9, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 2,
+            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 11}
+    })
+}
+
+/// Responses API stream events, `response.created` to `response.completed`.
+pub fn responses_sse(model: &str) -> Vec<String> {
+    let ev = |name: &str, v: serde_json::Value| format!("event: {name}\ndata: {v}\n\n");
+    let done = responses_json(model);
+    let mut created = done.clone();
+    created["status"] = "in_progress".into();
+    created["output"] = serde_json::json!([]);
+    created["usage"] = serde_json::Value::Null;
+    let item = done["output"][0].clone();
+    let mut added = item.clone();
+    added["status"] = "in_progress".into();
+    added["content"] = serde_json::json!([]);
+    vec![
+        ev(
+            "response.created",
+            serde_json::json!({"type": "response.created", "sequence_number": 0, "response": created}),
+        ),
+        ev(
+            "response.output_item.added",
+            serde_json::json!({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0, "item": added}),
+        ),
+        ev(
+            "response.content_part.added",
+            serde_json::json!({"type": "response.content_part.added", "sequence_number": 2, "item_id": "msg_mock", "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+        ),
+        ev(
+            "response.output_text.delta",
+            serde_json::json!({"type": "response.output_text.delta", "sequence_number": 3, "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": "Hello world"}),
+        ),
+        ev(
+            "response.output_text.done",
+            serde_json::json!({"type": "response.output_text.done", "sequence_number": 4, "item_id": "msg_mock", "output_index": 0, "content_index": 0, "text": "Hello world"}),
+        ),
+        ev(
+            "response.output_item.done",
+            serde_json::json!({"type": "response.output_item.done", "sequence_number": 5, "output_index": 0, "item": item}),
+        ),
+        ev(
+            "response.completed",
+            serde_json::json!({"type": "response.completed", "sequence_number": 6, "response": done}),
+        ),
     ]
 }
 

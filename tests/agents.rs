@@ -1,0 +1,269 @@
+//! The real agents through relay: Claude Code (`claude`, npm `@anthropic-ai/claude-code`) and
+//! Codex CLI (`codex`, npm `@openai/codex`) against mock upstreams. Each is answered through relay,
+//! its second run is served from the cache, a recording replays offline the next day from another
+//! directory, and an offline miss ends the run at once. `scripts/test.sh` installs both agents;
+//! where one is missing (no npm registry), its tests say so and pass.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use common::mock::{Kind, Mock};
+use common::*;
+use relay::config::Env;
+
+/// Longest an agent run may take. A miss must end the run long before this: without fail-fast
+/// answers Claude Code retried for about 3 minutes.
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn installed(agent: &str) -> bool {
+    let found = std::process::Command::new(agent)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!(
+            "skipping: `{agent}` is not installed (scripts/test.sh installs it from npm; the registry could not be reached)"
+        );
+    }
+    found
+}
+
+/// Runs `program args` in `dir` with `env`, under `faketime` when `shift` is given (`+1d`).
+async fn run(
+    program: &str,
+    args: &[&str],
+    dir: &Path,
+    env: &[(&str, String)],
+    shift: Option<&str>,
+) -> Output {
+    let mut cmd = match shift {
+        Some(s) => {
+            let mut c = tokio::process::Command::new("faketime");
+            c.arg("-f").arg(s).arg(program);
+            c
+        }
+        None => tokio::process::Command::new(program),
+    };
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    match tokio::time::timeout(RUN_TIMEOUT, cmd.output()).await {
+        Ok(out) => out.unwrap(),
+        Err(_) => panic!("{program} {args:?} did not end within {RUN_TIMEOUT:?}"),
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A relay recording into `cache`, or replaying it (`offline`).
+async fn relay_on(openai: &Mock, anthropic: &Mock, cache: &Path, offline: bool) -> Relay {
+    let env = Env::empty().with("RELAY_CACHE_PATH", cache.display().to_string());
+    Relay::start_full(
+        &format!("{}cache:\n  enabled: true\n", providers(openai, anthropic)),
+        env,
+        false,
+        offline,
+    )
+    .await
+}
+
+async fn stop(mut relay: Relay) {
+    let server = relay.take();
+    server.shutdown();
+    within(server.wait()).await;
+}
+
+/// Three working directories (two "checkouts" and one for the miss) and a home, in one temp dir.
+struct Dirs {
+    _root: tempfile::TempDir,
+    home: std::path::PathBuf,
+    one: std::path::PathBuf,
+    two: std::path::PathBuf,
+    cache: std::path::PathBuf,
+}
+
+fn dirs() -> Dirs {
+    let root = tempfile::tempdir().unwrap();
+    let p = |n: &str| {
+        let d = root.path().join(n);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    Dirs {
+        home: p("home"),
+        one: p("checkout-one/app"),
+        two: p("checkout-two/app"),
+        cache: root.path().join("cache.redb"),
+        _root: root,
+    }
+}
+
+fn claude_env(relay: &Relay, home: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("HOME", home.display().to_string()),
+        ("ANTHROPIC_BASE_URL", relay.url("")),
+        ("ANTHROPIC_API_KEY", "sk-ant-test".to_string()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_string()),
+        ("DISABLE_AUTOUPDATER", "1".to_string()),
+    ]
+}
+
+#[tokio::test]
+async fn claude_code_records_once_and_replays_offline_the_next_day_elsewhere() {
+    if !installed("claude") {
+        return;
+    }
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    let d = dirs();
+    let args = ["-p", "say hi"];
+
+    let relay = relay_on(&openai, &anthropic, &d.cache, false).await;
+    let env = claude_env(&relay, &d.home);
+    let first = run("claude", &args, &d.one, &env, None).await;
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("Hello world"),
+        "{}",
+        text(&first)
+    );
+    let calls = anthropic.calls().get();
+    assert!(calls >= 1);
+    assert_eq!(
+        openai.calls().get(),
+        0,
+        "nothing of Claude Code's went to openai"
+    );
+    // Its session id changes, its body does not otherwise: the second run is all hits.
+    let second = run("claude", &args, &d.one, &env, None).await;
+    assert!(second.status.success(), "{}", text(&second));
+    assert_eq!(
+        anthropic.calls().get(),
+        calls,
+        "the second run came from the cache"
+    );
+    let m = relay.metrics().await;
+    assert!(
+        !m.contains("status=\"404\""),
+        "no 404 for Claude Code's probe:\n{m}"
+    );
+    stop(relay).await;
+
+    // Offline, a day later, from another checkout: the portable form replays it.
+    let relay = relay_on(&openai, &anthropic, &d.cache, true).await;
+    let env = claude_env(&relay, &d.home);
+    let replayed = run("claude", &args, &d.two, &env, Some("+1d")).await;
+    assert!(replayed.status.success(), "{}", text(&replayed));
+    assert!(String::from_utf8_lossy(&replayed.stdout).contains("Hello world"));
+    assert_eq!(
+        anthropic.calls().get(),
+        calls,
+        "offline: nothing went upstream"
+    );
+
+    // A prompt never recorded ends the run at once, with relay's explanation.
+    let started = std::time::Instant::now();
+    let miss = run("claude", &["-p", "say bye"], &d.one, &env, None).await;
+    let took = started.elapsed();
+    assert!(!miss.status.success(), "{}", text(&miss));
+    let shown = text(&miss);
+    assert!(shown.contains("no recording"), "{shown}");
+    assert!(shown.contains("nearest recording"), "{shown}");
+    eprintln!("offline miss ended Claude Code in {took:?}");
+    stop(relay).await;
+}
+
+fn codex_args<'a>(relay: &Relay, prompt: &'a str) -> Vec<String> {
+    vec![
+        "exec".into(),
+        "--skip-git-repo-check".into(),
+        "-c".into(),
+        "model_provider=relay".into(),
+        "-c".into(),
+        format!(
+            "model_providers.relay={{name=\"relay\", base_url=\"{}\", env_key=\"OPENAI_API_KEY\", wire_api=\"responses\"}}",
+            relay.url("/v1")
+        ),
+        prompt.into(),
+    ]
+}
+
+fn codex_env(home: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("HOME", home.display().to_string()),
+        ("CODEX_HOME", home.join(".codex").display().to_string()),
+        ("OPENAI_API_KEY", "sk-test".to_string()),
+    ]
+}
+
+#[tokio::test]
+async fn codex_records_once_and_replays_offline_elsewhere() {
+    if !installed("codex") {
+        return;
+    }
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    let d = dirs();
+    std::fs::create_dir_all(d.home.join(".codex")).unwrap();
+    let env = codex_env(&d.home);
+
+    let relay = relay_on(&openai, &anthropic, &d.cache, false).await;
+    let args = codex_args(&relay, "say hi");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = run("codex", &args, &d.one, &env, None).await;
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("Hello world"),
+        "{}",
+        text(&first)
+    );
+    let calls = openai.calls().get();
+    assert!(calls >= 1);
+    // A new conversation id, new item ids, new metadata: still all hits.
+    let second = run("codex", &args, &d.one, &env, None).await;
+    assert!(second.status.success(), "{}", text(&second));
+    assert_eq!(
+        openai.calls().get(),
+        calls,
+        "the second run came from the cache"
+    );
+    stop(relay).await;
+
+    // Offline from another checkout. (Codex is a static musl binary: faketime cannot shift its
+    // clock; the next-day rule is the same as Claude Code's and pinned by unit tests.)
+    let relay = relay_on(&openai, &anthropic, &d.cache, true).await;
+    let args = codex_args(&relay, "say hi");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let replayed = run("codex", &args, &d.two, &env, None).await;
+    assert!(replayed.status.success(), "{}", text(&replayed));
+    assert!(String::from_utf8_lossy(&replayed.stdout).contains("Hello world"));
+    assert_eq!(
+        openai.calls().get(),
+        calls,
+        "offline: nothing went upstream"
+    );
+
+    let miss_args = codex_args(&relay, "say bye");
+    let miss_args: Vec<&str> = miss_args.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let miss = run("codex", &miss_args, &d.one, &env, None).await;
+    let took = started.elapsed();
+    assert!(!miss.status.success(), "{}", text(&miss));
+    assert!(text(&miss).contains("no recording"), "{}", text(&miss));
+    eprintln!("offline miss ended Codex in {took:?}");
+    stop(relay).await;
+}
