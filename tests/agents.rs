@@ -187,7 +187,7 @@ async fn claude_code_records_once_and_replays_offline_the_next_day_elsewhere() {
     stop(relay).await;
 }
 
-fn codex_args<'a>(relay: &Relay, prompt: &'a str) -> Vec<String> {
+fn codex_args(relay: &Relay, prompt: &str) -> Vec<String> {
     vec![
         "exec".into(),
         "--skip-git-repo-check".into(),
