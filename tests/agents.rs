@@ -188,6 +188,12 @@ async fn claude_code_records_once_and_replays_offline_the_next_day_elsewhere() {
 }
 
 fn codex_args(relay: &Relay, prompt: &str) -> Vec<String> {
+    codex_args_over(relay, prompt, false)
+}
+
+/// `codex exec` on a provider at relay; `websocket`: the Responses API over a WebSocket, as
+/// Codex's built-in `openai` provider speaks it.
+fn codex_args_over(relay: &Relay, prompt: &str, websocket: bool) -> Vec<String> {
     vec![
         "exec".into(),
         "--skip-git-repo-check".into(),
@@ -195,7 +201,7 @@ fn codex_args(relay: &Relay, prompt: &str) -> Vec<String> {
         "model_provider=relay".into(),
         "-c".into(),
         format!(
-            "model_providers.relay={{name=\"relay\", base_url=\"{}\", env_key=\"OPENAI_API_KEY\", wire_api=\"responses\"}}",
+            "model_providers.relay={{name=\"relay\", base_url=\"{}\", env_key=\"OPENAI_API_KEY\", wire_api=\"responses\", supports_websockets={websocket}}}",
             relay.url("/v1")
         ),
         prompt.into(),
@@ -265,5 +271,94 @@ async fn codex_records_once_and_replays_offline_elsewhere() {
     assert!(!miss.status.success(), "{}", text(&miss));
     assert!(text(&miss).contains("no recording"), "{}", text(&miss));
     eprintln!("offline miss ended Codex in {took:?}");
+    stop(relay).await;
+}
+
+#[tokio::test]
+async fn codex_over_the_responses_websocket_is_metered_cached_and_replayed() {
+    if !installed("codex") {
+        return;
+    }
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    let d = dirs();
+    std::fs::create_dir_all(d.home.join(".codex")).unwrap();
+    let env = codex_env(&d.home);
+
+    let relay = relay_on(&openai, &anthropic, &d.cache, false).await;
+    let args = codex_args_over(&relay, "say hi", true);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = run("codex", &args, &d.one, &env, None).await;
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("Hello world"),
+        "{}",
+        text(&first)
+    );
+    // Each turn reached the provider as a streamed POST: relay ended the socket itself.
+    let calls = openai.calls().get();
+    assert!(calls >= 1);
+    let turn = openai.last();
+    assert_eq!(
+        (turn.method.as_str(), turn.uri.as_str()),
+        ("POST", "/v1/responses")
+    );
+    let sent: serde_json::Value = serde_json::from_slice(&turn.body).unwrap();
+    assert_eq!(sent["stream"], true);
+    assert!(
+        sent.get("type").is_none() && sent.get("generate").is_none(),
+        "{sent}"
+    );
+    // Metered as a request of its own: the mock's 9 input tokens a turn (Codex's model is not one
+    // relay knows, so its label is `other`), one 200 row a turn beside the socket's 101.
+    let m = relay.metrics().await;
+    let labels = [
+        ("provider", "openai"),
+        ("model", "other"),
+        ("kind", "input"),
+    ];
+    let tokens = metric(&m, "relay_tokens_total", &labels);
+    assert!(tokens.is_some_and(|t| t >= 9.0), "{m}");
+    let turns = [
+        ("provider", "openai"),
+        ("model", "other"),
+        ("status", "200"),
+    ];
+    assert!(
+        metric(&m, "relay_requests_total", &turns).is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    // The second run: every turn from the cache.
+    let second = run("codex", &args, &d.one, &env, None).await;
+    assert!(second.status.success(), "{}", text(&second));
+    assert_eq!(
+        openai.calls().get(),
+        calls,
+        "the second run came from the cache"
+    );
+    stop(relay).await;
+
+    // Offline from another checkout, over the socket.
+    let relay = relay_on(&openai, &anthropic, &d.cache, true).await;
+    let args = codex_args_over(&relay, "say hi", true);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let replayed = run("codex", &args, &d.two, &env, None).await;
+    assert!(replayed.status.success(), "{}", text(&replayed));
+    assert!(String::from_utf8_lossy(&replayed.stdout).contains("Hello world"));
+    assert_eq!(
+        openai.calls().get(),
+        calls,
+        "offline: nothing went upstream"
+    );
+    let miss_args = codex_args_over(&relay, "say bye", true);
+    let miss_args: Vec<&str> = miss_args.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let miss = run("codex", &miss_args, &d.one, &env, None).await;
+    assert!(!miss.status.success(), "{}", text(&miss));
+    assert!(text(&miss).contains("no recording"), "{}", text(&miss));
+    eprintln!(
+        "offline miss over the socket ended Codex in {:?}",
+        started.elapsed()
+    );
     stop(relay).await;
 }

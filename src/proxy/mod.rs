@@ -2,7 +2,8 @@
 //! to [`forward_proxy`] (the `CONNECT` / absolute-URI forward proxy, HTTPS interception), which
 //! passes everything else to [`pipeline`]: one function listing the stages in request order
 //! ([`filter`], [`admin`], [`route`], [`client_body`], [`cache`], cost and limits, [`upstream`],
-//! [`body`]). [`state`] is what every request shares.
+//! [`body`]). [`state`] is what every request shares; [`responses_ws`] turns the Responses
+//! API's WebSocket into one pipeline request per turn.
 
 pub mod admin;
 pub mod body;
@@ -15,6 +16,7 @@ pub mod finish;
 pub mod forward_proxy;
 pub mod held;
 pub mod pipeline;
+pub mod responses_ws;
 pub mod route;
 pub mod server;
 pub mod stages;

@@ -43,6 +43,7 @@ use super::body::RelayBody;
 use super::cache as stage;
 use super::context::RequestContext;
 use super::filter;
+use super::responses_ws;
 use super::route::{self, PathTarget};
 use super::stages::{
     fail_lead, Answering, BudgetCheck, CacheLookup, Call, Flow, Meter, RateLimit, ReadBody,
@@ -86,7 +87,7 @@ pub async fn handle(
         request_id,
     );
     x.observe(&state.events, req.headers());
-    let resp = match forward(&rt, &state, &mut x, req).await {
+    let resp = match forward(&rt, &state, peer, &mut x, req).await {
         Ok(resp) => resp,
         Err(e) => {
             let resp = e.to_response(dialect, &x.request_id).map(RelayBody::full);
@@ -190,7 +191,8 @@ fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
 /// what it learns goes on the request's context `x`.
 async fn forward(
     rt: &Runtime,
-    state: &State,
+    state: &Arc<State>,
+    peer: SocketAddr,
     x: &mut RequestContext,
     req: Request<Incoming>,
 ) -> Result<Response<RelayBody>, EdgeError> {
@@ -212,6 +214,26 @@ async fn forward(
     let body = read.run(x, &parts, body, strict, upgrade.is_some()).await?;
     let routed = RouteByModel { cfg }.run(x, &parts, target)?;
     let provider = &cfg.providers[routed.index];
+    if upgrade.is_some()
+        && responses_ws::terminates(&parts.method, &parts.headers, x.endpoint, provider.kind)
+    {
+        // The Responses API over a WebSocket: relay ends it, each turn is a request of its own.
+        let resp = responses_ws::accept(&parts.headers)?;
+        if let Some((_, Some(caller))) = upgrade {
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            responses_ws::serve(
+                caller,
+                responses_ws::Opened {
+                    state: state.clone(),
+                    peer,
+                    path: path.split('?').next().unwrap_or(path).to_string(),
+                    headers: parts.headers.clone(),
+                    held: state.held.hold(),
+                },
+            );
+        }
+        return Ok(resp);
+    }
     let whole = body.whole().cloned();
     let meter = Meter {
         book: &rt.cost,
