@@ -120,6 +120,48 @@ enum Command {
         #[arg(long, short, global = true, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Run Claude Code or Codex through relay: `relay run claude -- -p "say hi"`.
+    ///
+    /// Uses the relay listening at server.listen, or starts one for the run (logging to a file)
+    /// and stops it after. Every request is labelled with the session (x-relay-session). The
+    /// agent's exit status is relay's.
+    Run {
+        /// The agent: claude (Claude Code) or codex (Codex CLI).
+        #[arg(value_enum)]
+        agent: relay::cli::run::Agent,
+        /// Config file (YAML), as for `serve`.
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Address of the relay to use or start, overriding server.listen.
+        #[arg(long, short, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Replay only: answer from the cache, never contact an upstream.
+        #[arg(long)]
+        offline: bool,
+        /// Session label for this run's requests. Default: <agent>-<date>-<time>.
+        #[arg(long, value_name = "LABEL")]
+        session: Option<String>,
+        /// Log file of a relay started for the run. Default: <data dir>/relay/run.log.
+        #[arg(long, value_name = "PATH")]
+        log_file: Option<PathBuf>,
+        /// Arguments for the agent, after `--`.
+        #[arg(last = true, value_name = "AGENT_ARGS")]
+        args: Vec<String>,
+    },
+    /// Print the settings that point Claude Code or Codex at relay, to do it by hand.
+    ///
+    /// claude: shell exports (eval "$(relay env claude)"); codex: a ~/.codex/config.toml section.
+    Env {
+        /// The agent: claude or codex.
+        #[arg(value_enum)]
+        agent: relay::cli::run::Agent,
+        /// Config file (for server.listen). Default: as for `serve`.
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Label the requests with this session (x-relay-session).
+        #[arg(long, value_name = "LABEL")]
+        session: Option<String>,
+    },
     /// Check that a running relay answers /healthz (exit 0) — the container HEALTHCHECK.
     Health {
         /// URL to ask. Default: http://127.0.0.1:<port of server.listen>/healthz (https://localhost
@@ -231,6 +273,62 @@ fn main() -> ExitCode {
             config,
             server,
         } => cache(command, config, server),
+        Command::Run {
+            agent,
+            config,
+            listen,
+            offline,
+            session,
+            log_file,
+            args,
+        } => {
+            let log_path =
+                log_file.unwrap_or_else(|| logging::default_tui_log().with_file_name("run.log"));
+            let _guard = match logging::init_file(LogFormat::Pretty, &log_path) {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!(
+                        "relay: cannot write the log file {}: {e}",
+                        log_path.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = relay::cli::run::RunOptions {
+                config,
+                listen,
+                offline,
+                session,
+                log_file: Some(log_path),
+            };
+            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match rt.block_on(relay::cli::run::run(agent, opts, args)) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => {
+                    eprintln!("relay: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Env {
+            agent,
+            config,
+            session,
+        } => match Config::load_or_default(config.as_deref(), &Env::from_process()) {
+            Ok(cfg) => {
+                let marks = relay::cli::run::Marks {
+                    session,
+                    only: false,
+                };
+                let base = relay::cli::run::base_url(cfg.server.listen);
+                print!("{}", relay::cli::run::env_text(agent, &base, &marks));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Usage(args) => usage(args),
         Command::Ca {
             command: CaCommand::Path,

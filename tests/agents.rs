@@ -362,3 +362,170 @@ async fn codex_over_the_responses_websocket_is_metered_cached_and_replayed() {
     );
     stop(relay).await;
 }
+
+/// Runs the relay binary with `args` and `env`, in `dir`.
+async fn relay_bin(args: &[&str], dir: &Path, env: &[(&str, String)]) -> Output {
+    run(env!("CARGO_BIN_EXE_relay"), args, dir, env, None).await
+}
+
+#[tokio::test]
+async fn relay_run_points_the_agents_at_relay_and_labels_the_session() {
+    if !installed("claude") || !installed("codex") {
+        return;
+    }
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    let d = dirs();
+    std::fs::create_dir_all(d.home.join(".codex")).unwrap();
+    let config = d.home.join("relay.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server:\n  listen: 127.0.0.1:0\n{}cache:\n  enabled: true\n  path: {}\ncost:\n  ledger_path: {}\n",
+            providers(&openai, &anthropic),
+            d.cache.display(),
+            d.home.join("ledger.redb").display()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let log = d.home.join("run.log").display().to_string();
+    let env = vec![
+        ("HOME", d.home.display().to_string()),
+        ("CODEX_HOME", d.home.join(".codex").display().to_string()),
+        ("ANTHROPIC_API_KEY", "sk-ant-test".to_string()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_string()),
+        ("DISABLE_AUTOUPDATER", "1".to_string()),
+    ];
+    // No relay is listening: `relay run` starts one for the run and stops it after.
+    let claude = relay_bin(
+        &[
+            "run",
+            "claude",
+            "--config",
+            &config,
+            "--session",
+            "demo",
+            "--log-file",
+            &log,
+            "--",
+            "-p",
+            "say hi",
+        ],
+        &d.one,
+        &env,
+    )
+    .await;
+    assert!(claude.status.success(), "{}", text(&claude));
+    assert!(
+        String::from_utf8_lossy(&claude.stdout).contains("Hello world"),
+        "{}",
+        text(&claude)
+    );
+    assert!(
+        String::from_utf8_lossy(&claude.stderr).contains("session demo"),
+        "{}",
+        text(&claude)
+    );
+    let sent = anthropic.last();
+    assert!(
+        sent.headers.get("x-relay-session").is_none(),
+        "relay's label stays with relay"
+    );
+    // Codex without a key of its own: relay's provider would inject one (none here).
+    let codex = relay_bin(
+        &[
+            "run",
+            "codex",
+            "--config",
+            &config,
+            "--session",
+            "demo",
+            "--log-file",
+            &log,
+            "--",
+            "exec",
+            "--skip-git-repo-check",
+            "say hi",
+        ],
+        &d.one,
+        &env,
+    )
+    .await;
+    assert!(codex.status.success(), "{}", text(&codex));
+    assert!(
+        String::from_utf8_lossy(&codex.stdout).contains("Hello world"),
+        "{}",
+        text(&codex)
+    );
+    assert!(openai.last().headers.get("authorization").is_none());
+
+    // The session's recordings, by label, with their clients.
+    let ls = relay_bin(
+        &["cache", "ls", "--config", &config, "--session", "demo"],
+        &d.one,
+        &env,
+    )
+    .await;
+    assert!(ls.status.success(), "{}", text(&ls));
+    let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(ls.contains("claude-code 2."), "{ls}");
+    assert!(ls.contains("codex 0."), "{ls}");
+    assert!(ls.contains("\"say hi\""), "{ls}");
+    let other = relay_bin(
+        &["cache", "ls", "--config", &config, "--session", "nope"],
+        &d.one,
+        &env,
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&other.stdout), "no cache entries\n");
+
+    // --offline replays from another checkout; nothing goes upstream.
+    let (a, o) = (anthropic.calls().get(), openai.calls().get());
+    let replay = relay_bin(
+        &[
+            "run",
+            "claude",
+            "--offline",
+            "--config",
+            &config,
+            "--log-file",
+            &log,
+            "--",
+            "-p",
+            "say hi",
+        ],
+        &d.two,
+        &env,
+    )
+    .await;
+    assert!(replay.status.success(), "{}", text(&replay));
+    let replay = relay_bin(
+        &[
+            "run",
+            "codex",
+            "--offline",
+            "--config",
+            &config,
+            "--log-file",
+            &log,
+            "--",
+            "exec",
+            "--skip-git-repo-check",
+            "say hi",
+        ],
+        &d.two,
+        &env,
+    )
+    .await;
+    assert!(replay.status.success(), "{}", text(&replay));
+    assert_eq!((anthropic.calls().get(), openai.calls().get()), (a, o));
+
+    // `relay env` prints the same settings, for doing it by hand.
+    let e = relay_bin(&["env", "claude", "--config", &config], &d.one, &env).await;
+    assert!(
+        String::from_utf8_lossy(&e.stdout).contains("export ANTHROPIC_BASE_URL=http://127.0.0.1:0")
+    );
+    let e = relay_bin(&["env", "codex", "--config", &config], &d.one, &env).await;
+    assert!(String::from_utf8_lossy(&e.stdout).contains("[model_providers.relay]"));
+}

@@ -267,8 +267,11 @@ fn check_ls(run: &Run, all: &[(CacheKey, Entry)]) {
                 &size.to_string(),
                 "B",
                 &e.meta.hits.to_string(),
+                "-",
+                "-",
                 "POST",
-                &e.meta.path
+                &e.meta.path,
+                "-"
             ],
             "{row:?}"
         );

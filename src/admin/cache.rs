@@ -67,6 +67,15 @@ pub struct EntrySummary {
     /// Accounted bytes ([`Entry::size`]).
     pub size: u64,
     pub hits: u64,
+    /// The client that sent the request (`claude-code 2.1.197`), when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// Its agent session, when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The start of its last user message, when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
 }
 
 impl EntrySummary {
@@ -83,6 +92,9 @@ impl EntrySummary {
             expires_ms: meta.expires_ms,
             size,
             hits: meta.hits,
+            client: meta.recorded.client.clone(),
+            session: meta.recorded.session.clone(),
+            prompt: meta.recorded.prompt.clone(),
         }
     }
 }
@@ -186,7 +198,7 @@ where
     match rest {
         "/entries" => match *method {
             Method::GET => {
-                let q = Query::parse(query, &["model", "limit"])?;
+                let q = Query::parse(query, &["model", "session", "limit"])?;
                 let limit = match q.get("limit") {
                     None => None,
                     Some(s) => Some(s.parse::<usize>().map_err(|_| {
@@ -198,6 +210,7 @@ where
                 };
                 let filter = ListFilter {
                     model: q.model()?,
+                    session: q.get("session").map(str::to_owned),
                     limit,
                 };
                 let rows: Vec<EntrySummary> = store
@@ -304,7 +317,12 @@ fn readable(body: &[u8]) -> Value {
 
 /// Every unexpired entry (of `model`), newest first, one export line each.
 async fn export(store: &Arc<dyn Store>, model: Option<String>) -> Result<String, StoreError> {
-    let rows = store.list(ListFilter { model, limit: None }).await?;
+    let rows = store
+        .list(ListFilter {
+            model,
+            ..Default::default()
+        })
+        .await?;
     let mut out = String::new();
     for (key, _, _) in rows {
         // Gone since the listing (expired, evicted, removed): not exported.

@@ -424,7 +424,7 @@ impl Store for RedbStore {
                             continue;
                         }
                     };
-                    if filter.model.is_some() && meta.model != filter.model {
+                    if !filter.admits(&meta) {
                         continue;
                     }
                     meta.hits = i.hits;

@@ -370,6 +370,7 @@ impl Store for RedisStore {
                         continue;
                     }
                     match codec::decode_meta(&stored.data) {
+                        Ok(meta) if !filter.admits(&meta) => {}
                         Ok(mut meta) => {
                             meta.hits = stored.hits;
                             out.push((key, meta, stored.size));

@@ -96,6 +96,8 @@ pub type ListItem = (CacheKey, EntryMeta, u64);
 pub struct ListFilter {
     /// Only entries recorded for this model (exact match).
     pub model: Option<String>,
+    /// Only entries recorded in this agent session (exact match).
+    pub session: Option<String>,
     /// At most this many (the newest); all when `None`.
     pub limit: Option<usize>,
 }
@@ -107,6 +109,14 @@ pub(crate) struct WriteHealth {
     backend: &'static str,
     lost: Arc<AtomicU64>,
     failing: bool,
+}
+
+impl ListFilter {
+    /// Whether an entry's meta passes the model and session filters.
+    pub fn admits(&self, meta: &EntryMeta) -> bool {
+        (self.model.is_none() || meta.model == self.model)
+            && (self.session.is_none() || meta.recorded.session == self.session)
+    }
 }
 
 impl WriteHealth {

@@ -351,8 +351,12 @@ where
     let models = ["gpt-4o", "claude", "gpt-4o", "claude", "gpt-4o"];
     for (i, model) in models.iter().enumerate() {
         let n = i as u8 + 1;
-        s.put(key(n), json_entry(model, T0 + u64::from(n), "{}"))
-            .unwrap();
+        let mut e = json_entry(model, T0 + u64::from(n), "{}");
+        // Entries 2 and 3 were recorded in one agent session.
+        if n == 2 || n == 3 {
+            e.meta.recorded.session = Some("s-1".into());
+        }
+        s.put(key(n), e).unwrap();
     }
     // list reflects writes queued before it, without an explicit flush.
     let all = s.list(ListFilter::default()).await.unwrap();
@@ -366,7 +370,7 @@ where
     let gpt = s
         .list(ListFilter {
             model: Some("gpt-4o".into()),
-            limit: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -376,6 +380,7 @@ where
         .list(ListFilter {
             model: Some("claude".into()),
             limit: Some(1),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -385,11 +390,21 @@ where
     let none = s
         .list(ListFilter {
             model: Some("nope".into()),
-            limit: None,
+            ..Default::default()
         })
         .await
         .unwrap();
     assert!(none.is_empty());
+    let session = s
+        .list(ListFilter {
+            session: Some("s-1".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let keys: Vec<CacheKey> = session.iter().map(|(k, _, _)| *k).collect();
+    assert_eq!(keys, [key(3), key(2)], "a session's entries, newest first");
+    assert_eq!(session[0].1.recorded.session.as_deref(), Some("s-1"));
 }
 
 pub(crate) async fn clear_all_or_by_model<F, Fut>(open: &F)

@@ -38,11 +38,16 @@ pub enum CacheCommand {
     /// List cached responses, newest first.
     ///
     /// One aligned row per entry: key prefix (what `show` takes), provider, model, age, size,
-    /// hits, and the request's method and path.
+    /// hits, the client and agent session that sent it, the request's method and path, and the
+    /// start of its last user message.
     Ls {
         /// Only entries recorded for this model (exact match, e.g. gpt-4o).
         #[arg(long, value_name = "MODEL")]
         model: Option<String>,
+        /// Only entries recorded in this agent session (as the SESSION column shows it whole,
+        /// or `relay run --session` named it).
+        #[arg(long, value_name = "SESSION")]
+        session: Option<String>,
         /// Show at most this many entries (0 = all).
         #[arg(long, default_value_t = 50, value_name = "N")]
         limit: usize,
@@ -197,10 +202,17 @@ impl Output {
 /// Runs `cmd` against `backend`; `now_ms` is "now" for ages.
 async fn execute(backend: &Backend, cmd: CacheCommand, now_ms: u64) -> Result<Output, CliError> {
     match cmd {
-        CacheCommand::Ls { model, limit } => {
+        CacheCommand::Ls {
+            model,
+            session,
+            limit,
+        } => {
             let mut query = Vec::new();
             if let Some(m) = &model {
                 query.push(format!("model={}", admin::percent_encode(m)));
+            }
+            if let Some(s) = &session {
+                query.push(format!("session={}", admin::percent_encode(s)));
             }
             if limit > 0 {
                 query.push(format!("limit={limit}"));
@@ -615,8 +627,19 @@ fn render_ls(rows: &[EntrySummary], model: Option<&str>, now_ms: u64) -> String 
             None => "no cache entries\n".to_owned(),
         };
     }
-    let header = ["KEY", "PROVIDER", "MODEL", "AGE", "SIZE", "HITS", "REQUEST"];
-    let cells: Vec<[String; 7]> = rows
+    let header = [
+        "KEY", "PROVIDER", "MODEL", "AGE", "SIZE", "HITS", "CLIENT", "SESSION", "REQUEST", "PROMPT",
+    ];
+    let or_dash = |v: &Option<String>, max: usize| match v {
+        Some(v) if v.chars().count() > max => {
+            let mut s: String = v.chars().take(max - 1).collect();
+            s.push('…');
+            s
+        }
+        Some(v) => v.clone(),
+        None => "-".into(),
+    };
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             [
@@ -626,7 +649,13 @@ fn render_ls(rows: &[EntrySummary], model: Option<&str>, now_ms: u64) -> String 
                 format_span(now_ms.saturating_sub(r.created_ms)),
                 format_size(r.size),
                 r.hits.to_string(),
+                or_dash(&r.client, 24),
+                or_dash(&r.session, 16),
                 format!("{} {}", r.method, r.path),
+                r.prompt
+                    .as_ref()
+                    .map(|p| format!("\"{}\"", or_dash(&Some(p.clone()), 40)))
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -637,8 +666,10 @@ fn render_ls(rows: &[EntrySummary], model: Option<&str>, now_ms: u64) -> String 
         }
     }
     // Text columns left-aligned, numbers (age, size, hits) right-aligned; no trailing spaces.
-    let right = [false, false, false, true, true, true, false];
-    let line = |row: [&str; 7]| {
+    let right = [
+        false, false, false, true, true, true, false, false, false, false,
+    ];
+    let line = |row: [&str; 10]| {
         let mut s = String::new();
         for (i, c) in row.iter().enumerate() {
             let pad = widths[i].saturating_sub(c.chars().count());

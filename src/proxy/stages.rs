@@ -296,6 +296,7 @@ impl RequestFilters {
             },
             other => other,
         };
+        headers.remove(crate::wire::clients::X_RELAY_SESSION);
         for h in &stage::CONTROL_HEADERS {
             headers.remove(h);
         }

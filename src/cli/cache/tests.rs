@@ -73,6 +73,9 @@ fn summary(short: &str, provider: &str, model: Option<&str>, created_ms: u64) ->
         expires_ms: None,
         size: 0,
         hits: 0,
+        client: None,
+        session: None,
+        prompt: None,
     }
 }
 
@@ -91,13 +94,16 @@ fn ls_is_an_aligned_table() {
     b.size = 512;
     b.hits = 120;
     b.path = "/v1/messages".into();
+    b.client = Some("claude-code 2.1.197".into());
+    b.session = Some("1f12ec93-fd3c-4694-a2bc".into());
+    b.prompt = Some("say hi".into());
     let c = summary("abcdefabcdef", "openai", None, now - 2 * HOUR);
     let table = render_ls(&[a, b, c], None, now);
     let want = "\
-KEY           PROVIDER   MODEL            AGE     SIZE  HITS  REQUEST
-3f2a9c1b0d4e  openai     gpt-4o            3m  1.2 KiB     4  POST /v1/chat/completions
-00ff00ff00ff  anthropic  claude-sonnet-4   5d    512 B   120  POST /v1/messages
-abcdefabcdef  openai     -                 2h      0 B     0  POST /v1/chat/completions
+KEY           PROVIDER   MODEL            AGE     SIZE  HITS  CLIENT               SESSION           REQUEST                    PROMPT
+3f2a9c1b0d4e  openai     gpt-4o            3m  1.2 KiB     4  -                    -                 POST /v1/chat/completions  -
+00ff00ff00ff  anthropic  claude-sonnet-4   5d    512 B   120  claude-code 2.1.197  1f12ec93-fd3c-4…  POST /v1/messages          \"say hi\"
+abcdefabcdef  openai     -                 2h      0 B     0  -                    -                 POST /v1/chat/completions  -
 ";
     assert_eq!(table, want, "\n{table}");
     assert_eq!(render_ls(&[], None, now), "no cache entries\n");
@@ -158,6 +164,7 @@ async fn commands_against_a_store_opened_directly() {
     let (ls, _) = d
         .run(CacheCommand::Ls {
             model: None,
+            session: None,
             limit: 50,
         })
         .await
@@ -178,6 +185,7 @@ async fn commands_against_a_store_opened_directly() {
     let (one, _) = d
         .run(CacheCommand::Ls {
             model: None,
+            session: None,
             limit: 1,
         })
         .await
