@@ -265,8 +265,12 @@ pub async fn run(agent: Agent, opts: RunOptions, agent_args: Vec<String>) -> Res
     } else {
         "started relay at"
     };
+    let logs = match (&started, &opts.log_file) {
+        (Some(_), Some(f)) => format!("; its log: {}", f.display()),
+        _ => String::new(),
+    };
     eprintln!(
-        "relay: {how} {base}{}; session {}",
+        "relay: {how} {base}{}; session {}{logs}",
         if opts.offline { " (offline)" } else { "" },
         marks.session.as_deref().unwrap_or("-")
     );
