@@ -133,6 +133,9 @@ pub struct RequestEvent {
     pub cost_micro_usd: Option<u64>,
     /// What a cache hit saved, in micro-USD (filled by the cost work item).
     pub saved_micro_usd: Option<u64>,
+    /// The agent session the request belongs to (`x-relay-session`, Claude Code's or Codex's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     /// Headers and bodies, captured only while someone subscribes.
     pub detail: Option<Box<Detail>>,
 }
@@ -352,6 +355,7 @@ pub struct Snapshot<'a> {
     pub cost_micros: u64,
     /// Cache hits: what the request would have cost, micro-USD.
     pub saved_micros: u64,
+    pub session: Option<&'a str>,
 }
 
 impl Live {
@@ -471,6 +475,7 @@ impl Live {
             tokens_out: x.usage.map(|u| u.output),
             cost_micro_usd: x.usage.map(|_| x.cost_micros),
             saved_micro_usd: (x.saved_micros > 0).then_some(x.saved_micros),
+            session: x.session.map(str::to_string),
             detail,
         }
     }

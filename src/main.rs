@@ -107,7 +107,7 @@ enum Command {
     },
     /// Show spending from the usage ledger: requests, tokens, cost and what the cache saved.
     ///
-    /// A table by day, model, key or provider with a total line; --json prints what
+    /// A table by day, model, key, provider or session with a total line; --json prints what
     /// GET /relay/usage returns, --csv one line per row. Reads the ledger file directly, or goes
     /// through the running relay that holds it.
     Usage(UsageArgs),

@@ -480,6 +480,17 @@ async fn relay_run_points_the_agents_at_relay_and_labels_the_session() {
     .await;
     assert_eq!(String::from_utf8_lossy(&other.stdout), "no cache entries\n");
 
+    // The run's spend, by session: both agents' requests booked to "demo".
+    let usage = relay_bin(
+        &["usage", "--by", "session", "--config", &config],
+        &d.one,
+        &env,
+    )
+    .await;
+    assert!(usage.status.success(), "{}", text(&usage));
+    let usage = String::from_utf8_lossy(&usage.stdout).into_owned();
+    assert!(usage.lines().any(|l| l.starts_with("demo ")), "{usage}");
+
     // --offline replays from another checkout; nothing goes upstream.
     let (a, o) = (anthropic.calls().get(), openai.calls().get());
     let replay = relay_bin(

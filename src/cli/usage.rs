@@ -25,7 +25,7 @@ pub struct UsageArgs {
     /// Period: the last N days including today (`7d`, `1d` = today), or from a date (`2025-11-01`).
     #[arg(long, default_value = "7d", value_name = "PERIOD")]
     pub since: String,
-    /// Group rows by day, model, key (alias or hash prefix) or provider.
+    /// Group rows by day, model, key (alias or hash prefix), provider or agent session.
     #[arg(long, value_enum, default_value = "day", value_name = "GROUP")]
     pub by: By,
     /// Print the report as JSON (what GET /relay/usage returns).
@@ -307,6 +307,7 @@ mod tests {
                 provider: "openai".into(),
                 model: model.into(),
                 key: key.into(),
+                session: "none".into(),
             },
             Counts {
                 requests: 1 + hits,

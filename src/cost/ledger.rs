@@ -10,8 +10,9 @@
 //!
 //! Layout (format [`LEDGER_VERSION`]):
 //! - table `meta`: `version` → the format;
-//! - table `usage`: key `"<YYYY-MM-DD>\x1f<provider>\x1f<model label>\x1f<key label>"` (so a range
-//!   from a day on is a key range), value [`Counts`] as little-endian u64s in field order. Fields are
+//! - table `usage`: key `"<YYYY-MM-DD>\x1f<provider>\x1f<model label>\x1f<key label>\x1f<session>"`
+//!   (so a range from a day on is a key range; a key written before sessions were booked has no
+//!   session part and reads as session `none`, so the format did not change), value [`Counts`] as little-endian u64s in field order. Fields are
 //!   only ever appended: a shorter value reads its missing fields as 0.
 //!
 //! Writes never wait for the disk on the request path: [`Writer::add`] queues a record (bounded
@@ -66,13 +67,32 @@ pub struct RowKey {
     pub model: String,
     /// Key alias, `key-<hash prefix>` or `none`.
     pub key: String,
+    /// The agent session ([`session_label`]), `none` without one.
+    #[serde(default = "none")]
+    pub session: String,
+}
+
+fn none() -> String {
+    "none".to_string()
+}
+
+/// Longest session label booked (an agent's ids are 36 characters).
+const SESSION_MAX: usize = 64;
+
+/// A session as the ledger books it: at most [`SESSION_MAX`] characters, without the row key's
+/// separator; `none` without one.
+pub fn session_label(session: Option<&str>) -> String {
+    match session.map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        Some(s) => s.chars().filter(|c| *c != SEP).take(SESSION_MAX).collect(),
+        None => none(),
+    }
 }
 
 impl RowKey {
     fn encode(&self) -> String {
         format!(
-            "{}{SEP}{}{SEP}{}{SEP}{}",
-            self.day, self.provider, self.model, self.key
+            "{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}",
+            self.day, self.provider, self.model, self.key, self.session
         )
     }
 
@@ -83,6 +103,7 @@ impl RowKey {
             provider: it.next()?.to_string(),
             model: it.next()?.to_string(),
             key: it.next()?.to_string(),
+            session: it.next().map_or_else(none, str::to_string),
         })
     }
 }
@@ -606,7 +627,24 @@ mod tests {
             provider: "openai".into(),
             model: model.into(),
             key: k.into(),
+            session: "none".into(),
         }
+    }
+
+    #[test]
+    fn rows_written_before_sessions_read_as_session_none() {
+        let old = format!("2026-12-01{SEP}openai{SEP}gpt-4o{SEP}key-ab12");
+        let k = RowKey::decode(&old).unwrap();
+        assert_eq!(k.session, "none");
+        let new = RowKey {
+            session: session_label(Some(" claude-20261202 ")),
+            ..k.clone()
+        };
+        assert_eq!(RowKey::decode(&new.encode()).unwrap(), new);
+        assert_eq!(new.session, "claude-20261202");
+        assert_eq!(session_label(None), "none");
+        assert_eq!(session_label(Some(&format!("a{SEP}b"))), "ab");
+        assert_eq!(session_label(Some(&"x".repeat(100))).len(), SESSION_MAX);
     }
 
     #[test]

@@ -341,6 +341,8 @@ pub struct Settled<'a> {
     pub usage: Option<Usage>,
     /// The answer was an error or did not complete.
     pub failed: bool,
+    /// The agent session, booked beside the key (`relay usage --by session`).
+    pub session: Option<&'a str>,
 }
 
 /// What a request cost, and what a cache hit saved, micro-USD.
@@ -466,6 +468,7 @@ impl Tally {
                 provider: provider.to_string(),
                 model: x.model_label.to_string(),
                 key: self.key.clone(),
+                session: ledger::session_label(x.session),
             };
             l.add(key, counts);
         }

@@ -20,6 +20,8 @@ pub enum By {
     Model,
     Key,
     Provider,
+    /// The agent session (`x-relay-session`, Claude Code's or Codex's id; `none` without one).
+    Session,
 }
 
 impl By {
@@ -29,6 +31,7 @@ impl By {
             By::Model => "model",
             By::Key => "key",
             By::Provider => "provider",
+            By::Session => "session",
         }
     }
 
@@ -38,6 +41,7 @@ impl By {
             "model" => Some(By::Model),
             "key" => Some(By::Key),
             "provider" => Some(By::Provider),
+            "session" => Some(By::Session),
             _ => None,
         }
     }
@@ -126,6 +130,7 @@ pub fn report(rows: &[Row], since: Day, today: Day, by: By) -> Report {
             By::Model => &k.model,
             By::Key => &k.key,
             By::Provider => &k.provider,
+            By::Session => &k.session,
         };
         groups.entry(g.clone()).or_default().add(c);
         total.add(c);

@@ -141,6 +141,7 @@ mod tests {
             tokens_out: None,
             cost_micro_usd: None,
             saved_micro_usd: None,
+            session: Some("s-1".into()),
             detail: None,
         };
         let mut wire = b": relay events\n\n".to_vec();

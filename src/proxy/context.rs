@@ -89,6 +89,10 @@ pub struct RequestContext {
     pub endpoint: crate::wire::Endpoint,
     /// Who calls, read once from the key headers (set when the request is routed).
     pub caller: Caller,
+    /// The client, from its `User-Agent` ([`crate::wire::clients::client_of`]; set when routed).
+    pub client: Option<String>,
+    /// The agent session ([`crate::wire::clients::session_of`]; set when routed).
+    pub session: Option<String>,
     /// What the body says (model, stream, usage chunk, token bound), read once.
     pub peek: crate::wire::BodyPeek,
     /// Metric label for the model (bounded, see [`crate::metrics::ModelLabels`]).
@@ -149,6 +153,8 @@ impl RequestContext {
             model: None,
             peek: crate::wire::BodyPeek::default(),
             caller: Caller::default(),
+            client: None,
+            session: None,
             endpoint: crate::wire::Endpoint::Other,
             model_label: String::from("none"),
             status: 0,
@@ -215,6 +221,7 @@ impl RequestContext {
             usage: self.usage,
             cost_micros: self.cost_micros,
             saved_micros: self.saved_micros,
+            session: self.session.as_deref(),
         }
     }
 

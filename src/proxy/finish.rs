@@ -36,6 +36,7 @@ pub fn finish(cx: &mut RequestContext) {
             model_label: &cx.model_label,
             usage: cx.usage,
             failed: status >= 400 || outcome != Ending::Complete,
+            session: cx.session.as_deref(),
         });
         cx.cost_micros = priced.cost_micros;
         cx.saved_micros = priced.saved_micros;

@@ -137,6 +137,8 @@ impl RouteByModel<'_> {
         let provider = &self.cfg.providers[index];
         x.provider = Some(provider.name.clone());
         x.caller = Caller::of(&parts.headers, provider);
+        x.client = crate::wire::clients::client_of(&parts.headers);
+        x.session = crate::wire::clients::session_of(&parts.headers);
         let mut path_and_query = route::upstream_path(&provider.base_url.path, rest);
         if let Some(q) = parts.uri.query() {
             path_and_query.push('?');
@@ -222,6 +224,8 @@ impl CacheLookup<'_> {
             upstream_path: path_and_query,
             endpoint: x.endpoint,
             body: whole,
+            client: x.client.as_deref(),
+            session: x.session.as_deref(),
         };
         let plan = cache.plan(self.cfg, &asked)?;
         let Some(lookup) = plan else {

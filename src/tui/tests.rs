@@ -37,6 +37,7 @@ fn ev(seq: u64, phase: Phase, at_s: u64) -> RequestEvent {
         tokens_out: None,
         cost_micro_usd: None,
         saved_micro_usd: None,
+        session: None,
         detail: None,
     }
 }

@@ -15,6 +15,9 @@ pub struct Asked<'a> {
     pub endpoint: crate::wire::Endpoint,
     /// The JSON body, when relay read it whole.
     pub body: Option<&'a Bytes>,
+    /// The client and agent session (worked out once by the pipeline), kept with a recording.
+    pub client: Option<&'a str>,
+    pub session: Option<&'a str>,
 }
 
 impl Cache {
@@ -28,6 +31,8 @@ impl Cache {
             upstream_path,
             endpoint,
             body,
+            client,
+            session,
         } = asked;
         if !c.enabled {
             return Ok(None);
@@ -107,8 +112,8 @@ impl Cache {
             body: body.clone(),
             ignore: c.ignore.clone(),
             portable: c.portable,
-            client: crate::wire::clients::client_of(headers),
-            session: crate::wire::clients::session_of(headers),
+            client: client.map(str::to_string),
+            session: session.map(str::to_string),
         };
         Ok(Some(Lookup {
             key,
