@@ -30,8 +30,13 @@ use tokio::sync::{broadcast, watch};
 /// Events a subscriber may fall behind by before the oldest are dropped for it.
 pub const DEFAULT_CAPACITY: usize = 1024;
 
-/// Bytes of each body kept for the detail view (the rest is counted, not kept).
-pub const BODY_CAPTURE_LIMIT: usize = 64 * 1024;
+/// Bytes of each body kept for the detail view (the rest is counted, not kept): a Claude Code
+/// request is about 80 KB, a long session's several hundred.
+pub const BODY_CAPTURE_LIMIT: usize = 1 << 20;
+
+/// Captured bytes the feed's window (its last `capacity` events) may hold in all: an event that
+/// would pass it is published with its headers but without its bodies (marked truncated).
+pub const FEED_DETAIL_BUDGET: u64 = 64 << 20;
 
 /// Path of the SSE feed (loopback peers only).
 pub const PATH: &str = "/relay/events";
@@ -136,6 +141,9 @@ pub struct RequestEvent {
     /// The agent session the request belongs to (`x-relay-session`, Claude Code's or Codex's id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// While a stream runs: its output tokens so far, estimated from the text it generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_live: Option<u64>,
     /// Headers and bodies, captured only while someone subscribes.
     pub detail: Option<Box<Detail>>,
 }
@@ -161,6 +169,19 @@ pub struct Events {
     seq: AtomicU64,
     dropped: IntCounter,
     closed: watch::Sender<bool>,
+    /// Captured bytes of the events in the window, by slot (`seq % capacity`), and their sum.
+    window: Box<[AtomicU64]>,
+    window_bytes: AtomicU64,
+}
+
+/// Bytes of an event's captured headers and bodies.
+pub fn detail_bytes(ev: &RequestEvent) -> u64 {
+    let Some(d) = &ev.detail else { return 0 };
+    let headers = |h: &[(String, String)]| h.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    (headers(&d.request_headers)
+        + headers(&d.response_headers)
+        + d.request_body.len()
+        + d.response_body.len()) as u64
 }
 
 impl Events {
@@ -175,6 +196,8 @@ impl Events {
             seq: AtomicU64::new(1),
             dropped,
             closed: watch::channel(false).0,
+            window: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+            window_bytes: AtomicU64::new(0),
         }
     }
 
@@ -197,6 +220,27 @@ impl Events {
         if self.tx.len() >= self.capacity {
             self.dropped.inc();
         }
+        let mut ev = ev;
+        let slot = &self.window[(ev.seq as usize) % self.capacity];
+        let mut size = detail_bytes(&ev);
+        let old = slot.load(Ordering::Relaxed);
+        let held = self
+            .window_bytes
+            .load(Ordering::Relaxed)
+            .saturating_sub(old);
+        if held + size > FEED_DETAIL_BUDGET {
+            if let Some(d) = ev.detail.as_deref_mut() {
+                d.request_truncated |= !d.request_body.is_empty();
+                d.response_truncated |= !d.response_body.is_empty();
+                d.request_body = String::new();
+                d.response_body = String::new();
+            }
+            size = detail_bytes(&ev);
+        }
+        // Lock-free: the slot's old size was added before, so the sum never goes below zero.
+        let old = slot.swap(size, Ordering::Relaxed);
+        self.window_bytes.fetch_add(size, Ordering::Relaxed);
+        self.window_bytes.fetch_sub(old, Ordering::Relaxed);
         let _ = self.tx.send(Arc::new(ev));
     }
 
@@ -332,7 +376,21 @@ pub struct Live {
     response_headers: Vec<(String, String)>,
     response_body: BytesMut,
     response_truncated: bool,
+    /// A streamed answer: its incomplete event, the generated text's characters so far, and when
+    /// progress was last published.
+    stream: Option<StreamProgress>,
 }
+
+/// How far a streamed answer has got, for the live token count.
+#[derive(Default)]
+struct StreamProgress {
+    partial: BytesMut,
+    chars: u64,
+    published: Option<Instant>,
+}
+
+/// How often, at most, a running stream publishes its progress.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// The `Exchange` fields an event reports, borrowed at publish time.
 pub struct Snapshot<'a> {
@@ -381,6 +439,7 @@ impl Live {
             response_headers: Vec::new(),
             response_body: BytesMut::new(),
             response_truncated: false,
+            stream: None,
         }))
     }
 
@@ -406,6 +465,9 @@ impl Live {
             .get(names::X_RELAY_CACHE_KEY)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        if crate::wire::has_event_stream(headers) {
+            self.stream = Some(StreamProgress::default());
+        }
         let ev = self.event(Phase::Start, x, None);
         self.events.publish(ev);
     }
@@ -421,6 +483,31 @@ impl Live {
         }
         self.response_body
             .extend_from_slice(&data[..data.len().min(room)]);
+        if let Some(s) = &mut self.stream {
+            let mut chars = 0;
+            crate::wire::sse::split_events(&mut s.partial, data, |ev| {
+                chars += crate::wire::sse::delta_chars(&ev);
+            });
+            s.chars += chars as u64;
+        }
+    }
+
+    /// A running stream's output tokens so far, estimated (4 characters a token), when it is time
+    /// to publish them again ([`PROGRESS_EVERY`]).
+    pub fn progress_due(&mut self) -> Option<u64> {
+        let s = self.stream.as_mut()?;
+        if s.chars == 0 || s.published.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return None;
+        }
+        s.published = Some(Instant::now());
+        Some(s.chars.div_ceil(4))
+    }
+
+    /// Publishes a running stream's progress: a start event with its live token estimate.
+    pub fn progress(&self, x: Snapshot<'_>, tokens: u64) {
+        let mut ev = self.event(Phase::Start, x, None);
+        ev.tokens_live = Some(tokens);
+        self.events.publish(ev);
     }
 
     /// The response ended: publish the end event with the captured detail.
@@ -476,6 +563,7 @@ impl Live {
             cost_micro_usd: x.usage.map(|_| x.cost_micros),
             saved_micro_usd: (x.saved_micros > 0).then_some(x.saved_micros),
             session: x.session.map(str::to_string),
+            tokens_live: None,
             detail,
         }
     }
@@ -576,5 +664,62 @@ mod tests {
         assert_eq!(live.response_body.len(), BODY_CAPTURE_LIMIT);
         assert!(live.response_truncated);
         assert!(live.first_byte.is_some());
+    }
+
+    #[test]
+    fn the_window_keeps_its_captured_bytes_within_the_budget() {
+        let events = Events::new(8, IntCounter::new("d", "d").unwrap());
+        let mut rx = events.subscribe();
+        let body = "x".repeat(BODY_CAPTURE_LIMIT);
+        let big = |seq: u64| RequestEvent {
+            seq,
+            detail: Some(Box::new(Detail {
+                request_body: body.clone(),
+                response_body: body.clone(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let per = 2 * BODY_CAPTURE_LIMIT as u64;
+        let fit = FEED_DETAIL_BUDGET / per;
+        for seq in 0..64 {
+            events.publish(big(seq));
+        }
+        assert!(events.window_bytes.load(Ordering::Relaxed) <= FEED_DETAIL_BUDGET);
+        // The window holds 8 events, all of which fit: none lost its bodies.
+        assert!(fit >= 8);
+        let mut kept = 0;
+        loop {
+            match rx.rx.try_recv() {
+                Ok(ev) => kept += usize::from(!ev.detail.as_ref().unwrap().request_truncated),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+        assert_eq!(kept, 8);
+        // A window too small for the next event strips its bodies, keeps its headers.
+        let small = Events::new(1024, IntCounter::new("e", "e").unwrap());
+        let mut rx = small.subscribe();
+        for seq in 0..(fit + 5) {
+            let mut ev = big(seq);
+            ev.detail.as_mut().unwrap().request_headers = vec![("a".into(), "b".into())];
+            small.publish(ev);
+        }
+        assert!(small.window_bytes.load(Ordering::Relaxed) <= FEED_DETAIL_BUDGET);
+        let mut stripped = 0;
+        while let Ok(ev) = rx.rx.try_recv() {
+            let d = ev.detail.as_ref().unwrap();
+            assert_eq!(d.request_headers.len(), 1, "headers always kept");
+            if d.request_truncated {
+                assert!(d.request_body.is_empty() && d.response_truncated);
+                stripped += 1;
+            }
+        }
+        let fit_with_headers = FEED_DETAIL_BUDGET / (per + 2);
+        assert_eq!(
+            stripped,
+            fit + 5 - fit_with_headers,
+            "only what passes the budget"
+        );
     }
 }

@@ -142,6 +142,7 @@ mod tests {
             cost_micro_usd: None,
             saved_micro_usd: None,
             session: Some("s-1".into()),
+            tokens_live: Some(4),
             detail: None,
         };
         let mut wire = b": relay events\n\n".to_vec();

@@ -155,8 +155,12 @@ impl RelayBody {
                 x.first_byte = Some(x.started.elapsed());
             }
             x.bytes_out += d.len() as u64;
-            if let Some(live) = x.live.as_deref_mut() {
+            if let Some(mut live) = x.live.take() {
                 live.on_data(d, x.started);
+                if let Some(tokens) = live.progress_due() {
+                    live.progress(x.snapshot(), tokens);
+                }
+                x.live = Some(live);
             }
         }
     }

@@ -301,6 +301,7 @@ impl RequestFilters {
             other => other,
         };
         headers.remove(crate::wire::clients::X_RELAY_SESSION);
+        headers.remove(crate::wire::clients::X_RELAY_REPLAY);
         for h in &stage::CONTROL_HEADERS {
             headers.remove(h);
         }

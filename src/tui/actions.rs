@@ -23,6 +23,10 @@ const NOT_REPLAYED: &[&str] = &[
     "x-request-id",
 ];
 
+/// The header a replay from the dashboard carries, so its row is marked (`↻`); relay removes it
+/// before forwarding.
+pub const REPLAY_HEADER: &str = crate::wire::clients::X_RELAY_REPLAY;
+
 fn replayed(name: &str) -> bool {
     !NOT_REPLAYED.iter().any(|h| name.eq_ignore_ascii_case(h))
         && !SECRET_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
@@ -58,7 +62,7 @@ pub fn curl(ev: &RequestEvent, relay_url: &str) -> String {
             ));
         }
         if d.request_truncated {
-            out.push_str("\n# note: the body was longer than the 64 KiB relay captures; it is cut");
+            out.push_str("\n# note: the body was longer than relay captures (1 MiB, or less when the dashboard's memory budget is reached); it is cut");
         }
     }
     out
@@ -81,7 +85,7 @@ impl Replay {
             .as_ref()
             .ok_or("its headers and body were not captured")?;
         if d.request_truncated {
-            return Err("its body was longer than relay captures (64 KiB)");
+            return Err("its body was longer than relay captures (1 MiB, or less past the dashboard's memory budget)");
         }
         Ok(Replay {
             method: ev.method.clone(),
@@ -102,7 +106,8 @@ impl Replay {
         let uri = format!("{}{}", relay_url.trim_end_matches('/'), self.path);
         let mut req = http::Request::builder()
             .method(self.method.as_str())
-            .uri(&uri);
+            .uri(&uri)
+            .header(REPLAY_HEADER, "tui");
         for (k, v) in &self.headers {
             req = req.header(k, v);
         }

@@ -61,6 +61,21 @@ pub fn handle_key(state: &mut State, key: KeyEvent) -> Option<Command> {
         return None;
     }
     let act = act?;
+    if matches!(
+        act,
+        Action::Up
+            | Action::Down
+            | Action::PageUp
+            | Action::PageDown
+            | Action::Top
+            | Action::Bottom
+            | Action::Open
+            | Action::Back
+            | Action::NextView
+    ) {
+        // A status line is about the row it was made on: moving on clears it.
+        state.status = None;
+    }
     match state.view {
         View::Help => {
             if matches!(act, Action::Back | Action::Help) {

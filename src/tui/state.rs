@@ -21,7 +21,7 @@ pub fn table_rows(height: u16) -> usize {
 
 /// Rows kept in the table; older ones are forgotten (totals keep counting).
 pub const MAX_ROWS: usize = 10_000;
-/// Captured headers and bodies kept over all rows (up to 128 KiB a request): past it, the oldest
+/// Captured headers and bodies kept over all rows (up to 2 MiB a request): past it, the oldest
 /// rows' are let go (the row stays), so a long session under heavy traffic stays within this.
 pub const DETAIL_BUDGET: u64 = 64 << 20;
 /// Seconds of history kept for the sparklines.
@@ -90,15 +90,7 @@ fn without_detail(ev: &RequestEvent) -> Arc<RequestEvent> {
     Arc::new(lighter)
 }
 
-/// Bytes a request's captured headers and bodies take.
-pub(crate) fn detail_bytes(ev: &RequestEvent) -> u64 {
-    let Some(d) = &ev.detail else { return 0 };
-    let headers = |h: &[(String, String)]| h.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-    (headers(&d.request_headers)
-        + headers(&d.response_headers)
-        + d.request_body.len()
-        + d.response_body.len()) as u64
-}
+pub(crate) use crate::events::detail_bytes;
 
 impl Row {
     /// Still running (start seen, end not yet, and no events dropped since).
@@ -176,11 +168,13 @@ enum Term {
     Status(String),
     /// `hit`, `miss`, `bypass`, `refresh`, `none`.
     Cache(String),
+    /// An agent session (part of its label or id).
+    Session(String),
     Text(String),
 }
 
 impl Filter {
-    /// Parses `model:gpt-4o status:5xx provider:openai cache:hit some text`.
+    /// Parses `model:gpt-4o status:5xx provider:openai cache:hit session:demo some text`.
     pub fn parse(text: &str) -> Filter {
         let terms = text
             .split_whitespace()
@@ -191,6 +185,7 @@ impl Filter {
                     Some(("provider", v)) => Term::Provider(v.to_string()),
                     Some(("status", v)) => Term::Status(v.to_string()),
                     Some(("cache", v)) => Term::Cache(v.to_string()),
+                    Some(("session", v)) => Term::Session(v.to_string()),
                     _ => Term::Text(lower),
                 }
             })
@@ -212,6 +207,7 @@ impl Filter {
         self.terms.iter().all(|t| match t {
             Term::Model(v) => has(ev.model.as_deref(), v),
             Term::Provider(v) => has(ev.provider.as_deref(), v),
+            Term::Session(v) => has(ev.session.as_deref(), v),
             Term::Status(v) => {
                 let s = ev.status.to_string();
                 match v.as_str() {
@@ -231,6 +227,7 @@ impl Filter {
                     || has(Some(&ev.request_id), v)
                     || has(Some(&ev.method), v)
                     || has(ev.error.as_deref(), v)
+                    || has(ev.session.as_deref(), v)
             }
         })
     }

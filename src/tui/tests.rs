@@ -38,6 +38,7 @@ fn ev(seq: u64, phase: Phase, at_s: u64) -> RequestEvent {
         cost_micro_usd: None,
         saved_micro_usd: None,
         session: None,
+        tokens_live: None,
         detail: None,
     }
 }
@@ -536,4 +537,41 @@ fn captured_detail_is_kept_within_its_budget_newest_first() {
     assert_eq!(kept, vec![9, 10, 11]);
     assert!(row(&s, 8).detail_dropped, "let go while held");
     assert_eq!(s.captured_bytes(), (one * 3, 0));
+}
+
+#[test]
+fn agent_rows_show_live_tokens_replays_and_clear_stale_status() {
+    let mut s = state(120, 40);
+    // A stream in flight reports its output so far; its end brings the real counts.
+    let mut running = ev(90, Phase::Start, 26);
+    running.tokens_live = Some(1234);
+    s.update(Msg::Event(Arc::new(running.clone())));
+    assert!(draw(&s).contains("…/~1.2k"), "{}", draw(&s));
+    let mut end = done(running, 900, None);
+    end.tokens_live = None;
+    end.tokens_in = Some(10);
+    end.tokens_out = Some(1300);
+    s.update(Msg::Event(Arc::new(end)));
+    assert!(!draw(&s).contains("…/~"), "{}", draw(&s));
+    // A request the dashboard sent again is marked.
+    let mut again = done(ev(91, Phase::End, 26), 5, Some(CacheState::Hit));
+    again.detail = Some(Box::new(Detail {
+        request_headers: vec![("x-relay-replay".into(), "tui".into())],
+        ..Default::default()
+    }));
+    s.update(Msg::Event(Arc::new(again)));
+    assert!(draw(&s).contains("↻"), "{}", draw(&s));
+    // The path column on wide screens.
+    assert!(draw(&s).contains("/v1/chat/completions"), "{}", draw(&s));
+    // Rows of one agent session, by filter.
+    let mut tagged = done(ev(92, Phase::End, 26), 5, None);
+    tagged.session = Some("claude-20261202-0530".into());
+    s.update(Msg::Event(Arc::new(tagged)));
+    s.set_filter("session:claude-2026");
+    assert_eq!(s.visible().len(), 1);
+    s.set_filter("");
+    // A status line goes once the selection moves on.
+    s.status = Some("cannot replay: its headers and body were not captured".into());
+    handle_key(&mut s, key('k'));
+    assert_eq!(s.status, None);
 }

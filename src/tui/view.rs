@@ -157,7 +157,18 @@ fn render_table(state: &State, f: &mut Frame, area: Rect) {
     let visible = state.visible();
     let wide = area.width >= 100;
     let header = TableRow::new(vec![
-        "", "time", "meth", "provider", "model", "st", "cache", "latency", "ttfb", "tokens", "cost",
+        "",
+        "time",
+        "meth",
+        "provider",
+        "model",
+        if wide { "path" } else { "" },
+        "st",
+        "cache",
+        "latency",
+        "ttfb",
+        "tokens",
+        "cost",
     ])
     .style(Style::new().bold().add_modifier(Modifier::UNDERLINED));
     let page = table_rows(state.size.1).max(1);
@@ -177,6 +188,12 @@ fn render_table(state: &State, f: &mut Frame, area: Rect) {
         Constraint::Length(4),
         Constraint::Length(if wide { 9 } else { 6 }),
         Constraint::Fill(1),
+        // The path on wide screens only (an agent's rows differ there: messages, count_tokens).
+        if wide {
+            Constraint::Fill(1)
+        } else {
+            Constraint::Length(0)
+        },
         Constraint::Length(3),
         Constraint::Length(if wide { 7 } else { 5 }),
         Constraint::Length(7),
@@ -212,11 +229,18 @@ fn render_table(state: &State, f: &mut Frame, area: Rect) {
 fn table_row<'a>(state: &State, r: &Row) -> TableRow<'a> {
     let ev = &r.ev;
     let wide = state.size.0 >= 100;
+    let replayed = ev.detail.as_ref().is_some_and(|d| {
+        d.request_headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(super::actions::REPLAY_HEADER))
+    });
     let (marker, latency) = if r.in_flight() {
         let so_far = state.now_ms.saturating_sub(ev.time_ms) * 1000;
         ("▶", format!("{}…", dur(so_far)))
     } else if r.unsure {
         ("?", "?".into())
+    } else if replayed {
+        ("↻", ev.latency_us.map(dur).unwrap_or_else(|| "–".into()))
     } else {
         (" ", ev.latency_us.map(dur).unwrap_or_else(|| "–".into()))
     };
@@ -252,6 +276,7 @@ fn table_row<'a>(state: &State, r: &Row) -> TableRow<'a> {
         Cell::from(ev.method.clone()),
         Cell::from(ev.provider.clone().unwrap_or_else(|| "-".into())),
         Cell::from(ev.model.clone().unwrap_or_else(|| "-".into())),
+        Cell::from(if wide { ev.path.clone() } else { String::new() }).dim(),
         Cell::from(match ev.status {
             0 => "…".to_string(),
             s => s.to_string(),
@@ -305,6 +330,12 @@ pub fn detail_text(row: &Row) -> Text<'static> {
             ev.model.as_deref().unwrap_or("-")
         ),
     ));
+    if let Some(session) = &ev.session {
+        lines.push(kv(
+            "session",
+            format!("{session}   (filter: session:{session})"),
+        ));
+    }
     let mut status = match ev.status {
         0 => "waiting for the upstream's response headers".to_string(),
         s => s.to_string(),
@@ -669,6 +700,10 @@ pub fn usd(micro: u64) -> String {
 
 fn tokens(ev: &RequestEvent) -> String {
     match (ev.tokens_in, ev.tokens_out) {
+        // A running stream: its output so far, estimated.
+        (None, None) if ev.tokens_live.is_some() => {
+            format!("…/~{}", count(ev.tokens_live.unwrap_or(0)))
+        }
         (None, None) => "–".to_string(),
         (i, o) => format!(
             "{}/{}",

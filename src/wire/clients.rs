@@ -36,6 +36,8 @@ pub fn per_run_fields() -> &'static FieldSet {
 
 /// Request header a caller (or `relay run`) sets to name its session.
 pub const X_RELAY_SESSION: &str = "x-relay-session";
+/// Request header of a request the dashboard sent again (`r`); removed before forwarding.
+pub const X_RELAY_REPLAY: &str = "x-relay-replay";
 
 /// The client a request comes from, from its `User-Agent`: `claude-code 2.1.197`,
 /// `codex 0.171.0`, `openai-python 1.99.0`, `anthropic-js 0.94.0`, else the agent's first word.

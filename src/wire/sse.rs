@@ -31,9 +31,60 @@ pub fn split_events(partial: &mut BytesMut, data: &Bytes, mut f: impl FnMut(Byte
     partial.extend_from_slice(&rest);
 }
 
+/// Characters of generated text one SSE event carries: an OpenAI chat chunk's
+/// `choices[0].delta.content`, an Anthropic `content_block_delta`'s text (or thinking, or tool
+/// input), a Responses `response.*.delta`. For live progress only: 0 for anything else.
+pub fn delta_chars(event: &[u8]) -> usize {
+    let Ok(text) = std::str::from_utf8(event) else {
+        return 0;
+    };
+    let mut n = 0;
+    for line in text.lines() {
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
+            continue;
+        };
+        let d = &v["delta"];
+        let piece = v["choices"][0]["delta"]["content"]
+            .as_str()
+            .or_else(|| d["text"].as_str())
+            .or_else(|| d["thinking"].as_str())
+            .or_else(|| d["partial_json"].as_str())
+            .or_else(|| {
+                v["type"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("response.") && t.ends_with(".delta"))
+                    .then(|| d.as_str())
+                    .flatten()
+            });
+        n += piece.map_or(0, |p| p.chars().count());
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delta_text_of_each_dialect() {
+        assert_eq!(
+            delta_chars(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\n"),
+            5
+        );
+        assert_eq!(delta_chars(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi \\u00e9\"}}\n\n"), 4);
+        assert_eq!(
+            delta_chars(b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"abc\"}\n\n"),
+            3
+        );
+        assert_eq!(delta_chars(b"data: [DONE]\n\n"), 0);
+        assert_eq!(
+            delta_chars(b"event: ping\ndata: {\"type\":\"ping\"}\n\n"),
+            0
+        );
+    }
 
     #[test]
     fn events_come_out_whole_however_the_stream_is_cut() {
