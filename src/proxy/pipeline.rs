@@ -56,6 +56,19 @@ use crate::error::{Dialect, EdgeError};
 use crate::metrics::Metrics;
 use crate::wire::headers as names;
 
+/// The pipeline as a Responses WebSocket runs its turns: one request each, from the socket's peer.
+fn turns(state: Arc<State>, peer: SocketAddr) -> responses_ws::Pipeline {
+    Arc::new(move |req| {
+        let state = state.clone();
+        Box::pin(async move {
+            match handle(state, peer, req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        })
+    })
+}
+
 /// The hyper service function.
 pub async fn handle(
     state: Arc<State>,
@@ -224,8 +237,7 @@ async fn forward(
             responses_ws::serve(
                 caller,
                 responses_ws::Opened {
-                    state: state.clone(),
-                    peer,
+                    pipeline: turns(state.clone(), peer),
                     path: path.split('?').next().unwrap_or(path).to_string(),
                     headers: parts.headers.clone(),
                     held: state.held.hold(),

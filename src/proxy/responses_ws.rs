@@ -18,10 +18,10 @@
 //! - Other WebSockets (the Realtime API) are spliced as before ([`super::tunnel`]).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -33,7 +33,6 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::body::RelayBody;
 use super::held::Held;
-use super::state::State;
 use crate::error::EdgeError;
 
 /// Whether relay ends this handshake itself: a WebSocket upgrade of the Responses API sent to an
@@ -71,10 +70,14 @@ pub fn accept(headers: &HeaderMap) -> Result<Response<RelayBody>, EdgeError> {
     Ok(resp)
 }
 
-/// What a turn is sent with: the handshake's path and end-to-end headers.
+/// What runs one turn: the pipeline, for the socket's caller ([`super::pipeline::handle`]).
+pub type Pipeline = Arc<
+    dyn Fn(Request<hyper::body::Incoming>) -> BoxFuture<'static, Response<RelayBody>> + Send + Sync,
+>;
+
+/// What a turn is sent with: the pipeline, the handshake's path and end-to-end headers.
 pub struct Opened {
-    pub state: Arc<State>,
-    pub peer: SocketAddr,
+    pub pipeline: Pipeline,
     /// The client path and query of the handshake (`/v1/responses`, `/openai/v1/responses`).
     pub path: String,
     pub headers: HeaderMap,
@@ -121,10 +124,10 @@ const NOT_FORWARDED: [header::HeaderName; 9] = [
 async fn session(mut ws: Ws, opened: &Opened) -> Result<(), WsError> {
     // One in-process HTTP/1.1 connection to the pipeline for the socket's turns, in order.
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    let (state, peer) = (opened.state.clone(), opened.peer);
+    let pipeline = opened.pipeline.clone();
     let svc = hyper::service::service_fn(move |req| {
-        let state = state.clone();
-        async move { super::pipeline::handle(state, peer, req).await }
+        let turn = pipeline(req);
+        async move { Ok::<_, std::convert::Infallible>(turn.await) }
     });
     tokio::spawn(async move {
         let _ = hyper::server::conn::http1::Builder::new()
