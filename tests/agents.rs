@@ -249,8 +249,23 @@ async fn codex_records_once_and_replays_offline_elsewhere() {
     );
     stop(relay).await;
 
-    // Offline from another checkout. (Codex is a static musl binary: faketime cannot shift its
-    // clock; the next-day rule is the same as Claude Code's and pinned by unit tests.)
+    // Recorded on another day: Codex is a static musl binary, so faketime cannot shift its clock;
+    // instead the recording is exported, its `<current_date>` moved to an earlier day, and
+    // imported again, as if it had been made then.
+    let file = d.home.join("codex.jsonl").display().to_string();
+    let cli_env = vec![("RELAY_CACHE_PATH", d.cache.display().to_string())];
+    let export = relay_bin(&["cache", "export", &file], &d.home, &cli_env).await;
+    assert!(export.status.success(), "{}", text(&export));
+    let recorded = std::fs::read_to_string(&file).unwrap();
+    let dated = dated_2020(&recorded);
+    assert_ne!(dated, recorded, "the recording names its date");
+    std::fs::write(&file, dated).unwrap();
+    for args in [&["cache", "clear"][..], &["cache", "import", &file]] {
+        let out = relay_bin(args, &d.home, &cli_env).await;
+        assert!(out.status.success(), "{}", text(&out));
+    }
+
+    // Offline, from another checkout, a later day.
     let relay = relay_on(&openai, &anthropic, &d.cache, true).await;
     let args = codex_args(&relay, "say hi");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -539,4 +554,20 @@ async fn relay_run_points_the_agents_at_relay_and_labels_the_session() {
     );
     let e = relay_bin(&["env", "codex", "--config", &config], &d.one, &env).await;
     assert!(String::from_utf8_lossy(&e.stdout).contains("[model_providers.relay]"));
+}
+
+/// `text` with every `<current_date>…</current_date>` set to 2020-01-01.
+fn dated_2020(text: &str) -> String {
+    let (open, close) = ("<current_date>", "</current_date>");
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(open) {
+        let after = &rest[i + open.len()..];
+        let Some(j) = after.find(close) else { break };
+        out.push_str(&rest[..i + open.len()]);
+        out.push_str("2020-01-01");
+        rest = &after[j..];
+    }
+    out.push_str(rest);
+    out
 }

@@ -61,9 +61,31 @@ static FIXED: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
     ]
 });
 
+/// Text at least one rule needs (the home prefixes and each rule's anchor).
+const ANCHORS: [&str; 13] = [
+    "/home/",
+    "/Users/",
+    "/root",
+    ":\\Users\\",
+    "gitStatus: ",
+    "git repo",
+    "ate is ",
+    "<current_date>",
+    "<timezone>",
+    "OS Version: ",
+    "Platform: ",
+    "Shell: ",
+    "<shell>",
+];
+
 impl Portable {
     /// The rewrite for `body` (the raw request): finds its working directory, if it names one.
     pub fn of(body: &[u8]) -> Portable {
+        let names_one = memchr::memmem::find(body, b"orking directory: ").is_some()
+            || memchr::memmem::find(body, b"<cwd>").is_some();
+        if !names_one {
+            return Portable::default();
+        }
         let text = String::from_utf8_lossy(body);
         let mut cwd = Vec::new();
         if let Some(m) = CWD.captures(&text).and_then(|c| c.get(1)) {
@@ -83,6 +105,12 @@ impl Portable {
 
     /// `s` in its portable form, or `None` when no rule applies.
     pub fn rewrite(&self, s: &str) -> Option<String> {
+        // Most strings hold none of the anchors: a few substring checks, no regex.
+        if !self.cwd.iter().any(|d| s.contains(d.as_str()))
+            && !ANCHORS.iter().any(|a| s.contains(a))
+        {
+            return None;
+        }
         let mut out: Cow<'_, str> = Cow::Borrowed(s);
         for dir in &self.cwd {
             if out.contains(dir.as_str()) {

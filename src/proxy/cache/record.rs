@@ -44,12 +44,9 @@ impl Cache {
                     created_ms: 0,
                     expires_ms: None,
                     hits: 0,
-                    recorded: lookup
-                        .parts
-                        .as_deref()
-                        .map(|p| recorded(p, &answer.request))
-                        .unwrap_or_default(),
+                    recorded: Recorded::default(),
                 },
+                parts: lookup.parts.clone(),
                 ttl: lookup.ttl,
                 request: answer.request,
                 size: 0,
@@ -114,6 +111,9 @@ pub(super) enum Kind {
 pub(super) struct Recorder {
     pub(super) kind: Kind,
     pub(super) key: CacheKey,
+    /// What the entry keeps of the request ([`recorded`]), worked out when the answer is stored:
+    /// after the caller has its answer, not before its headers.
+    pub(super) parts: Option<Arc<KeyParts>>,
     pub(super) cache: Arc<Cache>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) meta: EntryMeta,
@@ -207,6 +207,9 @@ impl Recorder {
         };
         let now = self.cache.clock.now_ms();
         let mut meta = self.meta;
+        if let Some(p) = &self.parts {
+            meta.recorded = recorded(p, &self.request);
+        }
         meta.created_ms = now;
         meta.expires_ms = self
             .ttl
