@@ -243,10 +243,6 @@ impl FieldSet {
         &self.paths
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.paths.is_empty()
-    }
-
     /// The node of the body itself.
     pub fn root(&self) -> &Node {
         &self.root
@@ -327,15 +323,6 @@ impl Node {
         }
     }
 
-    /// Nothing under this value is left out.
-    pub fn is_empty(&self) -> bool {
-        !self.drop
-            && self.fields.is_empty()
-            && self.any_field.is_none()
-            && self.indexes.is_empty()
-            && self.each.is_none()
-    }
-
     /// Whether the value itself is left out.
     pub fn drops(&self) -> bool {
         self.drop
@@ -359,11 +346,6 @@ impl Node {
             .map(|(_, n)| n)
             .or(self.each.as_deref())
             .unwrap_or(&EMPTY)
-    }
-
-    /// The node that leaves nothing out.
-    pub fn empty() -> &'static Node {
-        &EMPTY
     }
 }
 
@@ -429,7 +411,11 @@ mod tests {
         let l = r.field("l");
         assert!(l.element(0).field("id").drops() && !l.element(0).field("z").drops());
         assert!(l.element(1).field("id").drops() && l.element(1).field("z").drops());
-        assert!(r.field("none").is_empty() && Node::empty().is_empty());
+        assert_eq!(
+            r.field("none"),
+            &EMPTY,
+            "a field no path names: nothing under it"
+        );
         let (i, e) = FieldSet::parse(&["ok", "bad..path"]).unwrap_err();
         assert_eq!(i, 1, "{e}");
     }

@@ -272,11 +272,6 @@ impl KeyBuilder {
         KeyBuilder { ignore }
     }
 
-    /// The fields this builder leaves out.
-    pub fn ignored(&self) -> &FieldSet {
-        &self.ignore
-    }
-
     /// The key of a request (layout in the module docs). Parses the body once when it looks like
     /// JSON; costs about as much as one `serde_json` parse and re-serialization.
     pub fn key(&self, input: &KeyInput<'_>) -> CacheKey {
