@@ -234,15 +234,8 @@ fn main() -> ExitCode {
             attach,
         } => {
             let log_path = log_file.unwrap_or_else(logging::default_tui_log);
-            let _guard = match logging::init_file(log_format, &log_path) {
-                Ok(g) => g,
-                Err(e) => {
-                    eprintln!(
-                        "relay: cannot write the log file {}: {e}",
-                        log_path.display()
-                    );
-                    return ExitCode::FAILURE;
-                }
+            let Some(_guard) = log_to_file(log_format, &log_path) else {
+                return ExitCode::FAILURE;
             };
             let shown = Some(log_path.display().to_string());
             let result = match attach {
@@ -284,15 +277,8 @@ fn main() -> ExitCode {
         } => {
             let log_path =
                 log_file.unwrap_or_else(|| logging::default_tui_log().with_file_name("run.log"));
-            let _guard = match logging::init_file(LogFormat::Pretty, &log_path) {
-                Ok(g) => g,
-                Err(e) => {
-                    eprintln!(
-                        "relay: cannot write the log file {}: {e}",
-                        log_path.display()
-                    );
-                    return ExitCode::FAILURE;
-                }
+            let Some(_guard) = log_to_file(LogFormat::Pretty, &log_path) else {
+                return ExitCode::FAILURE;
             };
             let opts = relay::cli::run::RunOptions {
                 config,
@@ -373,6 +359,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Logs to `path` while a terminal program (the dashboard, an agent) has the screen; `None`,
+/// having said why, when the file cannot be written.
+fn log_to_file(format: LogFormat, path: &std::path::Path) -> Option<logging::LogGuard> {
+    match logging::init_file(format, path) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("relay: cannot write the log file {}: {e}", path.display());
+            None
+        }
     }
 }
 
