@@ -112,6 +112,19 @@ fn dirs() -> Dirs {
     }
 }
 
+/// The mock upstreams and directories of one agent test, or `None` (said why) when an agent it
+/// needs is not installed.
+async fn setup(agents: &[&str]) -> Option<(Mock, Mock, Dirs)> {
+    if !agents.iter().all(|a| installed(a)) {
+        return None;
+    }
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    let d = dirs();
+    std::fs::create_dir_all(d.home.join(".codex")).unwrap();
+    Some((openai, anthropic, d))
+}
+
 fn claude_env(relay: &Relay, home: &Path) -> Vec<(&'static str, String)> {
     vec![
         ("HOME", home.display().to_string()),
@@ -124,12 +137,9 @@ fn claude_env(relay: &Relay, home: &Path) -> Vec<(&'static str, String)> {
 
 #[tokio::test]
 async fn claude_code_records_once_and_replays_offline_the_next_day_elsewhere() {
-    if !installed("claude") {
+    let Some((openai, anthropic, d)) = setup(&["claude"]).await else {
         return;
-    }
-    let openai = Mock::start("openai", Kind::OpenAi).await;
-    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
-    let d = dirs();
+    };
     let args = ["-p", "say hi"];
 
     let relay = relay_on(&openai, &anthropic, &d.cache, false).await;
@@ -218,13 +228,9 @@ fn codex_env(home: &Path) -> Vec<(&'static str, String)> {
 
 #[tokio::test]
 async fn codex_records_once_and_replays_offline_elsewhere() {
-    if !installed("codex") {
+    let Some((openai, anthropic, d)) = setup(&["codex"]).await else {
         return;
-    }
-    let openai = Mock::start("openai", Kind::OpenAi).await;
-    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
-    let d = dirs();
-    std::fs::create_dir_all(d.home.join(".codex")).unwrap();
+    };
     let env = codex_env(&d.home);
 
     let relay = relay_on(&openai, &anthropic, &d.cache, false).await;
@@ -291,13 +297,9 @@ async fn codex_records_once_and_replays_offline_elsewhere() {
 
 #[tokio::test]
 async fn codex_over_the_responses_websocket_is_metered_cached_and_replayed() {
-    if !installed("codex") {
+    let Some((openai, anthropic, d)) = setup(&["codex"]).await else {
         return;
-    }
-    let openai = Mock::start("openai", Kind::OpenAi).await;
-    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
-    let d = dirs();
-    std::fs::create_dir_all(d.home.join(".codex")).unwrap();
+    };
     let env = codex_env(&d.home);
 
     let relay = relay_on(&openai, &anthropic, &d.cache, false).await;
@@ -385,13 +387,9 @@ async fn relay_bin(args: &[&str], dir: &Path, env: &[(&str, String)]) -> Output 
 
 #[tokio::test]
 async fn relay_run_points_the_agents_at_relay_and_labels_the_session() {
-    if !installed("claude") || !installed("codex") {
+    let Some((openai, anthropic, d)) = setup(&["claude", "codex"]).await else {
         return;
-    }
-    let openai = Mock::start("openai", Kind::OpenAi).await;
-    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
-    let d = dirs();
-    std::fs::create_dir_all(d.home.join(".codex")).unwrap();
+    };
     let config = d.home.join("relay.yaml");
     std::fs::write(
         &config,
