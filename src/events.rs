@@ -138,6 +138,15 @@ pub struct RequestEvent {
     pub cost_micro_usd: Option<u64>,
     /// What a cache hit saved, in micro-USD (filled by the cost work item).
     pub saved_micro_usd: Option<u64>,
+    /// What the provider's prompt cache saved on this request, micro-USD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_cache_saved_micro_usd: Option<u64>,
+    /// Prompt tokens read from the provider's prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_cached: Option<u64>,
+    /// Tokens were used, but the model has no price: its cost is $0 for want of one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unpriced: bool,
     /// The agent session the request belongs to (`x-relay-session`, Claude Code's or Codex's id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
@@ -413,6 +422,10 @@ pub struct Snapshot<'a> {
     pub cost_micros: u64,
     /// Cache hits: what the request would have cost, micro-USD.
     pub saved_micros: u64,
+    /// What the provider's prompt cache saved, micro-USD.
+    pub prompt_cache_saved_micros: u64,
+    /// Tokens were used, but the model has no price.
+    pub unpriced: bool,
     pub session: Option<&'a str>,
 }
 
@@ -562,6 +575,10 @@ impl Live {
             tokens_out: x.usage.map(|u| u.output),
             cost_micro_usd: x.usage.map(|_| x.cost_micros),
             saved_micro_usd: (x.saved_micros > 0).then_some(x.saved_micros),
+            prompt_cache_saved_micro_usd: (x.prompt_cache_saved_micros > 0)
+                .then_some(x.prompt_cache_saved_micros),
+            tokens_cached: x.usage.map(|u| u.cached_input).filter(|n| *n > 0),
+            unpriced: x.unpriced,
             session: x.session.map(str::to_string),
             tokens_live: None,
             detail,

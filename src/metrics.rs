@@ -1,21 +1,15 @@
 //! Prometheus metrics, on relay's own registry (so several servers in one process, as in tests, never
 //! share counters). Names are stable and documented in README.md.
 //!
-//! Label values are bounded: provider names come from config, a model is labelled by name only when
-//! the config or the built-in list knows it (dated ids fold to their family), anything else is
-//! `other`, so a client cannot blow up cardinality by sending made-up model names.
-
-use std::collections::HashSet;
+//! Label values are bounded: provider names come from config, a model is labelled by the id its
+//! price has (the config's `models:` key or the price data's model id, so dated ids fold to their
+//! model) or a literal route model, anything else is `other` (`crate::cost::prices`), so a client
+//! cannot blow up cardinality by sending made-up model names.
 
 use prometheus::{
     CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::config::Config;
-
-/// Model families labelled by name out of the box (one per line, embedded at build time).
-const KNOWN_MODELS: &str = include_str!("../assets/known_models.txt");
 
 /// Buckets for relay's own added time: 10 µs to 100 ms.
 const OVERHEAD_BUCKETS: &[f64] = &[
@@ -75,6 +69,12 @@ pub struct Metrics {
     pub cost_usd: CounterVec,
     /// `relay_cost_saved_usd_total{provider,model}`: what cache hits would have cost, USD.
     pub cost_saved_usd: CounterVec,
+    /// `relay_prompt_cache_saved_usd_total{provider,model}`: what the providers' prompt caches
+    /// saved (cache reads at the input rate minus at the cached rate), USD.
+    pub prompt_cache_saved_usd: CounterVec,
+    /// `relay_unpriced_requests_total{provider,model}`: requests that used tokens of a model with
+    /// no price (booked at $0).
+    pub unpriced: IntCounterVec,
     /// `relay_request_duration_seconds{provider}`: from the request's arrival to the last byte of
     /// the response (or the caller leaving).
     pub request_duration: HistogramVec,
@@ -223,6 +223,22 @@ impl Metrics {
             &["provider", "model"],
         )
         .expect("valid metric");
+        let prompt_cache_saved_usd = CounterVec::new(
+            Opts::new(
+                "relay_prompt_cache_saved_usd_total",
+                "What the providers' prompt caches saved (cache reads at the input rate minus at the cached rate), in USD",
+            ),
+            &["provider", "model"],
+        )
+        .expect("valid metric");
+        let unpriced = IntCounterVec::new(
+            Opts::new(
+                "relay_unpriced_requests_total",
+                "Requests that used tokens of a model with no price, booked at $0",
+            ),
+            &["provider", "model"],
+        )
+        .expect("valid metric");
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "relay_request_duration_seconds",
@@ -255,6 +271,8 @@ impl Metrics {
             Box::new(tokens_estimated.clone()),
             Box::new(cost_usd.clone()),
             Box::new(cost_saved_usd.clone()),
+            Box::new(prompt_cache_saved_usd.clone()),
+            Box::new(unpriced.clone()),
             Box::new(request_duration.clone()),
             Box::new(time_to_first_byte.clone()),
             Box::new(budget_used_ratio.clone()),
@@ -411,6 +429,8 @@ impl Metrics {
             tokens_estimated,
             cost_usd,
             cost_saved_usd,
+            prompt_cache_saved_usd,
+            unpriced,
             request_duration,
             time_to_first_byte,
             budget_used_ratio,
@@ -452,73 +472,9 @@ impl Default for Metrics {
     }
 }
 
-/// Maps a request's model to a bounded label value. Built once per config load.
-#[derive(Debug, Clone)]
-pub struct ModelLabels {
-    known: HashSet<String>,
-}
-
-impl ModelLabels {
-    /// Known models: the built-in list, config `models:` keys and literal (glob-free) route models.
-    pub fn from_config(cfg: &Config) -> ModelLabels {
-        let mut known: HashSet<String> = KNOWN_MODELS
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect();
-        known.extend(cfg.models.keys().cloned());
-        for r in &cfg.routes {
-            if let Some(p) = &r.model {
-                if !p.as_str().contains(['*', '?', '[']) {
-                    known.insert(p.as_str().to_string());
-                }
-            }
-        }
-        ModelLabels { known }
-    }
-
-    /// The label for `model`: itself when known, its family when it is a dated or suffixed variant of
-    /// a known model (`gpt-4o-2024-08-06` → `gpt-4o`), `none` when the request has no model, else
-    /// `other`.
-    pub fn label<'a>(&'a self, model: Option<&'a str>) -> &'a str {
-        let Some(model) = model else { return "none" };
-        if let Some(k) = self.known.get(model) {
-            return k;
-        }
-        // Strip trailing `-segment`s until a known family remains.
-        let mut cut = model;
-        while let Some(i) = cut.rfind('-') {
-            cut = &cut[..i];
-            if let Some(k) = self.known.get(cut) {
-                return k;
-            }
-        }
-        "other"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Env};
-
-    #[test]
-    fn model_labels_are_bounded() {
-        let cfg =
-            Config::from_yaml_str("models: {my-model: 0.001}", "t.yaml", &Env::empty()).unwrap();
-        let labels = ModelLabels::from_config(&cfg);
-        assert_eq!(labels.label(Some("gpt-4o")), "gpt-4o");
-        assert_eq!(labels.label(Some("gpt-4o-2024-08-06")), "gpt-4o");
-        assert_eq!(labels.label(Some("gpt-4o-mini-2024-07-18")), "gpt-4o-mini");
-        assert_eq!(
-            labels.label(Some("claude-sonnet-4-5-20250929")),
-            "claude-sonnet-4-5"
-        );
-        assert_eq!(labels.label(Some("my-model")), "my-model");
-        assert_eq!(labels.label(Some("totally-made-up")), "other");
-        assert_eq!(labels.label(None), "none");
-    }
 
     #[test]
     fn renders_text_format() {

@@ -326,8 +326,9 @@ async fn codex_over_the_responses_websocket_is_metered_cached_and_replayed() {
         sent.get("type").is_none() && sent.get("generate").is_none(),
         "{sent}"
     );
-    // Metered as a request of its own: the mock's 9 input tokens a turn (Codex's model is not one
-    // relay knows, so its label is `other`), one 200 row a turn beside the socket's 101.
+    // Metered as a request of its own: the mock's 9 input tokens a turn, one 200 row a turn beside
+    // the socket's 101. Codex's model (gpt-6.2-sol) is not in the price data: its label is
+    // `other`, and its turns are flagged unpriced (booked at $0), never priced as another model.
     let m = relay.metrics().await;
     let labels = [
         ("provider", "openai"),
@@ -343,6 +344,11 @@ async fn codex_over_the_responses_websocket_is_metered_cached_and_replayed() {
     ];
     assert!(
         metric(&m, "relay_requests_total", &turns).is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    let unpriced = [("provider", "openai"), ("model", "other")];
+    assert!(
+        metric(&m, "relay_unpriced_requests_total", &unpriced).is_some_and(|n| n >= 1.0),
         "{m}"
     );
     // The second run: every turn from the cache.

@@ -260,7 +260,10 @@ async fn cache_hits_cost_nothing_and_report_what_they_saved() {
     assert_eq!(first, again);
     assert_eq!(h["x-relay-cost-usd"], "0.000000");
     assert_eq!(h["x-relay-saved-usd"], "0.002500");
-    assert_eq!(h["x-relay-tokens"], "in=1000;out=100;cached=800");
+    assert_eq!(
+        h["x-relay-tokens"],
+        "in=1000;out=100;cached=800;reasoning=40"
+    );
     // A stream recorded with the injected usage chunk replays without it, and its saving is known.
     let sse = chat_body("gpt-4o", true);
     let (_, _, live) = call(&relay, CHAT, &sse, &[]).await;
@@ -301,19 +304,33 @@ async fn cache_hits_cost_nothing_and_report_what_they_saved() {
 }
 
 #[tokio::test]
-async fn unknown_models_cost_nothing_and_never_fail() {
+async fn unknown_models_cost_nothing_are_flagged_and_never_fail() {
     let (_openai, _anthropic, relay) = setup("").await;
-    let (s, _, _) = call(&relay, CHAT, &chat_body("my-own-model", false), &[]).await;
-    assert_eq!(s, StatusCode::OK);
-    settled(&relay, 1).await;
+    // `claude-opus-4-9` is not `claude-opus-4` (or any other model) with a suffix cut off.
+    for model in ["my-own-model", "gpt-4o-nonexistent", "claude-opus-4-9"] {
+        let (s, _, _) = call(&relay, CHAT, &chat_body(model, false), &[]).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    settled(&relay, 3).await;
     let r = usage(&relay, "by=model").await;
     let row = group(&r, "other");
-    assert_eq!(row["input"], 9);
+    assert_eq!(row["input"], 27);
     assert_eq!(row["cost_micros"], 0);
+    assert_eq!(row["unpriced"], 3);
+    // The claude model is routed to Anthropic.
+    let m = relay.metrics().await;
+    for (provider, n) in [("openai", 2.0), ("anthropic", 1.0)] {
+        let labels = [("provider", provider), ("model", "other")];
+        assert_eq!(
+            metric(&m, "relay_unpriced_requests_total", &labels),
+            Some(n),
+            "{m}"
+        );
+    }
 }
 
 #[tokio::test]
-async fn config_prices_override_the_built_in_table() {
+async fn config_prices_override_the_price_data() {
     // The original relay's per-1K form: $0.01 per 1K tokens, input and output alike.
     let (_openai, _anthropic, relay) = setup("models:\n  gpt-4o: 0.01\n").await;
     call(
@@ -484,13 +501,21 @@ async fn relay_usage_reads_the_ledger_directly_or_through_the_running_server() {
     let table = run(&["--by", "key"]).await;
     let alice_line = table.lines().find(|l| l.starts_with("alice")).unwrap();
     let cols: Vec<&str> = alice_line.split_whitespace().collect();
-    // key requests hits misses errors input cached output cost saved
+    // key requests hits misses errors input cache-read cache-write output cost relay-saved
+    // prompt-cache-saved: 800 tokens read from OpenAI's cache at $1.25/M instead of $2.50/M.
     assert_eq!(
         cols,
-        ["alice", "2", "1", "1", "0", "200", "800", "100", "0.002500", "0.002500"]
+        [
+            "alice", "2", "1", "1", "0", "200", "800", "0", "100", "0.002500", "0.002500",
+            "0.001000"
+        ]
     );
     assert!(
-        table.contains("the cache saved $0.002500 (1 hits)"),
+        table.contains("relay's cache saved $0.002500 (1 hits)"),
+        "{table}"
+    );
+    assert!(
+        table.contains("the providers' prompt caches saved $0.001000 (800 tokens read from them)"),
         "{table}"
     );
     let through_server: serde_json::Value =

@@ -186,10 +186,12 @@ pub fn render_table(r: &Report) -> String {
         "misses",
         "errors",
         "input",
-        "cached",
+        "cache read",
+        "cache write",
         "output",
         "cost $",
-        "saved $",
+        "relay cache saved $",
+        "prompt cache saved $",
     ];
     let line = |row: &ReportRow| -> Vec<String> {
         let c = &row.counts;
@@ -199,11 +201,13 @@ pub fn render_table(r: &Report) -> String {
             c.hits.to_string(),
             c.misses.to_string(),
             c.errors.to_string(),
-            (c.input + c.cache_write).to_string(),
+            c.input.to_string(),
             c.cached_input.to_string(),
+            (c.cache_write + c.cache_write_1h).to_string(),
             c.output.to_string(),
             crate::wire::usd(c.cost_micros),
             crate::wire::usd(c.saved_micros),
+            crate::wire::usd(c.prompt_cache_saved_micros),
         ]
     };
     let mut cells: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
@@ -215,11 +219,11 @@ pub fn render_table(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "usage {} to {} (UTC), by {}; prices as of {}",
+        "usage {} to {} (UTC), by {}; prices: config models:, then {}",
         r.since,
         r.until,
         r.by.as_str(),
-        r.prices_as_of
+        r.prices
     );
     for n in &r.notices {
         let _ = writeln!(out, "note: {n}");
@@ -250,13 +254,28 @@ pub fn render_table(r: &Report) -> String {
         out.push_str(l.trim_end());
         out.push('\n');
     }
-    let saved = r.total.counts.saved_micros;
-    if saved > 0 {
+    let t = &r.total.counts;
+    if t.saved_micros > 0 {
         let _ = writeln!(
             out,
-            "the cache saved ${} ({} hits)",
-            crate::wire::usd(saved),
-            r.total.counts.hits
+            "relay's cache saved ${} ({} hits)",
+            crate::wire::usd(t.saved_micros),
+            t.hits
+        );
+    }
+    if t.prompt_cache_saved_micros > 0 {
+        let _ = writeln!(
+            out,
+            "the providers' prompt caches saved ${} ({} tokens read from them)",
+            crate::wire::usd(t.prompt_cache_saved_micros),
+            t.cached_input
+        );
+    }
+    if t.unpriced > 0 {
+        let _ = writeln!(
+            out,
+            "{} requests used models with no price and are counted at $0 (see `relay prices`; add them under models: in the config)",
+            t.unpriced
         );
     }
     out
@@ -265,7 +284,7 @@ pub fn render_table(r: &Report) -> String {
 /// The report as CSV: a header, one line per group, then `total`.
 pub fn render_csv(r: &Report) -> String {
     let mut out = format!(
-        "{},requests,hits,misses,errors,estimated,input_tokens,cached_input_tokens,cache_write_tokens,output_tokens,reasoning_tokens,cost_usd,saved_usd\n",
+        "{},requests,hits,misses,errors,estimated,input_tokens,cached_input_tokens,cache_write_tokens,output_tokens,reasoning_tokens,cost_usd,saved_usd,cache_write_1h_tokens,prompt_cache_saved_usd,unpriced\n",
         r.by.as_str()
     );
     for row in r.rows.iter().chain(std::iter::once(&r.total)) {
@@ -277,7 +296,7 @@ pub fn render_csv(r: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "{group},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{group},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             c.requests,
             c.hits,
             c.misses,
@@ -289,7 +308,10 @@ pub fn render_csv(r: &Report) -> String {
             c.output,
             c.reasoning,
             crate::wire::usd(c.cost_micros),
-            crate::wire::usd(c.saved_micros)
+            crate::wire::usd(c.saved_micros),
+            c.cache_write_1h,
+            crate::wire::usd(c.prompt_cache_saved_micros),
+            c.unpriced
         );
     }
     out
@@ -372,7 +394,7 @@ mod tests {
             "{table}"
         );
         assert!(
-            table.contains("the cache saved $0.002000 (1 hits)"),
+            table.contains("relay's cache saved $0.002000 (1 hits)"),
             "{table}"
         );
         let csv = render_csv(&by_key);

@@ -451,7 +451,10 @@ pub struct ModelPrice {
     pub input: u64,
     pub output: u64,
     pub cached_input: Option<u64>,
+    /// 5-minute prompt-cache writes.
     pub cache_write: Option<u64>,
+    /// 1-hour prompt-cache writes (default: the 5-minute rate).
+    pub cache_write_1h: Option<u64>,
 }
 
 /// `cost:` — what relay counts and keeps about spending.

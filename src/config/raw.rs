@@ -183,7 +183,7 @@ pub struct RawCache {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(
     untagged,
-    expecting = "a price: USD per 1K tokens (0.03), or {input, output, cached_input, cache_write} in USD per 1M tokens"
+    expecting = "a price: USD per 1K tokens (0.03), or {input, output, cached_input, cache_write, cache_write_1h} in USD per 1M tokens"
 )]
 pub enum RawPrice {
     PerThousand(f64),
@@ -197,6 +197,7 @@ pub struct RawPricePerMillion {
     pub output: f64,
     pub cached_input: Option<f64>,
     pub cache_write: Option<f64>,
+    pub cache_write_1h: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

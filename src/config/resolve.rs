@@ -339,6 +339,7 @@ fn resolve_price(cx: &Ctx, path: &str, p: RawPrice) -> Result<ModelPrice, Config
                 output: v,
                 cached_input: None,
                 cache_write: None,
+                cache_write_1h: None,
             }
         }
         RawPrice::PerMillion(m) => ModelPrice {
@@ -351,6 +352,10 @@ fn resolve_price(cx: &Ctx, path: &str, p: RawPrice) -> Result<ModelPrice, Config
             cache_write: m
                 .cache_write
                 .map(|v| micro(".cache_write", v))
+                .transpose()?,
+            cache_write_1h: m
+                .cache_write_1h
+                .map(|v| micro(".cache_write_1h", v))
                 .transpose()?,
         },
     })

@@ -171,6 +171,7 @@ fn original_relay_config_loads_unchanged() {
         output: micro,
         cached_input: None,
         cache_write: None,
+        cache_write_1h: None,
     };
     assert_eq!(cfg.models.len(), 2);
     assert_eq!(cfg.models["gpt-4"], per_million(30_000_000));
@@ -257,6 +258,7 @@ fn ratelimit_and_prices() {
             output: 15_000_000,
             cached_input: Some(300_000),
             cache_write: Some(3_750_000),
+            cache_write_1h: None,
         }
     );
     // enabled: true with no rate is a mistake, not a silent "no limit".
@@ -441,7 +443,7 @@ fn errors_name_file_and_key_path() {
         (
             "price that is not a number",
             "models:\n  gpt-4: cheap\n",
-            "t.yaml: models.gpt-4: a price: USD per 1K tokens (0.03), or {input, output, cached_input, cache_write} in USD per 1M tokens",
+            "t.yaml: models.gpt-4: a price: USD per 1K tokens (0.03), or {input, output, cached_input, cache_write, cache_write_1h} in USD per 1M tokens",
         ),
         (
             "negative rate",

@@ -167,6 +167,8 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         cached_input: Option<f64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         cache_write: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_write_1h: Option<f64>,
     }
     let d = |d: Duration| humantime::format_duration(d).to_string();
     let usd = |micro: u64| micro as f64 / 1e6;
@@ -292,6 +294,7 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
                         output: usd(p.output),
                         cached_input: p.cached_input.map(usd),
                         cache_write: p.cache_write.map(usd),
+                        cache_write_1h: p.cache_write_1h.map(usd),
                     },
                 )
             })

@@ -126,11 +126,24 @@ pub struct Counts {
     pub output: u64,
     pub reasoning: u64,
     pub cost_micros: u64,
+    /// What relay's cache saved (hits).
     pub saved_micros: u64,
+    /// 1-hour prompt-cache writes (`cache_write` holds the 5-minute ones).
+    #[serde(default)]
+    pub cache_write_1h: u64,
+    /// Requests that used tokens of a model with no price (booked at $0).
+    #[serde(default)]
+    pub unpriced: u64,
+    /// What the provider's prompt cache saved (reads at the input rate minus at the cached rate).
+    #[serde(default)]
+    pub prompt_cache_saved_micros: u64,
 }
 
+/// Fields of a [`Counts`] on disk.
+const FIELDS: usize = 15;
+
 impl Counts {
-    fn fields(&self) -> [u64; 12] {
+    fn fields(&self) -> [u64; FIELDS] {
         [
             self.requests,
             self.hits,
@@ -144,10 +157,13 @@ impl Counts {
             self.reasoning,
             self.cost_micros,
             self.saved_micros,
+            self.cache_write_1h,
+            self.unpriced,
+            self.prompt_cache_saved_micros,
         ]
     }
 
-    fn from_fields(f: [u64; 12]) -> Counts {
+    fn from_fields(f: [u64; FIELDS]) -> Counts {
         Counts {
             requests: f[0],
             hits: f[1],
@@ -161,6 +177,9 @@ impl Counts {
             reasoning: f[9],
             cost_micros: f[10],
             saved_micros: f[11],
+            cache_write_1h: f[12],
+            unpriced: f[13],
+            prompt_cache_saved_micros: f[14],
         }
     }
 
@@ -178,8 +197,8 @@ impl Counts {
     }
 
     fn decode(b: &[u8]) -> Counts {
-        let mut f = [0u64; 12];
-        for (i, chunk) in b.chunks_exact(8).take(12).enumerate() {
+        let mut f = [0u64; FIELDS];
+        for (i, chunk) in b.chunks_exact(8).take(FIELDS).enumerate() {
             f[i] = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
         }
         Counts::from_fields(f)
@@ -423,6 +442,9 @@ impl Ledger {
     }
 }
 
+// `Add` is nearly every message: kept inline (no allocation per request) at the cost of a larger
+// slot in the bounded queue.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Add(RowKey, Counts),
     Rows(String, oneshot::Sender<Result<Vec<Row>, String>>),

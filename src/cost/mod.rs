@@ -20,6 +20,7 @@ pub mod budget;
 pub mod inject;
 pub mod ledger;
 pub mod prices;
+pub mod rates;
 pub mod report;
 pub mod tokens;
 pub mod usage;
@@ -33,11 +34,13 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
 use tokio::sync::Notify;
 
-pub use prices::{cost_micros, usd, Prices};
+pub use crate::wire::usd;
+pub use prices::{Prices, Resolved};
+pub use rates::{Cost, Price};
 pub use usage::{Meter, MeterMode, Usage};
 
 use crate::clock::Clock;
-use crate::config::{Budget, Config, ModelPrice, Provider, ProviderKind, StreamUsage};
+use crate::config::{Budget, Config, Provider, ProviderKind, StreamUsage};
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
 use crate::shard::Sharded;
@@ -345,11 +348,16 @@ pub struct Settled<'a> {
     pub session: Option<&'a str>,
 }
 
-/// What a request cost, and what a cache hit saved, micro-USD.
+/// What a request cost, and what it saved, micro-USD.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Priced {
     pub cost_micros: u64,
+    /// A relay cache hit (or shared call): what the answer would have cost.
     pub saved_micros: u64,
+    /// What the provider's prompt cache saved on the upstream call.
+    pub prompt_cache_saved_micros: u64,
+    /// Tokens were used, but the model has no price: booked at $0.
+    pub unpriced: bool,
 }
 
 /// Whatever carries a request's usage to its close (the pipeline's per-request context): a
@@ -367,7 +375,7 @@ pub struct Tally {
     pub key: String,
     /// Answered without an upstream call (cache hit or shared flight): cost 0, the price is saved.
     pub hit: bool,
-    price: Option<ModelPrice>,
+    price: Option<Arc<Price>>,
     /// The budget alias whose gauge to update after booking.
     budget: Option<(String, Budget)>,
 }
@@ -385,26 +393,34 @@ impl Tally {
             ..Default::default()
         };
         if let Some(u) = x.usage {
-            let micros = match &self.price {
-                Some(p) => cost_micros(p, &u),
+            let cost = match &self.price {
+                Some(p) => p.cost(&u),
                 None => {
                     if u.total() > 0 {
                         acct.warn_unpriced(x.model.unwrap_or("-"));
+                        priced.unpriced = true;
+                        counts.unpriced = 1;
+                        m.unpriced
+                            .with_label_values(&[provider, x.model_label])
+                            .inc();
                     }
-                    0
+                    Cost::default()
                 }
             };
             if self.hit {
-                priced.saved_micros = micros;
+                priced.saved_micros = cost.micros;
             } else {
-                priced.cost_micros = micros;
+                priced.cost_micros = cost.micros;
+                priced.prompt_cache_saved_micros = cost.prompt_cache_saved_micros;
             }
             let labels = |kind| [provider, x.model_label, kind];
             for (kind, n) in [
                 ("input", u.input),
                 ("cached_input", u.cached_input),
                 ("cache_write", u.cache_write),
+                ("cache_write_1h", u.cache_write_1h),
                 ("output", u.output),
+                ("reasoning", u.reasoning),
             ] {
                 if n > 0 && !self.hit {
                     // Metered and estimated figures stay apart.
@@ -429,6 +445,7 @@ impl Tally {
                 counts.input = u.input;
                 counts.cached_input = u.cached_input;
                 counts.cache_write = u.cache_write;
+                counts.cache_write_1h = u.cache_write_1h;
                 counts.output = u.output;
                 counts.reasoning = u.reasoning;
                 counts.estimated = u64::from(u.estimated);
@@ -445,8 +462,14 @@ impl Tally {
                 .with_label_values(&pm)
                 .inc_by(priced.saved_micros as f64 / 1e6);
         }
+        if priced.prompt_cache_saved_micros > 0 {
+            m.prompt_cache_saved_usd
+                .with_label_values(&pm)
+                .inc_by(priced.prompt_cache_saved_micros as f64 / 1e6);
+        }
         counts.cost_micros = priced.cost_micros;
         counts.saved_micros = priced.saved_micros;
+        counts.prompt_cache_saved_micros = priced.prompt_cache_saved_micros;
         if self.hit {
             counts.hits = 1;
         } else if failed {
@@ -481,7 +504,7 @@ impl Tally {
 pub struct Plan {
     acct: Arc<Accounting>,
     key: String,
-    price: Option<ModelPrice>,
+    price: Option<Arc<Price>>,
     budget: Option<(String, Budget)>,
     /// The answer carries usage worth reading.
     metered: bool,
@@ -505,13 +528,14 @@ pub fn plan(
     booked: Option<&blake3::Hash>,
     body: Option<&Bytes>,
     model: Option<&str>,
+    price: Option<&Arc<Price>>,
     peek: &crate::wire::BodyPeek,
 ) -> Option<Plan> {
     if !book.enabled {
         return None;
     }
     let key = acct.keys.fold(book.key_label(booked), &acct.metrics);
-    let price = model.and_then(|m| book.prices.lookup(m)).map(|(_, p)| p);
+    let price = price.cloned();
     let budget = book
         .budget_for(&key)
         .filter(|(name, _)| *name != "*")
@@ -571,7 +595,7 @@ impl Plan {
             acct: self.acct.clone(),
             key: self.key.clone(),
             hit,
-            price: self.price,
+            price: self.price.clone(),
             budget: self.budget.clone(),
         }
     }
@@ -621,7 +645,7 @@ impl Plan {
         let recorded = resp.extensions_mut().remove::<RecordedUsage>();
         if let Some(RecordedUsage(Some(u))) = recorded {
             served.usage = Some(u);
-            let saved = self.price.map(|p| cost_micros(&p, &u)).unwrap_or(0);
+            let saved = self.price.as_ref().map_or(0, |p| p.cost(&u).micros);
             let h = resp.headers_mut();
             h.insert(
                 names::X_RELAY_COST_USD,
@@ -670,8 +694,9 @@ pub struct Served {
     pub hook: Option<Hook>,
 }
 
-/// `x-relay-tokens`: `in=<prompt>;out=<output>;cached=<cached input>` (`;estimated` when counted by
-/// relay).
+/// `x-relay-tokens`: `in=<prompt>;out=<output>;cached=<cached input>`, then the classes that are
+/// not zero (`cache_write=`, `cache_write_1h=`, `reasoning=`), and `;estimated` when counted by
+/// relay.
 pub fn tokens_header(u: &Usage) -> String {
     let mut s = format!(
         "in={};out={};cached={}",
@@ -679,6 +704,15 @@ pub fn tokens_header(u: &Usage) -> String {
         u.output,
         u.cached_input
     );
+    for (name, n) in [
+        ("cache_write", u.cache_write),
+        ("cache_write_1h", u.cache_write_1h),
+        ("reasoning", u.reasoning),
+    ] {
+        if n > 0 {
+            s.push_str(&format!(";{name}={n}"));
+        }
+    }
     if u.estimated {
         s.push_str(";estimated");
     }

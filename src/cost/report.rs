@@ -55,8 +55,8 @@ pub struct Report {
     /// Last day included (today, UTC).
     pub until: String,
     pub by: By,
-    /// The date of the built-in price table.
-    pub prices_as_of: String,
+    /// Where the prices come from (the price data's version).
+    pub prices: String,
     pub rows: Vec<ReportRow>,
     pub total: ReportRow,
     /// What the reader must know about the figures (a damaged ledger moved aside).
@@ -139,7 +139,7 @@ pub fn report(rows: &[Row], since: Day, today: Day, by: By) -> Report {
         since: since.to_string(),
         until: today.to_string(),
         by,
-        prices_as_of: super::prices::builtin().as_of.clone(),
+        prices: super::rates::DATA.to_string(),
         rows: groups
             .into_iter()
             .map(|(g, c)| ReportRow::new(g, c))

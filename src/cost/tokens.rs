@@ -107,6 +107,7 @@ impl Estimate {
             input: count_request(enc, &self.request),
             cached_input: 0,
             cache_write: 0,
+            cache_write_1h: 0,
             output: enc.count(&self.output.text()),
             reasoning: 0,
             estimated: true,

@@ -4,13 +4,16 @@
 //! In: the bytes of an upstream (or replayed) response, frame by frame, exactly as the caller gets
 //! them. Out: one [`Usage`], normalised so that every token is priced once at its own rate:
 //!
-//! - **OpenAI** counts cached tokens *inside* `prompt_tokens` (`prompt_tokens_details.cached_tokens`,
-//!   or `input_tokens_details.cached_tokens` for the Responses API): `input` is `prompt_tokens`
-//!   minus the cached ones, `cached_input` the cached ones.
+//! - **OpenAI** counts cache reads and writes *inside* `prompt_tokens`
+//!   (`prompt_tokens_details.cached_tokens` / `.cache_write_tokens`, `input_tokens_details.*` for
+//!   the Responses API): `input` is `prompt_tokens` minus both, `cached_input` the reads,
+//!   `cache_write` the writes.
 //! - **Anthropic** reports `cache_read_input_tokens` and `cache_creation_input_tokens` *outside*
-//!   `input_tokens`: `input` is `input_tokens`, `cached_input` the reads, `cache_write` the writes.
-//! - Reasoning tokens (`completion_tokens_details.reasoning_tokens`) are part of `output` and are
-//!   priced as output; they are kept apart only to be shown.
+//!   `input_tokens`: `input` is `input_tokens`, `cached_input` the reads; the writes split by
+//!   `cache_creation.ephemeral_1h_input_tokens` into `cache_write_1h` and `cache_write` (5 minutes).
+//! - Reasoning tokens (`completion_tokens_details.reasoning_tokens`, `output_tokens_details.*`)
+//!   are part of `output`; they are kept apart to be shown (and priced at a reasoning rate where
+//!   the price data has one).
 //!
 //! Where the usage sits: JSON bodies carry a top-level `usage` (read once the body ended; bodies
 //! over [`MAX_JSON`] are not read). SSE streams are parsed event by event, holding only the event
@@ -23,18 +26,24 @@
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-/// Tokens of one request, in the four kinds that have their own price.
+/// Tokens of one request, in the classes that have their own price. The input classes do not
+/// overlap (their sum is the prompt); `reasoning` is part of `output`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Input tokens billed at the input rate (neither read from nor written to a prompt cache).
     pub input: u64,
     /// Input tokens read from the provider's prompt cache (cached-input rate).
     pub cached_input: u64,
-    /// Input tokens written to the provider's prompt cache (Anthropic; cache-write rate).
+    /// Input tokens written to the provider's prompt cache for 5 minutes (or for a time the
+    /// provider does not say): the cache-write rate.
     pub cache_write: u64,
+    /// Input tokens written to Anthropic's 1-hour prompt cache (its own, higher rate).
+    #[serde(default)]
+    pub cache_write_1h: u64,
     /// Output tokens, reasoning included.
     pub output: u64,
-    /// Of `output`, the reasoning tokens (shown, not priced separately).
+    /// Of `output`, the reasoning tokens (priced at the reasoning rate where the price data has
+    /// one, else as output; shown apart).
     pub reasoning: u64,
     /// Counted by relay with a tokenizer because the provider reported none.
     pub estimated: bool,
@@ -43,7 +52,7 @@ pub struct Usage {
 impl Usage {
     /// All input tokens, whatever their rate (what the provider calls the prompt).
     pub fn prompt(&self) -> u64 {
-        self.input + self.cached_input + self.cache_write
+        self.input + self.cached_input + self.cache_write + self.cache_write_1h
     }
 
     /// Prompt plus output.
@@ -65,12 +74,22 @@ pub(crate) struct RawUsage {
     output_tokens_details: Option<Details>,
     cache_read_input_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
+    /// Anthropic: the cache writes by how long they are kept.
+    cache_creation: Option<CacheCreation>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 struct Details {
     cached_tokens: Option<u64>,
+    /// OpenAI: prompt tokens written to the prompt cache (models that price cache writes).
+    cache_write_tokens: Option<u64>,
     reasoning_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct CacheCreation {
+    ephemeral_5m_input_tokens: Option<u64>,
+    ephemeral_1h_input_tokens: Option<u64>,
 }
 
 impl RawUsage {
@@ -90,46 +109,71 @@ impl RawUsage {
             input_tokens_details,
             output_tokens_details,
             cache_read_input_tokens,
-            cache_creation_input_tokens
+            cache_creation_input_tokens,
+            cache_creation
         );
     }
 
     /// Normalises (module docs). `None` when no input count is present.
     fn normalise(&self) -> Option<Usage> {
-        let cached_of = |d: &Option<Details>| d.as_ref().and_then(|d| d.cached_tokens).unwrap_or(0);
-        let reasoning_of =
-            |d: &Option<Details>| d.as_ref().and_then(|d| d.reasoning_tokens).unwrap_or(0);
-        if let Some(prompt) = self.prompt_tokens {
-            // OpenAI chat / completions / embeddings: cached tokens are inside prompt_tokens.
-            let cached = cached_of(&self.prompt_tokens_details).min(prompt);
-            return Some(Usage {
-                input: prompt - cached,
+        let detail = |d: &Option<Details>, f: fn(&Details) -> Option<u64>| {
+            d.as_ref().and_then(f).unwrap_or(0)
+        };
+        // OpenAI: cache reads and writes are inside the prompt count.
+        let inside = |prompt: u64, d: &Option<Details>, out: &Option<Details>, output: u64| {
+            let cached = detail(d, |d| d.cached_tokens).min(prompt);
+            let written = detail(d, |d| d.cache_write_tokens).min(prompt - cached);
+            Usage {
+                input: prompt - cached - written,
                 cached_input: cached,
-                cache_write: 0,
-                output: self.completion_tokens.unwrap_or(0),
-                reasoning: reasoning_of(&self.completion_tokens_details),
+                cache_write: written,
+                cache_write_1h: 0,
+                output,
+                reasoning: detail(out, |d| d.reasoning_tokens).min(output),
                 estimated: false,
-            });
+            }
+        };
+        if let Some(prompt) = self.prompt_tokens {
+            // Chat completions, completions, embeddings.
+            let output = self.completion_tokens.unwrap_or(0);
+            return Some(inside(
+                prompt,
+                &self.prompt_tokens_details,
+                &self.completion_tokens_details,
+                output,
+            ));
         }
         let input = self.input_tokens?;
         let output = self.output_tokens.unwrap_or(0);
         if self.input_tokens_details.is_some() || self.output_tokens_details.is_some() {
-            // OpenAI Responses API: cached tokens are inside input_tokens.
-            let cached = cached_of(&self.input_tokens_details).min(input);
-            return Some(Usage {
-                input: input - cached,
-                cached_input: cached,
-                cache_write: 0,
+            // The Responses API.
+            return Some(inside(
+                input,
+                &self.input_tokens_details,
+                &self.output_tokens_details,
                 output,
-                reasoning: reasoning_of(&self.output_tokens_details),
-                estimated: false,
-            });
+            ));
         }
-        // Anthropic: cache reads and writes are outside input_tokens.
+        // Anthropic: cache reads and writes are outside input_tokens; the writes split by how
+        // long they are kept (`cache_creation`), the total alone being 5-minute writes.
+        let by_time = self.cache_creation.as_ref();
+        let h1 = by_time
+            .and_then(|c| c.ephemeral_1h_input_tokens)
+            .unwrap_or(0);
+        let written = match self.cache_creation_input_tokens {
+            Some(total) => total.max(h1),
+            None => {
+                by_time
+                    .and_then(|c| c.ephemeral_5m_input_tokens)
+                    .unwrap_or(0)
+                    + h1
+            }
+        };
         Some(Usage {
             input,
             cached_input: self.cache_read_input_tokens.unwrap_or(0),
-            cache_write: self.cache_creation_input_tokens.unwrap_or(0),
+            cache_write: written - h1,
+            cache_write_1h: h1,
             output,
             reasoning: 0,
             estimated: false,
@@ -617,6 +661,7 @@ mod tests {
                 input: 200,
                 cached_input: 800,
                 cache_write: 0,
+                cache_write_1h: 0,
                 output: 100,
                 reasoning: 40,
                 estimated: false

@@ -95,8 +95,10 @@ pub struct RequestContext {
     pub session: Option<String>,
     /// What the body says (model, stream, usage chunk, token bound), read once.
     pub peek: crate::wire::BodyPeek,
-    /// Metric label for the model (bounded, see [`crate::metrics::ModelLabels`]).
+    /// Metric label for the model (bounded, see [`crate::cost::prices`]; set when routed).
     pub model_label: String,
+    /// The model's price for the routed provider (`None`: unpriced; set when routed).
+    pub price: Option<std::sync::Arc<crate::cost::Price>>,
     /// 0 until response headers exist; a record dropped at 0 is logged as 499 (caller gone).
     pub status: u16,
     /// Time from sending upstream to its response headers.
@@ -121,6 +123,10 @@ pub struct RequestContext {
     pub cost_micros: u64,
     /// Cache hits: what the request would have cost, micro-USD.
     pub saved_micros: u64,
+    /// What the provider's prompt cache saved on this request, micro-USD.
+    pub prompt_cache_saved_micros: u64,
+    /// Tokens were used but the model has no price (booked at $0).
+    pub unpriced: bool,
     /// The cost stage's record, settled (priced, booked) when this record closes.
     pub tally: Option<crate::cost::Tally>,
     /// Time from the request's arrival to the first byte of the response body.
@@ -169,6 +175,9 @@ impl RequestContext {
             usage: None,
             cost_micros: 0,
             saved_micros: 0,
+            prompt_cache_saved_micros: 0,
+            unpriced: false,
+            price: None,
             tally: None,
             first_byte: None,
             live: None,
@@ -221,6 +230,8 @@ impl RequestContext {
             usage: self.usage,
             cost_micros: self.cost_micros,
             saved_micros: self.saved_micros,
+            prompt_cache_saved_micros: self.prompt_cache_saved_micros,
+            unpriced: self.unpriced,
             session: self.session.as_deref(),
         }
     }

@@ -40,6 +40,8 @@ pub fn finish(cx: &mut RequestContext) {
         });
         cx.cost_micros = priced.cost_micros;
         cx.saved_micros = priced.saved_micros;
+        cx.prompt_cache_saved_micros = priced.prompt_cache_saved_micros;
+        cx.unpriced = priced.unpriced;
     }
     // After the cost stage: the end event carries tokens and cost.
     if let Some(live) = cx.live.take() {
@@ -84,6 +86,9 @@ pub fn finish(cx: &mut RequestContext) {
             tokens_estimated = cx.usage.map(|u| u.estimated),
             cost_usd = cx.usage.map(|_| crate::cost::usd(cx.cost_micros)),
             saved_usd = (cx.saved_micros > 0).then(|| crate::cost::usd(cx.saved_micros)),
+            prompt_cache_saved_usd = (cx.prompt_cache_saved_micros > 0)
+                .then(|| crate::cost::usd(cx.prompt_cache_saved_micros)),
+            unpriced = cx.unpriced.then_some(true),
             request_id = cx.request_id.to_str().unwrap_or("-"),
             "request"
         );

@@ -222,10 +222,14 @@ async fn forward(
     let read = ReadBody {
         server: &cfg.server,
         budget: &state.bodies,
-        labels: &rt.labels,
     };
     let body = read.run(x, &parts, body, strict, upgrade.is_some()).await?;
-    let routed = RouteByModel { cfg }.run(x, &parts, target)?;
+    let route = RouteByModel {
+        cfg,
+        prices: &rt.cost.prices,
+        now_ms: state.cost.now_ms(),
+    };
+    let routed = route.run(x, &parts, target)?;
     let provider = &cfg.providers[routed.index];
     if upgrade.is_some()
         && responses_ws::terminates(&parts.method, &parts.headers, x.endpoint, provider.kind)

@@ -111,6 +111,10 @@ impl Server {
                 .await
                 .expect("TLS setup does not panic")?
         };
+        // The price data is decoded once (about 60 ms), off the async workers.
+        tokio::task::spawn_blocking(crate::cost::prices::warm)
+            .await
+            .expect("the bundled price data decodes");
         let metrics = Arc::new(Metrics::new());
         let cache = if config.cache.enabled {
             Some(Arc::new(Cache::new(

@@ -23,7 +23,7 @@ use super::upstream;
 use crate::config::{CacheConfig, Config, Provider, ServerConfig};
 use crate::error::EdgeError;
 use crate::limit::{self, breaker::Verdict, Admitted, Limiter};
-use crate::metrics::{Metrics, ModelLabels};
+use crate::metrics::Metrics;
 use crate::wire::BodyPeek;
 
 /// What a stage that may answer by itself returns.
@@ -76,7 +76,6 @@ impl RouteByPath<'_> {
 pub struct ReadBody<'a> {
     pub server: &'a ServerConfig,
     pub budget: &'a BodyBudget,
-    pub labels: &'a ModelLabels,
 }
 
 impl ReadBody<'_> {
@@ -106,15 +105,18 @@ impl ReadBody<'_> {
             None if upgrade => tunnel::query_model(parts.uri.query()),
             model => model,
         };
-        x.model_label = self.labels.label(model.as_deref()).to_string();
         x.model = model;
         Ok(body)
     }
 }
 
-/// Stage 5: route by model. The route table picks the provider (404 when nothing matches).
+/// Stage 5: route by model. The route table picks the provider (404 when nothing matches); the
+/// model's price for that provider, and its metric label, go on the context.
 pub struct RouteByModel<'a> {
     pub cfg: &'a Config,
+    pub prices: &'a crate::cost::Prices,
+    /// Now, unix ms (which prices are in force).
+    pub now_ms: u64,
 }
 
 impl RouteByModel<'_> {
@@ -136,6 +138,11 @@ impl RouteByModel<'_> {
         };
         let provider = &self.cfg.providers[index];
         x.provider = Some(provider.name.clone());
+        let priced = self
+            .prices
+            .resolve(&provider.name, x.model.as_deref(), self.now_ms);
+        x.model_label.clone_from(&priced.label);
+        x.price = priced.price.clone();
         x.caller = Caller::of(&parts.headers, provider);
         x.client = crate::wire::clients::client_of(&parts.headers);
         x.session = crate::wire::clients::session_of(&parts.headers);
@@ -177,6 +184,7 @@ impl Meter<'_> {
             x.caller.booked.as_ref(),
             whole,
             x.model.as_deref(),
+            x.price.as_ref(),
             &x.peek,
         );
         if let Some(c) = &plan {

@@ -11,13 +11,12 @@ use super::upstream::Upstreams;
 use crate::config::Config;
 use crate::events::Events;
 use crate::limit::{breaker::Breakers, Limiter};
-use crate::metrics::{Metrics, ModelLabels};
+use crate::metrics::Metrics;
 
 /// Everything derived from one config: swapped as a whole on reload.
 pub struct Runtime {
     pub config: Config,
     pub upstreams: Upstreams,
-    pub labels: ModelLabels,
     /// Prices, key aliases and budgets.
     pub cost: crate::cost::Book,
     /// Rate-limit rules; the buckets carry over from the previous runtime.
@@ -30,14 +29,12 @@ impl Runtime {
     /// Builds the runtime for `config`, reusing the connection pools of `previous` where possible.
     pub fn new(config: Config, previous: Option<&Runtime>) -> Runtime {
         let upstreams = Upstreams::new(&config, previous.map(|p| &p.upstreams));
-        let labels = ModelLabels::from_config(&config);
         let cost = crate::cost::Book::from_config(&config);
         let limiter = Limiter::new(&config, previous.map(|p| &p.limiter));
         let breakers = Breakers::new(&config, previous.map(|p| &p.breakers));
         Runtime {
             config,
             upstreams,
-            labels,
             cost,
             limiter,
             breakers,
