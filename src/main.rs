@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use relay::cli::cache::CacheCommand;
+use relay::cli::prices::PricesArgs;
 use relay::cli::usage::UsageArgs;
 use relay::config::{Config, Env};
 use relay::logging::{self, LogFormat};
@@ -111,6 +112,13 @@ enum Command {
     /// GET /relay/usage returns, --csv one line per row. Reads the ledger file directly, or goes
     /// through the running relay that holds it.
     Usage(UsageArgs),
+    /// Show the price in force for each token class and where it comes from.
+    ///
+    /// With a MODEL: its rates at each configured provider (or --provider), long-prompt tiers
+    /// included, from the config's models: or the bundled genai-prices data; exits 1 when it has
+    /// no price anywhere asked. Without: every model the config prices, then the price data's
+    /// models of the configured providers.
+    Prices(PricesArgs),
     /// relay's local certificate authority (HTTPS with server.tls: auto, HTTPS_PROXY interception).
     Ca {
         #[command(subcommand)]
@@ -316,6 +324,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Usage(args) => usage(args),
+        Command::Prices(args) => prices(args),
         Command::Ca {
             command: CaCommand::Path,
             config,
@@ -419,6 +428,35 @@ fn usage(args: UsageArgs) -> ExitCode {
                 .write_all(out.as_bytes())
                 .and_then(|()| stdout.flush());
             ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn prices(args: PricesArgs) -> ExitCode {
+    let cfg = match Config::load_or_default(args.config.as_deref(), &Env::from_process()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let now_ms = relay::clock::Clock::system().now_ms();
+    match relay::cli::prices::run(&args, &cfg, now_ms) {
+        Ok(answer) => {
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout
+                .write_all(answer.text.as_bytes())
+                .and_then(|()| stdout.flush());
+            if answer.priced {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");

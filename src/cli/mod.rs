@@ -1,9 +1,11 @@
 //! The CLI commands that reach a store or a running relay: `relay cache` ([`cache`]), `relay usage`
-//! ([`usage`]), `relay health` ([`health`]), and `relay run` / `relay env` ([`run`]: an agent
-//! pointed at relay). `main.rs` parses the command line and calls these.
+//! ([`usage`]), `relay health` ([`health`]), `relay prices` ([`prices`]: the prices in force), and
+//! `relay run` / `relay env` ([`run`]: an agent pointed at relay). `main.rs` parses the command
+//! line and calls these.
 
 pub mod cache;
 pub mod client;
 pub mod health;
+pub mod prices;
 pub mod run;
 pub mod usage;
