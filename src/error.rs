@@ -65,6 +65,15 @@ pub enum EdgeError {
         /// RFC 3339 UTC.
         resets: String,
     },
+    /// The key's requests in flight may use what is left of its budget (their reservations), and
+    /// none settled within the wait.
+    #[error("budget nearly used: key {key:?} has {in_flight} requests in flight that may use the ${} left of budget {budget:?}; retry when they finish", crate::wire::usd(*room_micros))]
+    BudgetInFlight {
+        key: String,
+        budget: String,
+        in_flight: u32,
+        room_micros: u64,
+    },
     /// A `ratelimit` rule refused the request (`on_limit: reject`, or the wait would pass
     /// `max_wait`).
     #[error("rate limit reached for rule {rule:?} ({}); retry after {} s", if *tokens { "tokens per minute" } else { "requests" }, retry_secs(*retry_after))]
@@ -203,6 +212,7 @@ impl EdgeError {
             // storm. 400 with `x-should-retry: false` ends every client's run at once.
             EdgeError::OfflineMiss { .. } => StatusCode::BAD_REQUEST,
             EdgeError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            EdgeError::BudgetInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
             EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             EdgeError::CircuitOpen { .. } | EdgeError::BufferFull => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -261,6 +271,7 @@ impl EdgeError {
             EdgeError::Timeout { .. } => "upstream_timeout",
             EdgeError::OfflineMiss { .. } => "relay_offline_miss",
             EdgeError::BudgetExceeded { .. } => "budget_exceeded",
+            EdgeError::BudgetInFlight { .. } => "budget_in_flight",
             EdgeError::RateLimited { .. } => "rate_limit_exceeded",
             EdgeError::CircuitOpen { .. } => "circuit_open",
             EdgeError::CrossSite { .. } => "cross_site_request",
@@ -279,6 +290,8 @@ impl EdgeError {
         match (dialect, self) {
             (_, EdgeError::OfflineMiss { .. }) => "relay_offline_miss",
             (_, EdgeError::BudgetExceeded { .. }) => "budget_exceeded",
+            (Dialect::OpenAi, EdgeError::BudgetInFlight { .. }) => "requests",
+            (Dialect::Anthropic, EdgeError::BudgetInFlight { .. }) => "rate_limit_error",
             // OpenAI's own 429 bodies say which limit: `requests` or `tokens`.
             (Dialect::OpenAi, EdgeError::RateLimited { tokens: true, .. }) => "tokens",
             (Dialect::OpenAi, EdgeError::RateLimited { .. }) => "requests",

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::mock::{self, Kind, Mock};
 use common::*;
-use http::StatusCode;
+use http::{Request, StatusCode};
 use relay::clock::ManualClock;
 use relay::config::Env;
 
@@ -71,7 +71,7 @@ fn group<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
 
 #[tokio::test]
 async fn openai_json_usage_with_cached_tokens_is_priced_at_each_rate() {
-    let (_openai, _anthropic, relay) = setup("").await;
+    let (openai, _anthropic, relay) = setup("").await;
     let (s, h, b) = call(
         &relay,
         CHAT,
@@ -80,10 +80,25 @@ async fn openai_json_usage_with_cached_tokens_is_priced_at_each_rate() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    // The body is the provider's, untouched; no cost header on a live JSON answer (not buffered).
+    // The body is the provider's, byte for byte; relay held it to its end, so its headers say
+    // what it cost.
+    let direct = Request::builder()
+        .method("POST")
+        .uri(format!("{}/chat/completions", openai.base_url()))
+        .header("content-type", "application/json")
+        .header("x-mock-usage", "cached")
+        .body(full(chat_body("gpt-4o-2024-08-06", false)))
+        .unwrap();
+    let direct = within(client().request(direct)).await.unwrap();
+    assert_eq!(b, bytes(direct).await);
     let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["usage"]["prompt_tokens"], 1000);
-    assert!(h.get("x-relay-cost-usd").is_none());
+    assert_eq!(h["x-relay-cost-usd"], "0.002500");
+    assert_eq!(
+        h["x-relay-tokens"],
+        "in=1000;out=100;cached=800;reasoning=40"
+    );
+    assert!(h.get("x-relay-saved-usd").is_none());
     settled(&relay, 1).await;
     let r = usage(&relay, "by=model").await;
     let row = group(&r, "gpt-4o");
@@ -246,6 +261,33 @@ async fn anthropic_json_and_sse_cache_tokens_are_outside_input_tokens() {
     assert_eq!(row["output"], 200);
     assert_eq!(row["cost_micros"], 2 * 2715);
     assert_eq!(row["estimated"], 0);
+    // Cache writes kept for an hour have their own rate ($6/M for Sonnet 4.5), in JSON and SSE:
+    // 600 + 240 + 100 × $3.75/M + 200 × $6/M + 1500 = 3915 µ$.
+    let hdr = [("anthropic-version", "2023-06-01"), ("x-mock-usage", "1h")];
+    let (_, h, _) = call(
+        &relay,
+        MESSAGES,
+        &messages_body("claude-sonnet-4-5", false),
+        &hdr,
+    )
+    .await;
+    assert_eq!(h["x-relay-cost-usd"], "0.003915");
+    assert_eq!(
+        h["x-relay-tokens"],
+        "in=1300;out=100;cached=800;cache_write=100;cache_write_1h=200"
+    );
+    call(
+        &relay,
+        MESSAGES,
+        &messages_body("claude-sonnet-4-5", true),
+        &hdr,
+    )
+    .await;
+    settled(&relay, 4).await;
+    let row = group(&usage(&relay, "by=model").await, "claude-sonnet-4-5").clone();
+    assert_eq!(row["cache_write"], 200 + 200);
+    assert_eq!(row["cache_write_1h"], 400);
+    assert_eq!(row["cost_micros"], 2 * 2715 + 2 * 3915);
 }
 
 #[tokio::test]
@@ -255,6 +297,7 @@ async fn cache_hits_cost_nothing_and_report_what_they_saved() {
     let hdr = [("x-mock-usage", "cached")];
     let (_, h, first) = call(&relay, CHAT, &body, &hdr).await;
     assert_eq!(h["x-relay-cache"], "MISS");
+    assert_eq!(h["x-relay-cost-usd"], "0.002500");
     let (_, h, again) = call(&relay, CHAT, &body, &hdr).await;
     assert_eq!(h["x-relay-cache"], "HIT");
     assert_eq!(first, again);
@@ -542,6 +585,64 @@ async fn relay_usage_reads_the_ledger_directly_or_through_the_running_server() {
             .starts_with("total,2,1,1,0,0,200,800,0,100,40,0.002500,0.002500"),
         "{csv}"
     );
+}
+
+/// 20 requests at once against a $0.01 daily budget, each costing $0.0025: each reserves what it
+/// can cost at most before it goes upstream, so the spend passes the budget by at most one
+/// request's cost. (Checking the spend only, as before, let all 20 through: $0.05.)
+#[tokio::test]
+async fn concurrent_requests_pass_a_budget_by_at_most_one_requests_cost() {
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    let env = Env::empty().with("ALICE_KEY", "sk-alice");
+    let yaml = aliases_yaml(&openai, &anthropic, "budgets:\n  alice: {daily: 0.01}\n");
+    let relay = Relay::start_with(&yaml, env, false).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let url = relay.url(CHAT);
+        tasks.push(tokio::spawn(async move {
+            let req = Request::builder()
+                .method("POST")
+                .uri(url)
+                .header("content-type", "application/json")
+                .header("authorization", "Bearer sk-alice")
+                .header("x-mock-usage", "cached")
+                .header("x-mock", "hold")
+                .body(full(chat_body("gpt-4o", false)))
+                .unwrap();
+            let resp = within(client().request(req)).await.unwrap();
+            let code = resp
+                .headers()
+                .get("x-relay-error")
+                .map(|v| v.to_str().unwrap().to_string());
+            (resp.status(), code)
+        }));
+    }
+    // Answers wait for the release until at least one request reached the mock.
+    openai
+        .first_event_sent()
+        .wait_for(1, "a request at the mock")
+        .await;
+    openai.release();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (StatusCode::OK, _) => ok += 1,
+            (StatusCode::TOO_MANY_REQUESTS, Some(code)) => assert_eq!(code, "budget_exceeded"),
+            other => panic!("{other:?}"),
+        }
+    }
+    settled(&relay, 20).await;
+    let spent = group(&usage(&relay, "by=key").await, "alice")["cost_micros"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(spent, ok * 2_500);
+    assert!(
+        spent <= 10_000 + 2_500,
+        "spent {spent} µ$ of a 10000 µ$ budget"
+    );
+    assert!(ok >= 4, "the budget is usable: {ok} answers");
+    assert_eq!(openai.calls().get() as u64, ok);
 }
 
 #[tokio::test]

@@ -1,14 +1,22 @@
 //! Budgets: per-key spend for the current UTC day and month, and the check made before a request
 //! goes upstream.
 //!
-//! Spend is added when a request settles (after its answer ended), so requests already in flight
-//! when a key crosses its budget still finish: a budget can be overshot by what those cost. At
-//! start the month so far is loaded from the ledger. Days and months are UTC, from the injected
-//! clock; a budget resets at the next UTC midnight (daily) or the first of the next month (monthly).
+//! A request with a budget reserves what it may cost before it goes upstream ([`Spend::reserve`]:
+//! a bound, never less than it can cost: every byte of its body as an input token at the
+//! dearest input rate, its `max_tokens` at the output rate) and settles the real cost when it
+//! ends. It is let through while the spend plus every reservation in flight plus its own stays
+//! within the budget, or when nothing else of its key is in flight; otherwise it waits for those
+//! to settle ([`Spend::freed`]). So with any number of concurrent requests the spend passes a
+//! budget by at most one request's cost. At start the month so far is loaded from the ledger.
+//! Days and months are UTC, from the injected clock; a budget resets at the next UTC midnight
+//! (daily) or the first of the next month (monthly).
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+use tokio::sync::Notify;
 
 use crate::config::Budget;
 use crate::shard::{lock, Sharded};
@@ -109,11 +117,26 @@ struct Spent {
     day_micros: u64,
     month: i64,
     month_micros: u64,
+    /// Reserved by the requests of this key in flight, and how many they are.
+    reserved_micros: u64,
+    in_flight: u32,
 }
 
 /// Spend per key, sharded so no one lock sees every request.
 pub struct Spend {
     shards: Sharded<Mutex<HashMap<String, Spent>>>,
+    /// Requests waiting for reservations to settle, and their wake-up.
+    waiting: AtomicUsize,
+    freed: Notify,
+}
+
+/// Why a reservation was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The budget is used up.
+    Over(Over),
+    /// The requests in flight may use what is left: wait for one to settle.
+    InFlight { in_flight: u32, room_micros: u64 },
 }
 
 const SHARDS: usize = 16;
@@ -128,6 +151,70 @@ impl Spend {
     pub fn new() -> Spend {
         Spend {
             shards: Sharded::with_default(SHARDS),
+            waiting: AtomicUsize::new(0),
+            freed: Notify::new(),
+        }
+    }
+
+    /// Reserves `micros` for a request of `key` under `budget` (module docs).
+    pub fn reserve(
+        &self,
+        key: &str,
+        budget: &Budget,
+        now_ms: u64,
+        micros: u64,
+    ) -> Result<(), Refused> {
+        let today = Day::of_ms(now_ms);
+        let mut map = lock(self.shard(key));
+        let s = map.entry(key.to_string()).or_default();
+        roll(s, today);
+        if let Some(over) = check(budget, (s.day_micros, s.month_micros), now_ms).exceeded {
+            return Err(Refused::Over(over));
+        }
+        let room = [
+            (budget.daily, s.day_micros),
+            (budget.monthly, s.month_micros),
+        ]
+        .into_iter()
+        .filter_map(|(limit, spent)| Some(limit?.saturating_sub(spent + s.reserved_micros)))
+        .min()
+        .unwrap_or(u64::MAX);
+        if micros > room && s.in_flight > 0 {
+            return Err(Refused::InFlight {
+                in_flight: s.in_flight,
+                room_micros: room,
+            });
+        }
+        s.reserved_micros += micros;
+        s.in_flight += 1;
+        Ok(())
+    }
+
+    /// Ends a reservation of `reserved` made for `key`, booking `spent` at `now_ms`; wakes the
+    /// requests waiting for room.
+    pub fn settle(&self, key: &str, reserved: u64, now_ms: u64, spent: u64) {
+        {
+            let today = Day::of_ms(now_ms);
+            let mut map = lock(self.shard(key));
+            let s = map.entry(key.to_string()).or_default();
+            roll(s, today);
+            s.reserved_micros = s.reserved_micros.saturating_sub(reserved);
+            s.in_flight = s.in_flight.saturating_sub(1);
+            s.day_micros += spent;
+            s.month_micros += spent;
+        }
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// Resolves when a reservation settles (call [`Spend::reserve`] again then). Register before
+    /// checking: `let f = spend.freed(); ...reserve...; f.await`.
+    pub fn freed(&self) -> Freed<'_> {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        Freed {
+            spend: self,
+            notified: Box::pin(self.freed.notified()),
         }
     }
 
@@ -177,6 +264,29 @@ impl Spend {
                 s.day_micros += c.cost_micros;
             }
         }
+    }
+}
+
+/// A wait for a reservation to settle ([`Spend::freed`]).
+pub struct Freed<'a> {
+    spend: &'a Spend,
+    notified: std::pin::Pin<Box<tokio::sync::futures::Notified<'a>>>,
+}
+
+impl Freed<'_> {
+    /// Starts listening now (before the check that may make the wait needed).
+    pub fn enable(&mut self) {
+        self.notified.as_mut().enable();
+    }
+
+    pub async fn wait(mut self) {
+        self.notified.as_mut().await;
+    }
+}
+
+impl Drop for Freed<'_> {
+    fn drop(&mut self) {
+        self.spend.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -270,6 +380,36 @@ mod tests {
         // 2025-12-01: a new month.
         assert_eq!(s.get("k", t0 + 2 * DAY_MS), (0, 0));
         assert_eq!(s.get("other", t0), (0, 0));
+    }
+
+    #[test]
+    fn reservations_hold_room_until_they_settle() {
+        let s = Spend::new();
+        let b = Budget {
+            daily: Some(1_000),
+            monthly: None,
+        };
+        let now = Day::parse("2025-11-25").unwrap().days() as u64 * DAY_MS;
+        s.reserve("k", &b, now, 600).unwrap();
+        // 400 left: a bound of 500 waits while the first is in flight, 300 fits.
+        assert_eq!(
+            s.reserve("k", &b, now, 500),
+            Err(Refused::InFlight {
+                in_flight: 1,
+                room_micros: 400
+            })
+        );
+        s.reserve("k", &b, now, 300).unwrap();
+        // They settle for less than they reserved: room comes back.
+        s.settle("k", 600, now, 200);
+        s.settle("k", 300, now, 100);
+        assert_eq!(s.get("k", now), (300, 300));
+        // Nothing in flight: even a bound larger than the room goes (at most one overshoots).
+        s.reserve("k", &b, now, 5_000).unwrap();
+        s.settle("k", 5_000, now, 900);
+        assert!(matches!(s.reserve("k", &b, now, 1), Err(Refused::Over(_))));
+        // Other keys are not affected.
+        s.reserve("other", &b, now, 999).unwrap();
     }
 
     #[test]

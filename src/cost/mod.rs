@@ -173,6 +173,11 @@ pub struct Accounting {
     settled_changed: Notify,
 }
 
+/// The longest a request waits for the reservations of its key in flight to settle.
+pub const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Output tokens a request without `max_tokens` is assumed to be able to use (its budget bound).
+pub const DEFAULT_MAX_OUTPUT: u64 = 32_768;
+
 /// Most unknown models remembered (per shard) for once-only warnings.
 const MAX_WARNED: usize = 256;
 const WARN_SHARDS: usize = 8;
@@ -280,30 +285,60 @@ impl Accounting {
         }
     }
 
-    /// Refuses a request whose key is over its daily or monthly budget (429 `budget_exceeded`).
-    pub fn check_budget(&self, book: &Book, key: &str) -> Result<(), EdgeError> {
+    /// Stage "budget": refuses a request whose key is over its daily or monthly budget (429
+    /// `budget_exceeded`), else reserves `bound` (what the request can cost at most) until it
+    /// settles. While the requests of the key in flight may use what is left, it waits for them
+    /// (at most [`BUDGET_WAIT`], then 429 `budget_in_flight`). `None`: the key has no budget.
+    pub async fn reserve(
+        &self,
+        book: &Book,
+        key: &str,
+        bound: u64,
+    ) -> Result<Option<u64>, EdgeError> {
         let Some((name, budget)) = book.budget_for(key) else {
-            return Ok(());
+            return Ok(None);
         };
-        let now = self.now_ms();
-        let spent = self.spend.get(key, now);
-        let verdict = budget::check(budget, spent, now);
-        if name != "*" {
-            self.metrics
-                .budget_used_ratio
-                .with_label_values(&[name])
-                .set(verdict.ratio);
-        }
-        match verdict.exceeded {
-            None => Ok(()),
-            Some(over) => Err(EdgeError::BudgetExceeded {
-                key: key.to_string(),
-                budget: name.to_string(),
-                period: over.period,
-                limit_micros: over.limit_micros,
-                spent_micros: over.spent_micros,
-                resets: over.resets.clone(),
-            }),
+        let deadline = tokio::time::Instant::now() + BUDGET_WAIT;
+        loop {
+            let mut freed = self.spend.freed();
+            freed.enable();
+            let now = self.now_ms();
+            if name != "*" {
+                let ratio = budget::check(budget, self.spend.get(key, now), now).ratio;
+                self.metrics
+                    .budget_used_ratio
+                    .with_label_values(&[name])
+                    .set(ratio);
+            }
+            match self.spend.reserve(key, budget, now, bound) {
+                Ok(()) => return Ok(Some(bound)),
+                Err(budget::Refused::Over(over)) => {
+                    return Err(EdgeError::BudgetExceeded {
+                        key: key.to_string(),
+                        budget: name.to_string(),
+                        period: over.period,
+                        limit_micros: over.limit_micros,
+                        spent_micros: over.spent_micros,
+                        resets: over.resets.clone(),
+                    })
+                }
+                Err(budget::Refused::InFlight {
+                    in_flight,
+                    room_micros,
+                }) => {
+                    if tokio::time::timeout_at(deadline, freed.wait())
+                        .await
+                        .is_err()
+                    {
+                        return Err(EdgeError::BudgetInFlight {
+                            key: key.to_string(),
+                            budget: name.to_string(),
+                            in_flight,
+                            room_micros,
+                        });
+                    }
+                }
+            }
         }
     }
 
@@ -378,12 +413,25 @@ pub struct Tally {
     price: Option<Arc<Price>>,
     /// The budget alias whose gauge to update after booking.
     budget: Option<(String, Budget)>,
+    /// What the budget stage reserved for this request, until it settles.
+    pub reserved: Option<u64>,
+}
+
+impl Drop for Tally {
+    /// A request that never settled gives its reservation back.
+    fn drop(&mut self) {
+        if let Some(r) = self.reserved.take() {
+            let now = self.acct.now_ms();
+            self.acct.spend.settle(&self.key, r, now, 0);
+        }
+    }
 }
 
 impl Tally {
     /// Prices the request's usage, then books it: metrics, budget spend, one ledger record.
-    pub fn settle(self, x: Settled<'_>) -> Priced {
-        let acct = &self.acct;
+    pub fn settle(mut self, x: Settled<'_>) -> Priced {
+        let acct = self.acct.clone();
+        let acct = &acct;
         let provider = x.provider;
         let failed = x.failed;
         let mut priced = Priced::default();
@@ -478,8 +526,10 @@ impl Tally {
             counts.misses = 1;
         }
         let now = acct.now_ms();
-        if priced.cost_micros > 0 {
-            acct.spend.add(&self.key, now, priced.cost_micros);
+        match self.reserved.take() {
+            Some(r) => acct.spend.settle(&self.key, r, now, priced.cost_micros),
+            None if priced.cost_micros > 0 => acct.spend.add(&self.key, now, priced.cost_micros),
+            None => {}
         }
         if let Some((name, b)) = &self.budget {
             let ratio = budget::check(b, acct.spend.get(&self.key, now), now).ratio;
@@ -597,6 +647,7 @@ impl Plan {
             hit,
             price: self.price.clone(),
             budget: self.budget.clone(),
+            reserved: None,
         }
     }
 
@@ -627,6 +678,49 @@ impl Plan {
         })
     }
 
+    /// The most this request can cost (its budget reservation): every byte of its body as an
+    /// input token at the dearest input rate, `max_tokens` (else [`DEFAULT_MAX_OUTPUT`]) at the
+    /// dearer of the output and reasoning rates, at the tier of that prompt. 0 without a price.
+    pub fn bound(&self, body_bytes: u64, max_tokens: Option<u64>) -> u64 {
+        let Some(p) = &self.price else { return 0 };
+        let r = p.rates_for(body_bytes);
+        let input = r.input.max(r.cache_write).max(r.cache_write_1h);
+        let output = r.output.max(r.reasoning);
+        let out = max_tokens.unwrap_or(DEFAULT_MAX_OUTPUT);
+        let per_million =
+            u128::from(body_bytes) * u128::from(input) + u128::from(out) * u128::from(output);
+        u64::try_from(per_million.div_ceil(1_000_000)).unwrap_or(u64::MAX)
+    }
+
+    /// Whether to hold this upstream answer to its end before its headers go out, so that its
+    /// cost and tokens go in them ([`Plan::state_cost`]): a metered, successful, uncompressed JSON
+    /// answer of at most [`usage::MAX_JSON`] bytes. Streams are never held.
+    pub fn holds(&self, status: http::StatusCode, headers: &HeaderMap) -> bool {
+        let identity = headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        let small = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .is_none_or(|n| n <= usage::MAX_JSON);
+        self.metered
+            && status.is_success()
+            && identity
+            && small
+            && !crate::wire::has_event_stream(headers)
+    }
+
+    /// `x-relay-cost-usd` and `x-relay-tokens` for an upstream answer whose usage is known before
+    /// its headers go out (a held JSON answer); `x-relay-unpriced: true` when the model has no
+    /// price.
+    pub fn state_cost(&self, u: &Usage, headers: &mut HeaderMap) {
+        let cost = self.price.as_ref().map(|p| p.cost(u).micros);
+        cost_headers(headers, cost.unwrap_or(0), None, u);
+        if cost.is_none() && u.total() > 0 {
+            headers.insert(names::X_RELAY_UNPRICED, HeaderValue::from_static("true"));
+        }
+    }
+
     /// A response served without an upstream call of its own (a cache hit, or a share of an
     /// identical request in flight). The usage recorded with a cached answer gives the saved cost
     /// and the `x-relay-cost-usd` / `x-relay-saved-usd` / `x-relay-tokens` headers at once; a shared
@@ -646,17 +740,7 @@ impl Plan {
         if let Some(RecordedUsage(Some(u))) = recorded {
             served.usage = Some(u);
             let saved = self.price.as_ref().map_or(0, |p| p.cost(&u).micros);
-            let h = resp.headers_mut();
-            h.insert(
-                names::X_RELAY_COST_USD,
-                HeaderValue::from_static("0.000000"),
-            );
-            if let Ok(v) = HeaderValue::try_from(usd(saved)) {
-                h.insert(names::X_RELAY_SAVED_USD, v);
-            }
-            if let Ok(v) = HeaderValue::try_from(tokens_header(&u)) {
-                h.insert(names::X_RELAY_TOKENS, v);
-            }
+            cost_headers(resp.headers_mut(), 0, Some(saved), &u);
             if !strip {
                 return served;
             }
@@ -692,6 +776,19 @@ pub struct Served {
     pub tally: Tally,
     pub usage: Option<Usage>,
     pub hook: Option<Hook>,
+}
+
+/// `x-relay-cost-usd`, `x-relay-saved-usd` (cache hits) and `x-relay-tokens`.
+fn cost_headers(h: &mut HeaderMap, cost_micros: u64, saved_micros: Option<u64>, u: &Usage) {
+    if let Ok(v) = HeaderValue::try_from(usd(cost_micros)) {
+        h.insert(names::X_RELAY_COST_USD, v);
+    }
+    if let Some(Ok(v)) = saved_micros.map(|s| HeaderValue::try_from(usd(s))) {
+        h.insert(names::X_RELAY_SAVED_USD, v);
+    }
+    if let Ok(v) = HeaderValue::try_from(tokens_header(u)) {
+        h.insert(names::X_RELAY_TOKENS, v);
+    }
 }
 
 /// `x-relay-tokens`: `in=<prompt>;out=<output>;cached=<cached input>`, then the classes that are

@@ -63,6 +63,8 @@ enum Inner {
     Full(Full<Bytes>),
     Stream(FrameStream),
     Upstream {
+        /// What relay read of the body before the headers went out ([`super::json_answer`]): sent first.
+        held: Option<Bytes>,
         body: Incoming,
         idle: Duration,
         timer: Pin<Box<Sleep>>,
@@ -99,6 +101,7 @@ impl RelayBody {
     pub fn upstream(body: Incoming, idle: Duration) -> RelayBody {
         RelayBody {
             inner: Inner::Upstream {
+                held: None,
                 body,
                 idle,
                 timer: Box::pin(tokio::time::sleep(idle)),
@@ -121,6 +124,14 @@ impl RelayBody {
             meter: None,
             over: false,
         }
+    }
+
+    /// Sends `bytes`, already read from the upstream body, ahead of the rest of it.
+    pub fn with_held(mut self, bytes: Option<Bytes>) -> RelayBody {
+        if let Inner::Upstream { held, .. } = &mut self.inner {
+            *held = bytes;
+        }
+        self
     }
 
     /// Lets the cache see the upstream body as it passes (no effect on other bodies).
@@ -227,12 +238,20 @@ impl Body for RelayBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            Inner::Upstream { held, tap, .. } if held.is_some() => {
+                let d = held.take().expect("checked");
+                if let Some(t) = tap.as_mut() {
+                    t.on_data(&d);
+                }
+                Poll::Ready(Some(Ok(Frame::data(d))))
+            }
             Inner::Upstream {
                 body,
                 idle,
                 timer,
                 armed,
                 tap,
+                ..
             } => {
                 if !*armed {
                     timer.as_mut().reset(tokio::time::Instant::now() + *idle);
@@ -309,7 +328,7 @@ impl Body for RelayBody {
         match &self.inner {
             Inner::Full(f) => f.is_end_stream(),
             Inner::Stream(_) => false,
-            Inner::Upstream { body, .. } => body.is_end_stream(),
+            Inner::Upstream { held, body, .. } => held.is_none() && body.is_end_stream(),
         }
     }
 
@@ -320,7 +339,16 @@ impl Body for RelayBody {
         match &self.inner {
             Inner::Full(f) => f.size_hint(),
             Inner::Stream(_) => SizeHint::default(),
-            Inner::Upstream { body, .. } => body.size_hint(),
+            Inner::Upstream { held, body, .. } => {
+                let rest = body.size_hint();
+                let n = held.as_ref().map_or(0, |b| b.len() as u64);
+                let mut hint = SizeHint::new();
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + n);
+                }
+                hint.set_lower(rest.lower() + n);
+                hint
+            }
         }
     }
 }

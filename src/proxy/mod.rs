@@ -15,6 +15,7 @@ pub mod filter;
 pub mod finish;
 pub mod forward_proxy;
 pub mod held;
+pub mod json_answer;
 pub mod pipeline;
 pub mod responses_ws;
 pub mod route;

@@ -15,13 +15,15 @@
 //!    model and the body is not JSON, 404 when nothing matches);
 //! 6. **cost** (`Meter`), **cache** (`CacheLookup`: a hit is replayed with its saved cost, an
 //!    identical request in flight is shared, an offline miss is 400), **budget** (`BudgetCheck`:
-//!    429 `budget_exceeded`), **request filters** (`RequestFilters`: `include_usage` injected,
-//!    cache controls removed);
+//!    429 `budget_exceeded`; else the most the request can cost is reserved until it settles),
+//!    **request filters** (`RequestFilters`: `include_usage` injected, cache controls removed);
 //! 7. **rate limit** (`RateLimit`, after a miss: hits are never limited): pass, queue for the slot
 //!    (`on_limit: wait`) or 429;
 //! 8. **circuit + upstream** (`Upstream`): the breaker lets the call through or refuses it (503),
 //!    the route's `fallback` taking over while it is open or when the connection fails; the request
 //!    goes out byte-for-byte (502 unreachable, 504 timeout); upstream 4xx/5xx come back unchanged;
+//!    a metered JSON answer is then held to its end ([`super::json_answer`]) so its headers carry
+//!    its cost (`x-relay-cost-usd`, `x-relay-tokens`);
 //! 9. **response filters** (`ResponseFilters`): hop-by-hop headers out (a WebSocket's 101 is
 //!    spliced, [`super::tunnel`]), `x-request-id`, `x-ratelimit-*`, the cache's tap and headers and
 //!    the cost meter on; the body streams frame by frame through those per-chunk filters;
@@ -43,6 +45,7 @@ use super::body::RelayBody;
 use super::cache as stage;
 use super::context::RequestContext;
 use super::filter;
+use super::json_answer::HoldJson;
 use super::responses_ws;
 use super::route::{self, PathTarget};
 use super::stages::{
@@ -280,7 +283,7 @@ async fn forward(
         book: &rt.cost,
         acct: &state.cost,
     };
-    if let Err(e) = budget.run(cost.as_ref()) {
+    if let Err(e) = budget.run(x, cost.as_ref()).await {
         return Err(fail_lead(miss.lead, e));
     }
     let recorded = miss
@@ -322,6 +325,15 @@ async fn forward(
             return Err(fail_lead(miss.lead, e));
         }
     };
+    let hold = HoldJson {
+        cost: cost.as_ref(),
+        provider: &cfg.providers[index].name,
+        idle: cfg.providers[index].timeouts.idle,
+    };
+    let (resp, held) = match hold.run(x, resp).await {
+        Ok(held) => held,
+        Err(e) => return Err(fail_lead(miss.lead, e)),
+    };
     let respond = ResponseFilters {
         cache: state.cache.as_ref(),
         metrics,
@@ -339,6 +351,7 @@ async fn forward(
             admitted: &admitted,
             miss,
             upgrade,
+            held,
         },
     ))
 }

@@ -269,18 +269,31 @@ impl CacheLookup<'_> {
     }
 }
 
-/// Stage 6c: a key over its budget is refused (429 `budget_exceeded`).
+/// Stage 6c: a key over its budget is refused (429 `budget_exceeded`); otherwise the most the
+/// request can cost is reserved until it settles, waiting while the key's requests in flight may
+/// use what is left ([`crate::cost::budget`]).
 pub struct BudgetCheck<'a> {
     pub book: &'a crate::cost::Book,
     pub acct: &'a crate::cost::Accounting,
 }
 
 impl BudgetCheck<'_> {
-    pub fn run(&self, cost: Option<&crate::cost::Plan>) -> Result<(), EdgeError> {
-        match cost {
-            Some(c) => self.acct.check_budget(self.book, c.key()),
-            None => Ok(()),
+    pub async fn run(
+        &self,
+        x: &mut RequestContext,
+        cost: Option<&crate::cost::Plan>,
+    ) -> Result<(), EdgeError> {
+        let Some(c) = cost else { return Ok(()) };
+        let bound = c.bound(x.bytes_in, x.peek.max_tokens);
+        let reserved = self.acct.reserve(self.book, c.key(), bound).await?;
+        if let Some(t) = x.tally.as_mut() {
+            t.reserved = reserved;
+        } else if let Some(r) = reserved {
+            // Nothing will settle it: give it back at once.
+            let mut t = c.tally(false);
+            t.reserved = Some(r);
         }
+        Ok(())
     }
 }
 
@@ -518,6 +531,8 @@ pub struct Answering<'a> {
     pub miss: CacheMiss,
     /// The caller's side of a protocol switch, and its `Upgrade` value.
     pub upgrade: Option<(HeaderValue, Option<hyper::upgrade::OnUpgrade>)>,
+    /// What stage 8b read of the body (a held JSON answer).
+    pub held: super::json_answer::Held,
 }
 
 impl ResponseFilters<'_> {
@@ -539,8 +554,10 @@ impl ResponseFilters<'_> {
                 tunnel::splice(caller, theirs, provider.name.clone(), self.held.hold());
             }
         }
+        // A held answer's usage is known: no meter on its body.
         let hook = a
             .cost
+            .filter(|_| x.usage.is_none())
             .and_then(|c| c.hook(rparts.status, &mut rparts.headers));
         if let Some(h) = &a.admitted.headers {
             h.apply(&mut rparts.headers);
@@ -566,6 +583,10 @@ impl ResponseFilters<'_> {
         if let Some(l) = &lookup {
             stage::mark(&mut rparts.headers, l.status, &l.key, &x.request_id);
         }
+        // After the tap: relay's cost headers are never recorded with the answer.
+        if let (Some(c), Some(u)) = (a.cost, &x.usage) {
+            c.state_cost(u, &mut rparts.headers);
+        }
         rparts
             .headers
             .entry("x-request-id")
@@ -580,6 +601,7 @@ impl ResponseFilters<'_> {
         Response::from_parts(
             rparts,
             RelayBody::upstream(rbody, provider.timeouts.idle)
+                .with_held(a.held.bytes)
                 .with_tap(tap)
                 .with_meter(hook),
         )

@@ -22,6 +22,8 @@ pub const X_RELAY_BUDGET_RESET: HeaderName = HeaderName::from_static("x-relay-bu
 pub const X_RELAY_COST_USD: HeaderName = HeaderName::from_static("x-relay-cost-usd");
 pub const X_RELAY_SAVED_USD: HeaderName = HeaderName::from_static("x-relay-saved-usd");
 pub const X_RELAY_TOKENS: HeaderName = HeaderName::from_static("x-relay-tokens");
+/// `true` on an answer whose model has no price (its cost is $0 for want of one).
+pub const X_RELAY_UNPRICED: HeaderName = HeaderName::from_static("x-relay-unpriced");
 pub const X_RATELIMIT_LIMIT_REQUESTS: HeaderName =
     HeaderName::from_static("x-ratelimit-limit-requests");
 pub const X_RATELIMIT_RESET_REQUESTS: HeaderName =

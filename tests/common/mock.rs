@@ -12,6 +12,7 @@
 //! - `x-mock: hop-headers`: add hop-by-hop headers to the response (relay must strip them);
 //! - `x-mock-interval-ms: <n>`: pause between SSE events;
 //! - `x-mock-usage: cached`: usage with prompt-cache and reasoning tokens (see [`cached_usage`]);
+//!   `1h`: Anthropic's cache writes split into 5-minute and 1-hour ones ([`mode_usage`]);
 //!   `x-mock-usage: none`: no usage at all (JSON without `usage`, no usage chunk, Anthropic events
 //!   without `usage`).
 //!
@@ -613,11 +614,23 @@ pub fn cached_usage(kind: Kind) -> serde_json::Value {
     }
 }
 
-/// A JSON answer with its usage replaced (`cached`) or removed (`none`).
+/// The usage of `x-mock-usage: <mode>`: [`cached_usage`], or for `1h` Anthropic's cache writes
+/// split by how long they are kept (100 for 5 minutes, 200 for an hour).
+pub fn mode_usage(kind: Kind, mode: &str) -> serde_json::Value {
+    match (kind, mode) {
+        (Kind::Anthropic, "1h") => serde_json::json!({"input_tokens": 200,
+            "cache_creation_input_tokens": 300,
+            "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+            "cache_read_input_tokens": 800, "output_tokens": 100}),
+        _ => cached_usage(kind),
+    }
+}
+
+/// A JSON answer with its usage replaced (`cached`, `1h`) or removed (`none`).
 fn with_usage(body: String, kind: Kind, mode: &str) -> String {
     let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
     match mode {
-        "cached" => v["usage"] = cached_usage(kind),
+        "cached" | "1h" => v["usage"] = mode_usage(kind, mode),
         "none" => {
             v.as_object_mut().unwrap().remove("usage");
         }
@@ -628,7 +641,7 @@ fn with_usage(body: String, kind: Kind, mode: &str) -> String {
 
 /// An Anthropic stream event with its usage replaced or removed.
 fn sse_with_usage(ev: String, mode: &str) -> String {
-    if mode != "cached" && mode != "none" {
+    if !matches!(mode, "cached" | "1h" | "none") {
         return ev;
     }
     let (head, data) = ev.split_once("data: ").unwrap();
@@ -642,7 +655,7 @@ fn sse_with_usage(ev: String, mode: &str) -> String {
         if mode == "none" {
             slot.as_object_mut().unwrap().remove("usage");
         } else if v["type"] == "message_start" {
-            v["message"]["usage"] = cached_usage(Kind::Anthropic);
+            v["message"]["usage"] = mode_usage(Kind::Anthropic, mode);
             v["message"]["usage"]["output_tokens"] = serde_json::json!(1);
         } else {
             v["usage"] = serde_json::json!({"output_tokens": 100});
