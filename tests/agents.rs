@@ -575,3 +575,32 @@ fn dated_2020(text: &str) -> String {
     out.push_str(rest);
     out
 }
+
+/// relay's cost of a Claude Code run equals what Claude Code itself reports (`total_cost_usd`)
+/// for the same usage, within 1%: every token class (input, cache reads, 5-minute and 1-hour
+/// cache writes, output) at Claude Code's default model's rates.
+#[tokio::test]
+async fn claude_code_and_relay_agree_on_what_a_run_cost() {
+    let Some((openai, anthropic, d)) = setup(&["claude"]).await else {
+        return;
+    };
+    let relay = Relay::start_with(&providers(&openai, &anthropic), Env::empty(), false).await;
+    let mut env = claude_env(&relay, &d.home);
+    env.push(("ANTHROPIC_CUSTOM_HEADERS", "x-mock-usage: 1h".to_string()));
+    let args = ["-p", "say hi", "--output-format", "json"];
+    let out = run("claude", &args, &d.one, &env, None).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reported = theirs["total_cost_usd"].as_f64().unwrap();
+    let calls = anthropic.calls().get() as u64;
+    within(relay.server().cost().wait_settled(calls)).await;
+    let resp = within(client().request(get(&relay.url("/relay/usage"))))
+        .await
+        .unwrap();
+    let report = json(resp).await;
+    let ours = report["total"]["cost_micros"].as_u64().unwrap() as f64 / 1e6;
+    assert!(
+        (ours - reported).abs() <= reported * 0.01,
+        "relay booked ${ours}, Claude Code reports ${reported}: {theirs}"
+    );
+}

@@ -1085,3 +1085,38 @@ async fn random_keys_fold_into_a_bounded_set() {
         Some(other as f64)
     );
 }
+
+/// A recorded Claude Code result (`claude -p "say hi" --output-format json`, Claude Code 2.1.197
+/// through relay, every token class in its usage): relay prices the usage it reports at the
+/// `total_cost_usd` Claude Code computed, within 1%.
+#[test]
+fn a_recorded_claude_code_run_costs_what_claude_code_reports() {
+    let rec: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/claude-code-2.1.197-say-hi.json")).unwrap();
+    let body = serde_json::json!({"usage": rec["usage"]}).to_string();
+    let usage = relay::cost::usage::from_json(body.as_bytes()).unwrap();
+    assert_eq!(
+        (usage.cache_write, usage.cache_write_1h),
+        (100, 200),
+        "{usage:?}"
+    );
+    let model = rec["modelUsage"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap();
+    let prices = relay::cost::Prices::from_config(&relay::config::Config::defaults(&Env::empty()));
+    let now = 1_796_000_000_000; // 2026-11-30
+    let price = prices
+        .resolve("anthropic", Some(model), now)
+        .price
+        .clone()
+        .unwrap();
+    let ours = price.cost(&usage).micros as f64 / 1e6;
+    let theirs = rec["total_cost_usd"].as_f64().unwrap();
+    assert!(
+        (ours - theirs).abs() <= theirs * 0.01,
+        "relay ${ours}, Claude Code ${theirs}"
+    );
+}
