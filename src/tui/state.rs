@@ -112,7 +112,12 @@ pub struct Totals {
     pub tokens_in: u64,
     pub tokens_out: u64,
     pub cost_micro_usd: u64,
+    /// What relay's cache saved (hits).
     pub saved_micro_usd: u64,
+    /// What the providers' prompt caches saved.
+    pub prompt_cache_saved_micro_usd: u64,
+    /// Requests whose model has no price (counted at $0).
+    pub unpriced: u64,
     pub latency_us_sum: u64,
     /// Requests that carried token counts / a price (until one does, the header shows `–`).
     pub with_tokens: u64,
@@ -136,6 +141,8 @@ impl Totals {
         self.tokens_out += ev.tokens_out.unwrap_or(0);
         self.cost_micro_usd += ev.cost_micro_usd.unwrap_or(0);
         self.saved_micro_usd += ev.saved_micro_usd.unwrap_or(0);
+        self.prompt_cache_saved_micro_usd += ev.prompt_cache_saved_micro_usd.unwrap_or(0);
+        self.unpriced += u64::from(ev.unpriced);
         self.latency_us_sum += ev.latency_us.unwrap_or(0);
     }
 

@@ -578,3 +578,44 @@ fn agent_rows_show_live_tokens_replays_and_clear_stale_status() {
     handle_key(&mut s, key('k'));
     assert_eq!(s.status, None);
 }
+
+/// A model without a price shows `unpriced` where its cost would be (row, header, breakdown and
+/// detail), and what a provider's prompt cache saved is shown beside relay's own savings.
+#[test]
+fn unpriced_models_and_prompt_cache_savings_are_shown_apart() {
+    let mut s = state(120, 30);
+    let mut e = done(ev(200, Phase::End, 26), 30, Some(CacheState::Miss));
+    e.model = Some("gpt-6.2-sol".into());
+    e.tokens_in = Some(9);
+    e.tokens_out = Some(2);
+    e.cost_micro_usd = Some(0);
+    e.unpriced = true;
+    s.update(Msg::Event(Arc::new(e)));
+    let mut e = done(ev(201, Phase::End, 26), 30, Some(CacheState::Miss));
+    e.tokens_in = Some(1000);
+    e.tokens_cached = Some(800);
+    e.cost_micro_usd = Some(2_500);
+    e.prompt_cache_saved_micro_usd = Some(1_000);
+    s.update(Msg::Event(Arc::new(e)));
+    let main = draw(&s);
+    assert!(main.contains("unpriced 1"), "{main}");
+    assert!(main.contains("+ prompt cache $0.0010"), "{main}");
+    let unpriced_row = main.lines().find(|l| l.contains("gpt-6.2-sol")).unwrap();
+    assert!(unpriced_row.contains("unpriced"), "{main}");
+    handle_key(&mut s, key('G'));
+    handle_key(&mut s, code(KeyCode::Enter));
+    let detail = draw(&s);
+    assert!(
+        detail.contains("800 tokens read from the provider's cache saved $0.0010"),
+        "{detail}"
+    );
+    handle_key(&mut s, code(KeyCode::Esc));
+    handle_key(&mut s, key('k'));
+    handle_key(&mut s, code(KeyCode::Enter));
+    let detail = draw(&s);
+    assert!(detail.contains("none for this model: counted at $0"), "{detail}");
+    handle_key(&mut s, code(KeyCode::Esc));
+    handle_key(&mut s, code(KeyCode::Tab));
+    let models = draw(&s);
+    assert!(models.contains("p-cache"), "{models}");
+}

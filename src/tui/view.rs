@@ -121,6 +121,23 @@ fn render_main(state: &State, f: &mut Frame, area: Rect) {
                 },
                 Style::new().fg(Color::Green),
             ),
+            // Shown once a provider's prompt cache saved something.
+            if t.prompt_cache_saved_micro_usd > 0 {
+                Span::styled(
+                    format!("  + prompt cache {}", usd(t.prompt_cache_saved_micro_usd)),
+                    Style::new().fg(Color::Green),
+                )
+            } else {
+                Span::raw("")
+            },
+            if t.unpriced > 0 {
+                Span::styled(
+                    format!("  unpriced {}", t.unpriced),
+                    Style::new().fg(Color::Yellow),
+                )
+            } else {
+                Span::raw("")
+            },
             "  dropped ".dim(),
             Span::raw(state.dropped.to_string()),
         ]),
@@ -286,8 +303,16 @@ fn table_row<'a>(state: &State, r: &Row) -> TableRow<'a> {
         Cell::from(latency),
         Cell::from(ev.ttfb_us.map(dur).unwrap_or_else(|| "–".into())),
         Cell::from(tokens(ev)),
-        Cell::from(ev.cost_micro_usd.map(usd).unwrap_or_else(|| "–".into())),
+        cost_cell(ev),
     ])
+}
+
+/// A row's cost: `unpriced` (yellow) when its model has no price, else the cost or `–`.
+fn cost_cell(ev: &RequestEvent) -> Cell<'static> {
+    if ev.unpriced {
+        return Cell::from("unpriced").style(Style::new().fg(Color::Yellow));
+    }
+    Cell::from(ev.cost_micro_usd.map(usd).unwrap_or_else(|| "–".into()))
 }
 
 fn render_detail(state: &State, f: &mut Frame, area: Rect) {
@@ -379,9 +404,26 @@ pub fn detail_text(row: &Row) -> Text<'static> {
             "tokens {} · cost {} · saved {}",
             tokens(ev),
             ev.cost_micro_usd.map(usd).unwrap_or_else(|| "–".into()),
-            ev.saved_micro_usd.map(usd).unwrap_or_else(|| "–".into())
+            ev.saved_micro_usd.map(usd).unwrap_or_else(|| "–".into()),
         ),
     ));
+    if let Some(p) = ev.prompt_cache_saved_micro_usd {
+        lines.push(kv(
+            "prompt cache",
+            format!(
+                "{} tokens read from the provider's cache saved {}",
+                ev.tokens_cached.unwrap_or(0),
+                usd(p)
+            ),
+        ));
+    }
+    if ev.unpriced {
+        lines.push(kv(
+            "price",
+            "none for this model: counted at $0 (`relay prices`; add it under models: in the config)"
+                .to_string(),
+        ));
+    }
     let Some(d) = &ev.detail else {
         lines.push(Line::raw(""));
         lines.push(Line::raw(if in_flight {
@@ -446,13 +488,21 @@ fn render_models(state: &State, f: &mut Frame, area: Rect) {
         Constraint::Length(limits_height(state, area.height)),
     ])
     .areas(area);
-    let header = TableRow::new(vec![
+    // The prompt-cache column once a provider's prompt cache saved something.
+    let prompt = state
+        .models
+        .values()
+        .any(|m| m.totals.prompt_cache_saved_micro_usd > 0);
+    let mut names = vec![
         "model", "reqs", "errs", "hit", "tok in", "tok out", "cost", "saved", "avg lat",
-    ])
-    .style(Style::new().bold().add_modifier(Modifier::UNDERLINED));
+    ];
+    if prompt {
+        names.insert(8, "p-cache");
+    }
+    let header = TableRow::new(names).style(Style::new().bold().add_modifier(Modifier::UNDERLINED));
     let rows = state.models.iter().map(|(name, m)| {
         let t = &m.totals;
-        TableRow::new(vec![
+        let mut cells = vec![
             name.clone(),
             t.requests.to_string(),
             t.errors.to_string(),
@@ -461,31 +511,40 @@ fn render_models(state: &State, f: &mut Frame, area: Rect) {
                 .unwrap_or_else(|| "–".into()),
             count(t.tokens_in),
             count(t.tokens_out),
-            usd(t.cost_micro_usd),
+            if t.unpriced > 0 && t.cost_micro_usd == 0 {
+                "unpriced".to_string()
+            } else {
+                usd(t.cost_micro_usd)
+            },
             usd(t.saved_micro_usd),
             t.latency_us_sum
                 .checked_div(t.requests)
                 .map(dur)
                 .unwrap_or_else(|| "–".into()),
-        ])
+        ];
+        if prompt {
+            cells.insert(8, usd(t.prompt_cache_saved_micro_usd));
+        }
+        TableRow::new(cells)
     });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Fill(1),
-            Constraint::Length(5),
-            Constraint::Length(4),
-            Constraint::Length(4),
-            Constraint::Length(7),
-            Constraint::Length(7),
-            Constraint::Length(8),
-            Constraint::Length(8),
-            Constraint::Length(7),
-        ],
-    )
-    .header(header)
-    .column_spacing(1)
-    .block(Block::new().borders(Borders::TOP).title(" Per model "));
+    let mut widths = vec![
+        Constraint::Fill(1),
+        Constraint::Length(5),
+        Constraint::Length(4),
+        Constraint::Length(4),
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(7),
+    ];
+    if prompt {
+        widths.insert(8, Constraint::Length(8));
+    }
+    let table = Table::new(rows, widths)
+        .header(header)
+        .column_spacing(1)
+        .block(Block::new().borders(Borders::TOP).title(" Per model "));
     f.render_widget(table, models);
     render_limits(state, f, limits);
 }
