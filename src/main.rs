@@ -385,12 +385,9 @@ fn log_to_file(format: LogFormat, path: &std::path::Path) -> Option<logging::Log
 
 /// `relay cache ...`: loads the config, runs the command, prints its error. Exit 1 on failure.
 fn cache(command: CacheCommand, config: Option<PathBuf>, server: Option<String>) -> ExitCode {
-    let cfg = match Config::load_or_default(config.as_deref(), &Env::from_process()) {
+    let cfg = match command_config(config.as_deref()) {
         Ok(cfg) => cfg,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     // Store warnings (a damaged file moved aside) go to stderr; RELAY_LOG overrides the filter.
     let _ = tracing_subscriber::fmt()
@@ -410,23 +407,33 @@ fn cache(command: CacheCommand, config: Option<PathBuf>, server: Option<String>)
     }
 }
 
+/// The config of a CLI command, or the exit after saying why it cannot be loaded.
+fn command_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load_or_default(path, &Env::from_process()).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Writes a command's answer to stdout in one go.
+fn print_out(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
 /// `relay usage`: loads the config, prints the report. Exit 1 on failure.
 fn usage(args: UsageArgs) -> ExitCode {
-    let cfg = match Config::load_or_default(args.config.as_deref(), &Env::from_process()) {
+    let cfg = match command_config(args.config.as_deref()) {
         Ok(cfg) => cfg,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(relay::cli::usage::run(&args, &cfg)) {
         Ok(out) => {
-            use std::io::Write as _;
-            let mut stdout = std::io::stdout().lock();
-            let _ = stdout
-                .write_all(out.as_bytes())
-                .and_then(|()| stdout.flush());
+            print_out(&out);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -436,22 +443,16 @@ fn usage(args: UsageArgs) -> ExitCode {
     }
 }
 
+/// `relay prices`: exit 1 when the model asked about has no price at any provider asked.
 fn prices(args: PricesArgs) -> ExitCode {
-    let cfg = match Config::load_or_default(args.config.as_deref(), &Env::from_process()) {
+    let cfg = match command_config(args.config.as_deref()) {
         Ok(cfg) => cfg,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let now_ms = relay::clock::Clock::system().now_ms();
     match relay::cli::prices::run(&args, &cfg, now_ms) {
         Ok(answer) => {
-            use std::io::Write as _;
-            let mut stdout = std::io::stdout().lock();
-            let _ = stdout
-                .write_all(answer.text.as_bytes())
-                .and_then(|()| stdout.flush());
+            print_out(&answer.text);
             if answer.priced {
                 ExitCode::SUCCESS
             } else {

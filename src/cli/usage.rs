@@ -255,28 +255,34 @@ pub fn render_table(r: &Report) -> String {
         out.push('\n');
     }
     let t = &r.total.counts;
-    if t.saved_micros > 0 {
-        let _ = writeln!(
-            out,
-            "relay's cache saved ${} ({} hits)",
-            crate::wire::usd(t.saved_micros),
-            t.hits
-        );
-    }
-    if t.prompt_cache_saved_micros > 0 {
-        let _ = writeln!(
-            out,
-            "the providers' prompt caches saved ${} ({} tokens read from them)",
-            crate::wire::usd(t.prompt_cache_saved_micros),
-            t.cached_input
-        );
-    }
-    if t.unpriced > 0 {
-        let _ = writeln!(
-            out,
-            "{} requests used models with no price and are counted at $0 (see `relay prices`; add them under models: in the config)",
-            t.unpriced
-        );
+    let notes = [
+        (
+            t.saved_micros > 0,
+            format!(
+                "relay's cache saved ${} ({} hits)",
+                crate::wire::usd(t.saved_micros),
+                t.hits
+            ),
+        ),
+        (
+            t.prompt_cache_saved_micros > 0,
+            format!(
+                "the providers' prompt caches saved ${} ({} tokens read from them)",
+                crate::wire::usd(t.prompt_cache_saved_micros),
+                t.cached_input
+            ),
+        ),
+        (
+            t.unpriced > 0,
+            format!(
+                "{} requests used models with no price and are counted at $0 (see `relay prices`; add them under models: in the config)",
+                t.unpriced
+            ),
+        ),
+    ];
+    for (_, note) in notes.iter().filter(|(shown, _)| *shown) {
+        out.push_str(note);
+        out.push('\n');
     }
     out
 }

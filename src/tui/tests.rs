@@ -613,7 +613,10 @@ fn unpriced_models_and_prompt_cache_savings_are_shown_apart() {
     handle_key(&mut s, key('k'));
     handle_key(&mut s, code(KeyCode::Enter));
     let detail = draw(&s);
-    assert!(detail.contains("none for this model: counted at $0"), "{detail}");
+    assert!(
+        detail.contains("none for this model: counted at $0"),
+        "{detail}"
+    );
     handle_key(&mut s, code(KeyCode::Esc));
     handle_key(&mut s, code(KeyCode::Tab));
     let models = draw(&s);
