@@ -56,13 +56,16 @@ impl Resolved {
     }
 }
 
-type Names = HashMap<(String, String), (Arc<Resolved>, u64)>;
+/// Resolved models of one data provider, by the name requests give (looked up without
+/// allocating).
+type Names = Sharded<RwLock<HashMap<String, (Arc<Resolved>, u64)>>>;
 type Probes = HashMap<(String, String), (Option<Arc<Price>>, u64)>;
 
 /// Lookups kept (module docs). Shared by the clones of one config's [`Prices`].
 #[derive(Debug)]
 struct Memo {
-    names: Sharded<RwLock<Names>>,
+    /// By data provider id.
+    names: HashMap<String, Names>,
     probes: Sharded<RwLock<Probes>>,
 }
 
@@ -99,7 +102,7 @@ impl Prices {
             .filter(|p| !p.contains(['*', '?', '[']))
             .map(String::from)
             .collect();
-        let providers = cfg
+        let providers: HashMap<String, String> = cfg
             .providers
             .iter()
             .map(|p| {
@@ -109,12 +112,16 @@ impl Prices {
                 )
             })
             .collect();
+        let names = providers
+            .values()
+            .map(|pid| (pid.clone(), Sharded::with_default(SHARDS)))
+            .collect();
         Prices {
             overrides,
             known,
             providers,
             memo: Arc::new(Memo {
-                names: Sharded::with_default(SHARDS),
+                names,
                 probes: Sharded::with_default(SHARDS),
             }),
         }
@@ -147,12 +154,14 @@ impl Prices {
                 price: Some(p.clone()),
             });
         }
-        let Some(pid) = self.data_provider(provider) else {
+        let Some((pid, names)) = self
+            .data_provider(provider)
+            .and_then(|pid| Some((pid, self.memo.names.get(pid)?)))
+        else {
             return Arc::new(self.unpriced(model));
         };
-        let key = (pid.to_string(), model.to_string());
-        let shard = self.memo.names.by_key(&key);
-        if let Some((r, until)) = crate::shard::read(shard).get(&key) {
+        let shard = names.by_key(model);
+        if let Some((r, until)) = crate::shard::read(shard).get(model) {
             if *until > now_ms {
                 return r.clone();
             }
@@ -163,7 +172,7 @@ impl Prices {
             names.retain(|_, (_, until)| *until > now_ms);
         }
         if names.len() < MAX_NAMES {
-            names.insert(key, (r.clone(), now_ms + HOLD_MS));
+            names.insert(model.to_string(), (r.clone(), now_ms + HOLD_MS));
         }
         r
     }
