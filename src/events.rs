@@ -147,6 +147,10 @@ pub struct RequestEvent {
     /// Tokens were used, but the model has no price: its cost is $0 for want of one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unpriced: bool,
+    /// Each retry and hand-over to the fallback before the answer (`openai 503, retried after
+    /// 420 ms`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<String>,
     /// The agent session the request belongs to (`x-relay-session`, Claude Code's or Codex's id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
@@ -426,6 +430,8 @@ pub struct Snapshot<'a> {
     pub prompt_cache_saved_micros: u64,
     /// Tokens were used, but the model has no price.
     pub unpriced: bool,
+    /// Retries and hand-overs to the fallback, in order.
+    pub attempts: &'a [String],
     pub session: Option<&'a str>,
 }
 
@@ -579,6 +585,7 @@ impl Live {
                 .then_some(x.prompt_cache_saved_micros),
             tokens_cached: x.usage.map(|u| u.cached_input).filter(|n| *n > 0),
             unpriced: x.unpriced,
+            attempts: x.attempts.to_vec(),
             session: x.session.map(str::to_string),
             tokens_live: None,
             detail,

@@ -75,6 +75,10 @@ pub struct Metrics {
     /// `relay_unpriced_requests_total{provider,model}`: requests that used tokens of a model with
     /// no price (booked at $0).
     pub unpriced: IntCounterVec,
+    /// `relay_retries_total{provider,reason,action}`: tries sent again (`retry`) or handed to the
+    /// route's fallback (`fallback`), by the provider that failed and why (`503`, `5xx`,
+    /// `connect`, `circuit_open`, an error code).
+    pub retries: IntCounterVec,
     /// `relay_request_duration_seconds{provider}`: from the request's arrival to the last byte of
     /// the response (or the caller leaving).
     pub request_duration: HistogramVec,
@@ -239,6 +243,14 @@ impl Metrics {
             &["provider", "model"],
         )
         .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "relay_retries_total",
+                "Upstream tries sent again (action retry) or handed to the route's fallback (action fallback)",
+            ),
+            &["provider", "reason", "action"],
+        )
+        .expect("valid metric");
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "relay_request_duration_seconds",
@@ -273,6 +285,7 @@ impl Metrics {
             Box::new(cost_saved_usd.clone()),
             Box::new(prompt_cache_saved_usd.clone()),
             Box::new(unpriced.clone()),
+            Box::new(retries.clone()),
             Box::new(request_duration.clone()),
             Box::new(time_to_first_byte.clone()),
             Box::new(budget_used_ratio.clone()),
@@ -431,6 +444,7 @@ impl Metrics {
             cost_saved_usd,
             prompt_cache_saved_usd,
             unpriced,
+            retries,
             request_duration,
             time_to_first_byte,
             budget_used_ratio,

@@ -188,7 +188,9 @@ async fn disconnect_mid_stream_stores_nothing() {
 async fn only_complete_2xx_answers_are_stored() {
     let (openai, _anthropic, relay) = cached_setup("").await;
     let body = chat_body("gpt-4o", false);
-    let (s, c, _) = call(&relay, CHAT, &body, &[("x-mock-status", "429")]).await;
+    // (Retry-After past retry.max_delay: passed on, not retried.)
+    let failing = [("x-mock-status", "429"), ("x-mock-retry-after", "60")];
+    let (s, c, _) = call(&relay, CHAT, &body, &failing).await;
     assert_eq!((s.as_u16(), c.as_deref()), (429, Some("MISS")));
     let (s, c, _) = call(&relay, CHAT, &body, &[]).await;
     assert_eq!((s.as_u16(), c.as_deref()), (200, Some("MISS")));
@@ -715,7 +717,7 @@ async fn single_flight_followers_get_the_leaders_exact_error() {
     let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
     let yaml = providers(&openai, &anthropic).replacen(
         "    kind: openai\n",
-        "    kind: openai\n    timeouts: {first_byte: 2s}\n",
+        "    kind: openai\n    timeouts: {first_byte: 2s}\n    retry: {attempts: 1}\n",
         1,
     );
     let relay = Relay::start(&format!("{yaml}cache:\n  enabled: true\n")).await;

@@ -284,12 +284,13 @@ async fn hot_reloaded_limits_apply_at_once() {
 
 // ---------------------------------------------------------------- circuit breaker
 
-/// Two mocks; `openai` has a breaker (`breaker` is its YAML flow mapping).
+/// Two mocks; `openai` has a breaker (`breaker` is its YAML flow mapping) and no retries, so
+/// each request is one try the breaker judges.
 async fn breaker_setup(breaker: &str, extra: &str) -> (Mock, Mock, Relay) {
     let openai = Mock::start("openai", Kind::OpenAi).await;
     let backup = Mock::start("backup", Kind::OpenAi).await;
     let relay = Relay::start(&format!(
-        "providers:\n  - name: openai\n    base_url: {}\n    breaker: {breaker}\n  - name: backup\n    base_url: {}\n{extra}",
+        "providers:\n  - name: openai\n    base_url: {}\n    breaker: {breaker}\n    retry: {{attempts: 1}}\n  - name: backup\n    base_url: {}\n{extra}",
         openai.base_url(),
         backup.base_url()
     ))
@@ -408,7 +409,7 @@ async fn half_open_probe_closes_the_circuit() {
 async fn a_stream_cut_by_the_idle_timeout_is_a_failure() {
     let openai = Mock::start("openai", Kind::OpenAi).await;
     let relay = Relay::start(&format!(
-        "providers:\n  - name: openai\n    base_url: {}\n    timeouts: {{idle: 200ms}}\n    breaker: {{consecutive_failures: 2, cooldown: 1h}}\n",
+        "providers:\n  - name: openai\n    base_url: {}\n    timeouts: {{idle: 200ms}}\n    breaker: {{consecutive_failures: 2, cooldown: 1h}}\n    retry: {{attempts: 1}}\n",
         openai.base_url()
     ))
     .await;
@@ -485,7 +486,7 @@ async fn fallback_on_connection_refused() {
     drop(closed);
     let backup = Mock::start("backup", Kind::OpenAi).await;
     let relay = Relay::start(&format!(
-        "providers:\n  - {{name: openai, base_url: '{dead}'}}\n  - {{name: backup, base_url: '{}'}}\nroutes:\n  - {{provider: openai, fallback: backup}}\n",
+        "providers:\n  - {{name: openai, base_url: '{dead}', retry: {{attempts: 1}}}}\n  - {{name: backup, base_url: '{}'}}\nroutes:\n  - {{provider: openai, fallback: backup}}\n",
         backup.base_url()
     ))
     .await;

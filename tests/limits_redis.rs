@@ -163,3 +163,47 @@ async fn shared_wait_mode_queues_across_relays() {
         .sum();
     assert_eq!(waited, 3.0);
 }
+
+/// The original relay's meaning of `redis.enabled: true`: with no `backend:` keys, the rate
+/// limits and the cache are both shared through Redis.
+#[tokio::test]
+async fn redis_enabled_alone_shares_limits_and_the_cache() {
+    let redis = RedisServer::start();
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let anthropic = Mock::start("anthropic", Kind::Anthropic).await;
+    // No backend keys: only `redis.enabled` (the harness needs `cache:` to turn the cache on).
+    let limits =
+        "{rules: [{scope: key, requests_per_second: 0.05, burst: 2}]}\ncache: {enabled: true}";
+    let one = relay_on(redis.port(), &openai, &anthropic, limits).await;
+    let two = relay_on(redis.port(), &openai, &anthropic, limits).await;
+    assert_eq!(status(&one, "sk-a", 1).await, 200);
+    assert_eq!(status(&two, "sk-a", 2).await, 200);
+    // Two in total across both relays.
+    assert_eq!(status(&one, "sk-a", 3).await, 429);
+    let m = two.metrics().await;
+    assert_eq!(
+        metric(&m, "relay_ratelimit_backend", &[("backend", "redis")]),
+        Some(1.0)
+    );
+    // What one relay recorded, the other answers (the same caller key: the cache's default
+    // scope is per key; another key so the limit above does not refuse it).
+    let ask = |relay: &Relay| {
+        let req = Request::post(relay.url(CHAT))
+            .header("content-type", "application/json")
+            .header("authorization", "Bearer sk-c")
+            .body(full(
+                r#"{"model":"gpt-4o","messages":[{"role":"user","content":"shared"}]}"#,
+            ))
+            .unwrap();
+        client().request(req)
+    };
+    let first = within(ask(&one)).await.unwrap();
+    assert_eq!(first.headers()["x-relay-cache"], "MISS");
+    bytes(first).await;
+    one.metrics().await; // commits one's queued write to Redis
+    let calls = openai.calls().get();
+    let second = within(ask(&two)).await.unwrap();
+    assert_eq!(second.headers()["x-relay-cache"], "HIT");
+    bytes(second).await;
+    assert_eq!(openai.calls().get(), calls);
+}

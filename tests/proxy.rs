@@ -626,11 +626,13 @@ async fn upstream_errors_pass_through_unchanged() {
         let req = Request::post(relay.url(path))
             .header("content-type", "application/json")
             .header("x-mock-status", status.to_string())
+            // Longer than retry.max_delay (10 s): passed on at once, not waited for.
+            .header("x-mock-retry-after", "60")
             .body(full(chat_body(model, false)))
             .unwrap();
         let resp = within(client().request(req)).await.unwrap();
         assert_eq!(resp.status().as_u16(), status);
-        assert_eq!(header(&resp, "retry-after"), Some("7"));
+        assert_eq!(header(&resp, "retry-after"), Some("60"));
         assert_eq!(header(&resp, "x-relay-error"), None, "not relay's error");
         assert_eq!(text(resp).await, mock::error_body(kind, status));
     }

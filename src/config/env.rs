@@ -129,6 +129,10 @@ const PROVIDER_KEYS: &[(&str, Kind)] = &[
     ("breaker.cooldown", Kind::Text),
     ("breaker.half_open_requests", Kind::Yaml),
     ("breaker.count_429", Kind::Yaml),
+    ("retry.attempts", Kind::Yaml),
+    ("retry.on", Kind::Yaml),
+    ("retry.base_delay", Kind::Text),
+    ("retry.max_delay", Kind::Text),
 ];
 
 /// The original relay's variables and the keys they set.

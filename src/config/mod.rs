@@ -157,13 +157,120 @@ pub struct Provider {
     pub timeouts: Timeouts,
     /// The provider's circuit breaker (`providers[].breaker`).
     pub breaker: BreakerConfig,
+    /// Retries before the first byte reaches the caller (`providers[].retry`).
+    pub retry: RetryConfig,
+}
+
+/// A failure seen before the first byte reached the caller: what `retry.on` and
+/// `routes[].fallback_on` list.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum When {
+    /// The connection failed (refused, reset, TLS) before an answer came.
+    Connect,
+    /// `timeouts.connect` or `timeouts.first_byte` passed.
+    Timeout,
+    /// This status (`429`, `503`, Anthropic's `529`).
+    Status(u16),
+    /// Any status of this hundred (`5xx`: 5).
+    Class(u16),
+    /// The answer's error `code` or `type` (`context_length_exceeded`, `overloaded_error`).
+    Error(String),
+    /// The provider's circuit is open (fallbacks only).
+    CircuitOpen,
+}
+
+impl When {
+    /// Parses `connect`, `timeout`, `circuit_open`, `429`, `5xx` or an error code / type.
+    pub fn parse(s: &str) -> Result<When, String> {
+        let s = s.trim();
+        let digits = |t: &str| t.len() == 3 && t.bytes().all(|b| b.is_ascii_digit());
+        Ok(match s {
+            "connect" => When::Connect,
+            "timeout" => When::Timeout,
+            "circuit_open" => When::CircuitOpen,
+            t if digits(t) => match t.parse::<u16>() {
+                Ok(code @ 100..=599) => When::Status(code),
+                _ => return Err(format!("{t:?} is not an HTTP status")),
+            },
+            t if t.len() == 3
+                && t.ends_with("xx")
+                && matches!(t.as_bytes()[0], b'1'..=b'5') =>
+            {
+                When::Class(u16::from(t.as_bytes()[0] - b'0'))
+            }
+            t if !t.is_empty()
+                && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+            {
+                When::Error(t.to_string())
+            }
+            t => {
+                return Err(format!(
+                    "{t:?}: want connect, timeout, circuit_open, a status (429), a class (5xx) or an error code (context_length_exceeded)"
+                ))
+            }
+        })
+    }
+
+    /// Whether an answer with `status` (and, for error codes, its error `code` / `type`) is one.
+    pub fn matches_status(&self, status: u16, error: Option<&str>) -> bool {
+        match self {
+            When::Status(s) => *s == status,
+            When::Class(c) => status / 100 == *c,
+            When::Error(e) => error == Some(e.as_str()),
+            When::Connect | When::Timeout | When::CircuitOpen => false,
+        }
+    }
+}
+
+impl fmt::Display for When {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            When::Connect => f.write_str("connect"),
+            When::Timeout => f.write_str("timeout"),
+            When::CircuitOpen => f.write_str("circuit_open"),
+            When::Status(s) => write!(f, "{s}"),
+            When::Class(c) => write!(f, "{c}xx"),
+            When::Error(e) => f.write_str(e),
+        }
+    }
+}
+
+/// `providers[].retry` (and `routes[].retry`): sending a request again before the first byte
+/// reached the caller. Never after: no token is sent twice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Tries in all, the first included. Default 3; 1 turns retries off.
+    pub attempts: u32,
+    /// What is retried. Default: connect errors, timeouts, 429 and 5xx (Anthropic's 529 too).
+    pub on: Vec<When>,
+    /// The first wait; each next one doubles, with full jitter. Default 500 ms.
+    pub base_delay: Duration,
+    /// The longest wait, `Retry-After` included: an answer asking for longer is not retried (the
+    /// caller gets it). Default 10 s.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 3,
+            on: vec![
+                When::Connect,
+                When::Timeout,
+                When::Status(429),
+                When::Class(5),
+            ],
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `providers[].breaker` — when to stop sending requests to a failing upstream. Failures are
 /// connect errors, timeouts (connect, first byte) and 5xx answers (429 too with `count_429`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerConfig {
-    /// Default: on when any `breaker` key is set, else off.
+    /// Default on (`breaker: {enabled: false}` turns it off), as in the original relay.
     pub enabled: bool,
     /// Open after this many failures in a row. Default 5.
     pub consecutive_failures: u32,
@@ -185,7 +292,7 @@ pub struct BreakerConfig {
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
-            enabled: false,
+            enabled: true,
             consecutive_failures: 5,
             failure_ratio: 0.5,
             min_requests: 20,
@@ -242,6 +349,15 @@ pub struct Route {
     /// Index of the provider that takes the request when `provider`'s circuit is open or it refuses
     /// the connection (`routes[].fallback`).
     pub fallback: Option<usize>,
+    /// When the fallback takes over (`routes[].fallback_on`). Default: `circuit_open`, `connect`.
+    pub fallback_on: Vec<When>,
+    /// This route's retries instead of its provider's (`routes[].retry`).
+    pub retry: Option<RetryConfig>,
+}
+
+/// `routes[].fallback_on` when not set.
+pub fn default_fallback_on() -> Vec<When> {
+    vec![When::CircuitOpen, When::Connect]
 }
 
 impl PartialEq for Route {
@@ -250,6 +366,8 @@ impl PartialEq for Route {
             && self.path.as_ref().map(|p| p.as_str()) == other.path.as_ref().map(|p| p.as_str())
             && self.provider == other.provider
             && self.fallback == other.fallback
+            && self.fallback_on == other.fallback_on
+            && self.retry == other.retry
     }
 }
 

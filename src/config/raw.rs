@@ -88,6 +88,40 @@ pub struct RawProvider {
     pub http2: Option<bool>,
     pub timeouts: RawTimeouts,
     pub breaker: RawBreaker,
+    pub retry: RawRetry,
+}
+
+/// An entry of `retry.on` / `fallback_on`: a word (`connect`, `5xx`, an error code) or a status
+/// written as a number (`429`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct RawWhen(pub String);
+
+impl<'de> Deserialize<'de> for RawWhen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Text(String),
+            Number(u64),
+        }
+        Ok(RawWhen(match Either::deserialize(d)? {
+            Either::Text(s) => s,
+            Either::Number(n) => n.to_string(),
+        }))
+    }
+}
+
+/// `providers[].retry` / `routes[].retry`.
+#[derive(Debug, Default, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetry {
+    pub attempts: Option<u32>,
+    pub on: Option<Vec<RawWhen>>,
+    #[serde(with = "super::duration")]
+    pub base_delay: Option<Duration>,
+    #[serde(with = "super::duration")]
+    pub max_delay: Option<Duration>,
 }
 
 /// `providers[].breaker`: the provider's circuit breaker.
@@ -125,6 +159,9 @@ pub struct RawRoute {
     pub provider: String,
     /// Provider that takes the request when `provider`'s circuit is open or refuses connections.
     pub fallback: Option<String>,
+    /// When the fallback takes over (statuses, error codes, `connect`, `circuit_open`, ...).
+    pub fallback_on: Option<Vec<RawWhen>>,
+    pub retry: Option<RawRetry>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -6,12 +6,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{PortSpec, RawCache, RawConfig, RawPrice, RawProvider, RawRoute};
+use super::default_fallback_on;
+use super::raw::{
+    PortSpec, RawCache, RawConfig, RawPrice, RawProvider, RawRetry, RawRoute, RawWhen,
+};
 use super::{
     BaseUrl, BreakerConfig, CacheBackend, CacheConfig, CacheMode, CacheScope, Config, ConfigError,
     Env, LimitBackend, LimitRule, LimitScope, LimitsConfig, ModelPrice, OnLimit, Provider,
-    ProviderKind, RateLimitConfig, RedisConfig, ReplayTiming, Route, Secret, ServerConfig,
-    Timeouts,
+    ProviderKind, RateLimitConfig, RedisConfig, ReplayTiming, RetryConfig, Route, Secret,
+    ServerConfig, Timeouts, When,
 };
 use super::{Budget, CostConfig, KeyAlias, StreamUsage};
 
@@ -170,6 +173,11 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
         budgets.insert(name.clone(), budget);
     }
 
+    if redis.enabled && !cfg!(feature = "redis") {
+        warnings.push(
+            "redis.enabled: this relay was built without `--features redis`; the cache and the rate limits stay on this instance".to_string(),
+        );
+    }
     for (key, present) in [
         ("auth", raw.auth.is_some()),
         ("transform", raw.transform.is_some()),
@@ -264,7 +272,13 @@ const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_CACHE_MAX_BYTES: u64 = 1 << 30;
 
 fn resolve_cache(cx: &Ctx, c: &RawCache, redis: &RedisConfig) -> Result<CacheConfig, ConfigError> {
-    let backend = c.backend.unwrap_or(CacheBackend::Redb);
+    // `redis.enabled: true` alone shares the cache, as in the original relay.
+    let shared = redis.enabled && cfg!(feature = "redis");
+    let backend = c.backend.unwrap_or(if shared {
+        CacheBackend::Redis
+    } else {
+        CacheBackend::Redb
+    });
     if backend == CacheBackend::Redis {
         if !cfg!(feature = "redis") {
             return Err(cx.err(

@@ -307,7 +307,7 @@ fn errors_name_file_and_key_path() {
             "unknown key in a provider",
             "providers:\n  - name: a\n    base_url: http://x\n    bogus: 1\n",
             "t.yaml: providers[0].bogus: unknown field `bogus`, expected one of `name`, `kind`, \
-             `base_url`, `api_key_env`, `http2`, `timeouts`, `breaker`",
+             `base_url`, `api_key_env`, `http2`, `timeouts`, `breaker`, `retry`",
         ),
         (
             "unknown section",
@@ -874,7 +874,7 @@ fn env_errors_name_key_path_and_variable() {
             "",
             &[("RELAY_ROUTES", "[{provider: openai, modle: x}]")],
             "t.yaml: routes[0].modle: unknown field `modle`, expected one of `model`, `path`, \
-             `provider`, `fallback` (value from environment variable RELAY_ROUTES)",
+             `provider`, `fallback`, `fallback_on`, `retry` (value from environment variable RELAY_ROUTES)",
         ),
         (
             // The file's error is not blamed on an unrelated variable.
@@ -1437,4 +1437,86 @@ fn cache_keys_leave_out_nested_paths_and_the_client_rules() {
         .collect();
     assert_eq!(paths, ["user"]);
     assert!(!c.cache.portable);
+}
+
+#[test]
+fn retries_fallbacks_and_the_original_relays_defaults() {
+    let c = load("", &Env::empty());
+    let p = &c.providers[0];
+    assert!(p.breaker.enabled, "the breaker is on by default");
+    assert_eq!(p.breaker.consecutive_failures, 5);
+    assert_eq!(p.retry, RetryConfig::default());
+    assert_eq!(c.routes[0].fallback_on, default_fallback_on());
+    let yaml = "providers:\n  - name: a\n    base_url: http://x\n    retry: {attempts: 2, on: [429, 5xx, overloaded_error], max_delay: 3s}\n    breaker: {enabled: false}\n  - name: b\n    base_url: http://y\nroutes:\n  - {provider: a, fallback: b, fallback_on: [circuit_open, 529, context_length_exceeded], retry: {attempts: 1}}\n";
+    let c = load(yaml, &Env::empty());
+    let a = &c.providers[0];
+    assert!(!a.breaker.enabled);
+    assert_eq!(a.retry.attempts, 2);
+    assert_eq!(
+        a.retry.on,
+        [
+            When::Status(429),
+            When::Class(5),
+            When::Error("overloaded_error".into())
+        ]
+    );
+    assert_eq!(a.retry.max_delay, Duration::from_secs(3));
+    assert_eq!(a.retry.base_delay, RetryConfig::default().base_delay);
+    let r = &c.routes[0];
+    assert_eq!(
+        r.fallback_on,
+        [
+            When::CircuitOpen,
+            When::Status(529),
+            When::Error("context_length_exceeded".into())
+        ]
+    );
+    // The route's retry starts from its provider's.
+    let rr = r.retry.as_ref().unwrap();
+    assert_eq!((rr.attempts, rr.max_delay), (1, Duration::from_secs(3)));
+    for (yaml, err) in [
+        (
+            "providers:\n  - {name: a, base_url: \"http://x\", retry: {attempts: 0}}\n",
+            "t.yaml: providers[0].retry.attempts: must be at least 1 (1: no retries)",
+        ),
+        (
+            "providers:\n  - {name: a, base_url: \"http://x\", retry: {on: [\"4 2 9\"]}}\n",
+            "t.yaml: providers[0].retry.on[0]: \"4 2 9\": want connect, timeout, circuit_open, a status (429), a class (5xx) or an error code (context_length_exceeded)",
+        ),
+        (
+            "providers:\n  - {name: a, base_url: \"http://x\", retry: {on: [circuit_open]}}\n",
+            "t.yaml: providers[0].retry.on: circuit_open is for fallback_on: an open circuit is not retried",
+        ),
+        (
+            "providers:\n  - {name: a, base_url: \"http://x\"}\nroutes:\n  - {provider: a, fallback_on: [429]}\n",
+            "t.yaml: routes[0].fallback_on: needs a fallback: provider to hand over to",
+        ),
+    ] {
+        assert_eq!(load_err(yaml, &Env::empty()), err, "{yaml}");
+    }
+}
+
+#[test]
+fn redis_enabled_alone_shares_the_cache_and_the_limits() {
+    let c = load("redis: {enabled: true}\n", &Env::empty());
+    if cfg!(feature = "redis") {
+        assert_eq!(c.cache.backend, CacheBackend::Redis);
+        assert_eq!(c.limits.backend, LimitBackend::Redis);
+        // Explicit backends win.
+        let c = load(
+            "redis: {enabled: true}\ncache: {backend: redb}\nratelimit: {backend: local}\n",
+            &Env::empty(),
+        );
+        assert_eq!(c.cache.backend, CacheBackend::Redb);
+        assert_eq!(c.limits.backend, LimitBackend::Local);
+    } else {
+        assert_eq!(c.cache.backend, CacheBackend::Redb);
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("built without `--features redis`")),
+            "{:?}",
+            c.warnings
+        );
+    }
 }

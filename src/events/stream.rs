@@ -144,6 +144,7 @@ mod tests {
             prompt_cache_saved_micro_usd: None,
             tokens_cached: None,
             unpriced: false,
+            attempts: Vec::new(),
             session: Some("s-1".into()),
             tokens_live: Some(4),
             detail: None,

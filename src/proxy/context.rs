@@ -115,6 +115,8 @@ pub struct RequestContext {
     pub circuit: Option<crate::limit::breaker::Ticket>,
     /// How the body ended, once it has.
     pub ending: Option<Ending>,
+    /// Each retry and hand-over to the fallback before the answer (stage 8), in order.
+    pub attempts: Vec<String>,
     /// The closing phase ran ([`super::finish::finish`]).
     pub(super) closed: bool,
     /// Tokens of this request: the provider's usage, or relay's estimate (`usage.estimated`).
@@ -171,6 +173,7 @@ impl RequestContext {
             tokens: None,
             circuit: None,
             ending: None,
+            attempts: Vec::new(),
             closed: false,
             usage: None,
             cost_micros: 0,
@@ -232,6 +235,7 @@ impl RequestContext {
             saved_micros: self.saved_micros,
             prompt_cache_saved_micros: self.prompt_cache_saved_micros,
             unpriced: self.unpriced,
+            attempts: &self.attempts,
             session: self.session.as_deref(),
         }
     }

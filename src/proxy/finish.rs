@@ -89,6 +89,7 @@ pub fn finish(cx: &mut RequestContext) {
             prompt_cache_saved_usd = (cx.prompt_cache_saved_micros > 0)
                 .then(|| crate::cost::usd(cx.prompt_cache_saved_micros)),
             unpriced = cx.unpriced.then_some(true),
+            retries = (!cx.attempts.is_empty()).then(|| cx.attempts.join("; ")),
             request_id = cx.request_id.to_str().unwrap_or("-"),
             "request"
         );

@@ -32,12 +32,17 @@ pub struct HoldJson<'a> {
 
 impl HoldJson<'_> {
     /// Reads the answer when it is to be held; its usage goes on `x`. An upstream that fails or
-    /// goes silent before the end is a 502 / 504: nothing reached the caller yet.
+    /// goes silent before the end is a 502 / 504: nothing reached the caller yet. `read`: what
+    /// stage 8 already read of it (an error answer), passed on as it is.
     pub async fn run(
         &self,
         x: &mut RequestContext,
         resp: Response<Incoming>,
+        read: Option<Bytes>,
     ) -> Result<(Response<Incoming>, Held), EdgeError> {
+        if read.is_some() {
+            return Ok((resp, Held { bytes: read }));
+        }
         let Some(plan) = self.cost else {
             return Ok((resp, Held::default()));
         };

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod body;
 pub mod cache;
+pub mod call;
 pub mod client_body;
 pub mod conn;
 pub mod context;

@@ -43,14 +43,15 @@ use hyper::body::Incoming;
 use super::admin::{self, is_relay_api};
 use super::body::RelayBody;
 use super::cache as stage;
+use super::call::{Call, Upstream};
 use super::context::RequestContext;
 use super::filter;
 use super::json_answer::HoldJson;
 use super::responses_ws;
 use super::route::{self, PathTarget};
 use super::stages::{
-    fail_lead, Answering, BudgetCheck, CacheLookup, Call, Flow, Meter, RateLimit, ReadBody,
-    RequestFilters, ResponseFilters, RouteByModel, RouteByPath, Upstream,
+    fail_lead, Answering, BudgetCheck, CacheLookup, Flow, Meter, RateLimit, ReadBody,
+    RequestFilters, ResponseFilters, RouteByModel, RouteByPath,
 };
 pub use super::state::{Runtime, State};
 use super::tunnel;
@@ -316,7 +317,7 @@ async fn forward(
         whole: sent_whole.as_ref(),
         upgrade: upgrade.as_ref().map(|(v, _)| v),
     };
-    let (index, resp) = match (Upstream { rt, metrics }).run(x, call).await {
+    let called = match (Upstream { rt, metrics }).run(x, call).await {
         Ok(called) => called,
         Err(e) => {
             if let Some(tokens) = x.tokens.take() {
@@ -325,12 +326,13 @@ async fn forward(
             return Err(fail_lead(miss.lead, e));
         }
     };
+    let index = called.index;
     let hold = HoldJson {
         cost: cost.as_ref(),
         provider: &cfg.providers[index].name,
         idle: cfg.providers[index].timeouts.idle,
     };
-    let (resp, held) = match hold.run(x, resp).await {
+    let (resp, held) = match hold.run(x, called.resp, called.read).await {
         Ok(held) => held,
         Err(e) => return Err(fail_lead(miss.lead, e)),
     };

@@ -56,7 +56,7 @@ pub fn needs_model(cfg: &Config, path: &str) -> bool {
 
 /// First route that matches `path` and `model`: its provider index.
 pub fn select(cfg: &Config, path: &str, model: Option<&str>) -> Option<usize> {
-    select_route(cfg, path, model).map(|r| r.provider)
+    select_route(cfg, path, model).map(|(_, r)| r.provider)
 }
 
 /// The route of a `/v1/...` request: the first that matches `path` and `model`, except that a
@@ -75,24 +75,28 @@ pub fn select_for(
         let by_route = cfg
             .routes
             .iter()
-            .filter(|r| anthropic(r.provider))
-            .find(|r| r.path.as_ref().is_none_or(|p| p.matches(path)));
-        if let Some(r) = by_route {
+            .enumerate()
+            .filter(|(_, r)| anthropic(r.provider))
+            .find(|(_, r)| r.path.as_ref().is_none_or(|p| p.matches(path)));
+        if let Some((i, r)) = by_route {
             return Some(Selected {
                 provider: r.provider,
                 fallback: r.fallback,
+                route: Some(i),
             });
         }
         if let Some(provider) = (0..cfg.providers.len()).find(|&i| anthropic(i)) {
             return Some(Selected {
                 provider,
                 fallback: None,
+                route: None,
             });
         }
     }
-    select_route(cfg, path, model).map(|r| Selected {
+    select_route(cfg, path, model).map(|(i, r)| Selected {
         provider: r.provider,
         fallback: r.fallback,
+        route: Some(i),
     })
 }
 
@@ -101,15 +105,17 @@ pub fn select_for(
 pub struct Selected {
     pub provider: usize,
     pub fallback: Option<usize>,
+    /// The route's index in `routes` (its retries and `fallback_on`), when a route picked it.
+    pub route: Option<usize>,
 }
 
-/// First route that matches `path` and `model`.
+/// First route that matches `path` and `model`, with its index.
 pub fn select_route<'a>(
     cfg: &'a Config,
     path: &str,
     model: Option<&str>,
-) -> Option<&'a crate::config::Route> {
-    cfg.routes.iter().find(|r| {
+) -> Option<(usize, &'a crate::config::Route)> {
+    cfg.routes.iter().enumerate().find(|(_, r)| {
         r.path.as_ref().is_none_or(|p| p.matches(path))
             && match (&r.model, model) {
                 (None, _) => true,

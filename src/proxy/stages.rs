@@ -3,9 +3,7 @@
 //! or an [`EdgeError`]). [`super::pipeline`] lists them in request order; what they learn goes on
 //! the [`RequestContext`].
 
-use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -17,12 +15,11 @@ use super::cache::{self as stage, Answer, Asked, Cache, FlightLead, Lookup, Reso
 use super::client_body::{self, BodyBudget, ClientBody};
 use super::context::{Caller, RequestContext};
 use super::route::{self, PathTarget};
-use super::state::Runtime;
 use super::tunnel;
 use super::upstream;
 use crate::config::{CacheConfig, Config, Provider, ServerConfig};
 use crate::error::EdgeError;
-use crate::limit::{self, breaker::Verdict, Admitted, Limiter};
+use crate::limit::{self, Admitted, Limiter};
 use crate::metrics::Metrics;
 use crate::wire::BodyPeek;
 
@@ -39,6 +36,9 @@ pub enum Flow<T> {
 pub struct Routed<'a> {
     pub index: usize,
     pub fallback: Option<usize>,
+    /// The route that picked the provider (its retries and `fallback_on`); `None` for
+    /// `/<provider>/v1/...`.
+    pub route: Option<usize>,
     /// The client path (`/v1/...`), to build a fallback's upstream path.
     pub rest: &'a str,
     pub path_and_query: String,
@@ -126,11 +126,11 @@ impl RouteByModel<'_> {
         parts: &Parts,
         target: PathTarget<'p>,
     ) -> Result<Routed<'p>, EdgeError> {
-        let (index, fallback, rest) = match target {
-            PathTarget::Explicit { provider, rest } => (provider, None, rest),
+        let (index, fallback, route, rest) = match target {
+            PathTarget::Explicit { provider, rest } => (provider, None, None, rest),
             PathTarget::Table { path } => {
                 match route::select_for(self.cfg, path, x.model.as_deref(), &parts.headers) {
-                    Some(r) => (r.provider, r.fallback, path),
+                    Some(r) => (r.provider, r.fallback, r.route, path),
                     None => return Err(no_route(parts, x.model.clone())),
                 }
             }
@@ -155,6 +155,7 @@ impl RouteByModel<'_> {
         Ok(Routed {
             index,
             fallback,
+            route,
             rest,
             path_and_query,
         })
@@ -362,151 +363,6 @@ impl RateLimit<'_> {
         let mut admitted = self.limiter.admit(&limited, self.metrics).await?;
         x.tokens = admitted.tokens.take();
         Ok(admitted)
-    }
-}
-
-/// One upstream call to make (stage 8).
-pub struct Call<'a> {
-    pub routed: &'a Routed<'a>,
-    pub query: Option<&'a str>,
-    pub method: Method,
-    pub headers: HeaderMap,
-    pub body: ClientBody,
-    /// The body when relay read it whole: a fallback can send it again.
-    pub whole: Option<&'a Bytes>,
-    /// The `Upgrade` value of a protocol switch (WebSocket), restored after the hop-by-hop filter.
-    pub upgrade: Option<&'a HeaderValue>,
-}
-
-/// Stage 8: the circuit gate, then the upstream call. The route's provider is tried first; its
-/// fallback takes the request when the provider's circuit is open, or when the connection failed
-/// before anything was sent (only for bodies relay read whole, which it can send again). Each
-/// answer is reported to the provider's circuit: 5xx (429 with `count_429`), and the errors that
-/// [count](EdgeError::counts_for_breaker) (connect errors, timeouts) as failures. A successful
-/// stream (SSE) is judged when it ends: its ticket goes on the context, so a stream cut by the
-/// idle timeout is a failure.
-pub struct Upstream<'a> {
-    pub rt: &'a Runtime,
-    pub metrics: &'a Metrics,
-}
-
-impl Upstream<'_> {
-    pub async fn run(
-        &self,
-        x: &mut RequestContext,
-        call: Call<'_>,
-    ) -> Result<(usize, Response<Incoming>), EdgeError> {
-        x.sending_upstream();
-        let sent = Instant::now();
-        let (index, resp) = self.call(call, &mut x.circuit).await?;
-        let provider = &self.rt.config.providers[index];
-        if x.provider.as_deref() != Some(provider.name.as_str()) {
-            x.provider = Some(provider.name.clone());
-        }
-        let upstream_time = sent.elapsed();
-        x.upstream = Some(upstream_time);
-        self.metrics
-            .upstream_latency
-            .with_label_values(&[&provider.name])
-            .observe(upstream_time.as_secs_f64());
-        Ok((index, resp))
-    }
-
-    async fn call(
-        &self,
-        call: Call<'_>,
-        deferred: &mut Option<limit::breaker::Ticket>,
-    ) -> Result<(usize, Response<Incoming>), EdgeError> {
-        let (rt, metrics) = (self.rt, self.metrics);
-        let cfg = &rt.config;
-        let Call {
-            routed,
-            query,
-            method,
-            headers,
-            body,
-            whole,
-            upgrade,
-        } = call;
-        let (primary, fallback) = (routed.index, routed.fallback);
-        // An upload that fails mid-send because of the caller (over the limit, stalled) is the
-        // caller's error, never the provider's.
-        let fault = match &body {
-            ClientBody::Stream(u) => Some(u.fault()),
-            ClientBody::Whole(_) => None,
-        };
-        let mut body = Some(body);
-        let mut headers = Some(headers);
-        let mut last = None;
-        for index in std::iter::once(primary).chain(fallback) {
-            let provider = &cfg.providers[index];
-            let ticket = match rt.breakers.admit(index, cfg, metrics) {
-                Ok(ticket) => ticket,
-                Err(e) => {
-                    last = Some(e);
-                    continue;
-                }
-            };
-            let Some(b) = body
-                .take()
-                .or_else(|| whole.cloned().map(ClientBody::Whole))
-            else {
-                break;
-            };
-            let h = if index == primary && fallback.is_some() {
-                headers.clone().expect("headers kept for the fallback")
-            } else {
-                let mut h = headers.take().expect("headers kept for the fallback");
-                if index != primary {
-                    // The caller's key is for the provider it was routed to: a fallback gets its
-                    // own (`api_key_env`), never that one.
-                    upstream::strip_credentials(&mut h);
-                }
-                h
-            };
-            let pq = if index == primary {
-                Cow::Borrowed(routed.path_and_query.as_str())
-            } else {
-                let mut p = route::upstream_path(&provider.base_url.path, routed.rest);
-                if let Some(q) = query {
-                    p.push('?');
-                    p.push_str(q);
-                }
-                Cow::Owned(p)
-            };
-            let mut req = upstream::build_request(provider, &pq, method.clone(), h, b.into())?;
-            if let Some(v) = upgrade {
-                tunnel::restore(req.headers_mut(), v.clone());
-            }
-            match rt.upstreams.send_checked(index, provider, req).await {
-                Ok(resp) => {
-                    let stream =
-                        resp.status().is_success() && crate::wire::has_event_stream(resp.headers());
-                    match ticket {
-                        Some(t) if stream => *deferred = Some(t),
-                        Some(t) => t.record_status(resp.status().as_u16(), metrics),
-                        None => {}
-                    }
-                    return Ok((index, resp));
-                }
-                Err((e, not_sent)) => {
-                    if let Some(f) = fault.as_ref().and_then(|f| f.get()) {
-                        // The ticket is dropped unjudged: neither a success nor a failure.
-                        return Err(f.to_edge());
-                    }
-                    if let Some(t) = ticket {
-                        if e.counts_for_breaker() {
-                            t.record(Verdict::Failure, metrics);
-                        }
-                    }
-                    if !not_sent {
-                        return Err(e);
-                    }
-                    last = Some(e);
-                }
-            }
-        }
-        Err(last.expect("the primary is always tried"))
     }
 }
 

@@ -40,6 +40,7 @@ fn ev(seq: u64, phase: Phase, at_s: u64) -> RequestEvent {
         prompt_cache_saved_micro_usd: None,
         tokens_cached: None,
         unpriced: false,
+        attempts: Vec::new(),
         session: None,
         tokens_live: None,
         detail: None,

@@ -417,6 +417,9 @@ pub fn detail_text(row: &Row) -> Text<'static> {
             ),
         ));
     }
+    if !ev.attempts.is_empty() {
+        lines.push(kv("retries", ev.attempts.join(" · ")));
+    }
     if ev.unpriced {
         lines.push(kv(
             "price",

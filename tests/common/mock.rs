@@ -6,6 +6,9 @@
 //! - `x-mock-status: <code>`: answer with that status and an error body in the mock's own dialect;
 //! - `x-mock-sequence: 500,500,200`: the n-th request carrying this header (counted per mock) gets
 //!   the n-th status of the list (cycling); 2xx answers normally, others as `x-mock-status`;
+//!   error answers carry `retry-after: 7` unless `x-mock-retry-after: <value>|none` says otherwise,
+//!   and `x-mock-error-code: <code>` sets their `error.code` (OpenAI) / `error.type` (Anthropic);
+//!   with `x-mock-for: <name>` these status headers apply to that mock only;
 //! - `x-mock: hold`: stream the first SSE event, then wait for [`Mock::release`] before the rest (a
 //!   JSON answer waits for the release before its headers);
 //! - `x-mock: stall-headers`: never answer; `x-mock: stall-body`: send headers and one event, then nothing;
@@ -287,28 +290,46 @@ async fn handle(
     let mode = header("x-mock").unwrap_or_default();
     let path = parts.uri.path().to_string();
 
-    let from_sequence = header("x-mock-sequence").and_then(|list| {
-        let codes: Vec<u16> = list
-            .split(',')
-            .filter_map(|c| c.trim().parse().ok())
-            .collect();
-        let n = shared
-            .sequence_pos
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        codes.get(n % codes.len().max(1)).copied()
-    });
+    // `x-mock-for: <name>`: the status headers are for that mock only (a fallback behind it
+    // answers normally).
+    let for_me = header("x-mock-for").is_none_or(|n| n == shared.name);
+    let from_sequence = header("x-mock-sequence")
+        .filter(|_| for_me)
+        .and_then(|list| {
+            let codes: Vec<u16> = list
+                .split(',')
+                .filter_map(|c| c.trim().parse().ok())
+                .collect();
+            let n = shared
+                .sequence_pos
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            codes.get(n % codes.len().max(1)).copied()
+        });
     let status = header("x-mock-status")
+        .filter(|_| for_me)
         .and_then(|s| s.parse::<u16>().ok())
         .or(from_sequence.filter(|s| !(200..300).contains(s)));
     if let Some(status) = status {
-        let body = error_body(shared.kind, status);
-        let resp = Response::builder()
+        let mut body = error_body(shared.kind, status);
+        if let Some(code) = header("x-mock-error-code") {
+            let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let slot = match shared.kind {
+                Kind::OpenAi => "code",
+                Kind::Anthropic => "type",
+            };
+            v["error"][slot] = serde_json::json!(code);
+            body = v.to_string();
+        }
+        let mut resp = Response::builder()
             .status(status)
             .header("content-type", "application/json")
-            .header("retry-after", "7")
-            .header("x-mock-name", &shared.name)
-            .body(full(body))
-            .unwrap();
+            .header("x-mock-name", &shared.name);
+        match header("x-mock-retry-after").as_deref() {
+            Some("none") => {}
+            Some(v) => resp = resp.header("retry-after", v),
+            None => resp = resp.header("retry-after", "7"),
+        }
+        let resp = resp.body(full(body)).unwrap();
         guard.complete();
         return Ok(resp);
     }

@@ -42,7 +42,13 @@ pub(super) fn resolve_limits(
     legacy: &RateLimitConfig,
     redis: &RedisConfig,
 ) -> Result<LimitsConfig, ConfigError> {
-    let backend = rl.backend.unwrap_or(LimitBackend::Local);
+    // `redis.enabled: true` alone shares the limits, as in the original relay.
+    let shared = redis.enabled && cfg!(feature = "redis");
+    let backend = rl.backend.unwrap_or(if shared {
+        LimitBackend::Redis
+    } else {
+        LimitBackend::Local
+    });
     if backend == LimitBackend::Redis {
         if !cfg!(feature = "redis") {
             return Err(cx.err(
@@ -142,15 +148,9 @@ pub(super) fn resolve_breaker(
 ) -> Result<BreakerConfig, ConfigError> {
     let at = |k: &str| format!("providers[{i}].breaker.{k}");
     let d = BreakerConfig::default();
-    let any = b.consecutive_failures.is_some()
-        || b.failure_ratio.is_some()
-        || b.min_requests.is_some()
-        || b.window.is_some()
-        || b.cooldown.is_some()
-        || b.half_open_requests.is_some()
-        || b.count_429.is_some();
     let out = BreakerConfig {
-        enabled: b.enabled.unwrap_or(any),
+        // On by default, as in the original relay (5 failures in a row, 30 s open, one probe).
+        enabled: b.enabled.unwrap_or(true),
         consecutive_failures: b.consecutive_failures.unwrap_or(d.consecutive_failures),
         failure_ratio: b.failure_ratio.unwrap_or(d.failure_ratio),
         min_requests: b.min_requests.unwrap_or(d.min_requests),

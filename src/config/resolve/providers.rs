@@ -65,8 +65,10 @@ pub(super) fn resolve_provider(
         }
     }
     let breaker = resolve_breaker(cx, i, &p.breaker)?;
+    let retry = resolve_retry(cx, &at("retry"), &p.retry, &RetryConfig::default())?;
     Ok(Provider {
         breaker,
+        retry,
         name: p.name,
         kind: p.kind.unwrap_or(ProviderKind::Openai),
         base_url,
@@ -149,12 +151,85 @@ pub(super) fn resolve_route(
             }
         },
     };
+    let fallback_on = match &r.fallback_on {
+        None => default_fallback_on(),
+        Some(list) => whens(cx, &at("fallback_on"), list)?,
+    };
+    if r.fallback_on.is_some() && fallback.is_none() {
+        return Err(cx.err(
+            at("fallback_on"),
+            "needs a fallback: provider to hand over to",
+        ));
+    }
+    let retry = match &r.retry {
+        None => None,
+        Some(raw) => Some(resolve_retry(
+            cx,
+            &at("retry"),
+            raw,
+            &providers[provider].retry,
+        )?),
+    };
     Ok(Route {
         model: pattern("model", r.model)?,
         path: pattern("path", r.path)?,
         provider,
         fallback,
+        fallback_on,
+        retry,
     })
+}
+
+/// A list of [`When`]s at `path`.
+fn whens(cx: &Ctx, path: &str, list: &[RawWhen]) -> Result<Vec<When>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(j, s)| When::parse(&s.0).map_err(|m| cx.err(format!("{path}[{j}]"), m)))
+        .collect()
+}
+
+/// `retry` at `path`, unset keys taken from `base` (the provider's, for a route).
+fn resolve_retry(
+    cx: &Ctx,
+    path: &str,
+    raw: &RawRetry,
+    base: &RetryConfig,
+) -> Result<RetryConfig, ConfigError> {
+    let on = match &raw.on {
+        None => base.on.clone(),
+        Some(list) => whens(cx, &format!("{path}.on"), list)?,
+    };
+    if on.contains(&When::CircuitOpen) {
+        return Err(cx.err(
+            format!("{path}.on"),
+            "circuit_open is for fallback_on: an open circuit is not retried",
+        ));
+    }
+    let out = RetryConfig {
+        attempts: raw.attempts.unwrap_or(base.attempts),
+        on,
+        base_delay: raw.base_delay.unwrap_or(base.base_delay),
+        max_delay: raw.max_delay.unwrap_or(base.max_delay),
+    };
+    if out.attempts == 0 {
+        return Err(cx.err(
+            format!("{path}.attempts"),
+            "must be at least 1 (1: no retries)",
+        ));
+    }
+    if out.attempts > 10 {
+        return Err(cx.err(format!("{path}.attempts"), "at most 10"));
+    }
+    if out.base_delay > out.max_delay {
+        return Err(cx.err(
+            format!("{path}.base_delay"),
+            format!(
+                "longer than max_delay ({})",
+                humantime::format_duration(out.max_delay)
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 /// With no `routes:`: `/v1/messages*` and `claude-*` to the first Anthropic-kind provider, everything
@@ -169,6 +244,8 @@ pub(super) fn default_routes(providers: &[Provider]) -> Vec<Route> {
                 path: path.map(|p| glob::Pattern::new(p).expect("valid")),
                 provider: a,
                 fallback: None,
+                fallback_on: default_fallback_on(),
+                retry: None,
             });
         }
     }
@@ -178,6 +255,8 @@ pub(super) fn default_routes(providers: &[Provider]) -> Vec<Route> {
             path: None,
             provider: o,
             fallback: None,
+            fallback_on: default_fallback_on(),
+            retry: None,
         });
     }
     routes
