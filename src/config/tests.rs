@@ -1041,16 +1041,18 @@ providers:
     http2: true
     timeouts: {connect: 500ms, first_byte: 2m, idle: 45s}
     breaker: {consecutive_failures: 3, cooldown: 10s, count_429: true}
+    retry: {attempts: 2, on: [429, 5xx, overloaded_error], max_delay: 3s}
   - name: claude
     kind: anthropic
     base_url: http://127.0.0.1:8081
     api_key_env: TEST_MISSING_KEY
+    breaker: {enabled: false}
   - name: my-llm.local
     base_url: http://10.0.0.1:11434/v1
 routes:
   - {path: \"/v1/messages*\", provider: claude}
   - {model: \"llama*\", path: \"/v1/chat/*\", provider: my-llm.local}
-  - {provider: openai, fallback: claude}
+  - {provider: openai, fallback: claude, fallback_on: [circuit_open, 529, context_length_exceeded], retry: {attempts: 1}}
 ratelimit:
   enabled: false
   requests_per_second: 0.2

@@ -85,6 +85,14 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         http2: bool,
         timeouts: TimeoutsView,
         breaker: BreakerView,
+        retry: RetryView,
+    }
+    #[derive(Serialize)]
+    struct RetryView {
+        attempts: u32,
+        on: Vec<String>,
+        base_delay: String,
+        max_delay: String,
     }
     #[derive(Serialize)]
     struct BreakerView {
@@ -112,6 +120,10 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         provider: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         fallback: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fallback_on: Option<Vec<String>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry: Option<RetryView>,
     }
     #[derive(Serialize)]
     struct RateLimitView<'a> {
@@ -171,6 +183,12 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         cache_write_1h: Option<f64>,
     }
     let d = |d: Duration| humantime::format_duration(d).to_string();
+    let retry = |r: &crate::config::RetryConfig| RetryView {
+        attempts: r.attempts,
+        on: r.on.iter().map(ToString::to_string).collect(),
+        base_delay: d(r.base_delay),
+        max_delay: d(r.max_delay),
+    };
     let usd = |micro: u64| micro as f64 / 1e6;
     let view = View {
         server: ServerView {
@@ -231,6 +249,7 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
                     half_open_requests: p.breaker.half_open_requests,
                     count_429: p.breaker.count_429,
                 },
+                retry: retry(&p.retry),
             })
             .collect(),
         routes: cfg
@@ -241,6 +260,10 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
                 path: r.path.as_ref().map(|p| p.as_str()),
                 provider: &cfg.providers[r.provider].name,
                 fallback: r.fallback.map(|f| cfg.providers[f].name.as_str()),
+                fallback_on: r
+                    .fallback
+                    .map(|_| r.fallback_on.iter().map(ToString::to_string).collect()),
+                retry: r.retry.as_ref().map(retry),
             })
             .collect(),
         ratelimit: RateLimitView {
