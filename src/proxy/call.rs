@@ -116,7 +116,7 @@ impl Upstream<'_> {
             routed,
             query,
             method,
-            headers,
+            mut headers,
             body,
             whole,
             upgrade,
@@ -151,7 +151,13 @@ impl Upstream<'_> {
             } else {
                 Cow::Borrowed(routed.path_and_query.as_str())
             };
-            let mut h = headers.clone();
+            // Cloned only while another hop may need them.
+            let last_hop = is_fallback || fallback.is_none();
+            let mut h = if last_hop {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
             if is_fallback {
                 // The caller's key is for the provider it was routed to: a fallback gets its own
                 // (`api_key_env`), never that one.
@@ -180,8 +186,14 @@ impl Upstream<'_> {
                     break 'hops;
                 };
                 let resendable = whole.is_some();
+                // The last possible try takes the headers; an earlier one sends a copy.
+                let sent = if attempt == retry.attempts || !resendable {
+                    std::mem::take(&mut h)
+                } else {
+                    h.clone()
+                };
                 let mut req =
-                    upstream::build_request(provider, &pq, method.clone(), h.clone(), b.into())?;
+                    upstream::build_request(provider, &pq, method.clone(), sent, b.into())?;
                 if let Some(v) = upgrade {
                     tunnel::restore(req.headers_mut(), v.clone());
                 }
