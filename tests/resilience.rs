@@ -247,3 +247,22 @@ async fn the_breaker_is_on_by_default() {
         "breaker: {{enabled: false}} turns it off"
     );
 }
+
+/// A fallback that cannot be reached, even after its retries, leaves the caller the primary's own
+/// answer, not relay's 502.
+#[tokio::test]
+async fn a_fallback_that_fails_leaves_the_primarys_answer() {
+    let openai = Mock::start("openai", Kind::OpenAi).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let yaml = format!(
+        "providers:\n  - name: openai\n    kind: openai\n    base_url: {}\n    retry: {{attempts: 1}}\n  - name: backup\n    kind: openai\n    base_url: http://127.0.0.1:{port}/v1\n    retry: {{attempts: 2, base_delay: 1ms, max_delay: 5ms}}\nroutes:\n  - {{provider: openai, fallback: backup, fallback_on: [429]}}\n",
+        openai.base_url()
+    );
+    let relay = Relay::start(&yaml).await;
+    let a = chat_call(&relay, 1, &[("x-mock-status", "429")]).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.headers["x-mock-name"], "openai");
+    assert_eq!(a.body, mock::error_body(Kind::OpenAi, 429).as_bytes());
+}

@@ -263,7 +263,11 @@ impl Upstream<'_> {
                         if let Some(wait) = pause(retry, attempt, &failure) {
                             let reason = reason.to_string();
                             note(x, metrics, &provider.name, &reason, Some(wait), false);
-                            kept = None;
+                            // This try's answer gives way to the next; a primary's answer
+                            // stays for the caller should the fallback fail too.
+                            if kept.as_ref().is_some_and(|k| k.index == index) {
+                                kept = None;
+                            }
                             tokio::time::sleep(wait).await;
                             continue;
                         }
