@@ -8,4 +8,5 @@ pub mod client;
 pub mod health;
 pub mod prices;
 pub mod run;
+pub mod table;
 pub mod usage;

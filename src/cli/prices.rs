@@ -145,40 +145,6 @@ fn rows(p: &Price) -> Vec<(String, [String; 6])> {
     out
 }
 
-/// Aligned columns: the first `left` left-aligned, the rest right-aligned.
-fn table(rows: &[Vec<String>], left: usize) -> String {
-    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..n)
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let mut line = String::new();
-        for (i, c) in r.iter().enumerate() {
-            let pad = " ".repeat(widths[i] - c.chars().count());
-            if i > 0 {
-                line.push_str("  ");
-            }
-            if i < left {
-                line.push_str(c);
-                line.push_str(&pad);
-            } else {
-                line.push_str(&pad);
-                line.push_str(c);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 fn render_model(found: &[Priced]) -> String {
     let mut out = String::new();
     for f in found {
@@ -205,7 +171,7 @@ fn render_model(found: &[Priced]) -> String {
                 for (when, c) in rows(p) {
                     t.push(std::iter::once(when).chain(c).collect());
                 }
-                out.push_str(&table(&t, 1));
+                out.push_str(&super::table::aligned(&t, 1, false));
             }
         }
     }
@@ -238,7 +204,7 @@ fn render_list(found: &[Priced]) -> String {
         "USD per 1M tokens; from the config's models:, then {}\n",
         crate::cost::rates::DATA
     );
-    out.push_str(&table(&t, 3));
+    out.push_str(&super::table::aligned(&t, 3, false));
     out
 }
 

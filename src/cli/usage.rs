@@ -213,9 +213,6 @@ pub fn render_table(r: &Report) -> String {
     let mut cells: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
     cells.extend(r.rows.iter().map(line));
     cells.push(line(&r.total));
-    let widths: Vec<usize> = (0..head.len())
-        .map(|i| cells.iter().map(|row| row[i].len()).max().unwrap_or(0))
-        .collect();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -231,29 +228,7 @@ pub fn render_table(r: &Report) -> String {
     if r.rows.is_empty() {
         out.push_str("no requests recorded in this period\n");
     }
-    let n = cells.len();
-    for (j, row) in cells.iter().enumerate() {
-        if j == n - 1 {
-            let _ = writeln!(
-                out,
-                "{}",
-                "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
-            );
-        }
-        let mut l = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i > 0 {
-                l.push_str("  ");
-            }
-            if i == 0 {
-                let _ = write!(l, "{cell:<w$}", w = widths[i]);
-            } else {
-                let _ = write!(l, "{cell:>w$}", w = widths[i]);
-            }
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    }
+    out.push_str(&super::table::aligned(&cells, 1, true));
     let t = &r.total.counts;
     let notes = [
         (
