@@ -95,10 +95,22 @@ pub struct Metrics {
     /// `relay_ratelimit_backend{backend}`: 1 for the backend the limiter uses now (`local` or
     /// `redis`), 0 for the other.
     pub ratelimit_backend: IntGaugeVec,
-    /// `relay_circuit_state{provider}`: 0 closed, 1 half-open, 2 open.
+    /// `relay_circuit_state{provider,endpoint}`: 0 closed, 1 half-open, 2 open.
     pub circuit_state: IntGaugeVec,
-    /// `relay_circuit_transitions_total{provider,to}`: state changes (`to`: closed, half_open, open).
+    /// `relay_circuit_transitions_total{provider,endpoint,to}`: state changes (`to`: closed,
+    /// half_open, open).
     pub circuit_transitions: IntCounterVec,
+    /// `relay_endpoint_requests_total{provider,endpoint}`: tries sent to each endpoint.
+    pub endpoint_requests: IntCounterVec,
+    /// `relay_endpoint_latency_seconds{provider,endpoint}`: EWMA of the time to the answer's
+    /// headers (what `least-latency` compares).
+    pub endpoint_latency: GaugeVec,
+    /// `relay_endpoint_healthy{provider,endpoint}`: the active health check's last result (1, 0).
+    pub endpoint_healthy: IntGaugeVec,
+    /// `relay_key_resting{provider,key}`: 1 while a pooled key rests after a 429.
+    pub key_resting: IntGaugeVec,
+    /// `relay_key_rests_total{provider,key}`: 429s that put a pooled key to rest.
+    pub key_rests: IntCounterVec,
     /// `relay_events_dropped_total`: live-feed events (`relay tui`, `/relay/events`) a lagging
     /// subscriber lost; the proxy never waits for a subscriber.
     pub events_dropped: IntCounter,
@@ -322,17 +334,57 @@ impl Metrics {
         let circuit_state = IntGaugeVec::new(
             Opts::new(
                 "relay_circuit_state",
-                "Circuit breaker state by provider: 0 closed, 1 half-open, 2 open",
+                "Circuit breaker state by provider endpoint: 0 closed, 1 half-open, 2 open",
             ),
-            &["provider"],
+            &["provider", "endpoint"],
         )
         .expect("valid metric");
         let circuit_transitions = IntCounterVec::new(
             Opts::new(
                 "relay_circuit_transitions_total",
-                "Circuit breaker state changes by provider and new state",
+                "Circuit breaker state changes by provider endpoint and new state",
             ),
-            &["provider", "to"],
+            &["provider", "endpoint", "to"],
+        )
+        .expect("valid metric");
+        let endpoint_requests = IntCounterVec::new(
+            Opts::new(
+                "relay_endpoint_requests_total",
+                "Tries sent to each provider endpoint",
+            ),
+            &["provider", "endpoint"],
+        )
+        .expect("valid metric");
+        let endpoint_latency = GaugeVec::new(
+            Opts::new(
+                "relay_endpoint_latency_seconds",
+                "EWMA of each endpoint's time to the answer's headers",
+            ),
+            &["provider", "endpoint"],
+        )
+        .expect("valid metric");
+        let endpoint_healthy = IntGaugeVec::new(
+            Opts::new(
+                "relay_endpoint_healthy",
+                "The active health check's last result by endpoint (1 healthy)",
+            ),
+            &["provider", "endpoint"],
+        )
+        .expect("valid metric");
+        let key_resting = IntGaugeVec::new(
+            Opts::new(
+                "relay_key_resting",
+                "1 while a pooled provider key rests after a 429 (key: alias or hash prefix)",
+            ),
+            &["provider", "key"],
+        )
+        .expect("valid metric");
+        let key_rests = IntCounterVec::new(
+            Opts::new(
+                "relay_key_rests_total",
+                "429s that put a pooled provider key to rest",
+            ),
+            &["provider", "key"],
         )
         .expect("valid metric");
         for c in [
@@ -341,6 +393,11 @@ impl Metrics {
             Box::new(ratelimit_backend.clone()),
             Box::new(circuit_state.clone()),
             Box::new(circuit_transitions.clone()),
+            Box::new(endpoint_requests.clone()),
+            Box::new(endpoint_latency.clone()),
+            Box::new(endpoint_healthy.clone()),
+            Box::new(key_resting.clone()),
+            Box::new(key_rests.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -453,6 +510,11 @@ impl Metrics {
             ratelimit_backend,
             circuit_state,
             circuit_transitions,
+            endpoint_requests,
+            endpoint_latency,
+            endpoint_healthy,
+            key_resting,
+            key_rests,
             events_dropped,
             refused,
             connections,

@@ -183,7 +183,7 @@ async fn an_upload_over_the_limit_is_413_and_never_opens_the_breaker() {
     assert_eq!(a.status, 200);
     let m = relay.metrics().await;
     assert_eq!(
-        metric(&m, "relay_circuit_state", &[("provider", "openai")]),
+        metric_sum(&m, "relay_circuit_state", &[("provider", "openai")]),
         Some(0.0),
         "closed"
     );

@@ -214,7 +214,7 @@ fn dockerfile_builds_with_the_ci_script_and_runs_slim_non_root_with_a_healthchec
         ("anthropic", "sk-ant-image-test"),
     ] {
         let p = cfg.provider(name).expect(name);
-        assert_eq!(p.api_key.as_ref().map(|k| k.expose()), Some(key), "{name}");
+        assert_eq!(p.api_key().map(|k| k.expose()), Some(key), "{name}");
     }
     assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:8080");
 

@@ -307,7 +307,7 @@ async fn breaker_opens_after_failures_and_rejects_fast() {
     assert_eq!(chat(&relay, 0, &FAIL).await.status, 500);
     let m = relay.metrics().await;
     assert_eq!(
-        metric(&m, "relay_circuit_state", &[("provider", "openai")]),
+        metric_sum(&m, "relay_circuit_state", &[("provider", "openai")]),
         Some(0.0),
         "exported from the first request"
     );
@@ -323,11 +323,11 @@ async fn breaker_opens_after_failures_and_rejects_fast() {
 
     let m = relay.metrics().await;
     assert_eq!(
-        metric(&m, "relay_circuit_state", &[("provider", "openai")]),
+        metric_sum(&m, "relay_circuit_state", &[("provider", "openai")]),
         Some(2.0)
     );
     assert_eq!(
-        metric(
+        metric_sum(
             &m,
             "relay_circuit_transitions_total",
             &[("provider", "openai"), ("to", "open")]
@@ -390,7 +390,7 @@ async fn half_open_probe_closes_the_circuit() {
     let m = relay.metrics().await;
     for (to, n) in [("open", 1.0), ("half_open", 1.0), ("closed", 1.0)] {
         assert_eq!(
-            metric(
+            metric_sum(
                 &m,
                 "relay_circuit_transitions_total",
                 &[("provider", "openai"), ("to", to)]
@@ -400,7 +400,7 @@ async fn half_open_probe_closes_the_circuit() {
         );
     }
     assert_eq!(
-        metric(&m, "relay_circuit_state", &[("provider", "openai")]),
+        metric_sum(&m, "relay_circuit_state", &[("provider", "openai")]),
         Some(0.0)
     );
 }
@@ -427,12 +427,17 @@ async fn a_stream_cut_by_the_idle_timeout_is_a_failure() {
         let _ = within(http_body_util::BodyExt::collect(resp.into_body())).await;
     }
     // The verdict lands when relay drops the stream: wait for it (bounded), then the circuit is open.
+    let endpoint = openai
+        .base_url()
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .to_string();
     let state = || {
         relay
             .server()
             .metrics()
             .circuit_state
-            .with_label_values(&["openai"])
+            .with_label_values(&["openai", &endpoint])
             .get()
     };
     within(async {

@@ -116,7 +116,10 @@ const KEYS: &[(&str, Kind)] = &[
 const PROVIDER_KEYS: &[(&str, Kind)] = &[
     ("kind", Kind::Text),
     ("base_url", Kind::Text),
-    ("api_key_env", Kind::Text),
+    ("api_key_env", Kind::Yaml),
+    ("endpoints", Kind::Yaml),
+    ("strategy", Kind::Text),
+    ("health_check", Kind::Yaml),
     ("http2", Kind::Yaml),
     ("timeouts.connect", Kind::Text),
     ("timeouts.first_byte", Kind::Text),

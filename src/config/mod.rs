@@ -18,6 +18,7 @@
 
 mod duration;
 pub mod env;
+mod pool;
 mod raw;
 mod resolve;
 pub mod tls;
@@ -31,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use env::Env;
+pub use pool::{Endpoint, HealthCheck, ProviderKey, Strategy};
 pub use tls::{Intercept, ProxyConfig, ServerTls, UpstreamConfig};
 
 /// The file relay reads when `--config` is not given and the file exists.
@@ -147,10 +149,17 @@ pub struct Provider {
     /// API root including its version segment, e.g. `https://api.openai.com/v1`. A client path
     /// `/v1/<rest>` is sent to `<base_url>/<rest>`.
     pub base_url: BaseUrl,
-    /// Environment variable holding a key to inject when the client sends none.
-    pub api_key_env: Option<String>,
-    /// The key read from `api_key_env` at load time. Never printed.
-    pub api_key: Option<Secret>,
+    /// Every base URL requests may go to (at least one; the first is `base_url`).
+    pub endpoints: Vec<Endpoint>,
+    /// How requests are spread over `endpoints`.
+    pub strategy: Strategy,
+    /// The active health check of the endpoints, when on.
+    pub health_check: Option<HealthCheck>,
+    /// The keys to inject when the client sends none (`api_key_env`, one or a list), read at load
+    /// time; the variables that are set, in order. Never printed.
+    pub keys: Vec<ProviderKey>,
+    /// The variables `api_key_env` names, set or not (what `config check` shows).
+    pub api_key_env: Vec<String>,
     /// Speak HTTP/2 to this upstream (one multiplexed connection). Default off: an HTTP/1.1
     /// keep-alive pool.
     pub http2: bool,
@@ -159,6 +168,13 @@ pub struct Provider {
     pub breaker: BreakerConfig,
     /// Retries before the first byte reaches the caller (`providers[].retry`).
     pub retry: RetryConfig,
+}
+
+impl Provider {
+    /// The first key relay injects (the one requests are booked to), if any.
+    pub fn api_key(&self) -> Option<&Secret> {
+        self.keys.first().map(|k| &k.secret)
+    }
 }
 
 /// A failure seen before the first byte reached the caller: what `retry.on` and

@@ -33,7 +33,7 @@ pub struct RawConfig {
     /// Original relay sections relay does not implement: accepted with a warning.
     pub auth: Option<Value>,
     pub transform: Option<Value>,
-    pub loadbalancer: Option<Value>,
+    pub loadbalancer: Option<RawLoadBalancer>,
     /// How relay connects upstream (`upstream.ca_file`).
     pub upstream: super::tls::RawUpstream,
 }
@@ -84,11 +84,88 @@ pub struct RawProvider {
     pub name: String,
     pub kind: Option<super::ProviderKind>,
     pub base_url: Option<String>,
-    pub api_key_env: Option<String>,
+    /// One variable or a list (a pool of keys).
+    pub api_key_env: Option<OneOrMany>,
+    /// Several base URLs (instead of `base_url`).
+    pub endpoints: Option<Vec<RawEndpoint>>,
+    pub strategy: Option<String>,
+    pub health_check: Option<RawHealthCheck>,
     pub http2: Option<bool>,
     pub timeouts: RawTimeouts,
     pub breaker: RawBreaker,
     pub retry: RawRetry,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged, expecting = "a name or a list of names")]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `providers[].endpoints[]` / `loadbalancer.targets[]`: a URL, or `{url, weight, name}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged, expecting = "a URL or {url, weight, name}")]
+pub enum RawEndpoint {
+    Url(String),
+    Full(RawEndpointFull),
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEndpointFull {
+    pub url: String,
+    pub weight: Option<u32>,
+    pub name: Option<String>,
+}
+
+impl RawEndpoint {
+    pub fn full(self) -> RawEndpointFull {
+        match self {
+            RawEndpoint::Url(url) => RawEndpointFull {
+                url,
+                ..Default::default()
+            },
+            RawEndpoint::Full(f) => f,
+        }
+    }
+}
+
+/// `providers[].health_check` / `loadbalancer.health_check`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealthCheck {
+    pub enabled: Option<bool>,
+    #[serde(with = "super::duration")]
+    pub interval: Option<Duration>,
+    pub path: Option<String>,
+    #[serde(with = "super::duration")]
+    pub timeout: Option<Duration>,
+}
+
+/// The original relay's `loadbalancer:` section: its targets become the endpoints of the provider
+/// `proxy.target` sets (`openai`). Keys relay does not know are warned about, not refused.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RawLoadBalancer {
+    pub enabled: Option<bool>,
+    pub strategy: Option<String>,
+    pub targets: Option<Vec<RawEndpoint>>,
+    pub health_check: Option<RawHealthCheck>,
+    #[serde(with = "super::duration")]
+    pub health_check_interval: Option<Duration>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
 }
 
 /// An entry of `retry.on` / `fallback_on`: a word (`connect`, `5xx`, an error code) or a status

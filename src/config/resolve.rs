@@ -19,6 +19,7 @@ use super::{
 use super::{Budget, CostConfig, KeyAlias, StreamUsage};
 
 mod limits;
+mod pool;
 mod providers;
 mod server;
 
@@ -86,13 +87,16 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
                 "proxy.target sets the base URL of the provider named \"openai\", and there is none",
             ));
         };
-        let trimmed = target.trim_end_matches('/');
-        let url = if trimmed.ends_with("/v1") {
-            trimmed.to_string()
-        } else {
-            format!("{trimmed}/v1")
-        };
+        let url = pool::with_v1(target);
         openai.base_url = parse_base_url(&url).map_err(|m| cx.err("proxy.target", m))?;
+        openai.endpoints = vec![super::Endpoint {
+            name: super::pool::endpoint_name(&openai.base_url),
+            url: openai.base_url.clone(),
+            weight: 1,
+        }];
+    }
+    if let Some(lb) = raw.loadbalancer.take() {
+        pool::apply_loadbalancer(&cx, lb, &mut providers, &mut warnings)?;
     }
 
     let routes = match raw.routes.take() {
@@ -139,6 +143,7 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
             .map(PathBuf::from),
     };
     let keys = resolve_keys(&cx, &raw.keys, env, &mut warnings)?;
+    pool::label_keys(&mut providers, &keys);
     let mut budgets = BTreeMap::new();
     for (name, b) in &raw.budgets {
         let at = format!("budgets.{name}");
@@ -181,7 +186,6 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
     for (key, present) in [
         ("auth", raw.auth.is_some()),
         ("transform", raw.transform.is_some()),
-        ("loadbalancer", raw.loadbalancer.is_some()),
         (
             "logging.retention_days",
             raw.logging.retention_days.is_some(),

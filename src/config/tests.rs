@@ -91,7 +91,7 @@ fn defaults_without_a_file() {
     assert_eq!(openai.kind, ProviderKind::Openai);
     assert_eq!(openai.base_url.to_string(), "https://api.openai.com/v1");
     assert!(openai.base_url.is_https());
-    assert_eq!(openai.api_key, None);
+    assert_eq!(openai.api_key(), None);
     assert!(!openai.http2);
     assert_eq!(
         openai.timeouts,
@@ -307,7 +307,7 @@ fn errors_name_file_and_key_path() {
             "unknown key in a provider",
             "providers:\n  - name: a\n    base_url: http://x\n    bogus: 1\n",
             "t.yaml: providers[0].bogus: unknown field `bogus`, expected one of `name`, `kind`, \
-             `base_url`, `api_key_env`, `http2`, `timeouts`, `breaker`, `retry`",
+             `base_url`, `api_key_env`, `endpoints`, `strategy`, `health_check`, `http2`, `timeouts`, `breaker`, `retry`",
         ),
         (
             "unknown section",
@@ -983,13 +983,13 @@ providers:
 fn api_key_env_reads_the_key_and_hides_it() {
     let cfg = load(KEYED, &env(&[("TEST_OPENAI_KEY", "sk-test-very-secret")]));
     let openai = cfg.provider("openai").unwrap();
-    assert_eq!(openai.api_key_env.as_deref(), Some("TEST_OPENAI_KEY"));
+    assert_eq!(openai.api_key_env, vec!["TEST_OPENAI_KEY".to_string()]);
     assert_eq!(
-        openai.api_key.as_ref().map(Secret::expose),
+        openai.api_key().map(Secret::expose),
         Some("sk-test-very-secret")
     );
     let anthropic = cfg.provider("anthropic").unwrap();
-    assert_eq!(anthropic.api_key, None);
+    assert_eq!(anthropic.api_key(), None);
     assert_eq!(
         cfg.warnings,
         [
@@ -1016,7 +1016,7 @@ fn api_key_env_reads_the_key_and_hides_it() {
         KEYED,
         &env(&[("TEST_OPENAI_KEY", ""), ("TEST_ANTHROPIC_KEY", "k")]),
     );
-    assert_eq!(cfg.provider("openai").unwrap().api_key, None);
+    assert_eq!(cfg.provider("openai").unwrap().api_key(), None);
     assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
     assert!(cfg.warnings[0].contains("TEST_OPENAI_KEY is not set"));
 }

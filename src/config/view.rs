@@ -79,13 +79,32 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
     struct ProviderView<'a> {
         name: &'a str,
         kind: ProviderKind,
-        base_url: String,
         #[serde(skip_serializing_if = "Option::is_none")]
-        api_key_env: Option<&'a str>,
+        base_url: Option<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        endpoints: Vec<EndpointView<'a>>,
+        strategy: super::Strategy,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        health_check: Option<HealthView<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        api_key_env: Option<super::raw::OneOrMany>,
         http2: bool,
         timeouts: TimeoutsView,
         breaker: BreakerView,
         retry: RetryView,
+    }
+    #[derive(Serialize)]
+    struct EndpointView<'a> {
+        url: String,
+        weight: u32,
+        name: &'a str,
+    }
+    #[derive(Serialize)]
+    struct HealthView<'a> {
+        enabled: bool,
+        interval: String,
+        path: &'a str,
+        timeout: String,
     }
     #[derive(Serialize)]
     struct RetryView {
@@ -229,10 +248,33 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
             .map(|p| ProviderView {
                 name: &p.name,
                 kind: p.kind,
-                base_url: p.base_url.to_string(),
-                // The variable name only, so the output loads again; a variable that is not
+                base_url: (p.endpoints.len() == 1).then(|| p.base_url.to_string()),
+                endpoints: if p.endpoints.len() > 1 {
+                    p.endpoints
+                        .iter()
+                        .map(|e| EndpointView {
+                            url: e.url.to_string(),
+                            weight: e.weight,
+                            name: &e.name,
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+                strategy: p.strategy,
+                health_check: p.health_check.as_ref().map(|h| HealthView {
+                    enabled: true,
+                    interval: d(h.interval),
+                    path: &h.path,
+                    timeout: d(h.timeout),
+                }),
+                // The variable names only, so the output loads again; a variable that is not
                 // set is reported as a warning.
-                api_key_env: p.api_key_env.as_deref(),
+                api_key_env: match p.api_key_env.as_slice() {
+                    [] => None,
+                    [one] => Some(super::raw::OneOrMany::One(one.clone())),
+                    many => Some(super::raw::OneOrMany::Many(many.to_vec())),
+                },
                 http2: p.http2,
                 timeouts: TimeoutsView {
                     connect: d(p.timeouts.connect),

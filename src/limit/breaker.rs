@@ -1,4 +1,4 @@
-//! Circuit breakers, one per provider: stop calling an upstream that keeps failing, probe it after a
+//! Circuit breakers, one per provider endpoint: stop calling an upstream that keeps failing, probe it after a
 //! cooldown, resume when it answers again.
 //!
 //! [`Circuit`] is the state machine; the request path only asks its gate ([`Circuit::admit`]) and
@@ -12,8 +12,8 @@
 //!   probe's success closes the circuit, its failure opens it again for another cooldown.
 //!
 //! The closed path is lock-free (atomics); transitions are compare-and-swaps. Every transition sets
-//! `relay_circuit_state{provider}` (0 closed, 1 half-open, 2 open) and counts
-//! `relay_circuit_transitions_total{provider,to}`. Time is `tokio::time` (paused-clock tests).
+//! `relay_circuit_state{provider,endpoint}` (0 closed, 1 half-open, 2 open) and counts
+//! `relay_circuit_transitions_total{provider,endpoint,to}`. Time is `tokio::time` (paused-clock tests).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{BreakerConfig, Config};
-use crate::error::EdgeError;
+use crate::config::BreakerConfig;
 use crate::metrics::Metrics;
 
 const CLOSED: u8 = 0;
@@ -86,10 +85,11 @@ struct Slot {
     failed: AtomicU32,
 }
 
-/// One provider's circuit.
+/// One provider endpoint's circuit.
 #[derive(Debug)]
 pub struct Circuit {
     provider: String,
+    endpoint: String,
     cfg: BreakerConfig,
     epoch: Instant,
     state: AtomicU8,
@@ -104,9 +104,10 @@ pub struct Circuit {
 }
 
 impl Circuit {
-    pub fn new(provider: &str, cfg: BreakerConfig) -> Circuit {
+    pub fn new(provider: &str, endpoint: &str, cfg: BreakerConfig) -> Circuit {
         Circuit {
             provider: provider.to_string(),
+            endpoint: endpoint.to_string(),
             slot_ns: (cfg.window.as_nanos() as u64 / SLOTS).max(1),
             cfg,
             epoch: Instant::now(),
@@ -121,6 +122,10 @@ impl Circuit {
 
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    pub fn settings(&self) -> &BreakerConfig {
+        &self.cfg
     }
 
     pub fn state(&self) -> State {
@@ -180,17 +185,17 @@ impl Circuit {
         self.export(to, metrics);
         metrics
             .circuit_transitions
-            .with_label_values(&[&self.provider, to.as_str()])
+            .with_label_values(&[&self.provider, &self.endpoint, to.as_str()])
             .inc();
         match to {
             State::Open => {
-                tracing::warn!(provider = %self.provider, cooldown = %humantime::format_duration(self.cfg.cooldown), "circuit open: upstream failing, requests paused")
+                tracing::warn!(provider = %self.provider, endpoint = %self.endpoint, cooldown = %humantime::format_duration(self.cfg.cooldown), "circuit open: upstream failing, requests paused")
             }
             State::Closed => {
-                tracing::info!(provider = %self.provider, "circuit closed: upstream answering again")
+                tracing::info!(provider = %self.provider, endpoint = %self.endpoint, "circuit closed: upstream answering again")
             }
             State::HalfOpen => {
-                tracing::info!(provider = %self.provider, "circuit half-open: probing the upstream")
+                tracing::info!(provider = %self.provider, endpoint = %self.endpoint, "circuit half-open: probing the upstream")
             }
         }
         true
@@ -204,7 +209,7 @@ impl Circuit {
         };
         metrics
             .circuit_state
-            .with_label_values(&[&self.provider])
+            .with_label_values(&[&self.provider, &self.endpoint])
             .set(level);
     }
 
@@ -308,61 +313,6 @@ impl Drop for Ticket {
     }
 }
 
-/// The circuits of one config, by provider index (`None`: no breaker for that provider). Circuits
-/// carry over from the previous config when the provider's name and breaker settings are unchanged.
-#[derive(Debug, Default)]
-pub struct Breakers {
-    circuits: Vec<Option<Arc<Circuit>>>,
-}
-
-impl Breakers {
-    pub fn new(cfg: &Config, previous: Option<&Breakers>) -> Breakers {
-        let circuits = cfg
-            .providers
-            .iter()
-            .map(|p| {
-                if !p.breaker.enabled {
-                    return None;
-                }
-                let kept = previous
-                    .into_iter()
-                    .flat_map(|b| b.circuits.iter().flatten())
-                    .find(|c| c.provider == p.name && c.cfg == p.breaker);
-                Some(
-                    kept.cloned()
-                        .unwrap_or_else(|| Arc::new(Circuit::new(&p.name, p.breaker.clone()))),
-                )
-            })
-            .collect();
-        Breakers { circuits }
-    }
-
-    /// The gate for provider `index`: `Ok(None)` when it has no breaker, a ticket when the call may
-    /// go, [`EdgeError::CircuitOpen`] when it may not.
-    pub fn admit(
-        &self,
-        index: usize,
-        cfg: &Config,
-        metrics: &Metrics,
-    ) -> Result<Option<Ticket>, EdgeError> {
-        match self.circuits.get(index).and_then(Option::as_ref) {
-            None => Ok(None),
-            Some(c) => c
-                .admit(metrics)
-                .map(Some)
-                .map_err(|retry_after| EdgeError::CircuitOpen {
-                    provider: cfg.providers[index].name.clone(),
-                    retry_after,
-                }),
-        }
-    }
-
-    /// The circuit of provider `index`, if it has one.
-    pub fn circuit(&self, index: usize) -> Option<&Arc<Circuit>> {
-        self.circuits.get(index).and_then(Option::as_ref)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,7 +337,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn opens_after_consecutive_failures_then_probes_and_closes() {
         let m = Metrics::new();
-        let c = Arc::new(Circuit::new("p", cfg(3, 1.0, 100)));
+        let c = Arc::new(Circuit::new("p", "e", cfg(3, 1.0, 100)));
         call(&c, &m, Verdict::Failure);
         call(&c, &m, Verdict::Failure);
         call(&c, &m, Verdict::Success); // resets the run
@@ -410,17 +360,20 @@ mod tests {
         call(&c, &m, Verdict::Success);
         let text = m.render();
         assert!(
-            text.contains(r#"relay_circuit_state{provider="p"} 0"#),
+            text.contains(r#"relay_circuit_state{endpoint="e",provider="p"} 0"#),
             "{text}"
         );
-        assert!(text.contains(r#"relay_circuit_transitions_total{provider="p",to="open"} 1"#));
-        assert!(text.contains(r#"relay_circuit_transitions_total{provider="p",to="closed"} 1"#));
+        assert!(text
+            .contains(r#"relay_circuit_transitions_total{endpoint="e",provider="p",to="open"} 1"#));
+        assert!(text.contains(
+            r#"relay_circuit_transitions_total{endpoint="e",provider="p",to="closed"} 1"#
+        ));
     }
 
     #[tokio::test(start_paused = true)]
     async fn failed_probe_reopens_and_dropped_probe_frees_its_slot() {
         let m = Metrics::new();
-        let c = Arc::new(Circuit::new("p", cfg(1, 1.0, 100)));
+        let c = Arc::new(Circuit::new("p", "e", cfg(1, 1.0, 100)));
         call(&c, &m, Verdict::Failure);
         assert_eq!(c.state(), State::Open);
         tokio::time::advance(Duration::from_secs(30)).await;
@@ -434,7 +387,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failure_ratio_over_the_window() {
         let m = Metrics::new();
-        let c = Arc::new(Circuit::new("p", cfg(100, 0.5, 10)));
+        let c = Arc::new(Circuit::new("p", "e", cfg(100, 0.5, 10)));
         // 4 failures in 9 requests: under min_requests.
         for i in 0..9 {
             let o = if i % 2 == 0 {

@@ -136,20 +136,11 @@ impl Upstream<'_> {
         let hops = std::iter::once(primary).chain(fallback);
         'hops: for index in hops {
             let provider = &cfg.providers[index];
+            let pool = rt.pools.get(index);
             let is_fallback = index != primary;
             let retry: &RetryConfig = match route.and_then(|r| r.retry.as_ref()) {
                 Some(r) if !is_fallback => r,
                 _ => &provider.retry,
-            };
-            let pq = if is_fallback {
-                let mut p = route::upstream_path(&provider.base_url.path, routed.rest);
-                if let Some(q) = query {
-                    p.push('?');
-                    p.push_str(q);
-                }
-                Cow::Owned(p)
-            } else {
-                Cow::Borrowed(routed.path_and_query.as_str())
             };
             // Cloned only while another hop may need them.
             let last_hop = is_fallback || fallback.is_none();
@@ -163,21 +154,39 @@ impl Upstream<'_> {
                 // (`api_key_env`), never that one.
                 upstream::strip_credentials(&mut h);
             }
-            for attempt in 1..=retry.attempts {
-                let ticket = match rt.breakers.admit(index, cfg, metrics) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        last = Some(e);
+            let own_key = upstream::has_credentials(&h);
+            let pooled = pool.endpoints.len() > 1 || (!own_key && pool.keys.len() > 1);
+            // Endpoints that failed this request (bit i: endpoint i); moves to another endpoint
+            // or key, which are free (no backoff, no attempt used), at most one per member.
+            let mut failed: u64 = 0;
+            let mut moves = pool.endpoints.len() + pool.keys.len();
+            let mut attempt = 1;
+            loop {
+                let picked = match pool.pick(failed, metrics) {
+                    Ok(p) => p,
+                    Err(retry_after) => {
+                        last = Some(EdgeError::CircuitOpen {
+                            provider: provider.name.clone(),
+                            retry_after,
+                        });
                         if fallback.is_some()
                             && !is_fallback
                             && fallback_on.contains(&When::CircuitOpen)
                         {
-                            note(x, metrics, &provider.name, "circuit_open", None, true);
+                            note(
+                                x,
+                                metrics,
+                                &provider.name,
+                                "circuit_open",
+                                None,
+                                Move::Fallback,
+                            );
                             continue 'hops;
                         }
                         break 'hops;
                     }
                 };
+                let key = if own_key { None } else { pool.pick_key() };
                 let Some(b) = body
                     .take()
                     .or_else(|| whole.cloned().map(ClientBody::Whole))
@@ -187,19 +196,44 @@ impl Upstream<'_> {
                 };
                 let resendable = whole.is_some();
                 // The last possible try takes the headers; an earlier one sends a copy.
-                let sent = if attempt == retry.attempts || !resendable {
+                let sent = if (attempt == retry.attempts && !pooled) || !resendable {
                     std::mem::take(&mut h)
                 } else {
                     h.clone()
                 };
-                let mut req =
-                    upstream::build_request(provider, &pq, method.clone(), sent, b.into())?;
+                let ep = picked.endpoint;
+                let pq = if !is_fallback && ep.url.path == provider.base_url.path {
+                    Cow::Borrowed(routed.path_and_query.as_str())
+                } else {
+                    let mut p = route::upstream_path(&ep.url.path, routed.rest);
+                    if let Some(q) = query {
+                        p.push('?');
+                        p.push_str(q);
+                    }
+                    Cow::Owned(p)
+                };
+                let mut req = upstream::build_request(
+                    provider,
+                    &ep.url,
+                    key.map(|(_, k)| k),
+                    &pq,
+                    method.clone(),
+                    sent,
+                    b.into(),
+                )?;
                 if let Some(v) = upgrade {
                     tunnel::restore(req.headers_mut(), v.clone());
                 }
-                let failure = match rt.upstreams.send_checked(index, provider, req).await {
+                let started = Instant::now();
+                let sent = rt.upstreams.send(index, provider, req).await;
+                let mut picked = picked;
+                let (ticket, ep_index) = (picked.ticket.take(), picked.index);
+                drop(picked);
+                let bit = if ep_index < 64 { 1u64 << ep_index } else { 0 };
+                let failure = match sent {
                     Ok(resp) => {
                         let status = resp.status().as_u16();
+                        pool.observe(ep, Some(started.elapsed()), status >= 500, metrics);
                         let stream = resp.status().is_success()
                             && crate::wire::has_event_stream(resp.headers());
                         match ticket {
@@ -214,12 +248,34 @@ impl Upstream<'_> {
                                 read: None,
                             });
                         }
+                        if status >= 500 {
+                            failed |= bit;
+                        }
                         let wants_code = retry
                             .on
                             .iter()
                             .chain(fallback_on)
                             .any(|w| matches!(w, When::Error(_)));
                         let retry_after = retry_after(resp.headers());
+                        // A pooled key over its quota rests; another key takes the request.
+                        if status == 429 {
+                            if let Some((k, _)) = key {
+                                pool.rest_key(k, retry_after, metrics);
+                                if resendable && moves > 0 && pool.other_key_serving(k) {
+                                    moves -= 1;
+                                    let label = &pool.keys[k].label;
+                                    note(
+                                        x,
+                                        metrics,
+                                        &provider.name,
+                                        &format!("429 on {label}"),
+                                        None,
+                                        Move::Key,
+                                    );
+                                    continue;
+                                }
+                            }
+                        }
                         let (resp, read, error) = if wants_code {
                             read_error(resp, provider.timeouts.idle).await
                         } else {
@@ -238,6 +294,8 @@ impl Upstream<'_> {
                             // The ticket is dropped unjudged: neither a success nor a failure.
                             return Err(f.to_edge());
                         }
+                        pool.observe(ep, None, true, metrics);
+                        failed |= bit;
                         if let Some(t) = ticket {
                             if e.counts_for_breaker() {
                                 t.record(Verdict::Failure, metrics);
@@ -254,6 +312,24 @@ impl Upstream<'_> {
                         if kept.as_ref().is_some_and(|k| k.index == index) {
                             kept = None;
                         }
+                        // A dead endpoint costs no request: another one takes it at once.
+                        if when == When::Connect
+                            && resendable
+                            && moves > 0
+                            && pool.endpoints.len() > 1
+                            && (0..pool.endpoints.len().min(64)).any(|i| failed & (1 << i) == 0)
+                        {
+                            moves -= 1;
+                            note(
+                                x,
+                                metrics,
+                                &provider.name,
+                                &format!("connect to {}", ep.name),
+                                None,
+                                Move::Endpoint,
+                            );
+                            continue;
+                        }
                         Failure::Error { when }
                     }
                 };
@@ -262,13 +338,14 @@ impl Upstream<'_> {
                     if let Some(reason) = failure.listed(&retry.on) {
                         if let Some(wait) = pause(retry, attempt, &failure) {
                             let reason = reason.to_string();
-                            note(x, metrics, &provider.name, &reason, Some(wait), false);
+                            note(x, metrics, &provider.name, &reason, Some(wait), Move::Retry);
                             // This try's answer gives way to the next; a primary's answer
                             // stays for the caller should the fallback fail too.
                             if kept.as_ref().is_some_and(|k| k.index == index) {
                                 kept = None;
                             }
                             tokio::time::sleep(wait).await;
+                            attempt += 1;
                             continue;
                         }
                     }
@@ -277,7 +354,7 @@ impl Upstream<'_> {
                 if fallback.is_some() && !is_fallback && (resendable || body.is_some()) {
                     if let Some(reason) = failure.listed(fallback_on) {
                         let reason = reason.to_string();
-                        note(x, metrics, &provider.name, &reason, None, true);
+                        note(x, metrics, &provider.name, &reason, None, Move::Fallback);
                         continue 'hops;
                     }
                 }
@@ -291,19 +368,44 @@ impl Upstream<'_> {
     }
 }
 
-/// Records a retry (or a hand-over to the fallback) of the request on `x`.
+/// What relay did after a failed try.
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    /// The same provider again, after a pause.
+    Retry,
+    /// Another endpoint of the provider, at once (this one refused the connection).
+    Endpoint,
+    /// Another key of the provider, at once (this one got a 429 and rests).
+    Key,
+    /// The route's fallback provider.
+    Fallback,
+}
+
+impl Move {
+    fn as_str(self) -> &'static str {
+        match self {
+            Move::Retry => "retry",
+            Move::Endpoint => "endpoint",
+            Move::Key => "key",
+            Move::Fallback => "fallback",
+        }
+    }
+}
+
+/// Records a retry (a move to another endpoint or key, a hand-over to the fallback) on `x`.
 fn note(
     x: &mut RequestContext,
     metrics: &Metrics,
     provider: &str,
     reason: &str,
     wait: Option<Duration>,
-    to_fallback: bool,
+    what: Move,
 ) {
-    let what = if to_fallback { "fallback" } else { "retry" };
+    // The metric's reason stays one of a few words (no endpoint or key names).
+    let label = reason.split(' ').next().unwrap_or(reason);
     metrics
         .retries
-        .with_label_values(&[provider, reason, what])
+        .with_label_values(&[provider, label, what.as_str()])
         .inc();
     tracing::info!(
         target: "relay::retry",
@@ -311,11 +413,16 @@ fn note(
         reason,
         wait_ms = wait.map(|w| w.as_millis() as u64),
         request_id = x.request_id.to_str().unwrap_or("-"),
-        "{what}"
+        "{}",
+        what.as_str()
     );
-    let text = match wait {
-        Some(w) => format!("{provider} {reason}, retried after {} ms", w.as_millis()),
-        None => format!("{provider} {reason}, handed to the fallback"),
+    let text = match (what, wait) {
+        (Move::Retry, Some(w)) => {
+            format!("{provider} {reason}, retried after {} ms", w.as_millis())
+        }
+        (Move::Endpoint, _) => format!("{provider} {reason}, sent to the next endpoint"),
+        (Move::Key, _) => format!("{provider} {reason}, sent with the next key"),
+        _ => format!("{provider} {reason}, handed to the fallback"),
     };
     x.attempts.push(text);
 }

@@ -43,8 +43,7 @@ impl Caller {
         let booked = match &presented {
             Some(key) => Some(blake3::hash(key.as_bytes())),
             None => provider
-                .api_key
-                .as_ref()
+                .api_key()
                 .map(|k| blake3::hash(k.expose().as_bytes())),
         };
         Caller { scope, booked }

@@ -133,7 +133,7 @@ impl Server {
         let max_buffered = config.server.max_buffered_bytes;
         let metrics_gauge = metrics.buffered_bytes.clone();
         let state = Arc::new(State {
-            runtime: ArcSwap::from_pointee(Runtime::new(config, None)),
+            runtime: ArcSwap::from_pointee(Runtime::new(config, None, &metrics)),
             metrics,
             cache,
             cost,
@@ -490,7 +490,7 @@ async fn reload_loop(
                         "cache store settings changed (enabled, backend, path, max_bytes); they take effect at the next restart"
                     );
                 }
-                let runtime = Runtime::new(config, Some(&old));
+                let runtime = Runtime::new(config, Some(&old), &state.metrics);
                 state.runtime.store(Arc::new(runtime));
                 state
                     .metrics

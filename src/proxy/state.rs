@@ -7,10 +7,11 @@ use arc_swap::ArcSwap;
 
 use super::cache::Cache;
 use super::client_body::BodyBudget;
+use super::pool::Pools;
 use super::upstream::Upstreams;
 use crate::config::Config;
 use crate::events::Events;
-use crate::limit::{breaker::Breakers, Limiter};
+use crate::limit::Limiter;
 use crate::metrics::Metrics;
 
 /// Everything derived from one config: swapped as a whole on reload.
@@ -21,23 +22,26 @@ pub struct Runtime {
     pub cost: crate::cost::Book,
     /// Rate-limit rules; the buckets carry over from the previous runtime.
     pub limiter: Limiter,
-    /// Circuit breakers by provider; carried over while a provider's settings are unchanged.
-    pub breakers: Breakers,
+    /// Endpoints (with their circuit breakers) and keys by provider; their state carries over
+    /// while an endpoint's settings are unchanged.
+    pub pools: Pools,
 }
 
 impl Runtime {
-    /// Builds the runtime for `config`, reusing the connection pools of `previous` where possible.
-    pub fn new(config: Config, previous: Option<&Runtime>) -> Runtime {
+    /// Builds the runtime for `config`, reusing the connection pools of `previous` where possible,
+    /// and starts its endpoints' health checks.
+    pub fn new(config: Config, previous: Option<&Runtime>, metrics: &Arc<Metrics>) -> Runtime {
         let upstreams = Upstreams::new(&config, previous.map(|p| &p.upstreams));
         let cost = crate::cost::Book::from_config(&config);
         let limiter = Limiter::new(&config, previous.map(|p| &p.limiter));
-        let breakers = Breakers::new(&config, previous.map(|p| &p.breakers));
+        let pools = Pools::new(&config, previous.map(|p| &p.pools));
+        super::health_check::spawn(&config, &pools, &upstreams, metrics);
         Runtime {
             config,
             upstreams,
             cost,
             limiter,
-            breakers,
+            pools,
         }
     }
 }

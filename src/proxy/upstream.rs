@@ -20,13 +20,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{Config, Provider, ProviderKind};
+use crate::config::{BaseUrl, Config, Provider, ProviderKind, Secret};
 use crate::error::EdgeError;
 use crate::wire::headers as names;
 
 pub use super::client_body::UpstreamBody;
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+pub type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 /// What makes two providers able to share a client.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -73,22 +73,15 @@ impl Upstreams {
         }
     }
 
-    /// Sends `req` to provider `index`, waiting at most its `first_byte` timeout for the response
-    /// headers.
-    pub async fn send(
-        &self,
-        index: usize,
-        provider: &Provider,
-        req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, EdgeError> {
-        self.send_checked(index, provider, req)
-            .await
-            .map_err(|(e, _)| e)
+    /// The client of provider `index`.
+    pub fn client(&self, index: usize) -> &HttpsClient {
+        &self.per_provider[index]
     }
 
-    /// Like [`Upstreams::send`]; an error also says whether the request never left relay (the
-    /// connection could not be made), so it may go to another upstream.
-    pub async fn send_checked(
+    /// Sends `req` to provider `index`, waiting at most its `first_byte` timeout for the response
+    /// headers. An error also says whether the request never left relay (the connection could
+    /// not be made), so it may go to another endpoint or provider.
+    pub async fn send(
         &self,
         index: usize,
         provider: &Provider,
@@ -203,9 +196,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Builds the upstream request: provider URL, filtered headers, injected key, same body.
+/// Builds the upstream request: the endpoint's URL, filtered headers, the injected key (when the
+/// caller sent none), same body.
 pub fn build_request(
     provider: &Provider,
+    endpoint: &BaseUrl,
+    key: Option<&Secret>,
     path_and_query: &str,
     method: http::Method,
     mut headers: HeaderMap,
@@ -213,10 +209,10 @@ pub fn build_request(
 ) -> Result<Request<UpstreamBody>, EdgeError> {
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
-    inject_key(provider, &mut headers);
+    inject_key(provider.kind, key, &mut headers);
     let uri = Uri::builder()
-        .scheme(provider.base_url.scheme.clone())
-        .authority(provider.base_url.authority.clone())
+        .scheme(endpoint.scheme.clone())
+        .authority(endpoint.authority.clone())
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| EdgeError::ClientBody(format!("invalid request path: {e}")))?;
@@ -227,6 +223,13 @@ pub fn build_request(
     Ok(req)
 }
 
+/// Whether the caller sent a credential (`Authorization`, `x-api-key`, `api-key`).
+pub fn has_credentials(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::AUTHORIZATION)
+        || headers.contains_key(names::X_API_KEY)
+        || headers.contains_key("api-key")
+}
+
 /// Removes every credential a caller can send (`Authorization`, `x-api-key`, Azure's `api-key`).
 pub fn strip_credentials(headers: &mut HeaderMap) {
     headers.remove(header::AUTHORIZATION);
@@ -234,12 +237,13 @@ pub fn strip_credentials(headers: &mut HeaderMap) {
     headers.remove("api-key");
 }
 
-fn inject_key(provider: &Provider, headers: &mut HeaderMap) {
-    let Some(key) = &provider.api_key else { return };
+/// Sets `key` as the credential of a `kind` provider, unless the caller sent one.
+pub fn inject_key(kind: ProviderKind, key: Option<&Secret>, headers: &mut HeaderMap) {
+    let Some(key) = key else { return };
     if headers.contains_key(header::AUTHORIZATION) || headers.contains_key("x-api-key") {
         return;
     }
-    match provider.kind {
+    match kind {
         ProviderKind::Openai => {
             if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", key.expose())) {
                 v.set_sensitive(true);

@@ -43,19 +43,33 @@ impl Circuit {
     }
 }
 
-/// One provider's breaker.
+/// One provider endpoint's breaker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Breaker {
     pub state: Circuit,
     /// State changes so far (all `to` values summed).
     pub transitions: u64,
+    /// The EWMA of its time to the answer's headers, once measured.
+    pub latency_ms: Option<f64>,
+    /// The active health check's last result, when it has one.
+    pub healthy: Option<bool>,
+}
+
+/// One key of a provider's pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolKey {
+    pub resting: bool,
+    /// 429s that put it to rest.
+    pub rests: u64,
 }
 
 /// What the pane shows.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LimitsSnapshot {
-    /// Provider → breaker (providers with a state gauge).
+    /// Provider (`provider endpoint` for a provider with several) → breaker.
     pub breakers: BTreeMap<String, Breaker>,
+    /// `provider key` (alias or hash prefix) → the pooled key's state.
+    pub keys: BTreeMap<String, PoolKey>,
     /// `scope/rule` → requests refused.
     pub rejections: BTreeMap<String, u64>,
     /// The limiter backend in use (the `relay_ratelimit_backend` series at 1), if any.
@@ -65,7 +79,10 @@ pub struct LimitsSnapshot {
 impl LimitsSnapshot {
     /// Nothing to show: no breaker, no rule, no backend in the metrics.
     pub fn is_empty(&self) -> bool {
-        self.breakers.is_empty() && self.rejections.is_empty() && self.backend.is_none()
+        self.breakers.is_empty()
+            && self.keys.is_empty()
+            && self.rejections.is_empty()
+            && self.backend.is_none()
     }
 }
 
@@ -137,24 +154,52 @@ fn label<'a>(labels: &'a [(&str, String)], key: &str) -> &'a str {
 /// Parses relay's Prometheus text into what the pane shows; unknown series are ignored.
 pub fn parse(text: &str) -> LimitsSnapshot {
     let mut snap = LimitsSnapshot::default();
-    let mut transitions: BTreeMap<String, u64> = BTreeMap::new();
+    // (provider, endpoint) → breaker.
+    let mut circuits: BTreeMap<(String, String), Breaker> = BTreeMap::new();
+    let mut transitions: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut latency: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let mut healthy: BTreeMap<(String, String), bool> = BTreeMap::new();
+    let at = |labels: &[(&str, String)]| {
+        (
+            label(labels, "provider").to_string(),
+            label(labels, "endpoint").to_string(),
+        )
+    };
     for (name, labels, value) in text.lines().filter_map(sample) {
         match name {
             "relay_circuit_state" => {
                 if let Some(state) = Circuit::from_gauge(value) {
-                    snap.breakers.insert(
-                        label(&labels, "provider").to_string(),
+                    circuits.insert(
+                        at(&labels),
                         Breaker {
                             state,
                             transitions: 0,
+                            latency_ms: None,
+                            healthy: None,
                         },
                     );
                 }
             }
             "relay_circuit_transitions_total" => {
-                *transitions
-                    .entry(label(&labels, "provider").to_string())
-                    .or_default() += value as u64;
+                *transitions.entry(at(&labels)).or_default() += value as u64;
+            }
+            "relay_endpoint_latency_seconds" => {
+                latency.insert(at(&labels), value * 1000.0);
+            }
+            "relay_endpoint_healthy" => {
+                healthy.insert(at(&labels), value >= 1.0);
+            }
+            "relay_key_resting" | "relay_key_rests_total" => {
+                let key = format!("{} {}", label(&labels, "provider"), label(&labels, "key"));
+                let k = snap.keys.entry(key).or_insert(PoolKey {
+                    resting: false,
+                    rests: 0,
+                });
+                if name == "relay_key_resting" {
+                    k.resting = value >= 1.0;
+                } else {
+                    k.rests = value as u64;
+                }
             }
             "relay_ratelimit_rejections_total" => {
                 let key = format!("{}/{}", label(&labels, "scope"), label(&labels, "rule"));
@@ -166,10 +211,21 @@ pub fn parse(text: &str) -> LimitsSnapshot {
             _ => {}
         }
     }
-    for (provider, n) in transitions {
-        if let Some(b) = snap.breakers.get_mut(&provider) {
-            b.transitions = n;
-        }
+    let mut per_provider: BTreeMap<&str, usize> = BTreeMap::new();
+    for (p, _) in circuits.keys() {
+        *per_provider.entry(p.as_str()).or_default() += 1;
+    }
+    for ((provider, endpoint), mut b) in circuits.clone() {
+        let at = (provider.clone(), endpoint.clone());
+        b.transitions = transitions.get(&at).copied().unwrap_or(0);
+        b.latency_ms = latency.get(&at).copied();
+        b.healthy = healthy.get(&at).copied();
+        let name = if per_provider[provider.as_str()] > 1 && !endpoint.is_empty() {
+            format!("{provider} {endpoint}")
+        } else {
+            provider
+        };
+        snap.breakers.insert(name, b);
     }
     snap
 }
@@ -253,14 +309,18 @@ relay_inflight 1
             s.breakers["anthropic"],
             Breaker {
                 state: Circuit::Open,
-                transitions: 7
+                transitions: 7,
+                latency_ms: None,
+                healthy: None,
             }
         );
         assert_eq!(
             s.breakers["openai"],
             Breaker {
                 state: Circuit::Closed,
-                transitions: 0
+                transitions: 0,
+                latency_ms: None,
+                healthy: None,
             }
         );
         assert_eq!(s.breakers["azure"].state, Circuit::HalfOpen);
@@ -281,10 +341,23 @@ relay_inflight 1
     #[test]
     fn reads_a_live_metrics_registry() {
         let m = Metrics::new();
-        m.circuit_state.with_label_values(&["openai"]).set(2);
+        m.circuit_state
+            .with_label_values(&["openai", "api.openai.com"])
+            .set(2);
         m.circuit_transitions
-            .with_label_values(&["openai", "open"])
+            .with_label_values(&["openai", "api.openai.com", "open"])
             .inc();
+        for (e, state) in [("east:9001", 0), ("west:9002", 2)] {
+            m.circuit_state.with_label_values(&["pool", e]).set(state);
+            m.endpoint_latency
+                .with_label_values(&["pool", e])
+                .set(0.125);
+        }
+        m.endpoint_healthy
+            .with_label_values(&["pool", "west:9002"])
+            .set(0);
+        m.key_resting.with_label_values(&["pool", "key-abc"]).set(1);
+        m.key_rests.with_label_values(&["pool", "key-abc"]).inc();
         m.ratelimit_rejections
             .with_label_values(&["global", "rpm"])
             .inc_by(3);
@@ -292,6 +365,19 @@ relay_inflight 1
         let s = parse(&m.render());
         assert_eq!(s.breakers["openai"].state, Circuit::Open);
         assert_eq!(s.breakers["openai"].transitions, 1);
+        // A provider with several endpoints: one row each, with latency and health.
+        let west = &s.breakers["pool west:9002"];
+        assert_eq!(west.state, Circuit::Open);
+        assert_eq!(west.latency_ms, Some(125.0));
+        assert_eq!(west.healthy, Some(false));
+        assert_eq!(s.breakers["pool east:9001"].healthy, None);
+        assert_eq!(
+            s.keys["pool key-abc"],
+            PoolKey {
+                resting: true,
+                rests: 1
+            }
+        );
         assert_eq!(s.rejections["global/rpm"], 3);
         assert_eq!(s.backend.as_deref(), Some("local"));
     }

@@ -556,8 +556,8 @@ fn render_models(state: &State, f: &mut Frame, area: Rect) {
 /// longer list), at least 3 and at most half the view.
 fn limits_height(state: &State, height: u16) -> u16 {
     let rows = match &state.limits {
-        Some(l) if !l.breakers.is_empty() || !l.rejections.is_empty() => {
-            2 + l.breakers.len().max(l.rejections.len())
+        Some(l) if !l.breakers.is_empty() || !l.rejections.is_empty() || !l.keys.is_empty() => {
+            2 + (l.breakers.len() + l.keys.len()).max(l.rejections.len())
         }
         _ => 2,
     };
@@ -576,7 +576,7 @@ fn render_limits(state: &State, f: &mut Frame, area: Rect) {
             f.render_widget(p.block(block), area);
             return;
         }
-        Some(l) if l.breakers.is_empty() && l.rejections.is_empty() => {
+        Some(l) if l.breakers.is_empty() && l.rejections.is_empty() && l.keys.is_empty() => {
             let p = Paragraph::new(vec![
                 Line::raw(
                     " circuit breakers: none reported yet (shown after a provider's first request)",
@@ -595,27 +595,50 @@ fn render_limits(state: &State, f: &mut Frame, area: Rect) {
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(inner);
     let head = Style::new().bold().add_modifier(Modifier::UNDERLINED);
     let breakers = l.breakers.iter().map(|(provider, b)| {
-        let state = match b.state {
-            Circuit::Open => Span::styled("open", Style::new().fg(Color::Red).bold()),
-            Circuit::HalfOpen => Span::styled("half-open", Style::new().fg(Color::Yellow)),
-            Circuit::Closed => Span::raw("closed"),
+        let state = match (b.state, b.healthy) {
+            (Circuit::Open, _) => Span::styled("open", Style::new().fg(Color::Red).bold()),
+            (Circuit::HalfOpen, _) => Span::styled("half-open", Style::new().fg(Color::Yellow)),
+            (Circuit::Closed, Some(false)) => {
+                Span::styled("unhealthy", Style::new().fg(Color::Red))
+            }
+            (Circuit::Closed, _) => Span::raw("closed"),
         };
+        let latency = b
+            .latency_ms
+            .map(|ms| format!("{ms:.0} ms"))
+            .unwrap_or_default();
         TableRow::new(vec![
             Line::raw(format!(" {provider}")),
             Line::from(state),
             Line::raw(b.transitions.to_string()),
+            Line::raw(latency),
+        ])
+    });
+    // Pooled keys: alias or hash prefix, never the key.
+    let keys = l.keys.iter().map(|(key, k)| {
+        let state = if k.resting {
+            Span::styled("resting", Style::new().fg(Color::Yellow))
+        } else {
+            Span::raw("serving")
+        };
+        TableRow::new(vec![
+            Line::raw(format!(" {key}")),
+            Line::from(state),
+            Line::raw(format!("{} 429", k.rests)),
+            Line::raw(""),
         ])
     });
     f.render_widget(
         Table::new(
-            breakers,
+            breakers.chain(keys),
             [
                 Constraint::Fill(1),
                 Constraint::Length(9),
                 Constraint::Length(11),
+                Constraint::Length(7),
             ],
         )
-        .header(TableRow::new(vec![" provider", "breaker", "transitions"]).style(head))
+        .header(TableRow::new(vec![" provider", "breaker", "transitions", "latency"]).style(head))
         .column_spacing(1),
         left,
     );

@@ -308,6 +308,23 @@ pub fn metric(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64>
         })
 }
 
+/// The sum of the series of `name` that carry at least `labels` (others may be there too:
+/// `relay_circuit_state{provider}` over each endpoint); `None` when none does.
+pub fn metric_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            let have: Vec<&str> = rest.trim_end_matches('}').split(',').collect();
+            (n == name && want.iter().all(|w| have.contains(&w.as_str())))
+                .then(|| value.parse::<f64>().unwrap())
+        })
+        .reduce(|a, b| a + b)
+}
+
 /// Reads the body until it holds at least `want` bytes.
 pub async fn read_at_least(body: &mut Incoming, want: usize) -> Vec<u8> {
     let mut got = Vec::new();

@@ -1,5 +1,6 @@
 //! Resolving `providers` (base URLs, keys, timeouts) and `routes` (with the default table).
 
+use super::pool::{resolve_endpoints, resolve_health, resolve_provider_keys, resolve_strategy};
 use super::*;
 
 pub(super) fn resolve_provider(
@@ -32,24 +33,12 @@ pub(super) fn resolve_provider(
             format!("{:?} is reserved for relay's own paths", p.name),
         ));
     }
-    let Some(base) = p.base_url.as_deref() else {
-        return Err(cx.err(at("base_url"), "missing (e.g. https://api.openai.com/v1)"));
-    };
-    let base_url = parse_base_url(base).map_err(|m| cx.err(at("base_url"), m))?;
-    let api_key_env = p.api_key_env.filter(|v| !v.is_empty());
-    let api_key = match &api_key_env {
-        Some(var) => match env.get(var).filter(|v| !v.is_empty()) {
-            Some(v) => Some(Secret::new(v)),
-            None => {
-                warnings.push(format!(
-                    "{}: environment variable {var} is not set; clients must send their own key",
-                    at("api_key_env")
-                ));
-                None
-            }
-        },
-        None => None,
-    };
+    let endpoints = resolve_endpoints(cx, &at, p.base_url.as_deref(), p.endpoints, false)?;
+    let base_url = endpoints[0].url.clone();
+    let strategy = resolve_strategy(cx, at("strategy"), p.strategy.as_deref())?;
+    let health_check = resolve_health(cx, &at("health_check"), p.health_check.as_ref(), false)?;
+    let vars = p.api_key_env.map(|v| v.into_vec()).unwrap_or_default();
+    let (api_key_env, keys) = resolve_provider_keys(cx, &at("api_key_env"), vars, env, warnings)?;
     let timeouts = Timeouts {
         connect: p.timeouts.connect.unwrap_or(DEFAULT_CONNECT),
         first_byte: p.timeouts.first_byte.unwrap_or(DEFAULT_FIRST_BYTE),
@@ -72,8 +61,11 @@ pub(super) fn resolve_provider(
         name: p.name,
         kind: p.kind.unwrap_or(ProviderKind::Openai),
         base_url,
+        endpoints,
+        strategy,
+        health_check,
         api_key_env,
-        api_key,
+        keys,
         http2: p.http2.unwrap_or(false),
         timeouts,
     })
