@@ -1069,10 +1069,23 @@ models:
   m: {input: 3, output: 15.5, cached_input: 0.3, cache_write: 3.75}
 ";
     let env = env(&[("TEST_OPENAI_KEY", "sk-round-trip")]);
+    let pools = "\
+providers:
+  - name: openai
+    endpoints: [{url: 'http://east:9001/v1', weight: 3}, 'http://west:9002/v1']
+    strategy: least-latency
+    health_check: {interval: 2s}
+    api_key_env: [TEST_OPENAI_KEY, TEST_MISSING_KEY]
+";
+    let balanced = "\
+loadbalancer: {enabled: true, strategy: random, targets: [{url: 'http://a:1', weight: 2}, 'http://b:2']}
+";
     for (name, yaml) in [
         ("defaults", ""),
         ("original relay", ORIGINAL_RELAY_YAML),
         ("rich", rich),
+        ("pools", pools),
+        ("original load balancer", balanced),
     ] {
         let first = load(yaml, &env);
         let masked = first.to_masked_yaml();

@@ -301,6 +301,21 @@ impl Upstream<'_> {
                                 t.record(Verdict::Failure, metrics);
                             }
                         }
+                        let others = pool.endpoints.len() > 1
+                            && (0..pool.endpoints.len().min(64)).any(|i| failed & (1 << i) == 0);
+                        // A dead endpoint costs no request: another one takes it at once, also
+                        // when the connection died before any answer (killed mid-request).
+                        if matches!(e, EdgeError::Unreachable { .. })
+                            && resendable
+                            && moves > 0
+                            && others
+                        {
+                            moves -= 1;
+                            last = Some(e);
+                            let reason = format!("connect to {}", ep.name);
+                            note(x, metrics, &provider.name, &reason, None, Move::Endpoint);
+                            continue;
+                        }
                         let when = match &e {
                             EdgeError::Timeout { .. } => When::Timeout,
                             // Sent, then cut: the upstream may have acted on it.
@@ -311,24 +326,6 @@ impl Upstream<'_> {
                         // A failed fallback leaves the caller the primary's own answer, if any.
                         if kept.as_ref().is_some_and(|k| k.index == index) {
                             kept = None;
-                        }
-                        // A dead endpoint costs no request: another one takes it at once.
-                        if when == When::Connect
-                            && resendable
-                            && moves > 0
-                            && pool.endpoints.len() > 1
-                            && (0..pool.endpoints.len().min(64)).any(|i| failed & (1 << i) == 0)
-                        {
-                            moves -= 1;
-                            note(
-                                x,
-                                metrics,
-                                &provider.name,
-                                &format!("connect to {}", ep.name),
-                                None,
-                                Move::Endpoint,
-                            );
-                            continue;
                         }
                         Failure::Error { when }
                     }

@@ -9,6 +9,11 @@
 //!   error answers carry `retry-after: 7` unless `x-mock-retry-after: <value>|none` says otherwise,
 //!   and `x-mock-error-code: <code>` sets their `error.code` (OpenAI) / `error.type` (Anthropic);
 //!   with `x-mock-for: <name>` these status headers apply to that mock only;
+//! - `x-mock-status-if-key: <key>=<code>`: answer `<code>` when the request's credential
+//!   (`Authorization: Bearer` / `x-api-key`) is `<key>` (a provider's key pool);
+//! - [`Mock::set_status`] (every request answers that status, health checks too),
+//!   [`Mock::set_delay`] (the answer's headers wait that long) and [`Mock::kill`] (the listener
+//!   and every open connection close: a dead endpoint);
 //! - `x-mock: hold`: stream the first SSE event, then wait for [`Mock::release`] before the rest (a
 //!   JSON answer waits for the release before its headers);
 //! - `x-mock: stall-headers`: never answer; `x-mock: stall-body`: send headers and one event, then nothing;
@@ -100,6 +105,9 @@ struct Shared {
     completed: Counter,
     cancelled: Counter,
     sequence_pos: std::sync::atomic::AtomicUsize,
+    forced_status: std::sync::atomic::AtomicU16,
+    delay_ms: std::sync::atomic::AtomicU64,
+    killed: watch::Sender<bool>,
 }
 
 /// A running mock upstream; stops when dropped.
@@ -145,6 +153,9 @@ impl Mock {
             completed: Counter::default(),
             cancelled: Counter::default(),
             sequence_pos: Default::default(),
+            forced_status: Default::default(),
+            delay_ms: Default::default(),
+            killed: watch::channel(false).0,
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -155,28 +166,37 @@ impl Mock {
                 s.connections.inc();
                 let s = s.clone();
                 let tls = tls.clone();
+                let mut killed = s.killed.subscribe();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(s.clone(), req));
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    let _ = match tls {
-                        None => {
-                            builder
-                                .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                                .await
-                        }
-                        Some(tls) => match tls.accept(tcp).await {
-                            Ok(stream) => {
-                                builder
-                                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                                    .await
-                            }
-                            Err(_) => return,
-                        },
-                    };
+                    tokio::select! {
+                        _ = killed.wait_for(|k| *k) => {}
+                        _ = serve(s, tcp, tls) => {}
+                    }
                 });
             }
         });
         Mock { addr, shared, task }
+    }
+
+    /// Every request answers `status` from now on (0: as usual again).
+    pub fn set_status(&self, status: u16) {
+        self.shared
+            .forced_status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The answer's headers wait `delay` from now on.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.shared.delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// A dead endpoint: the listener and every open connection close now.
+    pub fn kill(&self) {
+        self.task.abort();
+        self.shared.killed.send_replace(true);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -227,6 +247,27 @@ impl Mock {
     pub fn release(&self) {
         self.shared.released.send_replace(true);
     }
+}
+
+/// Serves one accepted connection (over TLS when `tls`).
+async fn serve(s: Arc<Shared>, tcp: tokio::net::TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
+    let svc = service_fn(move |req| handle(s.clone(), req));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let _ = match tls {
+        None => {
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                .await
+        }
+        Some(tls) => match tls.accept(tcp).await {
+            Ok(stream) => {
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await
+            }
+            Err(_) => return,
+        },
+    };
 }
 
 /// Marks a response cancelled when dropped before it was marked complete.
@@ -293,6 +334,23 @@ async fn handle(
     // `x-mock-for: <name>`: the status headers are for that mock only (a fallback behind it
     // answers normally).
     let for_me = header("x-mock-for").is_none_or(|n| n == shared.name);
+    let delay = shared.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    let credential = header("x-api-key")
+        .or_else(|| header("authorization").map(|a| a.trim_start_matches("Bearer ").to_string()));
+    let by_key = header("x-mock-status-if-key").and_then(|rule| {
+        let (key, code) = rule.split_once('=')?;
+        (credential.as_deref() == Some(key)).then(|| code.trim().parse::<u16>().ok())?
+    });
+    let forced = match shared
+        .forced_status
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        0 => None,
+        s => Some(s),
+    };
     let from_sequence = header("x-mock-sequence")
         .filter(|_| for_me)
         .and_then(|list| {
@@ -308,7 +366,9 @@ async fn handle(
     let status = header("x-mock-status")
         .filter(|_| for_me)
         .and_then(|s| s.parse::<u16>().ok())
-        .or(from_sequence.filter(|s| !(200..300).contains(s)));
+        .or(from_sequence.filter(|s| !(200..300).contains(s)))
+        .or(by_key)
+        .or(forced);
     if let Some(status) = status {
         let mut body = error_body(shared.kind, status);
         if let Some(code) = header("x-mock-error-code") {

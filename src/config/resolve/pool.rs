@@ -51,11 +51,12 @@ pub(super) fn resolve_endpoints(
         out.push(Endpoint { url, weight, name });
     }
     // Two endpoints on one host: their paths tell them apart, else their place in the list.
-    for i in 0..out.len() {
-        if out.iter().filter(|o| o.name == out[i].name).count() > 1 {
-            let with_path = format!("{}{}", out[i].name, out[i].url.path);
-            out[i].name = if out.iter().any(|o| o.name == with_path) {
-                format!("{}#{}", out[i].name, i + 1)
+    let names: Vec<String> = out.iter().map(|e| e.name.clone()).collect();
+    for (i, e) in out.iter_mut().enumerate() {
+        if names.iter().filter(|n| **n == e.name).count() > 1 {
+            let with_path = format!("{}{}", e.name, e.url.path);
+            e.name = if names.contains(&with_path) {
+                format!("{}#{}", e.name, i + 1)
             } else {
                 with_path
             };
@@ -226,4 +227,155 @@ pub(super) fn apply_loadbalancer(
     }
     openai.health_check = resolve_health(cx, "loadbalancer.health_check", Some(&health), true)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::{Config, Env, Strategy};
+    use std::time::Duration;
+
+    fn load(yaml: &str, env: &Env) -> Result<Config, String> {
+        Config::from_yaml_str(yaml, "t.yaml", env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn endpoints_weights_strategy_health_and_a_key_pool() {
+        let env = Env::empty()
+            .with("KEY_A", "sk-a")
+            .with("KEY_B", "sk-b")
+            .with("TEAM", "sk-b");
+        let cfg = load(
+            "providers:
+  - name: openai
+    endpoints: [{url: 'http://east:9001/v1', weight: 3}, 'http://west:9002/v1', {url: 'http://east:9001/openai/v1', name: e2}]
+    strategy: least-latency
+    health_check: {interval: 2s, path: /health}
+    api_key_env: [KEY_A, KEY_B, KEY_UNSET]
+keys: {team: TEAM}
+",
+            &env,
+        )
+        .unwrap();
+        let p = &cfg.providers[0];
+        let names: Vec<&str> = p.endpoints.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["east:9001", "west:9002", "e2"]);
+        assert_eq!(p.endpoints[0].weight, 3);
+        assert_eq!(p.base_url.to_string(), "http://east:9001/v1");
+        assert_eq!(p.strategy, Strategy::LeastLatency);
+        let h = p.health_check.as_ref().unwrap();
+        assert_eq!(
+            (h.interval, h.path.as_str()),
+            (Duration::from_secs(2), "/health")
+        );
+        assert_eq!(h.timeout, Duration::from_secs(5));
+        let labels: Vec<&str> = p.keys.iter().map(|k| k.label.as_str()).collect();
+        let a = blake3::hash(b"sk-a").to_hex();
+        assert_eq!(labels, [format!("key-{}", &a[..12]).as_str(), "team"]);
+        assert_eq!(p.api_key().unwrap().expose(), "sk-a");
+        assert!(
+            cfg.warnings
+                .iter()
+                .any(|w| w.contains("KEY_UNSET is not set; the pool goes without it")),
+            "{:?}",
+            cfg.warnings
+        );
+        // Two endpoints on one host are told apart by their paths.
+        let cfg = load(
+            "providers:\n  - {name: x, endpoints: ['http://h/a/v1', 'http://h/b/v1']}\n",
+            &env,
+        )
+        .unwrap();
+        let names: Vec<&str> = cfg.providers[0]
+            .endpoints
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(names, ["h/a/v1", "h/b/v1"]);
+        assert_eq!(cfg.providers[0].health_check, None, "off unless asked");
+    }
+
+    #[test]
+    fn pool_errors_name_the_key() {
+        let env = Env::empty();
+        for (yaml, want) in [
+            (
+                "providers:\n  - {name: x, base_url: 'http://a/v1', endpoints: ['http://b/v1']}\n",
+                "t.yaml: providers[0].endpoints: set base_url or endpoints, not both",
+            ),
+            (
+                "providers:\n  - {name: x, endpoints: [{url: 'http://a/v1', weight: 0}]}\n",
+                "t.yaml: providers[0].endpoints[0].weight: a weight is 1 to 1000",
+            ),
+            (
+                "providers:\n  - {name: x, endpoints: ['a.example/v1']}\n",
+                "t.yaml: providers[0].endpoints[0]:",
+            ),
+            (
+                "providers:\n  - {name: x, base_url: 'http://a/v1', strategy: fastest}\n",
+                "t.yaml: providers[0].strategy: \"fastest\": one of round-robin, weighted, least-latency, random",
+            ),
+            (
+                "providers:\n  - {name: x, base_url: 'http://a/v1', health_check: {interval: 0s}}\n",
+                "t.yaml: providers[0].health_check.interval: must be greater than 0",
+            ),
+            (
+                "providers:\n  - {name: x, base_url: 'http://a/v1', api_key_env: [A, A]}\n",
+                "t.yaml: providers[0].api_key_env: A is listed twice",
+            ),
+            (
+                "loadbalancer: {enabled: true, targets: []}\n",
+                "t.yaml: loadbalancer.targets: list the upstream URLs to balance over",
+            ),
+            (
+                "loadbalancer: {enabled: true, targets: [{url: 'http://a', weight: -1}]}\n",
+                "t.yaml: loadbalancer.targets",
+            ),
+        ] {
+            let got = load(yaml, &env).unwrap_err();
+            assert!(got.starts_with(want), "{yaml}\n got: {got}\nwant: {want}");
+        }
+    }
+
+    #[test]
+    fn the_original_relays_loadbalancer_maps_onto_openai() {
+        let cfg = load(
+            "proxy: {target: 'https://api.openai.com'}
+loadbalancer:
+  enabled: true
+  strategy: weighted
+  targets:
+    - {url: 'http://10.0.0.1:8000', weight: 2}
+    - {url: 'http://10.0.0.2:8000/v1', weight: 1}
+  sticky_sessions: true
+",
+            &Env::empty(),
+        )
+        .unwrap();
+        let openai = cfg.provider("openai").unwrap();
+        let urls: Vec<String> = openai.endpoints.iter().map(|e| e.url.to_string()).collect();
+        assert_eq!(urls, ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"]);
+        assert_eq!(openai.endpoints[0].weight, 2);
+        assert_eq!(openai.strategy, Strategy::Weighted);
+        let h = openai
+            .health_check
+            .as_ref()
+            .expect("checked as in the original");
+        assert_eq!(h.interval, Duration::from_secs(10));
+        assert!(
+            !cfg.warnings.iter().any(|w| w.starts_with("loadbalancer:")),
+            "no longer ignored: {:?}",
+            cfg.warnings
+        );
+        assert!(cfg
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("loadbalancer.sticky_sessions:")));
+        // Turned off: the section changes nothing.
+        let off = load(
+            "loadbalancer: {enabled: false, targets: ['http://10.0.0.1']}\n",
+            &Env::empty(),
+        )
+        .unwrap();
+        assert_eq!(off.provider("openai").unwrap().endpoints.len(), 1);
+    }
 }
