@@ -179,6 +179,10 @@ enum Command {
         /// Config file (for server.listen and server.tls). Default: as for `serve`.
         #[arg(long, short, value_name = "PATH")]
         config: Option<PathBuf>,
+        /// Also print each provider's endpoints (circuit, health, latency, tries) and keys
+        /// (alias or hash prefix, never the key), from the relay's /relay/upstreams.
+        #[arg(long, short)]
+        verbose: bool,
     },
 }
 
@@ -329,7 +333,11 @@ fn main() -> ExitCode {
             command: CaCommand::Path,
             config,
         } => ca_path(config),
-        Command::Health { url, config } => {
+        Command::Health {
+            url,
+            config,
+            verbose,
+        } => {
             let result = Config::load_or_default(config.as_deref(), &Env::from_process())
                 .map_err(|e| e.to_string())
                 .and_then(|cfg| {
@@ -337,7 +345,15 @@ fn main() -> ExitCode {
                         .enable_all()
                         .build()
                         .expect("tokio runtime");
-                    rt.block_on(relay::cli::health::check(&cfg, url.as_deref()))
+                    rt.block_on(async {
+                        if verbose {
+                            let text = relay::cli::health::verbose(&cfg, url.as_deref()).await?;
+                            print!("{text}");
+                            Ok(())
+                        } else {
+                            relay::cli::health::check(&cfg, url.as_deref()).await
+                        }
+                    })
                 });
             match result {
                 Ok(()) => ExitCode::SUCCESS,

@@ -304,3 +304,56 @@ async fn the_original_relays_loadbalancer_spreads_over_its_targets() {
     assert!(statuses.iter().all(|s| *s == StatusCode::OK.as_u16()));
     assert_eq!((posts(&a), posts(&b)), (100, 100));
 }
+
+#[tokio::test]
+async fn relay_health_verbose_shows_endpoints_circuits_and_keys() {
+    let a = Mock::start("a", Kind::OpenAi).await;
+    let b = Mock::start("b", Kind::OpenAi).await;
+    let env = Env::empty()
+        .with("KEY_A", "sk-verbose-a")
+        .with("KEY_B", "sk-verbose-b");
+    let relay = Relay::start_with(
+        &format!(
+            "{}    api_key_env: [KEY_A, KEY_B]\n    health_check: {{interval: 1h}}\nkeys: {{team-a: KEY_A}}\n",
+            pool_yaml(&[(&a, 2), (&b, 1)], "")
+        ),
+        env,
+        false,
+    )
+    .await;
+    let over = [
+        ("x-mock-status-if-key", "sk-verbose-a=429"),
+        ("x-mock-retry-after", "60"),
+    ];
+    load(&relay, 3, 1, &over).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["health", "--verbose", "--url", &relay.url("/healthz")])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("openai (openai, weighted, health check every 1h, GET <url>/models)"),
+        "{text}"
+    );
+    for m in [&a, &b] {
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&endpoint(m)))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(
+            row.contains(&m.base_url()) && row.contains("closed") && row.contains(" ok "),
+            "{row}"
+        );
+        assert!(row.contains(" ms"), "latency measured: {row}");
+    }
+    assert!(text.contains("team-a resting"), "{text}");
+    let b_label = format!("key-{}", &blake3::hash(b"sk-verbose-b").to_hex()[..12]);
+    assert!(text.contains(&format!("{b_label} serving")), "{text}");
+    assert!(!text.contains("sk-verbose"), "never a key: {text}");
+}

@@ -1,7 +1,8 @@
 //! Stage 1 of the pipeline: relay's own endpoints. `/` (what clients probe: `relay <version>`),
 //! `/healthz` and `/metrics` are answered here, and
 //! the API under `/relay` is dispatched to its handlers in [`crate::admin`] (the live feed
-//! `/relay/events`, the cache admin API, `/relay/usage`); what is not relay's own goes on.
+//! `/relay/events`, the cache admin API, `/relay/usage`) and [`super::pool_report`]
+//! (`/relay/upstreams`); what is not relay's own goes on.
 //!
 //! `/relay/...` answers local callers only: it can read and delete every recording, and shows spending
 //! by key. Others get a 404 there, as for any unknown path (`/relay/events` is open to them with
@@ -135,6 +136,12 @@ async fn relay_api(
         } else {
             reply::error(http::StatusCode::METHOD_NOT_ALLOWED, "use GET")
         })
+    } else if path == super::pool_report::PATH {
+        let rt = state.runtime.load();
+        Some(reply::json(
+            http::StatusCode::OK,
+            &super::pool_report::report(&rt.config, &rt.pools),
+        ))
     } else if let Some(id) = path.strip_prefix(WHY_PREFIX) {
         Some(why(state, id).await)
     } else if path == cache::PREFIX || path.starts_with(&format!("{}/", cache::PREFIX)) {

@@ -20,6 +20,7 @@ pub mod held;
 pub mod json_answer;
 pub mod pipeline;
 pub mod pool;
+pub mod pool_report;
 pub mod responses_ws;
 pub mod route;
 pub mod server;
