@@ -105,20 +105,24 @@ pub struct HostTarget {
     pub api_root: String,
 }
 
-/// The provider `host:port` maps to: a provider whose `base_url` has that host and port; else, for
-/// `api.openai.com` / `api.anthropic.com` on 443, the provider named `openai` / `anthropic`, or the
-/// first of that kind.
+/// The provider `host:port` maps to: a provider with an endpoint (its `base_url`, or one of its
+/// `endpoints`) on that host and port; else, for `api.openai.com` / `api.anthropic.com` on 443,
+/// the provider named `openai` / `anthropic`, or the first of that kind.
 pub fn provider_for_host(providers: &[Provider], host: &str, port: u16) -> Option<HostTarget> {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    if let Some(i) = providers.iter().position(|p| {
-        let default_port = if p.base_url.is_https() { 443 } else { 80 };
-        p.base_url.authority.host().eq_ignore_ascii_case(&host)
-            && p.base_url.authority.port_u16().unwrap_or(default_port) == port
-    }) {
-        return Some(HostTarget {
-            provider: i,
-            api_root: providers[i].base_url.path.clone(),
-        });
+    for (i, p) in providers.iter().enumerate() {
+        let urls = std::iter::once(&p.base_url).chain(p.endpoints.iter().map(|e| &e.url));
+        for u in urls {
+            let default_port = if u.is_https() { 443 } else { 80 };
+            if u.authority.host().eq_ignore_ascii_case(&host)
+                && u.authority.port_u16().unwrap_or(default_port) == port
+            {
+                return Some(HostTarget {
+                    provider: i,
+                    api_root: u.path.clone(),
+                });
+            }
+        }
     }
     let (_, kind) = WELL_KNOWN_HOSTS.iter().find(|(h, _)| *h == host)?;
     if port != 443 && port != 80 {
@@ -289,6 +293,7 @@ providers:
   - {name: gw, kind: openai, base_url: 'https://gateway.example:8443/openai/v1'}
   - {name: claude, kind: anthropic, base_url: 'http://127.0.0.1:9000'}
   - {name: openai, kind: openai, base_url: 'http://127.0.0.1:11434/v1'}
+  - {name: pool, kind: openai, endpoints: ['https://east.example/v1', 'https://west.example/api/v1']}
 ";
 
     #[test]
@@ -306,6 +311,12 @@ providers:
         );
         assert_eq!(t("gateway.example", 443), None);
         assert_eq!(t("127.0.0.1", 9000), Some(("claude".into(), "".into())));
+        // Any endpoint of a pool, with its own path.
+        assert_eq!(
+            t("west.example", 443),
+            Some(("pool".into(), "/api/v1".into()))
+        );
+        assert_eq!(t("east.example", 443), Some(("pool".into(), "/v1".into())));
         // Well-known hosts: the provider of that name, else the first of that kind.
         assert_eq!(
             t("api.openai.com", 443),
