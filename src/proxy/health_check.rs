@@ -38,7 +38,7 @@ pub fn spawn(cfg: &Config, pools: &Pools, upstreams: &Upstreams, metrics: &Arc<M
             loop {
                 tick.tick().await;
                 let Some(pool) = pool.upgrade() else { return };
-                let key = pool.pick_key().map(|(_, k)| k.clone());
+                let key = pool.first_key().cloned();
                 let checks = pool
                     .endpoints
                     .iter()

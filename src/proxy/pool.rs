@@ -61,8 +61,8 @@ pub struct EndpointState {
     /// When the EWMA last took a sample ([`now_ns`]).
     sampled_at: AtomicU64,
     pending: AtomicU32,
-    requests: AtomicU64,
     failures: AtomicU64,
+    /// `relay_endpoint_requests_total` and `relay_endpoint_latency_seconds` of this endpoint.
     handles: OnceLock<(IntCounter, Gauge)>,
 }
 
@@ -91,7 +91,7 @@ impl EndpointState {
     /// Tries sent and tries that failed (connect errors, timeouts, 5xx).
     pub fn counts(&self) -> (u64, u64) {
         (
-            self.requests.load(Ordering::Relaxed),
+            self.handles.get().map_or(0, |(requests, _)| requests.get()),
             self.failures.load(Ordering::Relaxed),
         )
     }
@@ -197,7 +197,6 @@ impl Pool {
                         ),
                         sampled_at: AtomicU64::new(0),
                         pending: AtomicU32::new(0),
-                        requests: AtomicU64::new(0),
                         failures: AtomicU64::new(0),
                         handles: OnceLock::new(),
                     }),
@@ -268,7 +267,6 @@ impl Pool {
                 };
                 let (requests, _) = e.handles(&self.provider, metrics);
                 requests.inc();
-                e.requests.fetch_add(1, Ordering::Relaxed);
                 let pending = (n > 1).then(|| {
                     e.pending.fetch_add(1, Ordering::Relaxed);
                     &e.pending
@@ -365,6 +363,11 @@ impl Pool {
                 Some((soonest.1, &self.keys[soonest.1].secret))
             }
         }
+    }
+
+    /// The first key (the health check's, and the one requests are booked to).
+    pub fn first_key(&self) -> Option<&Secret> {
+        self.keys.first().map(|k| &k.secret)
     }
 
     /// Whether another key than `i` is serving now.
