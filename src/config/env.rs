@@ -293,6 +293,15 @@ fn apply_provider_vars(tree: &mut Value, vars: &[(&String, &String)], applied: &
         for (key, kind) in PROVIDER_KEYS {
             let var = format!("{prefix}{}", key.replace('.', "_").to_ascii_uppercase());
             if let Some((_, v)) = vars.iter().find(|(k, _)| **k == var) {
+                // `base_url` and `endpoints` are one setting: the variable replaces the file's.
+                let other = match *key {
+                    "base_url" => Some("endpoints"),
+                    "endpoints" => Some("base_url"),
+                    _ => None,
+                };
+                if let (Some(other), Value::Mapping(m)) = (other, &mut *entry) {
+                    m.remove(other);
+                }
                 set_path(entry, key, convert(*kind, v));
                 applied
                     .overridden

@@ -295,6 +295,32 @@ keys: {team: TEAM}
     }
 
     #[test]
+    fn an_env_base_url_or_endpoints_replaces_the_files() {
+        let file = "providers:\n  - {name: openai, endpoints: ['http://a/v1', 'http://b/v1']}\n";
+        let env = Env::empty().with("RELAY_PROVIDERS_OPENAI_BASE_URL", "http://c/v1");
+        let cfg = load(file, &env).unwrap();
+        let urls: Vec<String> = cfg.providers[0]
+            .endpoints
+            .iter()
+            .map(|e| e.url.to_string())
+            .collect();
+        assert_eq!(urls, ["http://c/v1"]);
+        let file = "providers:\n  - {name: openai, base_url: 'http://a/v1'}\n";
+        let env = Env::empty().with(
+            "RELAY_PROVIDERS_OPENAI_ENDPOINTS",
+            "[{url: 'http://d/v1', weight: 2}, 'http://e/v1']",
+        );
+        let cfg = load(file, &env).unwrap();
+        let urls: Vec<String> = cfg.providers[0]
+            .endpoints
+            .iter()
+            .map(|e| e.url.to_string())
+            .collect();
+        assert_eq!(urls, ["http://d/v1", "http://e/v1"]);
+        assert_eq!(cfg.providers[0].endpoints[0].weight, 2);
+    }
+
+    #[test]
     fn pool_errors_name_the_key() {
         let env = Env::empty();
         for (yaml, want) in [
