@@ -344,6 +344,15 @@ impl BaseUrl {
     pub fn is_https(&self) -> bool {
         self.scheme == http::uri::Scheme::HTTPS
     }
+
+    /// `host[:port]`: the authority without any `user:password@` it holds.
+    pub fn host_port(&self) -> String {
+        let a = &self.authority;
+        match a.port() {
+            Some(p) => format!("{}:{}", a.host(), p),
+            None => a.host().to_string(),
+        }
+    }
 }
 
 impl fmt::Display for BaseUrl {

@@ -16,7 +16,8 @@ pub struct Endpoint {
     /// Share of the requests under `weighted` and `random` (default 1).
     pub weight: u32,
     /// Its name in metrics, logs and `relay health --verbose`: `name:`, else the URL's
-    /// `host:port` (credentials in the URL never show).
+    /// `host:port`, plus its path when another endpoint has the same (credentials in the URL
+    /// never show).
     pub name: String,
 }
 
@@ -90,14 +91,4 @@ pub struct ProviderKey {
     pub secret: Secret,
     /// Its `keys:` alias, else `key-` and the first 12 hex digits of its blake3 hash.
     pub label: String,
-}
-
-/// The name an endpoint gets without `name:`: `host[:port]`, plus its path when another endpoint
-/// of the provider has the same host and port.
-pub(super) fn endpoint_name(url: &BaseUrl) -> String {
-    let a = &url.authority;
-    match a.port() {
-        Some(p) => format!("{}:{}", a.host(), p),
-        None => a.host().to_string(),
-    }
 }

@@ -90,7 +90,7 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
         let url = pool::with_v1(target);
         openai.base_url = parse_base_url(&url).map_err(|m| cx.err("proxy.target", m))?;
         openai.endpoints = vec![super::Endpoint {
-            name: super::pool::endpoint_name(&openai.base_url),
+            name: openai.base_url.host_port(),
             url: openai.base_url.clone(),
             weight: 1,
         }];

@@ -110,12 +110,7 @@ fn endpoints(pool: &Pool, checked: bool) -> Vec<EndpointReport> {
 
 /// `scheme://host[:port]/path`: a `user:password@` in the URL never shows.
 fn public_url(u: &BaseUrl) -> String {
-    let a = &u.authority;
-    let host = match a.port() {
-        Some(p) => format!("{}:{}", a.host(), p),
-        None => a.host().to_string(),
-    };
-    format!("{}://{}{}", u.scheme, host, u.path)
+    format!("{}://{}{}", u.scheme, u.host_port(), u.path)
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! Resolving a provider's pools (`endpoints`, `strategy`, `health_check`, `api_key_env` as a
 //! list) and the original relay's `loadbalancer:` section, which maps onto them.
 
-use super::super::pool::endpoint_name;
 use super::super::raw::{RawEndpoint, RawHealthCheck, RawLoadBalancer};
 use super::super::{Endpoint, HealthCheck, KeyAlias, ProviderKey, Strategy};
 use super::*;
@@ -47,7 +46,7 @@ pub(super) fn resolve_endpoints(
         let name = e
             .name
             .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| endpoint_name(&url));
+            .unwrap_or_else(|| url.host_port());
         out.push(Endpoint { url, weight, name });
     }
     // Two endpoints on one host: their paths tell them apart, else their place in the list.
@@ -294,29 +293,28 @@ keys: {team: TEAM}
         assert_eq!(cfg.providers[0].health_check, None, "off unless asked");
     }
 
+    /// The first provider's endpoint URLs.
+    fn urls(cfg: &Config) -> Vec<String> {
+        cfg.providers[0]
+            .endpoints
+            .iter()
+            .map(|e| e.url.to_string())
+            .collect()
+    }
+
     #[test]
     fn an_env_base_url_or_endpoints_replaces_the_files() {
         let file = "providers:\n  - {name: openai, endpoints: ['http://a/v1', 'http://b/v1']}\n";
         let env = Env::empty().with("RELAY_PROVIDERS_OPENAI_BASE_URL", "http://c/v1");
         let cfg = load(file, &env).unwrap();
-        let urls: Vec<String> = cfg.providers[0]
-            .endpoints
-            .iter()
-            .map(|e| e.url.to_string())
-            .collect();
-        assert_eq!(urls, ["http://c/v1"]);
+        assert_eq!(urls(&cfg), ["http://c/v1"]);
         let file = "providers:\n  - {name: openai, base_url: 'http://a/v1'}\n";
         let env = Env::empty().with(
             "RELAY_PROVIDERS_OPENAI_ENDPOINTS",
             "[{url: 'http://d/v1', weight: 2}, 'http://e/v1']",
         );
         let cfg = load(file, &env).unwrap();
-        let urls: Vec<String> = cfg.providers[0]
-            .endpoints
-            .iter()
-            .map(|e| e.url.to_string())
-            .collect();
-        assert_eq!(urls, ["http://d/v1", "http://e/v1"]);
+        assert_eq!(urls(&cfg), ["http://d/v1", "http://e/v1"]);
         assert_eq!(cfg.providers[0].endpoints[0].weight, 2);
     }
 
