@@ -72,7 +72,7 @@ fn warnings_go_to_stderr() {
     let file = dir.path().join("legacy.yaml");
     std::fs::write(
         &file,
-        "server:\n  port: \":8080\"\nauth:\n  enabled: true\n",
+        "server:\n  port: \":8080\"\ntransform:\n  enabled: false\n",
     )
     .unwrap();
     let out = config_check(dir.path(), &file, &[("RELAY_FOO", "1")]);
@@ -80,7 +80,7 @@ fn warnings_go_to_stderr() {
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
     assert!(stdout.contains("listen: 0.0.0.0:8080\n"), "{stdout}");
     assert!(
-        stderr.contains("warning: auth: a section of the original relay"),
+        stderr.contains("warning: transform: a section of the original relay"),
         "{stderr}"
     );
     assert!(

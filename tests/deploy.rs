@@ -82,6 +82,12 @@ fn compose_runs_relay_with_redis() {
         assert_eq!(cfg.cache.backend, relay::config::CacheBackend::Redis);
         assert_eq!(cfg.redis.address, "redis:6379");
         assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:8080");
+        // It starts with the keys compose passes in: the port is on the host's loopback only.
+        let keyed = env.with("OPENAI_API_KEY", "sk-test");
+        let cfg =
+            Config::from_yaml_str(&read("deploy/docker/relay.yaml"), "relay.yaml", &keyed).unwrap();
+        cfg.exposure(cfg.server.listen)
+            .expect("compose's relay starts");
     } else {
         let e = loaded.unwrap_err().to_string();
         assert!(e.contains("--features redis"), "{e}");
@@ -152,6 +158,15 @@ fn kubernetes_manifests_have_probes_service_config_and_optional_redis() {
     let text = at(cm, "data").get("relay.yaml").unwrap().as_str().unwrap();
     let cfg = loads(text, "configmap");
     assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:8080");
+    // Reachable in the cluster: it asks for relay keys, so its provider keys are safe.
+    let keyed = Config::from_yaml_str(
+        text,
+        "configmap",
+        &Env::empty().with("OPENAI_API_KEY", "sk"),
+    )
+    .unwrap();
+    assert!(keyed.auth.enabled);
+    keyed.exposure(keyed.server.listen).expect("the pod starts");
     assert_eq!(
         cfg.cache.path.as_deref(),
         Some(Path::new("/data/relay/cache.redb"))

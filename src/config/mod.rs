@@ -16,6 +16,7 @@
 //! "antropic"`. A running server never sees a half-built config: [`watch`] reloads a whole new value and
 //! the server swaps it in atomically.
 
+mod auth;
 mod duration;
 pub mod env;
 mod pool;
@@ -31,6 +32,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use auth::{AdminKey, AuthConfig};
 pub use env::Env;
 pub use pool::{Endpoint, HealthCheck, ProviderKey, Strategy};
 pub use tls::{Intercept, ProxyConfig, ServerTls, UpstreamConfig};
@@ -71,6 +73,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `upstream:` — upstream TLS trust.
     pub upstream: UpstreamConfig,
+    /// `auth:` — relay-issued keys and the admin key.
+    pub auth: AuthConfig,
     /// Warnings found while loading (legacy sections that relay ignores, etc.), logged by the caller.
     pub warnings: Vec<String>,
 }
@@ -120,6 +124,9 @@ pub struct ServerConfig {
     /// waits up to `body_read_timeout` for room, then gets 503. Default 512 MiB; at least
     /// `max_body_bytes`.
     pub max_buffered_bytes: u64,
+    /// Listen beyond loopback, injecting provider keys, with auth off: said on purpose
+    /// ([`Config::exposure`]). Default off.
+    pub allow_unauthenticated: bool,
 }
 
 /// The API dialect a provider speaks; decides which header carries an injected key and which error

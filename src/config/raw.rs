@@ -30,8 +30,9 @@ pub struct RawConfig {
     pub proxy: RawProxy,
     /// Original relay: `logging.enabled` turns the request log on or off.
     pub logging: RawLogging,
-    /// Original relay sections relay does not implement: accepted with a warning.
-    pub auth: Option<Value>,
+    /// Relay-issued keys and the admin key (the original relay's `auth: {enabled, admin_key}`).
+    pub auth: super::auth::RawAuth,
+    /// An original relay section relay does not implement: accepted with a warning.
     pub transform: Option<Value>,
     pub loadbalancer: Option<RawLoadBalancer>,
     /// How relay connects upstream (`upstream.ca_file`).
@@ -66,6 +67,8 @@ pub struct RawServer {
     pub body_read_timeout: Option<Duration>,
     pub max_header_bytes: Option<usize>,
     pub max_buffered_bytes: Option<u64>,
+    /// Listen beyond loopback with a provider key and auth off, on purpose.
+    pub allow_unauthenticated: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

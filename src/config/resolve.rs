@@ -184,7 +184,6 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
         );
     }
     for (key, present) in [
-        ("auth", raw.auth.is_some()),
         ("transform", raw.transform.is_some()),
         (
             "logging.retention_days",
@@ -198,7 +197,9 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
         }
     }
 
+    let auth = super::auth::resolve_auth(std::mem::take(&mut raw.auth), env, file, &mut warnings)?;
     Ok(Config {
+        auth,
         source: None,
         server,
         providers,

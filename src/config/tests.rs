@@ -177,7 +177,9 @@ fn original_relay_config_loads_unchanged() {
     assert_eq!(cfg.models["gpt-4"], per_million(30_000_000));
     assert_eq!(cfg.models["gpt-3.5-turbo"], per_million(2_000_000));
 
-    for key in ["auth:", "transform:", "logging.retention_days:"] {
+    // Its `auth: {enabled}` asks for relay keys (docs/auth.md).
+    assert!(cfg.auth.enabled && cfg.auth.admin_key.is_none());
+    for key in ["transform:", "logging.retention_days:"] {
         assert!(
             cfg.warnings.iter().any(|w| w.starts_with(key)),
             "no warning about {key} in {:?}",
@@ -185,7 +187,7 @@ fn original_relay_config_loads_unchanged() {
         );
     }
     // ratelimit is enforced now: no warning about it.
-    assert_eq!(cfg.warnings.len(), 3, "{:?}", cfg.warnings);
+    assert_eq!(cfg.warnings.len(), 2, "{:?}", cfg.warnings);
 }
 
 #[test]
@@ -301,7 +303,7 @@ fn errors_name_file_and_key_path() {
             "t.yaml: server.lisen: unknown field `lisen`, expected one of `listen`, `port`, \
              `max_body_bytes`, `shutdown_timeout`, `request_log`, `tls`, `ca_dir`, `events_remote`, \
              `allowed_origins`, `allowed_hosts`, `trusted_proxies`, `max_connections`, `idle_timeout`, \
-             `header_read_timeout`, `body_read_timeout`, `max_header_bytes`, `max_buffered_bytes`",
+             `header_read_timeout`, `body_read_timeout`, `max_header_bytes`, `max_buffered_bytes`, `allow_unauthenticated`",
         ),
         (
             "unknown key in a provider",
@@ -1534,4 +1536,71 @@ fn redis_enabled_alone_shares_the_cache_and_the_limits() {
             c.warnings
         );
     }
+}
+
+#[test]
+fn auth_admin_key_and_exposure() {
+    let e = Env::empty().with("ADMIN", "0123456789abcdef-admin");
+    let cfg = load("auth: {enabled: true, admin_key_env: ADMIN}\n", &e);
+    assert!(cfg.auth.enabled);
+    let admin = cfg.auth.admin_key.as_ref().unwrap();
+    assert!(admin.matches("0123456789abcdef-admin") && !admin.matches("0123456789abcdef-admiN"));
+    assert_eq!(admin.env.as_deref(), Some("ADMIN"));
+    assert!(!format!("{cfg:?}").contains("0123456789abcdef-admin"));
+    assert!(!view::to_masked_yaml(&cfg).contains("0123456789abcdef-admin"));
+    // The original relay's literal key works, with a warning; a short one is refused.
+    let lit = load(
+        "auth: {admin_key: \"literal-admin-key-0001\"}\n",
+        &Env::empty(),
+    );
+    assert!(lit
+        .auth
+        .admin_key
+        .unwrap()
+        .matches("literal-admin-key-0001"));
+    assert!(lit.warnings.iter().any(|w| w.contains("admin_key_env")));
+    assert!(load_err("auth: {admin_key: short}\n", &Env::empty())
+        .starts_with("t.yaml: auth.admin_key: the admin key (auth.admin_key) is 5 characters"));
+    assert!(load_err("auth: {admin_key: x, admin_key_env: ADMIN}\n", &e).contains("not both"));
+    let unset = load("auth: {admin_key_env: NOPE}\n", &Env::empty());
+    assert!(unset.auth.admin_key.is_none() && unset.warnings.iter().any(|w| w.contains("NOPE")));
+    // RELAY_AUTH_ENABLED turns it on from the environment.
+    assert!(
+        load(
+            "server: {}\n",
+            &Env::empty().with("RELAY_AUTH_ENABLED", "true")
+        )
+        .auth
+        .enabled
+    );
+
+    // Beyond loopback, a provider key and auth off: refused; each way out is accepted.
+    let keyed = Env::empty().with("OPENAI_API_KEY", "sk-test");
+    let open: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+    let keyed_provider = "providers:\n  - {name: openai, base_url: \"https://a.example/v1\", api_key_env: OPENAI_API_KEY}\n";
+    let plain = load(keyed_provider, &keyed);
+    let why = plain.exposure(open).unwrap_err().to_string();
+    assert!(
+        why.contains("auth.enabled") && why.contains("OPENAI_API_KEY"),
+        "{why}"
+    );
+    assert!(!why.contains("sk-test"));
+    assert!(plain.exposure("127.0.0.1:8080".parse().unwrap()).is_ok());
+    assert!(plain.exposure("[::1]:8080".parse().unwrap()).is_ok());
+    assert!(
+        load(keyed_provider, &Env::empty()).exposure(open).is_ok(),
+        "no key to spend"
+    );
+    assert!(load(
+        &format!("{keyed_provider}auth: {{enabled: true}}\n"),
+        &keyed
+    )
+    .exposure(open)
+    .is_ok());
+    assert!(load(
+        &format!("{keyed_provider}server: {{allow_unauthenticated: true}}\n"),
+        &keyed
+    )
+    .exposure(open)
+    .is_ok());
 }

@@ -27,6 +27,16 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         proxy: ProxyView,
         #[serde(skip_serializing_if = "Option::is_none")]
         upstream: Option<UpstreamView>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        auth: Option<AuthView>,
+    }
+    #[derive(Serialize)]
+    struct AuthView {
+        enabled: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        admin_key: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        keys_path: Option<String>,
     }
     #[derive(Serialize)]
     struct CostView {
@@ -74,6 +84,8 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         body_read_timeout: String,
         max_header_bytes: usize,
         max_buffered_bytes: u64,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        allow_unauthenticated: bool,
     }
     #[derive(Serialize)]
     struct ProviderView<'a> {
@@ -241,6 +253,7 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
             body_read_timeout: d(cfg.server.body_read_timeout),
             max_header_bytes: cfg.server.max_header_bytes,
             max_buffered_bytes: cfg.server.max_buffered_bytes,
+            allow_unauthenticated: cfg.server.allow_unauthenticated,
         },
         providers: cfg
             .providers
@@ -401,6 +414,15 @@ pub fn to_masked_yaml(cfg: &Config) -> String {
         },
         upstream: cfg.upstream.ca_file.as_ref().map(|p| UpstreamView {
             ca_file: p.display().to_string(),
+        }),
+        auth: (cfg.auth != AuthConfig::default()).then(|| AuthView {
+            enabled: cfg.auth.enabled,
+            admin_key: cfg
+                .auth
+                .admin_key
+                .as_ref()
+                .map(|k| format!("*** ({})", k.source)),
+            keys_path: cfg.auth.keys_path.as_ref().map(|p| p.display().to_string()),
         }),
     };
     yaml_serde::to_string(&view).expect("config view serializes")

@@ -128,6 +128,7 @@ pub(super) fn resolve_server(
             .filter(|p| !p.is_empty())
             .map(PathBuf::from),
         events_remote: raw.server.events_remote.unwrap_or(false),
+        allow_unauthenticated: raw.server.allow_unauthenticated.unwrap_or(false),
         allowed_origins,
         allowed_hosts,
         trusted_proxies,
