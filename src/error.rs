@@ -113,6 +113,17 @@ pub enum EdgeError {
     /// Relay could not make the certificate to intercept a provider host (its local CA).
     #[error("relay cannot make a certificate for {host}: {detail}")]
     LocalCa { host: String, detail: String },
+    /// `auth.enabled` and the request presents no relay key, or one that is unknown, revoked,
+    /// rotated or expired.
+    #[error("{why}")]
+    Unauthenticated { why: String },
+    /// The relay key may not use this model (`relay keys create --models`).
+    #[error("relay key {key:?} may not use model {model:?} (it may use {allowed})")]
+    ModelNotAllowed {
+        key: String,
+        model: String,
+        allowed: String,
+    },
     /// The provider's circuit breaker is open: relay does not call it until the cooldown ends.
     #[error("upstream {provider} is failing and relay has paused requests to it (circuit open); retry after {} s", retry_secs(*retry_after))]
     CircuitOpen {
@@ -222,6 +233,8 @@ impl EdgeError {
             EdgeError::BadPath { .. } => StatusCode::BAD_REQUEST,
             EdgeError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             EdgeError::ProxyForbidden { .. } => StatusCode::FORBIDDEN,
+            EdgeError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            EdgeError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             EdgeError::BadProxyRequest { .. } => StatusCode::BAD_REQUEST,
             EdgeError::LocalCa { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -280,6 +293,9 @@ impl EdgeError {
             EdgeError::BodyTimeout { .. } => "request_body_timeout",
             EdgeError::BufferFull => "relay_busy",
             EdgeError::ProxyForbidden { .. } => "proxy_forbidden",
+            // OpenAI's own code for a key it does not take.
+            EdgeError::Unauthenticated { .. } => "invalid_api_key",
+            EdgeError::ModelNotAllowed { .. } => "model_not_allowed",
             EdgeError::BadProxyRequest { code, .. } => code,
             EdgeError::LocalCa { .. } => "local_ca_unavailable",
         }
@@ -309,6 +325,8 @@ impl EdgeError {
                 | EdgeError::LocalCa { .. },
             ) => "server_error",
             (Dialect::Anthropic, EdgeError::ProxyForbidden { .. }) => "permission_error",
+            (Dialect::Anthropic, EdgeError::Unauthenticated { .. }) => "authentication_error",
+            (Dialect::Anthropic, EdgeError::ModelNotAllowed { .. }) => "permission_error",
             (Dialect::Anthropic, EdgeError::LocalCa { .. }) => "api_error",
             (Dialect::OpenAi, _) => "invalid_request_error",
             (Dialect::Anthropic, EdgeError::NoRoute { .. }) => "not_found_error",

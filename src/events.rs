@@ -154,6 +154,10 @@ pub struct RequestEvent {
     /// The agent session the request belongs to (`x-relay-session`, Claude Code's or Codex's id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// The key it is booked to, as the ledger names it: a relay key's name, an alias,
+    /// `key-<hash prefix>` (never the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// While a stream runs: its output tokens so far, estimated from the text it generated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_live: Option<u64>,
@@ -433,6 +437,8 @@ pub struct Snapshot<'a> {
     /// Retries and hand-overs to the fallback, in order.
     pub attempts: &'a [String],
     pub session: Option<&'a str>,
+    /// The key as the ledger books it.
+    pub key: Option<&'a str>,
 }
 
 impl Live {
@@ -587,6 +593,7 @@ impl Live {
             unpriced: x.unpriced,
             attempts: x.attempts.to_vec(),
             session: x.session.map(str::to_string),
+            key: x.key.map(str::to_string),
             tokens_live: None,
             detail,
         }

@@ -6,7 +6,7 @@
 //!   hot-reloaded);
 //! - the leaf concerns, which know nothing of the proxy: [`cache`] (keys, entries, stores),
 //!   [`cost`] (tokens, prices, ledger, budgets), [`limit`] (rate limits, circuit breakers),
-//!   [`events`] (the live feed), [`metrics`], [`tls`], [`logging`];
+//!   [`events`] (the live feed), [`keys`] (relay-issued keys), [`metrics`], [`tls`], [`logging`];
 //! - [`proxy`]: the connection path, [`proxy::server`] (accept loop, connection bounds) →
 //!   [`proxy::forward_proxy`] (`CONNECT` and absolute-URI requests, which every request passes
 //!   first) → [`proxy::pipeline`] (the stages in request order);
@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod fieldpath;
 pub mod files;
+pub mod keys;
 pub mod limit;
 pub mod logging;
 pub mod metrics;

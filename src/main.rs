@@ -106,6 +106,23 @@ enum Command {
         #[arg(long, global = true, value_name = "URL")]
         server: Option<String>,
     },
+    /// Make, list, revoke and rotate relay keys (auth.enabled: callers present one instead of a
+    /// provider key).
+    ///
+    /// Opens the key store (auth.keys_path; default keys.redb beside the usage ledger) directly,
+    /// or goes through the running relay that holds it, so changes apply there at once. A new
+    /// key is printed once, alone on the last line of stdout.
+    Keys {
+        #[command(subcommand)]
+        command: relay::cli::keys::KeysCommand,
+        /// Config file naming the store (auth.keys_path) and the server (server.listen).
+        #[arg(long, short, global = true, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Always use the key API of the relay at this URL (e.g. http://127.0.0.1:8080); a
+        /// remote relay needs its admin key in RELAY_ADMIN_KEY.
+        #[arg(long, global = true, value_name = "URL")]
+        server: Option<String>,
+    },
     /// Show spending from the usage ledger: requests, tokens, cost and what the cache saved.
     ///
     /// A table by day, model, key, provider or session with a total line; --json prints what
@@ -328,6 +345,11 @@ fn main() -> ExitCode {
             }
         },
         Command::Usage(args) => usage(args),
+        Command::Keys {
+            command,
+            config,
+            server,
+        } => keys(command, config, server),
         Command::Prices(args) => prices(args),
         Command::Ca {
             command: CaCommand::Path,
@@ -448,6 +470,28 @@ fn usage(args: UsageArgs) -> ExitCode {
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(relay::cli::usage::run(&args, &cfg)) {
+        Ok(out) => {
+            print_out(&out);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn keys(
+    command: relay::cli::keys::KeysCommand,
+    config: Option<PathBuf>,
+    server: Option<String>,
+) -> ExitCode {
+    let cfg = match command_config(config.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(relay::cli::keys::run(command, &cfg, server)) {
         Ok(out) => {
             print_out(&out);
             ExitCode::SUCCESS

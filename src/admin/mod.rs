@@ -4,5 +4,6 @@
 //! callers only; `relay cache` and `relay usage` call the same handlers in-process or over HTTP.
 
 pub mod cache;
+pub mod keys;
 pub mod reply;
 pub mod usage;

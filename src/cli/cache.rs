@@ -14,7 +14,6 @@
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -24,7 +23,7 @@ use http::{header, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use serde::de::DeserializeOwned;
 
-use super::client::RelayClient;
+use super::client::{listen_base, RelayClient};
 use crate::admin::cache::{
     self as admin, ApiError, EntryDetail, EntrySummary, Imported, Removed, ResponseView, StatsView,
 };
@@ -550,16 +549,6 @@ fn server_base(url: &str) -> Result<String, CliError> {
         ));
     }
     Ok(format!("http://{authority}"))
-}
-
-/// The URL of a server listening on `listen`: an unspecified address is reached on loopback.
-fn listen_base(listen: SocketAddr) -> String {
-    let ip = match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}", SocketAddr::new(ip, listen.port()))
 }
 
 mod render;

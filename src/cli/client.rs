@@ -3,6 +3,7 @@
 //! (`server.tls: auto`) or the configured certificate beside the Mozilla roots, and giving up on
 //! a connection after 5 s.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +17,16 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::config::{Config, ServerTls};
 
+/// The URL of a server listening on `listen`: an unspecified address is reached on loopback.
+pub fn listen_base(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, listen.port()))
+}
+
 /// How long a connection to the relay may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -23,6 +34,21 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct RelayClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `Authorization: Bearer <admin key>` for every request ([`admin_key`]), when there is one.
+    admin: Option<http::HeaderValue>,
+}
+
+/// The admin key to present to a relay: `RELAY_ADMIN_KEY`, else the variable the config's
+/// `auth.admin_key_env` names.
+pub fn admin_key(cfg: &Config) -> Option<String> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    var("RELAY_ADMIN_KEY").or_else(|| {
+        cfg.auth
+            .admin_key
+            .as_ref()
+            .and_then(|k| k.env.as_deref())
+            .and_then(var)
+    })
 }
 
 impl RelayClient {
@@ -58,16 +84,28 @@ impl RelayClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        let admin = admin_key(cfg)
+            .and_then(|k| http::HeaderValue::try_from(format!("Bearer {}", k.trim())).ok())
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
         Ok(RelayClient {
             client: Client::builder(TokioExecutor::new()).build(connector),
+            admin,
         })
     }
 
-    /// Sends `req`; the response as it arrives.
+    /// Sends `req` (with the admin key, when there is one); the response as it arrives.
     pub async fn send(
         &self,
-        req: Request<Full<Bytes>>,
+        mut req: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        if let Some(admin) = &self.admin {
+            req.headers_mut()
+                .entry(http::header::AUTHORIZATION)
+                .or_insert_with(|| admin.clone());
+        }
         self.client.request(req).await
     }
 
@@ -76,6 +114,8 @@ impl RelayClient {
         &self,
         uri: http::Uri,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.client.get(uri).await
+        let mut req = Request::new(Full::new(Bytes::new()));
+        *req.uri_mut() = uri;
+        self.send(req).await
     }
 }

@@ -7,7 +7,6 @@
 //! per file), like `relay cache`.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::clock::Clock;
@@ -17,7 +16,7 @@ use crate::cost::ledger::{self, Ledger, LedgerError};
 use crate::cost::report::{report, By, Report, ReportRow, Since, PATH};
 use http_body_util::BodyExt;
 
-use super::client::RelayClient;
+use super::client::{listen_base, RelayClient};
 
 /// `relay usage` options.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -114,16 +113,6 @@ pub async fn run(args: &UsageArgs, cfg: &Config) -> Result<String, UsageError> {
     } else {
         render_table(&report)
     })
-}
-
-/// `http://host:port` for a listen address, with the unspecified address replaced by loopback.
-fn listen_base(addr: SocketAddr) -> String {
-    let ip = match addr.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
 async fn remote(

@@ -72,11 +72,14 @@ impl Book {
         }
     }
 
-    /// How the ledger and budgets name a key, from its blake3 hash: its alias, else `key-` and the
-    /// first 12 hex digits of the hash, or `none` when the request is booked to no key.
-    pub fn key_label(&self, key: Option<&blake3::Hash>) -> String {
-        let Some(key) = key else {
-            return "none".to_string();
+    /// How the ledger and budgets name a key: a relay key by its name; an API key by its alias,
+    /// else `key-` and the first 12 hex digits of its hash; `none` when the request is booked to
+    /// no key.
+    pub fn key_label(&self, booked: &Booked) -> String {
+        let key = match booked {
+            Booked::Nobody => return "none".to_string(),
+            Booked::RelayKey { name, .. } => return name.clone(),
+            Booked::Key(key) => key,
         };
         let hex = key.to_hex();
         for (h, name) in &self.aliases {
@@ -95,6 +98,19 @@ impl Book {
             .map(|(k, b)| (k.as_str(), b))
     }
 
+    /// The budget that applies to a request booked as `booked` under `label`: a relay key's own,
+    /// else [`Book::budget_for`] the label.
+    pub fn budget_of(&self, booked: &Booked, label: &str) -> Option<(String, Budget)> {
+        if let Booked::RelayKey {
+            name,
+            budget: Some(b),
+        } = booked
+        {
+            return Some((name.clone(), *b));
+        }
+        self.budget_for(label).map(|(n, b)| (n.to_string(), *b))
+    }
+
     /// Alias names that have a budget of their own (the `relay_budget_used_ratio` labels).
     pub fn budgeted_aliases(&self) -> impl Iterator<Item = &str> {
         self.budgets
@@ -102,6 +118,22 @@ impl Book {
             .map(String::as_str)
             .filter(|k| *k != "*")
     }
+}
+
+/// Whom a request is booked to (the ledger's key label, the budget that applies), worked out once
+/// with the caller's identity.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Booked {
+    /// No key presented and none injected.
+    #[default]
+    Nobody,
+    /// blake3 of the API key that pays: the presented one, else the one relay injects.
+    Key(blake3::Hash),
+    /// A relay key (`auth.enabled`), by name, with its own budget if it has one.
+    RelayKey {
+        name: String,
+        budget: Option<Budget>,
+    },
 }
 
 /// Most distinct unaliased keys (`key-<hash prefix>`) the ledger, budgets and usage reports
@@ -289,13 +321,14 @@ impl Accounting {
     /// (at most [`BUDGET_WAIT`], then 429 `budget_in_flight`). `None`: the key has no budget.
     pub async fn reserve(
         &self,
-        book: &Book,
         key: &str,
+        limit: Option<&(String, Budget)>,
         bound: u64,
     ) -> Result<Option<u64>, EdgeError> {
-        let Some((name, budget)) = book.budget_for(key) else {
+        let Some((name, budget)) = limit else {
             return Ok(None);
         };
+        let name = name.as_str();
         let deadline = tokio::time::Instant::now() + BUDGET_WAIT;
         loop {
             let mut freed = self.spend.freed();
@@ -338,6 +371,11 @@ impl Accounting {
                 }
             }
         }
+    }
+
+    /// What the key labelled `key` has spent today and this month (UTC), micro-USD.
+    pub fn spent(&self, key: &str) -> (u64, u64) {
+        self.spend.get(key, self.now_ms())
     }
 
     /// The ledger rows from `since` (YYYY-MM-DD) on, everything queued included.

@@ -18,6 +18,8 @@ pub struct Plan {
     key: String,
     price: Option<Arc<Price>>,
     budget: Option<(String, Budget)>,
+    /// The budget reserved against (`budgets."*"` included), when one applies.
+    limit: Option<(String, Budget)>,
     /// The answer carries usage worth reading.
     metered: bool,
     /// Ask the upstream for the usage chunk (and strip it from the answer).
@@ -37,7 +39,7 @@ pub fn plan(
     provider: &Provider,
     method: &Method,
     endpoint: Endpoint,
-    booked: Option<&blake3::Hash>,
+    booked: &super::Booked,
     body: Option<&Bytes>,
     model: Option<&str>,
     price: Option<&Arc<Price>>,
@@ -48,10 +50,8 @@ pub fn plan(
     }
     let key = acct.keys.fold(book.key_label(booked), &acct.metrics);
     let price = price.cloned();
-    let budget = book
-        .budget_for(&key)
-        .filter(|(name, _)| *name != "*")
-        .map(|(n, b)| (n.to_string(), *b));
+    let limit = book.budget_of(booked, &key);
+    let budget = limit.clone().filter(|(name, _)| name != "*");
     let metered =
         *method == Method::POST && body.is_some_and(|b| !b.is_empty()) && endpoint.metered();
     let mut p = Plan {
@@ -59,6 +59,7 @@ pub fn plan(
         key,
         price,
         budget,
+        limit,
         metered,
         inject: false,
         keep_text: true,
@@ -99,6 +100,11 @@ impl Plan {
     /// The key this request is booked to.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The budget its reservation counts against, if any.
+    pub fn limit(&self) -> Option<&(String, Budget)> {
+        self.limit.as_ref()
     }
 
     /// The accounting record to put on the exchange (so errors are booked too).

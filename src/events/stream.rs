@@ -146,6 +146,7 @@ mod tests {
             unpriced: false,
             attempts: Vec::new(),
             session: Some("s-1".into()),
+            key: Some("ci".into()),
             tokens_live: Some(4),
             detail: None,
         };

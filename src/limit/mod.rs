@@ -75,6 +75,31 @@ pub struct Request<'a> {
     pub body: Option<&'a [u8]>,
     /// The answer's token bound the body asks for ([`crate::wire::BodyPeek::max_tokens`]).
     pub max_tokens: Option<u64>,
+    /// The relay key's own limits, when it has any.
+    pub own: Option<&'a KeyLimits>,
+}
+
+/// A relay key's own limits (`relay keys create --rps --tpm`): a rule of its own, `key:<name>`,
+/// with one bucket for that key, checked beside the configured rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyLimits {
+    pub name: String,
+    pub rps: Option<f64>,
+    pub tpm: Option<u64>,
+}
+
+impl KeyLimits {
+    fn rule(&self) -> Rule {
+        Rule {
+            name: format!("key:{}", self.name),
+            scope: LimitScope::Key,
+            model: None,
+            requests: self
+                .rps
+                .map(|rps| Params::per_second(rps, rps.ceil().max(1.0) as u64)),
+            tokens: self.tpm.map(Params::per_minute),
+        }
+    }
 }
 
 /// A request that passed.
@@ -344,16 +369,20 @@ impl Limiter {
 
     /// The stage: passes, waits for a slot (`on_limit: wait`), or refuses the request.
     pub async fn admit(&self, req: &Request<'_>, metrics: &Metrics) -> Result<Admitted, EdgeError> {
-        if self.rules.is_empty() {
+        if self.rules.is_empty() && req.own.is_none() {
             return Ok(Admitted::default());
         }
-        let key = if self.needs_key { req.caller } else { [0; 32] };
-        let estimate = match (self.needs_tokens, req.body) {
+        let own = req.own.map(KeyLimits::rule);
+        let needs_key = self.needs_key || own.is_some();
+        let needs_tokens = self.needs_tokens || own.as_ref().is_some_and(|r| r.tokens.is_some());
+        let rule_at = |i: usize| self.rules.get(i).or(own.as_ref()).expect("a rule's index");
+        let key = if needs_key { req.caller } else { [0; 32] };
+        let estimate = match (needs_tokens, req.body) {
             (true, Some(b)) if !b.is_empty() => estimate(b.len(), req.max_tokens),
             _ => 0,
         };
         let mut slots = Vec::with_capacity(self.rules.len() * 2);
-        for (i, rule) in self.rules.iter().enumerate() {
+        for (i, rule) in self.rules.iter().chain(own.as_ref()).enumerate() {
             if let Some(glob) = &rule.model {
                 if !req.model.is_some_and(|m| glob.matches(m)) {
                     continue;
@@ -399,7 +428,7 @@ impl Limiter {
             Ok(b) => b,
             Err((i, retry_after)) => {
                 let slot = slots[i];
-                let rule = &self.rules[slot.rule];
+                let rule = rule_at(slot.rule);
                 metrics
                     .ratelimit_rejections
                     .with_label_values(&[rule.scope.as_str(), &rule.name])

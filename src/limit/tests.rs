@@ -44,6 +44,7 @@ async fn admit(
             max_tokens: crate::wire::BodyPeek::of(body)
                 .ok()
                 .and_then(|p| p.max_tokens),
+            own: None,
         },
         m,
     )
@@ -304,4 +305,40 @@ async fn a_flood_of_new_keys_keeps_each_shard_under_its_cap() {
     let len = b.shards.iter().next().unwrap().map.read().unwrap().len();
     assert!(len <= SHARD_CAP, "{len} buckets in one shard");
     assert!(b.len() <= SHARDS * SHARD_CAP);
+}
+
+/// A relay key's own limits apply with no configured rule, to that key's bucket alone.
+#[tokio::test(start_paused = true)]
+async fn a_relay_keys_own_limits_need_no_rule() {
+    let cfg = crate::config::Config::defaults(&crate::config::Env::empty());
+    let l = Limiter::new(&cfg, None);
+    assert!(!l.is_active());
+    let m = Metrics::new();
+    let own = KeyLimits {
+        name: "ci".into(),
+        rps: None,
+        tpm: Some(100),
+    };
+    let body = br#"{"model":"gpt-4o","max_tokens":60}"#;
+    let ask = |caller: u8| Request {
+        caller: [caller; 32],
+        model: Some("gpt-4o"),
+        body: Some(body),
+        max_tokens: Some(60),
+        own: Some(&own),
+    };
+    let first = l.admit(&ask(1), &m).await.unwrap();
+    assert!(
+        first.tokens.is_some(),
+        "tokens reserved against the key's tpm"
+    );
+    match l.admit(&ask(1), &m).await {
+        Err(EdgeError::RateLimited { rule, tokens, .. }) => {
+            assert_eq!(rule, "key:ci");
+            assert!(tokens);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another key of the same limits has a bucket of its own.
+    l.admit(&ask(2), &m).await.unwrap();
 }

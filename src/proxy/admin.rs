@@ -16,7 +16,7 @@ use super::body::RelayBody;
 use super::client_body;
 use super::filter;
 use super::state::State;
-use crate::admin::{cache, reply, usage};
+use crate::admin::{cache, keys, reply, usage};
 use crate::error::EdgeError;
 use crate::events;
 
@@ -109,10 +109,21 @@ fn health(state: &State) -> Bytes {
 const RELAY_PREFIX: &str = "/relay";
 const RELAY_PREFIX_SLASH: &str = "/relay/";
 
-/// Whether a caller may use the `/relay/...` endpoint at `path`: local callers always; others only
-/// `/relay/events`, and only with `server.events_remote: true`.
+/// Whether a caller may use the `/relay/...` endpoint at `path`: local callers and those that
+/// present the admin key (`auth.admin_key`) always; others only `/relay/events`, and only with
+/// `server.events_remote: true`.
 fn relay_api_allowed(path: &str, local: bool, events_remote: bool) -> bool {
     local || (events_remote && path == events::PATH)
+}
+
+/// Whether the request presents the admin key (`Authorization: Bearer <key>` or `x-api-key`).
+pub fn presents_admin_key(auth: &crate::config::AuthConfig, headers: &http::HeaderMap) -> bool {
+    match &auth.admin_key {
+        Some(admin) => {
+            crate::wire::headers::presented_key(headers).is_some_and(|k| admin.matches(&k))
+        }
+        None => false,
+    }
 }
 
 /// `/relay/...`: local callers only (and `/relay/events` for anyone with
@@ -123,8 +134,10 @@ async fn relay_api(
     req: Request<Incoming>,
 ) -> Response<RelayBody> {
     let path = req.uri().path();
-    let events_remote = state.runtime.load().config.server.events_remote;
-    let allowed = relay_api_allowed(path, caller.local, events_remote);
+    let rt = state.runtime.load();
+    let admin = presents_admin_key(&rt.config.auth, req.headers());
+    let allowed = relay_api_allowed(path, caller.local || admin, rt.config.server.events_remote);
+    drop(rt);
     if path == events::PATH && allowed {
         return events::stream::response(state.events.subscribe()).map(RelayBody::stream);
     }
@@ -144,6 +157,22 @@ async fn relay_api(
         ))
     } else if let Some(id) = path.strip_prefix(WHY_PREFIX) {
         Some(why(state, id).await)
+    } else if path == keys::PREFIX || path.starts_with(&format!("{}/", keys::PREFIX)) {
+        let config = state.runtime.load().config.clone();
+        Some(match state.keys.open(&config).await {
+            Ok(k) => match own_body(state, req).await {
+                Ok((req, _held)) => {
+                    let (parts, body) = req.into_parts();
+                    let body = http_body_util::BodyExt::collect(body)
+                        .await
+                        .map(|c| c.to_bytes())
+                        .unwrap_or_default();
+                    keys::handle(k, state.cost.clone(), &parts.method, parts.uri.path(), body).await
+                }
+                Err(e) => reply::error(e.status(), &e.to_string()),
+            },
+            Err(e) => reply::error(http::StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        })
     } else if path == cache::PREFIX || path.starts_with(&format!("{}/", cache::PREFIX)) {
         match &state.cache {
             Some(c) => Some(match own_body(state, req).await {

@@ -26,27 +26,50 @@ use crate::metrics::Metrics;
 /// cache, the rate limits and the cost booking all read.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
-    /// The presented key's scope (cache entries, rate-limit buckets); anonymous without one.
+    /// The caller's scope (cache entries, rate-limit buckets): its relay key's name, else the
+    /// presented key; anonymous without one.
     pub scope: crate::cache::Scope,
-    /// blake3 of the key the request is booked to (ledger, budgets): the presented key, else the
-    /// key relay injects for the provider (that key pays); `None` when there is neither.
-    pub booked: Option<blake3::Hash>,
+    /// Whom the request is booked to (ledger, budgets): the relay key; else the presented key;
+    /// else the key relay injects for the provider (that key pays).
+    pub booked: crate::cost::Booked,
+    /// The relay key the request presented (`auth.enabled`; set by [`super::stages::Authenticate`]).
+    pub key: Option<Arc<crate::keys::KeyRecord>>,
 }
 
 impl Caller {
-    pub fn of(headers: &http::HeaderMap, provider: &crate::config::Provider) -> Caller {
+    pub fn of(
+        headers: &http::HeaderMap,
+        provider: &crate::config::Provider,
+        key: Option<Arc<crate::keys::KeyRecord>>,
+    ) -> Caller {
+        use crate::cost::Booked;
+        if let Some(k) = key {
+            // By name, so a rotated key keeps its cache entries and its buckets.
+            return Caller {
+                scope: crate::cache::Scope::from_api_key(&format!("relay key {}", k.name)),
+                booked: Booked::RelayKey {
+                    name: k.name.clone(),
+                    budget: k.budget(),
+                },
+                key: Some(k),
+            };
+        }
         let presented = crate::wire::headers::presented_key(headers);
         let scope = match &presented {
             Some(key) => crate::cache::Scope::from_api_key(key),
             None => crate::cache::Scope::ANONYMOUS,
         };
         let booked = match &presented {
-            Some(key) => Some(blake3::hash(key.as_bytes())),
-            None => provider
-                .api_key()
-                .map(|k| blake3::hash(k.expose().as_bytes())),
+            Some(key) => Booked::Key(blake3::hash(key.as_bytes())),
+            None => provider.api_key().map_or(Booked::Nobody, |k| {
+                Booked::Key(blake3::hash(k.expose().as_bytes()))
+            }),
         };
-        Caller { scope, booked }
+        Caller {
+            scope,
+            booked,
+            key: None,
+        }
     }
 }
 
@@ -118,6 +141,8 @@ pub struct RequestContext {
     pub attempts: Vec<String>,
     /// The closing phase ran ([`super::finish::finish`]).
     pub(super) closed: bool,
+    /// The booked key once the tally is settled, for the live feed's end event.
+    pub(super) settled_key: Option<String>,
     /// Tokens of this request: the provider's usage, or relay's estimate (`usage.estimated`).
     pub usage: Option<crate::cost::Usage>,
     /// What this request cost, micro-USD (0 for cache hits and models without a price).
@@ -162,6 +187,7 @@ impl RequestContext {
             caller: Caller::default(),
             client: None,
             session: None,
+            settled_key: None,
             endpoint: crate::wire::Endpoint::Other,
             model_label: String::from("none"),
             status: 0,
@@ -236,6 +262,7 @@ impl RequestContext {
             unpriced: self.unpriced,
             attempts: &self.attempts,
             session: self.session.as_deref(),
+            key: self.key().or(self.settled_key.as_deref()),
         }
     }
 

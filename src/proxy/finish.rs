@@ -30,6 +30,9 @@ pub fn finish(cx: &mut RequestContext) {
         r.settle(u.total());
     }
     if let Some(t) = cx.tally.take() {
+        if cx.live.is_some() {
+            cx.settled_key = Some(t.key.clone());
+        }
         let priced = t.settle(crate::cost::Settled {
             provider: cx.provider.as_deref().unwrap_or("none"),
             model: cx.model.as_deref(),

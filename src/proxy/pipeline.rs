@@ -8,11 +8,14 @@
 //! 1. **admin** ([`super::admin`]): `/healthz`, `/metrics` and `/relay/...` are answered there;
 //! 2. **context**: the request's [`RequestContext`] opens (request id, in-flight gauge, live feed);
 //! 3. **route by path** (`RouteByPath`): `/<provider>/v1/...` or `/v1/...`, anything else is 404;
+//!    then **authenticate** (`Authenticate`, with `auth.enabled`): no relay key, or an unknown,
+//!    revoked, rotated or expired one, is 401 before the body is read;
 //! 4. **read body** (`ReadBody`): JSON bodies are read whole, within `server.max_body_bytes` (413),
 //!    `server.body_read_timeout` (408) and `max_buffered_bytes` (503), and peeked for the model;
 //!    other bodies (uploads) stream through under the same bounds;
 //! 5. **route by model** (`RouteByModel`): the route table picks the provider (400 when it needs a
-//!    model and the body is not JSON, 404 when nothing matches);
+//!    model and the body is not JSON, 404 when nothing matches); a relay key limited to some
+//!    models may use only those (`KeyModels`, 403);
 //! 6. **cost** (`Meter`), **cache** (`CacheLookup`: a hit is replayed with its saved cost, an
 //!    identical request in flight is shared, an offline miss is 400), **budget** (`BudgetCheck`:
 //!    429 `budget_exceeded`; else the most the request can cost is reserved until it settles),
@@ -50,8 +53,8 @@ use super::json_answer::HoldJson;
 use super::responses_ws;
 use super::route::{self, PathTarget};
 use super::stages::{
-    fail_lead, Answering, BudgetCheck, CacheLookup, Flow, Meter, RateLimit, ReadBody,
-    RequestFilters, ResponseFilters, RouteByModel, RouteByPath,
+    fail_lead, Answering, Authenticate, BudgetCheck, CacheLookup, Flow, KeyModels, Meter,
+    RateLimit, ReadBody, RequestFilters, ResponseFilters, RouteByModel, RouteByPath,
 };
 pub use super::state::{Runtime, State};
 use super::tunnel;
@@ -81,7 +84,7 @@ pub async fn handle(
 ) -> Result<Response<RelayBody>, Infallible> {
     let started = Instant::now();
     let rt = state.runtime.load_full();
-    let req = match request_filter(&rt.config.server, &state.metrics, req) {
+    let req = match request_filter(&rt.config.server, &rt.config.auth, &state.metrics, req) {
         Ok(req) => req,
         Err(refused) => return Ok(*refused),
     };
@@ -123,6 +126,7 @@ pub async fn handle(
 /// Each refusal counts in `relay_requests_refused_total{reason}`.
 fn request_filter(
     server: &ServerConfig,
+    auth: &crate::config::AuthConfig,
     metrics: &Metrics,
     mut req: Request<Incoming>,
 ) -> Result<Request<Incoming>, Box<Response<RelayBody>>> {
@@ -176,6 +180,8 @@ fn request_filter(
             filter::request_host(req.headers(), req.uri()),
             &server.allowed_hosts,
         )
+        // A caller with the admin key is no page a browser was tricked into (DNS rebinding).
+        && !admin::presents_admin_key(auth, req.headers())
     {
         metrics.refused.with_label_values(&["host"]).inc();
         let host = filter::request_host(req.headers(), req.uri()).unwrap_or_default();
@@ -222,6 +228,13 @@ async fn forward(
         .map(|v| (v, parts.extensions.remove::<hyper::upgrade::OnUpgrade>()));
 
     let target = RouteByPath { cfg }.run(&parts.method, &parts.uri)?;
+    let keys = state.keys.get();
+    let auth = Authenticate {
+        on: cfg.auth.enabled,
+        keys: keys.as_deref(),
+        now_ms: state.cost.now_ms(),
+    };
+    auth.run(x, &parts.headers)?;
     let strict = matches!(target, PathTarget::Table { path } if route::needs_model(cfg, path));
     let read = ReadBody {
         server: &cfg.server,
@@ -234,6 +247,7 @@ async fn forward(
         now_ms: state.cost.now_ms(),
     };
     let routed = route.run(x, &parts, target)?;
+    KeyModels.run(x)?;
     let provider = &cfg.providers[routed.index];
     if upgrade.is_some()
         && responses_ws::terminates(&parts.method, &parts.headers, x.endpoint, provider.kind)
@@ -308,6 +322,10 @@ async fn forward(
         .headers
         .entry("x-request-id")
         .or_insert_with(|| x.request_id.clone());
+    if x.caller.key.is_some() {
+        // The relay key stays here; the provider's own key goes upstream.
+        super::upstream::strip_credentials(&mut parts.headers);
+    }
     let call = Call {
         routed: &routed,
         query: parts.uri.query(),

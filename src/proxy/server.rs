@@ -67,6 +67,8 @@ pub enum StartError {
     },
     #[error("cache: {0}")]
     Cache(#[from] crate::cache::StoreError),
+    #[error("auth: {0}")]
+    Keys(#[from] crate::keys::KeyError),
     #[error("server.tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot watch {path}: {source}")]
@@ -98,6 +100,7 @@ impl Server {
             tracing::warn!("{w}");
         }
         let addr = opts.listen.unwrap_or(config.server.listen);
+        config.exposure(addr)?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
@@ -140,7 +143,13 @@ impl Server {
             events,
             held: crate::proxy::held::HeldConnections::new(),
             bodies: crate::proxy::client_body::BodyBudget::new(max_buffered, metrics_gauge),
+            keys: Default::default(),
         });
+        if state.runtime.load().config.auth.enabled {
+            // Without its keys, relay would let nobody in: a store that does not open stops it.
+            let keys = state.keys.open(&state.runtime.load().config).await?;
+            tracing::info!(keys = keys.ring.records().len(), store = %keys.store().describe(), "auth on: callers present relay keys");
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let forward = Arc::new(crate::proxy::forward_proxy::Forward::new(
             crate::tls::ca_dir(&state.runtime.load().config),
@@ -158,6 +167,7 @@ impl Server {
                     }
                 })?;
                 Some(tokio::spawn(reload_loop(
+                    addr,
                     w,
                     path,
                     opts.env.clone(),
@@ -455,7 +465,26 @@ async fn open_store(
     }
 }
 
+/// What a reloaded config must pass beyond loading: it exposes no provider key on the address
+/// relay listens on, and with auth on, its key store opens.
+async fn reload_checks(
+    config: &Config,
+    state: &State,
+    listening: SocketAddr,
+) -> Result<(), String> {
+    config.exposure(listening).map_err(|e| e.to_string())?;
+    if config.auth.enabled {
+        state
+            .keys
+            .open(config)
+            .await
+            .map_err(|e| format!("auth: {e}"))?;
+    }
+    Ok(())
+}
+
 async fn reload_loop(
+    listening: SocketAddr,
     mut watcher: ConfigWatcher,
     path: PathBuf,
     env: Env,
@@ -471,6 +500,16 @@ async fn reload_loop(
                     tracing::warn!("{w}");
                 }
                 let old = state.runtime.load();
+                if let Err(e) = reload_checks(&config, &state, listening).await {
+                    state
+                        .metrics
+                        .config_reloads
+                        .with_label_values(&["error"])
+                        .inc();
+                    tracing::error!("config reload rejected, the previous config stays live: {e}");
+                    let _ = events.send(ReloadEvent::Rejected(e));
+                    continue;
+                }
                 if config.server.listen != old.config.server.listen {
                     tracing::warn!("server.listen changed; it takes effect at the next restart");
                 }

@@ -143,7 +143,7 @@ impl RouteByModel<'_> {
             .resolve(&provider.name, x.model.as_deref(), self.now_ms);
         x.model_label.clone_from(&priced.label);
         x.price = priced.price.clone();
-        x.caller = Caller::of(&parts.headers, provider);
+        x.caller = Caller::of(&parts.headers, provider, x.caller.key.take());
         x.client = crate::wire::clients::client_of(&parts.headers);
         x.session = crate::wire::clients::session_of(&parts.headers);
         let mut path_and_query = route::upstream_path(&provider.base_url.path, rest);
@@ -158,6 +158,57 @@ impl RouteByModel<'_> {
             route,
             rest,
             path_and_query,
+        })
+    }
+}
+
+/// Stage 3b: with `auth.enabled`, the caller presents a relay key ([`crate::keys`]): none, or
+/// one unknown, revoked, rotated or expired, is 401 before the body is read. The key is kept on the
+/// context (who the caller is); the provider's own key replaces it on the way out.
+pub struct Authenticate<'a> {
+    pub on: bool,
+    /// `None` when the store could not be opened: then no key is known.
+    pub keys: Option<&'a crate::keys::Keys>,
+    pub now_ms: u64,
+}
+
+impl Authenticate<'_> {
+    pub fn run(&self, x: &mut RequestContext, headers: &HeaderMap) -> Result<(), EdgeError> {
+        if !self.on {
+            return Ok(());
+        }
+        let presented = crate::wire::headers::presented_key(headers);
+        let checked = match self.keys {
+            Some(keys) => keys.ring.check(presented.as_deref(), self.now_ms),
+            None => crate::keys::KeyRing::default().check(presented.as_deref(), self.now_ms),
+        };
+        match checked {
+            Ok(key) => {
+                x.caller.key = Some(key);
+                Ok(())
+            }
+            Err(denied) => Err(EdgeError::Unauthenticated {
+                why: denied.to_string(),
+            }),
+        }
+    }
+}
+
+/// Stage 5b: a relay key limited to some models (`--models`) may use only those (403).
+pub struct KeyModels;
+
+impl KeyModels {
+    pub fn run(&self, x: &RequestContext) -> Result<(), EdgeError> {
+        let Some(key) = &x.caller.key else {
+            return Ok(());
+        };
+        if key.allows(x.model.as_deref()) {
+            return Ok(());
+        }
+        Err(EdgeError::ModelNotAllowed {
+            key: key.name.clone(),
+            model: x.model.clone().unwrap_or_default(),
+            allowed: key.models.join(", "),
         })
     }
 }
@@ -182,7 +233,7 @@ impl Meter<'_> {
             provider,
             &parts.method,
             x.endpoint,
-            x.caller.booked.as_ref(),
+            &x.caller.booked,
             whole,
             x.model.as_deref(),
             x.price.as_ref(),
@@ -286,7 +337,7 @@ impl BudgetCheck<'_> {
     ) -> Result<(), EdgeError> {
         let Some(c) = cost else { return Ok(()) };
         let bound = c.bound(x.bytes_in, x.peek.max_tokens);
-        let reserved = self.acct.reserve(self.book, c.key(), bound).await?;
+        let reserved = self.acct.reserve(c.key(), c.limit(), bound).await?;
         if let Some(t) = x.tally.as_mut() {
             t.reserved = reserved;
         } else if let Some(r) = reserved {
@@ -354,11 +405,14 @@ impl RateLimit<'_> {
             crate::cache::Scope::Key(h) => h,
             crate::cache::Scope::Global => [0; 32],
         };
+        // A relay key's own limits (`relay keys create --rps --tpm`).
+        let own = x.caller.key.as_ref().and_then(|k| k.limits());
         let limited = limit::Request {
             caller,
             model: x.model.as_deref(),
             body: whole.map(|b| &b[..]),
             max_tokens: x.peek.max_tokens,
+            own: own.as_ref(),
         };
         let mut admitted = self.limiter.admit(&limited, self.metrics).await?;
         x.tokens = admitted.tokens.take();

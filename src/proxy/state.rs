@@ -60,4 +60,6 @@ pub struct State {
     pub held: Arc<super::held::HeldConnections>,
     /// Request bodies in memory, over all requests (`server.max_buffered_bytes`).
     pub bodies: BodyBudget,
+    /// Relay keys (`auth.enabled`, `relay keys`).
+    pub keys: crate::keys::KeysSlot,
 }

@@ -42,6 +42,7 @@ fn ev(seq: u64, phase: Phase, at_s: u64) -> RequestEvent {
         unpriced: false,
         attempts: Vec::new(),
         session: None,
+        key: None,
         tokens_live: None,
         detail: None,
     }

@@ -186,6 +186,12 @@ pub fn has_event_stream(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| is_event_stream(v.as_bytes()))
 }
 
+/// Unix milliseconds as RFC 3339 UTC, to the second.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
 /// Micro-USD as relay writes money everywhere (headers, logs, `relay usage`): six decimals.
 pub fn usd(micros: u64) -> String {
     format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)

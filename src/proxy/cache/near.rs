@@ -87,7 +87,7 @@ pub(super) async fn nearest(store: &dyn Store, parts: &KeyParts) -> Option<Neare
         }
         let near = Nearest {
             key: key.short(),
-            recorded: rfc3339(meta.created_ms),
+            recorded: crate::wire::rfc3339(meta.created_ms),
             more: d.count.saturating_sub(d.paths.len()),
             differs: d.paths,
         };
@@ -201,14 +201,9 @@ impl Cache {
             method: p.method.clone(),
             path: crate::redact::query(&p.path).into_owned(),
             key: miss.key.short(),
-            at: rfc3339(miss.at_ms),
+            at: crate::wire::rfc3339(miss.at_ms),
             portable_match,
             nearest: nearest(&*self.store, p).await,
         })
     }
-}
-
-/// Unix milliseconds as RFC 3339 UTC, to the second.
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
