@@ -38,9 +38,18 @@ fn env() -> Env {
 
 /// `relay keys <args> --config <dir>/relay.yaml` (the real binary), with `--server` when given.
 async fn keys(dir: &Path, server: Option<&str>, args: &[&str]) -> Output {
+    let mut all = vec!["keys"];
+    all.extend_from_slice(args);
+    if let Some(s) = server {
+        all.extend(["--server", s]);
+    }
+    relay_cmd(dir, &all).await
+}
+
+/// `relay <args> --config <dir>/relay.yaml` (the real binary).
+async fn relay_cmd(dir: &Path, args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_relay"));
-    cmd.arg("keys")
-        .args(args)
+    cmd.args(args)
         .arg("--config")
         .arg(dir.join("relay.yaml"))
         .env_clear()
@@ -48,10 +57,7 @@ async fn keys(dir: &Path, server: Option<&str>, args: &[&str]) -> Output {
         .env("RELAY_CACHE_PATH", dir.join("cache.redb"))
         .env("ADMIN_KEY", ADMIN_KEY)
         .kill_on_drop(true);
-    if let Some(s) = server {
-        cmd.arg("--server").arg(s);
-    }
-    within(cmd.output()).await.expect("relay keys runs")
+    within(cmd.output()).await.expect("relay runs")
 }
 
 /// The key `relay keys create|rotate` printed: the last line of stdout, alone.
@@ -228,7 +234,7 @@ async fn a_keys_budget_rate_limit_and_expiry_hold() {
     .await;
     let dir = relay.dir.path();
     let server = relay.url("");
-    // The mock's answer costs $0.03 at the configured price (30 tokens at $1000 / 1M).
+    // The mock's answer costs $0.011 at the configured price (11 tokens at $1000 / 1M).
     let budget = printed_key(
         &keys(
             dir,
@@ -261,6 +267,21 @@ async fn a_keys_budget_rate_limit_and_expiry_hold() {
         .contains("small"));
     let list = String::from_utf8(keys(dir, Some(&server), &["list"]).await.stdout).unwrap();
     assert!(list.contains("$0.000000 today"), "{list}");
+    // `relay usage --by key` through the running relay: spend by name, and the budget left.
+    let usage = relay_cmd(dir, &["usage", "--by", "key", "--server", &server]).await;
+    let usage = String::from_utf8(usage.stdout).unwrap();
+    let row = usage
+        .lines()
+        .find(|l| l.starts_with("small "))
+        .expect("the key's row");
+    assert!(
+        row.contains("0.011000") && row.ends_with("$0.000000 today"),
+        "{usage}"
+    );
+    assert!(
+        usage.lines().next().unwrap().len() > 0 && usage.contains("budget left"),
+        "{usage}"
+    );
 
     // One request per second: the second at once is 429 under the key's own rule.
     let slow = printed_key(
@@ -343,7 +364,14 @@ async fn the_raw_key_is_written_nowhere() {
     );
     std::fs::write(dir.path().join("relay.yaml"), &yaml).unwrap();
     // Made on the store directly, before relay runs.
-    let key = printed_key(&keys(dir.path(), None, &["create", "--name", "dev"]).await);
+    let key = printed_key(
+        &keys(
+            dir.path(),
+            None,
+            &["create", "--name", "dev", "--monthly-budget", "10"],
+        )
+        .await,
+    );
 
     let log = std::fs::File::create(dir.path().join("relay.log")).unwrap();
     let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_relay"))
@@ -415,6 +443,17 @@ async fn the_raw_key_is_written_nowhere() {
     assert!(listed.contains("\"dev\""));
     let _ = serve.start_kill();
     let _ = serve.wait().await;
+    // With relay stopped, `relay usage --by key` reads the ledger and the key store itself.
+    let direct = relay_cmd(dir.path(), &["usage", "--by", "key"]).await;
+    let direct = String::from_utf8_lossy(&direct.stdout).to_string();
+    let row = direct
+        .lines()
+        .find(|l| l.starts_with("dev "))
+        .expect("dev's row");
+    assert!(
+        row.ends_with("this month") && direct.contains("budget left"),
+        "{direct}"
+    );
 
     let secret = &key["relay-".len()..];
     for (what, text) in [

@@ -11,7 +11,11 @@ use crate::cost::Accounting;
 
 /// `GET /relay/usage?since=7d&by=day` for a running server (loopback peers only; see the
 /// pipeline's `relay_api`).
-pub async fn api(acct: &Accounting, query: Option<&str>) -> Response<Bytes> {
+pub async fn api(
+    acct: &Accounting,
+    query: Option<&str>,
+    budgets: &[(String, crate::config::Budget)],
+) -> Response<Bytes> {
     let mut since = Since::Days(7);
     let mut by = By::Day;
     for pair in query
@@ -48,8 +52,26 @@ pub async fn api(acct: &Accounting, query: Option<&str>) -> Response<Bytes> {
         Ok(rows) => {
             let mut r = report(&rows, first, today, by);
             r.notices = acct.notices();
+            crate::cost::report::attach_budgets(&mut r, budgets, |k| acct.spent(k));
             json(StatusCode::OK, &r)
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
     }
+}
+
+/// Every budget by key name: the config's `budgets:` (`*` included), then each relay key's own,
+/// which wins over an alias of the same name.
+pub fn named_budgets<'a>(
+    book: &crate::cost::Book,
+    keys: impl Iterator<Item = &'a crate::keys::KeyRecord>,
+) -> Vec<(String, crate::config::Budget)> {
+    let mut out: Vec<(String, crate::config::Budget)> =
+        book.budgets().map(|(n, b)| (n.to_string(), *b)).collect();
+    for r in keys {
+        if let Some(b) = r.budget() {
+            out.retain(|(n, _)| *n != r.name);
+            out.push((r.name.clone(), b));
+        }
+    }
+    out
 }

@@ -4,7 +4,7 @@
 //! (or `--server` says so), goes through that relay's `/relay/keys` API, so the change applies
 //! there at once. A new key is printed once, alone on the last line of stdout; nothing keeps it.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -144,25 +144,17 @@ fn direct(cfg: &Config, keys: &Keys, cmd: KeysCommand) -> Result<String, String>
 }
 
 /// Spend by key label today and this month, from the ledger file when this process can read it.
-fn ledger_spend(cfg: &Config, now_ms: u64) -> HashMap<String, (u64, u64)> {
-    let mut out = HashMap::new();
+fn ledger_spend(cfg: &Config, now_ms: u64) -> BTreeMap<String, (u64, u64)> {
+    let out = BTreeMap::new();
     let Some(path) = crate::cost::ledger::path(cfg).filter(|p| p.exists()) else {
         return out;
     };
     let today = crate::cost::budget::Day::of_ms(now_ms);
     let from = today.month_start().to_string();
-    let Ok(rows) = crate::cost::ledger::Ledger::open(&path).and_then(|l| l.rows(&from)) else {
-        return out;
-    };
-    let today = today.to_string();
-    for (key, counts) in rows {
-        let e: &mut (u64, u64) = out.entry(key.key).or_default();
-        if key.day == today {
-            e.0 += counts.cost_micros;
-        }
-        e.1 += counts.cost_micros;
+    match crate::cost::ledger::Ledger::open(&path).and_then(|l| l.rows(&from)) {
+        Ok(rows) => crate::cost::report::spend_by_key(&rows, today),
+        Err(_) => out,
     }
-    out
 }
 
 /// Through the `/relay/keys` API of the relay at `base`.
@@ -279,19 +271,16 @@ fn limits(r: &KeyView) -> Vec<String> {
 
 /// What is left of a key's budgets: the tighter of day and month, `-` without one.
 pub fn budget_left(r: &KeyView) -> String {
-    let day = r
-        .daily_budget_micros
-        .map(|b| b.saturating_sub(r.spent_today_micros));
-    let month = r
-        .monthly_budget_micros
-        .map(|b| b.saturating_sub(r.spent_month_micros));
-    match (day, month) {
-        (None, None) => "-".to_string(),
-        (Some(d), None) => format!("${} today", crate::wire::usd(d)),
-        (None, Some(m)) => format!("${} this month", crate::wire::usd(m)),
-        (Some(d), Some(m)) if d <= m => format!("${} today", crate::wire::usd(d)),
-        (_, Some(m)) => format!("${} this month", crate::wire::usd(m)),
-    }
+    let budget = crate::config::Budget {
+        daily: r.daily_budget_micros,
+        monthly: r.monthly_budget_micros,
+    };
+    crate::cost::report::BudgetLeft::of(
+        &r.name,
+        &budget,
+        (r.spent_today_micros, r.spent_month_micros),
+    )
+    .text()
 }
 
 fn list(keys: &[KeyView], json: bool, _now: u64) -> String {

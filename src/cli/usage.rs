@@ -77,7 +77,8 @@ pub async fn run(args: &UsageArgs, cfg: &Config) -> Result<String, UsageError> {
                 report(&[], first, today, args.by)
             } else {
                 let p = path.clone();
-                let from = first.to_string();
+                // From the month's start at least: budgets count the month so far.
+                let from = first.min(today.month_start()).to_string();
                 let opened = tokio::task::spawn_blocking(move || {
                     Ledger::open(&p).and_then(|l| l.rows(&from))
                 })
@@ -87,6 +88,13 @@ pub async fn run(args: &UsageArgs, cfg: &Config) -> Result<String, UsageError> {
                     Ok(rows) => {
                         let mut r = report(&rows, first, today, args.by);
                         r.notices = ledger::notices(&path);
+                        if args.by == By::Key {
+                            let spent = crate::cost::report::spend_by_key(&rows, today);
+                            let budgets = local_budgets(cfg).await;
+                            crate::cost::report::attach_budgets(&mut r, &budgets, |k| {
+                                spent.get(k).copied().unwrap_or_default()
+                            });
+                        }
                         r
                     }
                     Err(LedgerError::Locked { path }) => {
@@ -113,6 +121,24 @@ pub async fn run(args: &UsageArgs, cfg: &Config) -> Result<String, UsageError> {
     } else {
         render_table(&report)
     })
+}
+
+/// The budgets by key name when no relay runs: the config's, and the relay keys' in their store
+/// (when it opens).
+async fn local_budgets(cfg: &Config) -> Vec<(String, crate::config::Budget)> {
+    let book = crate::cost::Book::from_config(cfg);
+    let c = cfg.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        let path = crate::keys::store::path(&c).filter(|p| p.exists())?;
+        crate::keys::store::RedbKeys::open(&path)
+            .and_then(|s| crate::keys::store::KeyStore::all(&s))
+            .ok()
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    crate::admin::usage::named_budgets(&book, records.iter())
 }
 
 async fn remote(
@@ -202,6 +228,28 @@ pub fn render_table(r: &Report) -> String {
     let mut cells: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
     cells.extend(r.rows.iter().map(line));
     cells.push(line(&r.total));
+    if !r.budgets.is_empty() {
+        // By key: what is left of each key's budget, and budgeted keys with no requests yet.
+        for b in &r.budgets {
+            if !r.rows.iter().any(|row| row.group == b.key) {
+                let mut idle = line(&ReportRow::new(b.key.clone(), Default::default()));
+                idle[0] = b.key.clone();
+                cells.insert(cells.len() - 1, idle);
+            }
+        }
+        let n = cells.len();
+        for (i, row) in cells.iter_mut().enumerate() {
+            row.push(match i {
+                0 => "budget left".to_string(),
+                i if i + 1 == n => String::new(),
+                _ => r
+                    .budgets
+                    .iter()
+                    .find(|b| b.key == row[0])
+                    .map_or_else(|| "-".to_string(), |b| b.text()),
+            });
+        }
+    }
     let mut out = String::new();
     let _ = writeln!(
         out,

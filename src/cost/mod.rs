@@ -111,6 +111,11 @@ impl Book {
         self.budget_for(label).map(|(n, b)| (n.to_string(), *b))
     }
 
+    /// Every configured budget (`budgets:`, `*` included), by name.
+    pub fn budgets(&self) -> impl Iterator<Item = (&str, &Budget)> {
+        self.budgets.iter().map(|(k, b)| (k.as_str(), b))
+    }
+
     /// Alias names that have a budget of their own (the `relay_budget_used_ratio` labels).
     pub fn budgeted_aliases(&self) -> impl Iterator<Item = &str> {
         self.budgets

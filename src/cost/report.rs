@@ -62,6 +62,91 @@ pub struct Report {
     /// What the reader must know about the figures (a damaged ledger moved aside).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<String>,
+    /// By key: what is left of each budgeted key's budgets now (relay keys and `budgets:`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<BudgetLeft>,
+}
+
+/// What is left of one key's budgets today and this month (UTC), micro-USD.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetLeft {
+    /// The key as booked (a relay key's name, an alias), or `*` for every key without its own.
+    pub key: String,
+    pub daily_micros: Option<u64>,
+    pub daily_left_micros: Option<u64>,
+    pub monthly_micros: Option<u64>,
+    pub monthly_left_micros: Option<u64>,
+}
+
+impl BudgetLeft {
+    /// `b` for `key`, which has spent `(today, this month)`.
+    pub fn of(key: &str, b: &crate::config::Budget, (day, month): (u64, u64)) -> BudgetLeft {
+        BudgetLeft {
+            key: key.to_string(),
+            daily_micros: b.daily,
+            daily_left_micros: b.daily.map(|l| l.saturating_sub(day)),
+            monthly_micros: b.monthly,
+            monthly_left_micros: b.monthly.map(|l| l.saturating_sub(month)),
+        }
+    }
+
+    /// The tighter of the two, as `relay usage` and `relay keys list` print it.
+    pub fn text(&self) -> String {
+        let usd = crate::wire::usd;
+        match (self.daily_left_micros, self.monthly_left_micros) {
+            (None, None) => "-".to_string(),
+            (Some(d), Some(m)) if d <= m => format!("${} today", usd(d)),
+            (Some(d), None) => format!("${} today", usd(d)),
+            (_, Some(m)) => format!("${} this month", usd(m)),
+        }
+    }
+}
+
+/// By key, fills `r.budgets`: every key in `named` with a budget of its own, and each other key
+/// of the report under `*`'s, with what `spent` says it spent today and this month.
+pub fn attach_budgets(
+    r: &mut Report,
+    named: &[(String, crate::config::Budget)],
+    spent: impl Fn(&str) -> (u64, u64),
+) {
+    if r.by != By::Key {
+        return;
+    }
+    let mut out: Vec<BudgetLeft> = named
+        .iter()
+        .filter(|(n, _)| n != "*")
+        .map(|(n, b)| BudgetLeft::of(n, b, spent(n)))
+        .collect();
+    if let Some((_, star)) = named.iter().find(|(n, _)| n == "*") {
+        for row in &r.rows {
+            let g = row.group.as_str();
+            if g != "none" && g != super::OTHER_KEYS && !out.iter().any(|b| b.key == g) {
+                out.push(BudgetLeft::of(g, star, spent(g)));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    r.budgets = out;
+}
+
+/// What each key spent today and this month (UTC), micro-USD, from ledger rows of this month.
+pub fn spend_by_key(rows: &[Row], today: Day) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let month = today.month_start();
+    for (k, c) in rows {
+        let Some(d) = Day::parse(&k.day) else {
+            continue;
+        };
+        if d < month || d > today {
+            continue;
+        }
+        let e = out.entry(k.key.clone()).or_default();
+        if d == today {
+            e.0 += c.cost_micros;
+        }
+        e.1 += c.cost_micros;
+    }
+    out
 }
 
 /// One group's sums. Money in micro-USD (integers) and in USD.
@@ -146,5 +231,6 @@ pub fn report(rows: &[Row], since: Day, today: Day, by: By) -> Report {
             .collect(),
         total: ReportRow::new("total".to_string(), total),
         notices: Vec::new(),
+        budgets: Vec::new(),
     }
 }

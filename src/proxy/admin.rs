@@ -145,7 +145,14 @@ async fn relay_api(
         None
     } else if path == crate::cost::report::PATH {
         Some(if req.method() == Method::GET {
-            usage::api(&state.cost, req.uri().query()).await
+            let records = state
+                .keys
+                .get()
+                .map(|k| k.ring.records())
+                .unwrap_or_default();
+            let budgets =
+                usage::named_budgets(&state.runtime.load().cost, records.iter().map(|r| &**r));
+            usage::api(&state.cost, req.uri().query(), &budgets).await
         } else {
             reply::error(http::StatusCode::METHOD_NOT_ALLOWED, "use GET")
         })

@@ -74,6 +74,8 @@ pub struct LimitsSnapshot {
     pub rejections: BTreeMap<String, u64>,
     /// The limiter backend in use (the `relay_ratelimit_backend` series at 1), if any.
     pub backend: Option<String>,
+    /// Key (relay key name, alias) → spent / budget (`relay_budget_used_ratio`).
+    pub budgets: BTreeMap<String, f64>,
 }
 
 impl LimitsSnapshot {
@@ -204,6 +206,10 @@ pub fn parse(text: &str) -> LimitsSnapshot {
             "relay_ratelimit_rejections_total" => {
                 let key = format!("{}/{}", label(&labels, "scope"), label(&labels, "rule"));
                 *snap.rejections.entry(key).or_default() += value as u64;
+            }
+            "relay_budget_used_ratio" => {
+                snap.budgets
+                    .insert(label(&labels, "key").to_string(), value);
             }
             "relay_ratelimit_backend" if value >= 1.0 => {
                 snap.backend = Some(label(&labels, "backend").to_string());

@@ -13,6 +13,8 @@ pub mod actions;
 pub mod bindings;
 pub mod keys;
 pub mod limits;
+pub mod limits_pane;
+pub mod per_key;
 pub mod state;
 pub mod view;
 

@@ -308,6 +308,8 @@ pub struct State {
     pub sort: Sort,
     pub totals: Totals,
     pub models: BTreeMap<String, ModelStats>,
+    /// Per booked key (relay key name, alias, `key-<hash prefix>`), for the Models view.
+    pub keys: BTreeMap<String, ModelStats>,
     /// Per-second history, keyed by Unix second.
     history: BTreeMap<u64, Second>,
     pub now_ms: u64,
@@ -353,6 +355,7 @@ impl State {
             sort: Sort::Arrival,
             totals: Totals::default(),
             models: BTreeMap::new(),
+            keys: BTreeMap::new(),
             history: BTreeMap::new(),
             now_ms: 0,
             dropped: 0,
@@ -432,6 +435,9 @@ impl State {
             self.totals.add(&ev);
             let model = ev.model.clone().unwrap_or_else(|| "-".to_string());
             self.models.entry(model).or_default().totals.add(&ev);
+            if let Some(k) = &ev.key {
+                self.keys.entry(k.clone()).or_default().totals.add(&ev);
+            }
             let done_ms = ev.time_ms + ev.latency_us.unwrap_or(0) / 1000;
             let sec = self.history.entry(done_ms / 1000).or_default();
             sec.requests += 1;
@@ -655,6 +661,7 @@ impl State {
         self.offset = 0;
         self.totals = Totals::default();
         self.models.clear();
+        self.keys.clear();
         self.history.clear();
         self.dropped = 0;
     }

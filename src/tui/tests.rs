@@ -624,3 +624,38 @@ fn unpriced_models_and_prompt_cache_savings_are_shown_apart() {
     let models = draw(&s);
     assert!(models.contains("p-cache"), "{models}");
 }
+
+/// The Models view's per-key table: requests, tokens and cost by booked key name (from the feed),
+/// what is left of a budgeted key's budget (from the metrics); nothing while no request is booked
+/// to a key.
+#[test]
+fn per_key_table_shows_names_and_budget_left() {
+    let mut s = state(120, 40);
+    handle_key(&mut s, code(KeyCode::Tab));
+    assert!(!draw(&s).contains("Per key"), "no key booked yet");
+    for (seq, key) in [(500, "alice"), (501, "alice"), (502, "ci-bot")] {
+        let mut e = done(ev(seq, Phase::End, 26), 10, None);
+        e.key = Some(key.to_string());
+        e.cost_micro_usd = Some(20_000);
+        s.update(Msg::Event(Arc::new(e)));
+    }
+    let mut limits = crate::tui::limits::LimitsSnapshot::default();
+    limits.budgets.insert("alice".into(), 0.25);
+    s.update(Msg::Limits(limits));
+    let screen = draw(&s);
+    assert!(screen.contains("Per key"), "{screen}");
+    let alice = screen
+        .lines()
+        .find(|l| l.contains("alice"))
+        .expect("alice's row");
+    assert!(
+        alice.contains(" 2 ") && alice.contains("$0.0400") && alice.contains("75% left"),
+        "{alice}"
+    );
+    let bot = screen
+        .lines()
+        .find(|l| l.contains("ci-bot"))
+        .expect("ci-bot's row");
+    assert!(bot.contains('–'), "no budget: {bot}");
+    assert!(!screen.contains("relay-"), "names only");
+}
