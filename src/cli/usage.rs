@@ -65,6 +65,58 @@ pub enum UsageError {
 /// Runs `relay usage`: returns what to print on stdout.
 pub async fn run(args: &UsageArgs, cfg: &Config) -> Result<String, UsageError> {
     let since = Since::parse(&args.since).map_err(|e| UsageError::Args(format!("--since {e}")))?;
+    let mut shared_notice = None;
+    let report = match &args.server {
+        Some(url) => remote(cfg, url.trim_end_matches('/'), since, args, None).await?,
+        None if cfg.redis.enabled && cfg!(feature = "redis") => {
+            match shared(cfg, since, args).await {
+                Ok(r) => r,
+                Err(e) => {
+                    shared_notice = Some(format!("Redis ({}) is unreachable ({e}): these figures are this machine's ledger only", cfg.redis.address));
+                    local(cfg, since, args).await?
+                }
+            }
+        }
+        None => local(cfg, since, args).await?,
+    };
+    let mut report = report;
+    report.notices.extend(shared_notice);
+    Ok(if args.json {
+        let mut s = serde_json::to_string_pretty(&report).expect("reports serialize");
+        s.push('\n');
+        s
+    } else if args.csv {
+        render_csv(&report)
+    } else {
+        render_table(&report)
+    })
+}
+
+/// Every relay's usage from Redis (`redis.enabled`), read without a relay.
+#[cfg(feature = "redis")]
+async fn shared(cfg: &Config, since: Since, args: &UsageArgs) -> Result<Report, String> {
+    let today = Day::of_ms(Clock::system().now_ms());
+    let first = since.first_day(today);
+    let conn = crate::cost::shared::connect(&crate::cache::open::redis_url(cfg)).await?;
+    let rows = crate::cost::shared::read_rows(conn, first.min(today.month_start()), today).await?;
+    let mut r = report(&rows, first, today, args.by);
+    if args.by == By::Key {
+        let spent = crate::cost::report::spend_by_key(&rows, today);
+        let budgets = local_budgets(cfg).await;
+        crate::cost::report::attach_budgets(&mut r, &budgets, |k| {
+            spent.get(k).copied().unwrap_or_default()
+        });
+    }
+    Ok(r)
+}
+
+#[cfg(not(feature = "redis"))]
+async fn shared(_: &Config, _: Since, _: &UsageArgs) -> Result<Report, String> {
+    Err("relay was built without the redis feature".to_string())
+}
+
+/// This machine's ledger file, or the relay holding it.
+async fn local(cfg: &Config, since: Since, args: &UsageArgs) -> Result<Report, UsageError> {
     let report = match &args.server {
         Some(url) => remote(cfg, url.trim_end_matches('/'), since, args, None).await?,
         None => {
@@ -112,15 +164,7 @@ pub async fn run(args: &UsageArgs, cfg: &Config) -> Result<String, UsageError> {
             }
         }
     };
-    Ok(if args.json {
-        let mut s = serde_json::to_string_pretty(&report).expect("reports serialize");
-        s.push('\n');
-        s
-    } else if args.csv {
-        render_csv(&report)
-    } else {
-        render_table(&report)
-    })
+    Ok(report)
 }
 
 /// The budgets by key name when no relay runs: the config's, and the relay keys' in their store

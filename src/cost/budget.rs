@@ -232,6 +232,19 @@ impl Spend {
         s.month_micros += micros;
     }
 
+    /// Raises `key`'s spend today and this month to at least `day` and `month` (what every relay
+    /// on a shared Redis spent, [`super::shared`]); never lowers it.
+    pub fn raise(&self, key: &str, now_ms: u64, day: u64, month: u64) {
+        let today = Day::of_ms(now_ms);
+        {
+            let mut map = lock(self.shard(key));
+            let s = map.entry(key.to_string()).or_default();
+            roll(s, today);
+            s.day_micros = s.day_micros.max(day);
+            s.month_micros = s.month_micros.max(month);
+        }
+    }
+
     /// (today, this month) spent by `key`, micro-USD.
     pub fn get(&self, key: &str, now_ms: u64) -> (u64, u64) {
         let today = Day::of_ms(now_ms);

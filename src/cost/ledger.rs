@@ -89,14 +89,14 @@ pub fn session_label(session: Option<&str>) -> String {
 }
 
 impl RowKey {
-    fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         format!(
             "{}{SEP}{}{SEP}{}{SEP}{}{SEP}{}",
             self.day, self.provider, self.model, self.key, self.session
         )
     }
 
-    fn decode(s: &str) -> Option<RowKey> {
+    pub(crate) fn decode(s: &str) -> Option<RowKey> {
         let mut it = s.split(SEP);
         Some(RowKey {
             day: it.next()?.to_string(),
@@ -140,10 +140,10 @@ pub struct Counts {
 }
 
 /// Fields of a [`Counts`] on disk.
-const FIELDS: usize = 15;
+pub(crate) const FIELDS: usize = 15;
 
 impl Counts {
-    fn fields(&self) -> [u64; FIELDS] {
+    pub(crate) fn fields(&self) -> [u64; FIELDS] {
         [
             self.requests,
             self.hits,
@@ -163,7 +163,7 @@ impl Counts {
         ]
     }
 
-    fn from_fields(f: [u64; FIELDS]) -> Counts {
+    pub(crate) fn from_fields(f: [u64; FIELDS]) -> Counts {
         Counts {
             requests: f[0],
             hits: f[1],

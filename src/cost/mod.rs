@@ -23,6 +23,8 @@ mod plan;
 pub mod prices;
 pub mod rates;
 pub mod report;
+#[cfg(feature = "redis")]
+pub mod shared;
 pub mod tokens;
 pub mod usage;
 
@@ -197,7 +199,10 @@ pub struct Accounting {
     ledger: Option<ledger::Writer>,
     /// Where the ledger lives (shown by `relay usage`), when it is open.
     ledger_path: Option<PathBuf>,
-    spend: budget::Spend,
+    spend: Arc<budget::Spend>,
+    /// Budget spend and usage on Redis, shared by every relay on it (`redis.enabled`).
+    #[cfg(feature = "redis")]
+    shared: Option<shared::Shared>,
     /// Models already warned about (no price), sharded by model. Bounded.
     warned: Sharded<Mutex<HashSet<String>>>,
     /// Requests settled so far.
@@ -252,13 +257,25 @@ impl Accounting {
                 }
             }
         }
+        let spend = Arc::new(budget::Spend::new());
+        #[cfg(feature = "redis")]
+        let shared = (cfg.cost.enabled && cfg.redis.enabled).then(|| {
+            let c = clock.clone();
+            shared::Shared::start(
+                crate::cache::open::redis_url(cfg),
+                spend.clone(),
+                move || c.now_ms(),
+            )
+        });
         let acct = Accounting {
             keys: KeyLabels::new(),
             clock,
             metrics,
             ledger,
             ledger_path,
-            spend: budget::Spend::new(),
+            spend,
+            #[cfg(feature = "redis")]
+            shared,
             warned: Sharded::with_default(WARN_SHARDS),
             settled: AtomicU64::new(0),
             watched: AtomicBool::new(false),
@@ -282,10 +299,17 @@ impl Accounting {
 
     /// What `relay usage` must say about the ledger (damaged files moved aside beside it).
     pub fn notices(&self) -> Vec<String> {
-        self.ledger_path
+        #[allow(unused_mut)]
+        let mut out = self
+            .ledger_path
             .as_deref()
             .map(ledger::notices)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        #[cfg(feature = "redis")]
+        if self.shared.as_ref().is_some_and(|s| !s.available()) {
+            out.push("Redis (redis.enabled) is unreachable: these figures are this relay's own ledger; what it spent meanwhile is sent to Redis when it is back".to_string());
+        }
+        out
     }
 
     /// The ledger file, when the ledger is open.
@@ -334,6 +358,10 @@ impl Accounting {
             return Ok(None);
         };
         let name = name.as_str();
+        #[cfg(feature = "redis")]
+        if let Some(s) = &self.shared {
+            s.watch(key, &self.spend, self.now_ms()).await;
+        }
         let deadline = tokio::time::Instant::now() + BUDGET_WAIT;
         loop {
             let mut freed = self.spend.freed();
@@ -385,6 +413,13 @@ impl Accounting {
 
     /// The ledger rows from `since` (YYYY-MM-DD) on, everything queued included.
     pub async fn rows(&self, since: String) -> Result<Vec<ledger::Row>, String> {
+        #[cfg(feature = "redis")]
+        if let (Some(s), Some(first)) = (&self.shared, budget::Day::parse(&since)) {
+            let today = budget::Day::of_ms(self.now_ms());
+            if let Some(rows) = s.rows(first, today).await {
+                return Ok(rows);
+            }
+        }
         match &self.ledger {
             Some(l) => l.rows(since).await,
             None => Err(
@@ -576,7 +611,11 @@ impl Tally {
             let ratio = budget::check(b, acct.spend.get(&self.key, now), now).ratio;
             m.budget_used_ratio.with_label_values(&[name]).set(ratio);
         }
-        if let Some(l) = &acct.ledger {
+        #[cfg(feature = "redis")]
+        let shared = acct.shared.as_ref();
+        #[cfg(not(feature = "redis"))]
+        let shared: Option<&()> = None;
+        if acct.ledger.is_some() || shared.is_some() {
             let key = ledger::RowKey {
                 day: budget::Day::of_ms(now).to_string(),
                 provider: provider.to_string(),
@@ -584,7 +623,13 @@ impl Tally {
                 key: self.key.clone(),
                 session: ledger::session_label(x.session),
             };
-            l.add(key, counts);
+            #[cfg(feature = "redis")]
+            if let Some(s) = shared {
+                s.add(key.clone(), counts);
+            }
+            if let Some(l) = &acct.ledger {
+                l.add(key, counts);
+            }
         }
         acct.settle_one();
         priced

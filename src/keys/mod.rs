@@ -10,6 +10,8 @@
 //! so every relay on it knows the same keys); the ring is the server's in-memory copy, swapped
 //! whole when a key is made, revoked or rotated, so a request reads it without a lock.
 
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod store;
 
 use std::collections::HashMap;
@@ -400,7 +402,51 @@ impl Keys {
             path: "keys.redb".to_string(),
             message: "no data directory to keep it in; set auth.keys_path".to_string(),
         })?;
-        Keys::load(Box::new(store::RedbKeys::open(&path)?))
+        let local = store::RedbKeys::open(&path)?;
+        #[cfg(feature = "redis")]
+        if cfg.redis.enabled {
+            let shared = redis::RedisKeys::new(
+                &crate::cache::open::redis_url(cfg),
+                &cfg.redis.address,
+                local,
+            )?;
+            return Keys::load(Box::new(shared));
+        }
+        Keys::load(Box::new(local))
+    }
+
+    /// With a shared store, refreshes the ring whenever another relay changed a key (checked
+    /// every second, on the blocking pool) until `self` is dropped.
+    pub fn watch(self: &Arc<Self>) {
+        if !self.shared() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut seen = None;
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let Some(keys) = weak.upgrade() else { return };
+                let changed = tokio::task::spawn_blocking(move || {
+                    let v = keys.store.version();
+                    if v.is_some() && v != seen {
+                        if let Err(e) = keys.refresh() {
+                            tracing::warn!("relay keys: cannot refresh from the shared store: {e}");
+                        }
+                    }
+                    v.or(seen)
+                })
+                .await;
+                if let Ok(v) = changed {
+                    seen = v;
+                }
+            }
+        });
+    }
+
+    /// Whether the store is shared with other relays.
+    fn shared(&self) -> bool {
+        self.store.describe().starts_with("redis ")
     }
 
     pub fn store(&self) -> &dyn store::KeyStore {
@@ -474,6 +520,7 @@ impl KeysSlot {
                 message: e.to_string(),
             })??;
         let keys = Arc::new(keys);
+        keys.watch();
         self.live.store(Some(keys.clone()));
         Ok(keys)
     }

@@ -22,6 +22,11 @@ pub trait KeyStore: Send + Sync {
     fn all(&self) -> Result<Vec<KeyRecord>, KeyError>;
     /// What it is, for messages (`keys.redb at /path`, `redis 127.0.0.1:6379`).
     fn describe(&self) -> String;
+    /// A number that changes whenever any relay changes a key (a shared store); `None`: this
+    /// store changes only through this process, or cannot be read now.
+    fn version(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The key-store file a config names.
