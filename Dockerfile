@@ -1,7 +1,11 @@
 # relay container image: multi-stage build, stripped binary, slim non-root runtime.
 #
 #   docker build -t relay .
-#   docker run -p 127.0.0.1:8080:8080 -e OPENAI_API_KEY -e ANTHROPIC_API_KEY relay
+#   docker run -p 127.0.0.1:8080:8080 -e RELAY_SERVER_ALLOW_UNAUTHENTICATED=true \
+#     -e OPENAI_API_KEY -e ANTHROPIC_API_KEY relay
+#
+# (the container listens on all interfaces: with a provider key and auth off relay starts only when
+# told that the port is published on the host's loopback alone; for a team, turn auth on.)
 #
 # The build stage runs scripts/build-release.sh, the same script CI runs, so the image's build command
 # and features (redis) are tested on every CI run even though no Docker engine runs there.

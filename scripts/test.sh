@@ -7,6 +7,8 @@
 #   tmux                     the TUI's real-terminal test (Debian: tmux)
 #   faketime                 time-shifted runs of the binary (Debian: faketime)
 #   claude, codex            the agent tests' real clients (npm: @anthropic-ai/claude-code, @openai/codex)
+#   kubectl                  renders the Kubernetes overlays (`kubectl kustomize`; Debian: kubernetes-client)
+#   kubernetes-validate      checks them against the Kubernetes schema (PyPI: kubernetes-validate)
 #
 # Extra arguments go to cargo test (e.g. `scripts/test.sh --test security`).
 set -euo pipefail
@@ -23,6 +25,7 @@ command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
 command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
 command -v tmux >/dev/null 2>&1 || apt_missing+=(tmux)
 command -v faketime >/dev/null 2>&1 || apt_missing+=(faketime)
+command -v kubectl >/dev/null 2>&1 || apt_missing+=(kubernetes-client)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "installing ${apt_missing[*]}"
   $SUDO apt-get update -qq
@@ -40,6 +43,11 @@ if [ ${#npm_missing[@]} -gt 0 ]; then
   fi
   echo "installing ${npm_missing[*]}"
   $SUDO npm install -g --no-fund --no-audit "${npm_missing[@]}"
+fi
+
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "installing kubernetes-validate"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
 fi
 
 cargo test --all-features "$@"

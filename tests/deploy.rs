@@ -1,5 +1,6 @@
 //! The deployment files, checked where no Docker engine or cluster runs: docker-compose.yml and
-//! deploy/kubernetes/*.yaml parse as YAML (every document) and hold the keys that make them work;
+//! the Kubernetes overlays (rendered by `kubectl kustomize`, checked by `kubernetes-validate
+//! --strict`) parse as YAML and hold the keys that make them work;
 //! the configs they ship load; the Dockerfile builds through the same script CI runs; and
 //! `relay health`, the image's HEALTHCHECK, really tells a live relay from a dead one.
 
@@ -94,95 +95,215 @@ fn compose_runs_relay_with_redis() {
     }
 }
 
-#[test]
-fn kubernetes_manifests_have_probes_service_config_and_optional_redis() {
-    let kustomization = &docs("deploy/kubernetes/kustomization.yaml")[0];
-    let resources: Vec<&str> = at(kustomization, "resources")
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    assert_eq!(
-        resources,
-        ["configmap.yaml", "deployment.yaml", "service.yaml"]
+/// `kubectl kustomize <overlay>`: every document it renders.
+fn render(overlay: &str) -> Vec<Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/kubernetes/overlays")
+        .join(overlay);
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .expect("kubectl is installed (scripts/test.sh says where to get it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    for r in &resources {
-        assert_eq!(docs(&format!("deploy/kubernetes/{r}")).len(), 1, "{r}");
-    }
+    let text = String::from_utf8(out.stdout).unwrap();
+    // The rendered manifests pass the Kubernetes schema, unknown fields refused.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &text).unwrap();
+    let checked = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .arg(file.path())
+        .output()
+        .expect("kubernetes-validate is installed (scripts/test.sh installs it from PyPI)");
+    assert!(
+        checked.status.success(),
+        "{overlay}: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    yaml_serde::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
 
-    let dep = &docs("deploy/kubernetes/deployment.yaml")[0];
-    assert_eq!(s(dep, "kind"), "Deployment");
-    assert_eq!(s(dep, "apiVersion"), "apps/v1");
-    let labels = at(dep, "spec.selector.matchLabels");
-    assert_eq!(labels, at(dep, "spec.template.metadata.labels"));
-    let pod = at(dep, "spec.template.spec");
+fn kind<'a>(all: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    all.iter()
+        .find(|d| s(d, "kind") == kind && s(d, "metadata.name") == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// Pod Security "restricted" for one pod spec: non-root, RuntimeDefault seccomp, no privilege
+/// escalation, every capability dropped.
+fn restricted(pod: &Value, what: &str) {
     assert_eq!(
         at(pod, "securityContext.runAsNonRoot").as_bool(),
-        Some(true)
+        Some(true),
+        "{what}"
     );
-    let c = at(pod, "containers.0");
-    for probe in ["readinessProbe", "livenessProbe"] {
-        assert_eq!(
-            s(c, &format!("{probe}.httpGet.path")),
-            "/healthz",
-            "{probe}"
-        );
-        assert_eq!(s(c, &format!("{probe}.httpGet.port")), "http", "{probe}");
-    }
-    assert_eq!(s(c, "ports.0.name"), "http");
-    assert_eq!(at(c, "ports.0.containerPort").as_u64(), Some(8080));
     assert_eq!(
-        at(c, "securityContext.readOnlyRootFilesystem").as_bool(),
-        Some(true)
+        s(pod, "securityContext.seccompProfile.type"),
+        "RuntimeDefault",
+        "{what}"
     );
-    assert_eq!(s(c, "volumeMounts.0.mountPath"), "/etc/relay");
-    assert_eq!(s(c, "volumeMounts.1.mountPath"), "/data");
-    let args: Vec<&str> = at(c, "args")
+    for c in at(pod, "containers").as_sequence().unwrap() {
+        let sc = at(c, "securityContext");
+        assert_eq!(
+            at(sc, "allowPrivilegeEscalation").as_bool(),
+            Some(false),
+            "{what}"
+        );
+        assert_eq!(s(sc, "capabilities.drop.0"), "ALL", "{what}");
+        assert_eq!(s(sc, "seccompProfile.type"), "RuntimeDefault", "{what}");
+        assert_eq!(
+            at(sc, "readOnlyRootFilesystem").as_bool(),
+            Some(true),
+            "{what}"
+        );
+    }
+}
+
+fn env_value<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
+    at(c, "env")
         .as_sequence()
         .unwrap()
         .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    assert_eq!(&args[..3], ["serve", "--config", "/etc/relay/relay.yaml"]);
-    assert_eq!(s(pod, "volumes.0.configMap.name"), "relay-config");
+        .find(|e| s(e, "name") == name)
+        .and_then(|e| e.get("value"))
+        .and_then(Value::as_str)
+}
 
-    let svc = &docs("deploy/kubernetes/service.yaml")[0];
-    assert_eq!(s(svc, "kind"), "Service");
-    assert_eq!(at(svc, "spec.selector"), labels);
-    assert_eq!(s(svc, "spec.ports.0.targetPort"), "http");
+/// The image's own config, as `docker run` starts it: listening on all interfaces, it refuses to
+/// inject a key with auth off unless told the port is on the host's loopback alone.
+#[test]
+fn the_image_config_starts_only_when_told_or_with_auth() {
+    let env = Env::empty()
+        .with("RELAY_SERVER_LISTEN", "0.0.0.0:8080")
+        .with("OPENAI_API_KEY", "sk");
+    let yaml = read("deploy/docker/image.yaml");
+    let plain = Config::from_yaml_str(&yaml, "image.yaml", &env).unwrap();
+    assert!(plain.exposure(plain.server.listen).is_err());
+    for (var, value) in [
+        ("RELAY_SERVER_ALLOW_UNAUTHENTICATED", "true"),
+        ("RELAY_AUTH_ENABLED", "true"),
+    ] {
+        let cfg =
+            Config::from_yaml_str(&yaml, "image.yaml", &env.clone().with(var, value)).unwrap();
+        cfg.exposure(cfg.server.listen)
+            .unwrap_or_else(|e| panic!("{var}: {e}"));
+    }
+}
 
-    // The ConfigMap's relay.yaml is a valid config listening on all interfaces, cache under /data.
-    let cm = &docs("deploy/kubernetes/configmap.yaml")[0];
-    assert_eq!(s(cm, "metadata.name"), "relay-config");
-    let text = at(cm, "data").get("relay.yaml").unwrap().as_str().unwrap();
-    let cfg = loads(text, "configmap");
-    assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:8080");
-    // Reachable in the cluster: it asks for relay keys, so its provider keys are safe.
-    let keyed = Config::from_yaml_str(
-        text,
-        "configmap",
-        &Env::empty().with("OPENAI_API_KEY", "sk"),
-    )
-    .unwrap();
-    assert!(keyed.auth.enabled);
-    keyed.exposure(keyed.server.listen).expect("the pod starts");
-    assert_eq!(
-        cfg.cache.path.as_deref(),
-        Some(Path::new("/data/relay/cache.redb"))
-    );
+#[test]
+fn kubernetes_overlays_render_validate_and_keep_state_where_it_lasts() {
+    for overlay in ["single", "team"] {
+        let all = render(overlay);
+        let dep = kind(&all, "Deployment", "relay");
+        let labels = at(dep, "spec.selector.matchLabels");
+        assert_eq!(labels, at(dep, "spec.template.metadata.labels"));
+        let pod = at(dep, "spec.template.spec");
+        restricted(pod, overlay);
+        let c = at(pod, "containers.0");
+        for probe in ["readinessProbe", "livenessProbe"] {
+            assert_eq!(
+                s(c, &format!("{probe}.httpGet.path")),
+                "/healthz",
+                "{probe}"
+            );
+            assert_eq!(s(c, &format!("{probe}.httpGet.port")), "http", "{probe}");
+        }
+        assert_eq!(at(c, "ports.0.containerPort").as_u64(), Some(8080));
+        let args: Vec<&str> = at(c, "args")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(&args[..3], ["serve", "--config", "/etc/relay/relay.yaml"]);
+        let volume = |name: &str| {
+            at(pod, "volumes")
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|v| s(v, "name") == name)
+                .unwrap_or_else(|| panic!("no volume {name}"))
+                .clone()
+        };
+        assert_eq!(s(&volume("config"), "configMap.name"), "relay-config");
+        let svc = kind(&all, "Service", "relay");
+        assert_eq!(at(svc, "spec.selector"), labels);
 
-    // Optional Redis: a Deployment and the Service the relay Deployment's address names.
-    let redis = docs("deploy/kubernetes/redis.yaml");
-    let kinds: Vec<&str> = redis.iter().map(|d| s(d, "kind")).collect();
-    assert_eq!(kinds, ["Deployment", "Service"]);
-    assert_eq!(s(&redis[1], "metadata.name"), "relay-redis");
-    let env = at(c, "env").as_sequence().unwrap();
-    let addr = env
-        .iter()
-        .find(|e| s(e, "name") == "RELAY_REDIS_ADDRESS")
-        .unwrap();
-    assert_eq!(s(addr, "value"), "relay-redis:6379");
+        // The config: open to the cluster, so auth is on and the pod starts with its keys.
+        let cm = kind(&all, "ConfigMap", "relay-config");
+        let text = at(cm, "data").get("relay.yaml").unwrap().as_str().unwrap();
+        let mut env = Env::empty().with("OPENAI_API_KEY", "sk");
+        if let Some(v) = env_value(c, "RELAY_REDIS_ENABLED") {
+            env = env.with("RELAY_REDIS_ENABLED", v);
+        }
+        let cfg = Config::from_yaml_str(text, "configmap", &env).unwrap();
+        assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:8080");
+        assert!(cfg.auth.enabled);
+        cfg.exposure(cfg.server.listen).expect("the pod starts");
+
+        // Rollouts lose no request: a preStop pause, then a drain the grace period covers.
+        let pause = at(c, "lifecycle.preStop.sleep.seconds").as_u64().unwrap();
+        let grace = at(pod, "terminationGracePeriodSeconds").as_u64().unwrap();
+        assert!(
+            pause >= 5,
+            "{overlay}: a pause for the endpoint removal to spread"
+        );
+        assert!(
+            cfg.server.shutdown_timeout.as_secs() >= 300,
+            "long enough for streams"
+        );
+        assert!(
+            grace > pause + cfg.server.shutdown_timeout.as_secs(),
+            "{overlay}: {grace}"
+        );
+
+        let data = &volume("data");
+        match overlay {
+            "single" => {
+                // Keys, ledger, budgets, cache: on a volume that outlives the pod.
+                assert_eq!(at(dep, "spec.replicas").as_u64(), Some(1));
+                assert_eq!(s(data, "persistentVolumeClaim.claimName"), "relay-data");
+                assert!(data.get("emptyDir").is_none());
+                assert_eq!(s(dep, "spec.strategy.type"), "Recreate");
+                kind(&all, "PersistentVolumeClaim", "relay-data");
+                assert!(!cfg.redis.enabled);
+            }
+            _ => {
+                // Several replicas: what they share is on Redis; /data only local fallbacks.
+                assert!(at(dep, "spec.replicas").as_u64().unwrap() >= 2);
+                assert!(cfg.redis.enabled, "keys, budgets and the ledger on Redis");
+                assert_eq!(
+                    env_value(c, "RELAY_REDIS_ADDRESS"),
+                    Some("relay-redis:6379")
+                );
+                assert_eq!(
+                    at(dep, "spec.strategy.rollingUpdate.maxUnavailable").as_u64(),
+                    Some(0)
+                );
+                assert!(data.get("emptyDir").is_some());
+                let redis = kind(&all, "Deployment", "relay-redis");
+                let rpod = at(redis, "spec.template.spec");
+                restricted(rpod, "redis");
+                assert_eq!(
+                    s(rpod, "volumes.0.persistentVolumeClaim.claimName"),
+                    "relay-redis-data"
+                );
+                let rargs = at(rpod, "containers.0.args").as_sequence().unwrap();
+                assert!(rargs.iter().any(|a| a.as_str() == Some("noeviction")));
+                assert!(rargs.iter().any(|a| a.as_str() == Some("--appendonly")));
+                kind(&all, "Service", "relay-redis");
+                kind(&all, "PodDisruptionBudget", "relay");
+            }
+        }
+    }
 }
 
 #[test]
