@@ -464,12 +464,26 @@ fn print_out(text: &str) {
 
 /// `relay usage`: loads the config, prints the report. Exit 1 on failure.
 fn usage(args: UsageArgs) -> ExitCode {
-    let cfg = match command_config(args.config.as_deref()) {
+    let config = args.config.clone();
+    printed(config.as_deref(), |cfg| async move {
+        relay::cli::usage::run(&args, &cfg).await
+    })
+}
+
+/// Loads the config, runs `run` on a runtime, prints what it returns (exit 0) or its error on
+/// stderr (exit 1).
+fn printed<F, Fut, E>(config: Option<&std::path::Path>, run: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = Result<String, E>>,
+    E: std::fmt::Display,
+{
+    let cfg = match command_config(config) {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match rt.block_on(relay::cli::usage::run(&args, &cfg)) {
+    match rt.block_on(run(cfg)) {
         Ok(out) => {
             print_out(&out);
             ExitCode::SUCCESS
@@ -486,21 +500,9 @@ fn keys(
     config: Option<PathBuf>,
     server: Option<String>,
 ) -> ExitCode {
-    let cfg = match command_config(config.as_deref()) {
-        Ok(cfg) => cfg,
-        Err(code) => return code,
-    };
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match rt.block_on(relay::cli::keys::run(command, &cfg, server)) {
-        Ok(out) => {
-            print_out(&out);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    printed(config.as_deref(), |cfg| async move {
+        relay::cli::keys::run(command, &cfg, server).await
+    })
 }
 
 /// `relay prices`: exit 1 when the model asked about has no price at any provider asked.

@@ -77,6 +77,17 @@ fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
 
+/// A chat request for `model` presenting `key`.
+async fn ask(relay: &Relay, model: &str, key: &str) -> Answer {
+    post_json(
+        relay,
+        CHAT,
+        &chat(model),
+        &[("authorization", &bearer(key))],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn relay_keys_stand_in_for_the_provider_key_and_changes_apply_at_once() {
     let openai = Mock::start("openai", Kind::OpenAi).await;
@@ -122,13 +133,7 @@ async fn relay_keys_stand_in_for_the_provider_key_and_changes_apply_at_once() {
     )
     .await;
     let key = printed_key(&made);
-    let ok = post_json(
-        &relay,
-        CHAT,
-        &chat("gpt-4o"),
-        &[("authorization", &bearer(&key))],
-    )
-    .await;
+    let ok = ask(&relay, "gpt-4o", &key).await;
     assert_eq!(ok.status, 200, "{:?}", ok.body);
     let sent = openai.last();
     assert_eq!(sent.headers["authorization"], bearer(PROVIDER_KEY).as_str());
@@ -148,13 +153,7 @@ async fn relay_keys_stand_in_for_the_provider_key_and_changes_apply_at_once() {
     assert!(!String::from_utf8_lossy(&ok.body).contains(ANTHROPIC_KEY));
 
     // Outside its models: 403 in each dialect.
-    let o3 = post_json(
-        &relay,
-        CHAT,
-        &chat("o3"),
-        &[("authorization", &bearer(&key))],
-    )
-    .await;
+    let o3 = ask(&relay, "o3", &key).await;
     assert_eq!(o3.status, 403);
     assert_eq!(o3.json()["error"]["code"], "model_not_allowed");
     assert_eq!(openai.calls().get(), 1);
@@ -174,37 +173,19 @@ async fn relay_keys_stand_in_for_the_provider_key_and_changes_apply_at_once() {
 
     // Rotated: the old secret is refused as rotated, the new one works.
     let new = printed_key(&keys(dir, Some(&server), &["rotate", "ci"]).await);
-    let old = post_json(
-        &relay,
-        CHAT,
-        &chat("gpt-4o"),
-        &[("authorization", &bearer(&key))],
-    )
-    .await;
+    let old = ask(&relay, "gpt-4o", &key).await;
     assert_eq!(old.status, 401);
     assert!(old.json()["error"]["message"]
         .as_str()
         .unwrap()
         .contains("rotated"));
-    let ok = post_json(
-        &relay,
-        CHAT,
-        &chat("gpt-4o"),
-        &[("authorization", &bearer(&new))],
-    )
-    .await;
+    let ok = ask(&relay, "gpt-4o", &new).await;
     assert_eq!(ok.status, 200);
 
     // Revoked: refused from the next request on, no restart.
     let revoked = keys(dir, Some(&server), &["revoke", "ci"]).await;
     assert!(revoked.status.success());
-    let gone = post_json(
-        &relay,
-        CHAT,
-        &chat("gpt-4o"),
-        &[("authorization", &bearer(&new))],
-    )
-    .await;
+    let gone = ask(&relay, "gpt-4o", &new).await;
     assert_eq!(gone.status, 401);
     assert!(gone.json()["error"]["message"]
         .as_str()
@@ -243,22 +224,10 @@ async fn a_keys_budget_rate_limit_and_expiry_hold() {
         )
         .await,
     );
-    let first = post_json(
-        &relay,
-        CHAT,
-        &chat("gpt-4o"),
-        &[("authorization", &bearer(&budget))],
-    )
-    .await;
+    let first = ask(&relay, "gpt-4o", &budget).await;
     assert_eq!(first.status, 200);
     relay.server().cost().wait_settled(1).await;
-    let over = post_json(
-        &relay,
-        CHAT,
-        &chat("gpt-4o"),
-        &[("authorization", &bearer(&budget))],
-    )
-    .await;
+    let over = ask(&relay, "gpt-4o", &budget).await;
     assert_eq!(over.status, 429);
     assert_eq!(over.json()["error"]["code"], "budget_exceeded");
     assert!(over.json()["error"]["message"]
@@ -292,20 +261,8 @@ async fn a_keys_budget_rate_limit_and_expiry_hold() {
         )
         .await,
     );
-    let a = post_json(
-        &relay,
-        CHAT,
-        &chat("gpt-4o"),
-        &[("authorization", &bearer(&slow))],
-    )
-    .await;
-    let b = post_json(
-        &relay,
-        CHAT,
-        &chat("gpt-4o"),
-        &[("authorization", &bearer(&slow))],
-    )
-    .await;
+    let a = ask(&relay, "gpt-4o", &slow).await;
+    let b = ask(&relay, "gpt-4o", &slow).await;
     assert_eq!((a.status.as_u16(), b.status.as_u16()), (200, 429));
     assert!(b.json()["error"]["message"]
         .as_str()
@@ -321,22 +278,10 @@ async fn a_keys_budget_rate_limit_and_expiry_hold() {
         )
         .await,
     );
-    let ok = post_json(
-        &relay,
-        CHAT,
-        &chat("gpt-4o"),
-        &[("authorization", &bearer(&brief))],
-    )
-    .await;
+    let ok = ask(&relay, "gpt-4o", &brief).await;
     assert_eq!(ok.status, 200);
     clock.advance(std::time::Duration::from_secs(3601));
-    let late = post_json(
-        &relay,
-        CHAT,
-        &chat("gpt-4o"),
-        &[("authorization", &bearer(&brief))],
-    )
-    .await;
+    let late = ask(&relay, "gpt-4o", &brief).await;
     assert_eq!(late.status, 401);
     assert!(late.json()["error"]["message"]
         .as_str()
@@ -623,13 +568,7 @@ async fn the_admin_key_opens_relays_api_to_remote_callers() {
     .await;
     assert_eq!(made.status, 201, "{:?}", made.body);
     let key = made.json()["key"].as_str().unwrap().to_string();
-    let ok = post_json(
-        &relay,
-        CHAT,
-        &chat("gpt-4o"),
-        &[("authorization", &bearer(&key))],
-    )
-    .await;
+    let ok = ask(&relay, "gpt-4o", &key).await;
     assert_eq!(ok.status, 200);
     // The admin key is not a relay key.
     let not_a_key = post_json(&relay, CHAT, &chat("gpt-4o"), &[("authorization", &admin)]).await;

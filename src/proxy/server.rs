@@ -493,23 +493,21 @@ async fn reload_loop(
     events: broadcast::Sender<ReloadEvent>,
 ) {
     while watcher.changed().await.is_some() {
-        let event = match Config::load(&path, &env) {
+        let loaded = match Config::load(&path, &env) {
             Ok(config) => {
                 let config = prepare(config, offline);
                 for w in &config.warnings {
                     tracing::warn!("{w}");
                 }
+                reload_checks(&config, &state, listening)
+                    .await
+                    .map(|()| config)
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let event = match loaded {
+            Ok(config) => {
                 let old = state.runtime.load();
-                if let Err(e) = reload_checks(&config, &state, listening).await {
-                    state
-                        .metrics
-                        .config_reloads
-                        .with_label_values(&["error"])
-                        .inc();
-                    tracing::error!("config reload rejected, the previous config stays live: {e}");
-                    let _ = events.send(ReloadEvent::Rejected(e));
-                    continue;
-                }
                 if config.server.listen != old.config.server.listen {
                     tracing::warn!("server.listen changed; it takes effect at the next restart");
                 }
@@ -546,7 +544,7 @@ async fn reload_loop(
                     .with_label_values(&["error"])
                     .inc();
                 tracing::error!("config reload rejected, the previous config stays live: {e}");
-                ReloadEvent::Rejected(e.to_string())
+                ReloadEvent::Rejected(e)
             }
         };
         let _ = events.send(event);
