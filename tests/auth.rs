@@ -383,9 +383,10 @@ async fn the_raw_key_is_written_nowhere() {
     )
     .await;
     assert!(usage.contains("\"dev\""), "{usage}");
-    let listed = keys(dir.path(), Some(&base), &["list", "--json"]).await;
+    // No --server: the store is held by the running relay, so the CLI goes through it.
+    let listed = keys(dir.path(), None, &["list", "--json"]).await;
     let listed = String::from_utf8_lossy(&listed.stdout).to_string();
-    assert!(listed.contains("\"dev\""));
+    assert!(listed.contains("\"dev\""), "{listed}");
     let _ = serve.start_kill();
     let _ = serve.wait().await;
     // With relay stopped, `relay usage --by key` reads the ledger and the key store itself.

@@ -80,7 +80,7 @@ pub async fn run(cmd: KeysCommand, cfg: &Config, server: Option<String>) -> Resu
     match opened {
         Ok(keys) => direct(cfg, &keys, cmd),
         // A running relay holds the store: ask it.
-        Err(KeyError::Store { message, .. }) if message.contains("another process holds it") => {
+        Err(KeyError::Locked { .. }) => {
             remote(cfg, &super::client::listen_base(cfg.server.listen), cmd).await
         }
         Err(e) => Err(e.to_string()),

@@ -134,6 +134,8 @@ pub enum KeyError {
     Revoked(String),
     #[error("the relay-key store {path}: {message}")]
     Store { path: String, message: String },
+    #[error("the relay-key store {path} is held by another process (a running relay: reach it with --server, or stop it)")]
+    Locked { path: String },
 }
 
 impl KeyError {
@@ -143,7 +145,7 @@ impl KeyError {
             KeyError::Invalid { .. } => 400,
             KeyError::Exists(_) | KeyError::Revoked(_) => 409,
             KeyError::NotFound(_) => 404,
-            KeyError::Store { .. } => 503,
+            KeyError::Store { .. } | KeyError::Locked { .. } => 503,
         }
     }
 }

@@ -61,10 +61,11 @@ impl RedbKeys {
         })?;
         let db = match opened {
             Ok(db) => db,
-            Err(DatabaseError::DatabaseAlreadyOpen) => return Err(fail(
-                "another process holds it (a running relay: reach it with --server, or stop it)"
-                    .to_string(),
-            )),
+            Err(DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(KeyError::Locked {
+                    path: path.display().to_string(),
+                })
+            }
             Err(e) => return Err(fail(e.to_string())),
         };
         restrict(path);

@@ -228,7 +228,11 @@ async fn forward(
         .map(|v| (v, parts.extensions.remove::<hyper::upgrade::OnUpgrade>()));
 
     let target = RouteByPath { cfg }.run(&parts.method, &parts.uri)?;
-    let keys = state.keys.get();
+    let keys = if cfg.auth.enabled {
+        state.keys.get()
+    } else {
+        None
+    };
     let auth = Authenticate {
         on: cfg.auth.enabled,
         keys: keys.as_deref(),
