@@ -46,13 +46,6 @@ fn s<'a>(v: &'a Value, path: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{path} is not a string"))
 }
 
-/// The config a deployment file ships: it loads, and (with the redis feature) uses the redis backend
-/// as intended.
-fn loads(yaml: &str, what: &str) -> Config {
-    Config::from_yaml_str(yaml, what, &Env::empty())
-        .unwrap_or_else(|e| panic!("{what} does not load: {e}"))
-}
-
 #[test]
 fn compose_runs_relay_with_redis() {
     let d = docs("docker-compose.yml");

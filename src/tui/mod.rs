@@ -11,6 +11,7 @@
 
 pub mod actions;
 pub mod bindings;
+pub mod format;
 pub mod keys;
 pub mod limits;
 pub mod limits_pane;

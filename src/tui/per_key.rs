@@ -8,8 +8,8 @@ use ratatui::style::{Modifier, Style, Stylize};
 use ratatui::widgets::{Block, Borders, Row as TableRow, Table};
 use ratatui::Frame;
 
+use super::format::{count, usd};
 use super::state::State;
-use super::view::{count, usd};
 
 /// Rows the table takes: none while every request is booked to no key; else its border line, a
 /// header and one row per key, at most `max`.
