@@ -604,3 +604,73 @@ async fn claude_code_and_relay_agree_on_what_a_run_cost() {
         "relay booked ${ours}, Claude Code reports ${reported}: {theirs}"
     );
 }
+
+/// A team gateway (`auth.enabled`): Claude Code and Codex (over the Responses WebSocket) present a
+/// relay key where the provider key goes; relay sends each provider its own key, and books both
+/// agents' requests to the key's name.
+#[tokio::test]
+async fn claude_code_and_codex_present_relay_keys_on_a_team_gateway() {
+    let Some((openai, anthropic, d)) = setup(&["claude", "codex"]).await else {
+        return;
+    };
+    let yaml = format!(
+        "auth:\n  enabled: true\n{}",
+        providers(&openai, &anthropic)
+            .replace(
+                "    kind: openai\n",
+                "    kind: openai\n    api_key_env: TEAM_OPENAI_KEY\n"
+            )
+            .replace(
+                "    kind: anthropic\n",
+                "    kind: anthropic\n    api_key_env: TEAM_ANTHROPIC_KEY\n"
+            )
+    );
+    let relay = Relay::start_with(
+        &yaml,
+        Env::empty()
+            .with("TEAM_OPENAI_KEY", "sk-team-openai")
+            .with("TEAM_ANTHROPIC_KEY", "sk-ant-team"),
+        false,
+    )
+    .await;
+    let made = send(&relay, "POST", "/relay/keys", &[], r#"{"name":"agents"}"#).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let key = made.json()["key"].as_str().unwrap().to_string();
+
+    let mut env = claude_env(&relay, &d.home);
+    env.retain(|(k, _)| *k != "ANTHROPIC_API_KEY");
+    env.push(("ANTHROPIC_API_KEY", key.clone()));
+    let claude = run("claude", &["-p", "say hi"], &d.one, &env, None).await;
+    assert!(claude.status.success(), "{}", text(&claude));
+    assert!(String::from_utf8_lossy(&claude.stdout).contains("Hello world"));
+    let sent = anthropic.last();
+    assert_eq!(sent.headers["x-api-key"], "sk-ant-team");
+    assert!(!format!("{:?}", sent.headers).contains(&key));
+
+    let mut env = codex_env(&d.home);
+    env.retain(|(k, _)| *k != "OPENAI_API_KEY");
+    env.push(("OPENAI_API_KEY", key.clone()));
+    let args = codex_args_over(&relay, "say hi", true);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let codex = run("codex", &args, &d.two, &env, None).await;
+    assert!(codex.status.success(), "{}", text(&codex));
+    assert!(String::from_utf8_lossy(&codex.stdout).contains("Hello world"));
+    let turn = openai.last();
+    assert_eq!(turn.uri, "/v1/responses");
+    assert_eq!(turn.headers["authorization"], "Bearer sk-team-openai");
+    assert!(!format!("{:?}", turn.headers).contains(&key));
+
+    relay.server().cost().wait_settled(2).await;
+    let usage = send(&relay, "GET", "/relay/usage?by=key", &[], "")
+        .await
+        .json();
+    let agents: u64 = usage["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["group"] == "agents")
+        .map(|r| r["requests"].as_u64().unwrap())
+        .sum();
+    assert!(agents >= 2, "{usage}");
+    stop(relay).await;
+}

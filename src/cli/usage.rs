@@ -100,13 +100,7 @@ async fn shared(cfg: &Config, since: Since, args: &UsageArgs) -> Result<Report, 
     let conn = crate::cost::shared::connect(&crate::cache::open::redis_url(cfg)).await?;
     let rows = crate::cost::shared::read_rows(conn, first.min(today.month_start()), today).await?;
     let mut r = report(&rows, first, today, args.by);
-    if args.by == By::Key {
-        let spent = crate::cost::report::spend_by_key(&rows, today);
-        let budgets = local_budgets(cfg).await;
-        crate::cost::report::attach_budgets(&mut r, &budgets, |k| {
-            spent.get(k).copied().unwrap_or_default()
-        });
-    }
+    with_budgets(&mut r, &rows, today, cfg).await;
     Ok(r)
 }
 
@@ -117,54 +111,49 @@ async fn shared(_: &Config, _: Since, _: &UsageArgs) -> Result<Report, String> {
 
 /// This machine's ledger file, or the relay holding it.
 async fn local(cfg: &Config, since: Since, args: &UsageArgs) -> Result<Report, UsageError> {
-    let report = match &args.server {
-        Some(url) => remote(cfg, url.trim_end_matches('/'), since, args, None).await?,
-        None => {
-            let Some(path) = ledger::path(cfg) else {
-                return Err(UsageError::Off);
-            };
-            let today = Day::of_ms(Clock::system().now_ms());
-            let first = since.first_day(today);
-            if !path.exists() {
-                report(&[], first, today, args.by)
-            } else {
-                let p = path.clone();
-                // From the month's start at least: budgets count the month so far.
-                let from = first.min(today.month_start()).to_string();
-                let opened = tokio::task::spawn_blocking(move || {
-                    Ledger::open(&p).and_then(|l| l.rows(&from))
-                })
-                .await
-                .map_err(|e| UsageError::Args(e.to_string()))?;
-                match opened {
-                    Ok(rows) => {
-                        let mut r = report(&rows, first, today, args.by);
-                        r.notices = ledger::notices(&path);
-                        if args.by == By::Key {
-                            let spent = crate::cost::report::spend_by_key(&rows, today);
-                            let budgets = local_budgets(cfg).await;
-                            crate::cost::report::attach_budgets(&mut r, &budgets, |k| {
-                                spent.get(k).copied().unwrap_or_default()
-                            });
-                        }
-                        r
-                    }
-                    Err(LedgerError::Locked { path }) => {
-                        remote(
-                            cfg,
-                            &listen_base(cfg.server.listen),
-                            since,
-                            args,
-                            Some(path),
-                        )
-                        .await?
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
+    let Some(path) = ledger::path(cfg) else {
+        return Err(UsageError::Off);
     };
-    Ok(report)
+    let today = Day::of_ms(Clock::system().now_ms());
+    let first = since.first_day(today);
+    if !path.exists() {
+        return Ok(report(&[], first, today, args.by));
+    }
+    let p = path.clone();
+    // From the month's start at least: budgets count the month so far.
+    let from = first.min(today.month_start()).to_string();
+    let opened = tokio::task::spawn_blocking(move || Ledger::open(&p).and_then(|l| l.rows(&from)))
+        .await
+        .map_err(|e| UsageError::Args(e.to_string()))?;
+    match opened {
+        Ok(rows) => {
+            let mut r = report(&rows, first, today, args.by);
+            r.notices = ledger::notices(&path);
+            with_budgets(&mut r, &rows, today, cfg).await;
+            Ok(r)
+        }
+        Err(LedgerError::Locked { path }) => {
+            remote(
+                cfg,
+                &listen_base(cfg.server.listen),
+                since,
+                args,
+                Some(path),
+            )
+            .await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// By key: what is left of each budgeted key's budget, from `rows` (this month's at least).
+async fn with_budgets(r: &mut Report, rows: &[ledger::Row], today: Day, cfg: &Config) {
+    if r.by != By::Key {
+        return;
+    }
+    let spent = crate::cost::report::spend_by_key(rows, today);
+    let budgets = local_budgets(cfg).await;
+    crate::cost::report::attach_budgets(r, &budgets, |k| spent.get(k).copied().unwrap_or_default());
 }
 
 /// The budgets by key name when no relay runs: the config's, and the relay keys' in their store

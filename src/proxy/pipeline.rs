@@ -228,17 +228,14 @@ async fn forward(
         .map(|v| (v, parts.extensions.remove::<hyper::upgrade::OnUpgrade>()));
 
     let target = RouteByPath { cfg }.run(&parts.method, &parts.uri)?;
-    let keys = if cfg.auth.enabled {
-        state.keys.get()
-    } else {
-        None
-    };
-    let auth = Authenticate {
-        on: cfg.auth.enabled,
-        keys: keys.as_deref(),
-        now_ms: state.cost.now_ms(),
-    };
-    auth.run(x, &parts.headers)?;
+    if cfg.auth.enabled {
+        let keys = state.keys.get();
+        let auth = Authenticate {
+            keys: keys.as_deref(),
+            now_ms: state.cost.now_ms(),
+        };
+        auth.run(x, &parts.headers)?;
+    }
     let strict = matches!(target, PathTarget::Table { path } if route::needs_model(cfg, path));
     let read = ReadBody {
         server: &cfg.server,

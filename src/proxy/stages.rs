@@ -162,11 +162,10 @@ impl RouteByModel<'_> {
     }
 }
 
-/// Stage 3b: with `auth.enabled`, the caller presents a relay key ([`crate::keys`]): none, or
+/// Stage 3b (only with `auth.enabled`): the caller presents a relay key ([`crate::keys`]): none, or
 /// one unknown, revoked, rotated or expired, is 401 before the body is read. The key is kept on the
 /// context (who the caller is); the provider's own key replaces it on the way out.
 pub struct Authenticate<'a> {
-    pub on: bool,
     /// `None` when the store could not be opened: then no key is known.
     pub keys: Option<&'a crate::keys::Keys>,
     pub now_ms: u64,
@@ -174,9 +173,6 @@ pub struct Authenticate<'a> {
 
 impl Authenticate<'_> {
     pub fn run(&self, x: &mut RequestContext, headers: &HeaderMap) -> Result<(), EdgeError> {
-        if !self.on {
-            return Ok(());
-        }
         let presented = crate::wire::headers::presented_key(headers);
         let checked = match self.keys {
             Some(keys) => keys.ring.check(presented.as_deref(), self.now_ms),
