@@ -64,6 +64,8 @@ pub struct Shared {
     watched: Arc<Sharded<RwLock<HashSet<String>>>>,
     /// What the flusher holds that Redis has not taken yet, for the reports.
     pending: Arc<std::sync::Mutex<HashMap<RowKey, Counts>>>,
+    /// The queue was full at the last try (its warning is logged once per spell).
+    full: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -94,14 +96,23 @@ impl Shared {
             gate,
             watched,
             pending,
+            full: Default::default(),
         }
     }
 
     /// Queues one settled request (never blocks; a full queue drops it with a warning, as the
     /// local ledger does).
     pub fn add(&self, key: RowKey, counts: Counts) {
-        if self.tx.try_send((key, counts)).is_err() {
-            tracing::warn!("budgets and usage: the Redis queue is full; a record is dropped");
+        use std::sync::atomic::Ordering;
+        match self.tx.try_send((key, counts)) {
+            Ok(()) => self.full.store(false, Ordering::Relaxed),
+            Err(_) => {
+                if !self.full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "budgets and usage: the Redis queue is full; records are being dropped"
+                    );
+                }
+            }
         }
     }
 
