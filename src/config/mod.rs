@@ -643,6 +643,12 @@ pub struct KeyAlias {
     pub hash: Option<String>,
 }
 
+/// A budget in USD as micro-USD; `None` unless it is a finite number ≥ 0. The one rule for the
+/// config's `budgets:` and relay keys' own budgets.
+pub fn budget_micros(usd: f64) -> Option<u64> {
+    (usd.is_finite() && usd >= 0.0).then(|| (usd * 1e6).round() as u64)
+}
+
 /// One `budgets:` entry, in micro-USD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {

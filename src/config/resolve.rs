@@ -164,8 +164,9 @@ pub fn resolve(mut raw: RawConfig, file: &str, env: &Env) -> Result<Config, Conf
         let usd = |k: &str, v: Option<f64>| -> Result<Option<u64>, ConfigError> {
             match v {
                 None => Ok(None),
-                Some(v) if v.is_finite() && v >= 0.0 => Ok(Some((v * 1e6).round() as u64)),
-                Some(_) => Err(cx.err(format!("{at}.{k}"), "a budget must be a number of USD ≥ 0")),
+                Some(v) => super::budget_micros(v).map(Some).ok_or_else(|| {
+                    cx.err(format!("{at}.{k}"), "a budget must be a number of USD ≥ 0")
+                }),
             }
         };
         let budget = Budget {

@@ -186,11 +186,12 @@ impl KeySpec {
         }
         let usd = |field: &'static str, v: Option<f64>| match v {
             None => Ok(None),
-            Some(v) if v.is_finite() && v >= 0.0 => Ok(Some((v * 1e6).round() as u64)),
-            Some(_) => Err(KeyError::Invalid {
-                field,
-                message: "a budget is a number of USD ≥ 0".to_string(),
-            }),
+            Some(v) => crate::config::budget_micros(v)
+                .map(Some)
+                .ok_or_else(|| KeyError::Invalid {
+                    field,
+                    message: "a budget is a number of USD ≥ 0".to_string(),
+                }),
         };
         if self.rps.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
             return Err(KeyError::Invalid {
@@ -420,7 +421,7 @@ impl Keys {
     /// With a shared store, refreshes the ring whenever another relay changed a key (checked
     /// every second, on the blocking pool) until `self` is dropped.
     pub fn watch(self: &Arc<Self>) {
-        if !self.shared() {
+        if !self.store.shared() {
             return;
         }
         let weak = Arc::downgrade(self);
@@ -444,11 +445,6 @@ impl Keys {
                 }
             }
         });
-    }
-
-    /// Whether the store is shared with other relays.
-    fn shared(&self) -> bool {
-        self.store.describe().starts_with("redis ")
     }
 
     pub fn store(&self) -> &dyn store::KeyStore {

@@ -160,6 +160,10 @@ impl KeyStore for RedisKeys {
         }
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!(
             "redis {} (mirrored in {})",

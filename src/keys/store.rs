@@ -27,6 +27,10 @@ pub trait KeyStore: Send + Sync {
     fn version(&self) -> Option<u64> {
         None
     }
+    /// Whether other relays change this store too (then the ring is refreshed from it).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// The key-store file a config names.
