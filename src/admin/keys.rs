@@ -74,7 +74,7 @@ pub fn views(
     now_ms: u64,
     spent: impl Fn(&str) -> (u64, u64),
 ) -> Result<Vec<KeyView>, KeyError> {
-    let mut all = keys.store().all()?;
+    let mut all = keys.reread()?;
     all.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(all
         .iter()

@@ -453,8 +453,15 @@ impl Keys {
 
     /// Reads the store again into the ring (after a change here, or one made elsewhere).
     pub fn refresh(&self) -> Result<(), KeyError> {
-        self.ring.replace(self.store.all()?);
-        Ok(())
+        self.reread().map(drop)
+    }
+
+    /// Every key in the store, read again into the ring on the way: what a listing shows is what
+    /// this relay admits from then on (a key made on another relay works here once it is listed).
+    pub fn reread(&self) -> Result<Vec<KeyRecord>, KeyError> {
+        let all = self.store.all()?;
+        self.ring.replace(all.clone());
+        Ok(all)
     }
 
     /// [`create`], then the ring is refreshed: the key works at once.
