@@ -2,7 +2,7 @@
 //!
 //! The tree, from the bottom floor up (every `use` points down):
 //! - [`wire`] (OpenAI / Anthropic facts: header names, SSE framing, dialects), [`error`] (the one
-//!   edge error type), [`clock`], [`files`], [`redact`], and [`config`] (typed, validated,
+//!   edge error type), [`caller`] (who a request is from), [`clock`], [`files`], [`redact`], and [`config`] (typed, validated,
 //!   hot-reloaded);
 //! - the leaf concerns, which know nothing of the proxy: [`cache`] (keys, entries, stores),
 //!   [`cost`] (tokens, prices, ledger, budgets), [`limit`] (rate limits, circuit breakers),
@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod caller;
 pub mod cli;
 pub mod clock;
 pub mod config;

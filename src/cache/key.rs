@@ -7,7 +7,8 @@
 //! 1. the provider name, as configured;
 //! 2. the HTTP method, ASCII upper-cased;
 //! 3. the path and query, as sent;
-//! 4. the scope: `b"k"` + the 32-byte hash of the caller's API key, or `b"g"` for global;
+//! 4. the scope: `b"k"` + the caller's 32-byte digest ([`crate::caller::Identity`]), or `b"g"`
+//!    for global;
 //! 5. the namespace: `b"-"` when absent, `b"n"` + the name when present;
 //! 6. the body: `b"j"` + the canonical JSON when the body parses as JSON, else `b"r"` + the raw bytes.
 //!
@@ -32,8 +33,8 @@ pub const KEY_VERSION: u64 = 1;
 
 /// BLAKE3 derive-key context for cache keys; carries the layout version.
 const KEY_CONTEXT: &str = "relay cache key v1";
-/// BLAKE3 derive-key context for hashing a caller's API key into a [`Scope`].
-const SCOPE_CONTEXT: &str = "relay cache scope v1";
+/// BLAKE3 derive-key context scope v1 hashed a caller's API key with ([`Scope::v1`]).
+const SCOPE_V1_CONTEXT: &str = "relay cache scope v1";
 
 /// A cache key: 32 bytes of BLAKE3. Displayed as 64 lowercase hex characters.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -191,31 +192,30 @@ fn nibble(key: &CacheKey, i: usize) -> u8 {
 /// Whose responses a key can hit.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
-    /// Only callers presenting the same API key: holds the BLAKE3 hash of that key (never the key).
+    /// Only the same caller ([`crate::caller::Identity`]): holds its 32-byte digest (for a
+    /// presented API key, the key's blake3 hash; never the key).
     Key([u8; 32]),
     /// Every caller shares entries (`cache.scope: global`).
     Global,
 }
 
 impl Scope {
-    /// The scope of callers that send no API key at all.
-    pub const ANONYMOUS: Scope = Scope::Key([0; 32]);
-
-    /// The scope of callers presenting `api_key`: a keyed hash, so the key itself is never stored.
-    /// An empty key is [`Scope::ANONYMOUS`].
-    pub fn from_api_key(api_key: &str) -> Scope {
-        let api_key = api_key.trim();
-        if api_key.is_empty() {
-            return Scope::ANONYMOUS;
-        }
-        Scope::Key(blake3::derive_key(SCOPE_CONTEXT, api_key.as_bytes()))
+    /// The scope of `caller`.
+    pub fn of(caller: &crate::caller::Identity) -> Scope {
+        Scope::Key(caller.digest())
     }
-}
 
-impl Default for Scope {
-    /// [`Scope::ANONYMOUS`].
-    fn default() -> Scope {
-        Scope::ANONYMOUS
+    /// The scope entries recorded before the one caller identity (scope v1) are stored under: a
+    /// keyed hash of the presented key (`presented`, the raw key), a relay key's name, and all
+    /// zeros for a caller presenting none. A miss looks its v1 key up too, so those recordings
+    /// still replay ([`crate::cache`] docs).
+    pub fn v1(caller: &crate::caller::Identity, presented: Option<&str>) -> Scope {
+        let hashed = |key: &str| Scope::Key(blake3::derive_key(SCOPE_V1_CONTEXT, key.as_bytes()));
+        match (caller.who(), presented.map(str::trim)) {
+            (crate::caller::Who::RelayKey(name), _) => hashed(&format!("relay key {name}")),
+            (_, Some(key)) if !key.is_empty() => hashed(key),
+            _ => Scope::Key([0; 32]),
+        }
     }
 }
 
@@ -223,19 +223,8 @@ impl fmt::Debug for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Scope::Global => f.write_str("Global"),
-            Scope::Key(h) if *h == [0; 32] => f.write_str("Anonymous"),
             Scope::Key(h) => write!(f, "Key({})", CacheKey(*h).short()),
         }
-    }
-}
-
-/// The key scope of a request, from the API key it presents
-/// ([`crate::wire::headers::presented_key`]), else [`Scope::ANONYMOUS`]. The pipeline computes it
-/// once per request, for the cache and the rate limits alike.
-pub fn scope_for_api_key(headers: &http::HeaderMap) -> Scope {
-    match crate::wire::headers::presented_key(headers) {
-        Some(key) => Scope::from_api_key(&key),
-        None => Scope::ANONYMOUS,
     }
 }
 
@@ -284,6 +273,21 @@ impl KeyBuilder {
         key_with(KEY_CONTEXT, ignore, None, input)
     }
 
+    /// [`KeyBuilder::key_ignoring`], and the request's key under scope `also` (its v1 key,
+    /// [`Scope::v1`]) for about the cost of one: the body is made canonical once.
+    pub fn keys_ignoring(
+        ignore: &FieldSet,
+        input: &KeyInput<'_>,
+        also: Option<Scope>,
+    ) -> (CacheKey, Option<CacheKey>) {
+        keys_with(KEY_CONTEXT, ignore, None, input, also)
+    }
+
+    /// [`KeyBuilder::portable_key`] under scope `scope` instead of the request's own.
+    pub fn portable_key_in(ignore: &FieldSet, input: &KeyInput<'_>, scope: Scope) -> CacheKey {
+        Self::portable_key(ignore, &KeyInput { scope, ..*input })
+    }
+
     /// The key of the request's portable form ([`super::portable`]): the same layout, its strings
     /// rewritten, under its own derive-key context (`"relay portable key v1"`), so it can never
     /// equal an exact key. Costs one more parse, plus the rewrites.
@@ -303,7 +307,19 @@ fn key_with(
     text: Option<&super::canonical::Rewrite>,
     input: &KeyInput<'_>,
 ) -> CacheKey {
-    {
+    keys_with(context, ignore, text, input, None).0
+}
+
+/// The key of `input`, and with `also` its key under that other scope: one canonical JSON for both.
+fn keys_with(
+    context: &str,
+    ignore: &FieldSet,
+    text: Option<&super::canonical::Rewrite>,
+    input: &KeyInput<'_>,
+    also: Option<Scope>,
+) -> (CacheKey, Option<CacheKey>) {
+    let json = canonical_json(ignore, text, input.body);
+    let key = |scope: Scope| {
         let mut h = blake3::Hasher::new_derive_key(context);
         field(&mut h, input.provider.as_bytes());
         if input.method.bytes().any(|b| b.is_ascii_lowercase()) {
@@ -312,11 +328,11 @@ fn key_with(
             field(&mut h, input.method.as_bytes());
         }
         field(&mut h, input.path_and_query.as_bytes());
-        match &input.scope {
+        match scope {
             Scope::Key(hash) => {
                 let mut scope = [0u8; 33];
                 scope[0] = b'k';
-                scope[1..].copy_from_slice(hash);
+                scope[1..].copy_from_slice(&hash);
                 field(&mut h, &scope);
             }
             Scope::Global => field(&mut h, b"g"),
@@ -325,12 +341,13 @@ fn key_with(
             None => field(&mut h, b"-"),
             Some(ns) => tagged_field(&mut h, b'n', ns.as_bytes()),
         }
-        match canonical_json(ignore, text, input.body) {
-            Some(json) => tagged_field(&mut h, b'j', &json),
+        match &json {
+            Some(json) => tagged_field(&mut h, b'j', json),
             None => tagged_field(&mut h, b'r', input.body),
         }
         CacheKey(*h.finalize().as_bytes())
-    }
+    };
+    (key(input.scope), also.map(key))
 }
 
 /// Keys of recently seen requests, by a digest of their raw bytes: a request sent again byte for
@@ -339,7 +356,7 @@ fn key_with(
 /// it can only return the key [`KeyBuilder::key_ignoring`] would compute. Bounded: 16 shards of
 /// 1,024 digests (under 2 MiB), a full shard starts over.
 pub struct KeyMemo {
-    keys: super::memo::Memo<CacheKey>,
+    keys: super::memo::Memo<(CacheKey, Option<CacheKey>)>,
 }
 
 impl Default for KeyMemo {
@@ -354,10 +371,20 @@ impl Default for KeyMemo {
 impl KeyMemo {
     /// [`KeyBuilder::key_ignoring`], remembered by the raw request.
     pub fn key(&self, ignore: &FieldSet, input: &KeyInput<'_>) -> CacheKey {
+        self.keys(ignore, input, None).0
+    }
+
+    /// [`KeyBuilder::keys_ignoring`], remembered by the raw request.
+    pub fn keys(
+        &self,
+        ignore: &FieldSet,
+        input: &KeyInput<'_>,
+        also: Option<Scope>,
+    ) -> (CacheKey, Option<CacheKey>) {
         self.keys.get_or_make(
-            raw_digest(ignore, input),
+            raw_digest(ignore, input, also),
             |_| true,
-            || (KeyBuilder::key_ignoring(ignore, input), 1),
+            || (KeyBuilder::keys_ignoring(ignore, input, also), 1),
         )
     }
 }
@@ -366,14 +393,17 @@ impl KeyMemo {
 const RAW_CONTEXT: &str = "relay raw request v1";
 
 /// A digest of everything the key of `input` depends on, as raw bytes (length-prefixed fields).
-fn raw_digest(ignore: &FieldSet, input: &KeyInput<'_>) -> [u8; 32] {
+fn raw_digest(ignore: &FieldSet, input: &KeyInput<'_>, also: Option<Scope>) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key(RAW_CONTEXT);
     field(&mut h, input.provider.as_bytes());
     field(&mut h, input.method.as_bytes());
     field(&mut h, input.path_and_query.as_bytes());
-    match &input.scope {
-        Scope::Key(hash) => tagged_field(&mut h, b'k', hash),
-        Scope::Global => field(&mut h, b"g"),
+    for scope in [Some(input.scope), also] {
+        match scope {
+            Some(Scope::Key(hash)) => tagged_field(&mut h, b'k', &hash),
+            Some(Scope::Global) => field(&mut h, b"g"),
+            None => field(&mut h, b"-"),
+        }
     }
     match input.namespace {
         None => field(&mut h, b"-"),
@@ -502,11 +532,11 @@ mod tests {
         let body = br#"{"model":"m"}"#;
         let base = b.key(&input(body));
         let alice = KeyInput {
-            scope: Scope::from_api_key("sk-alice"),
+            scope: key_scope("sk-alice"),
             ..input(body)
         };
         let bob = KeyInput {
-            scope: Scope::from_api_key("sk-bob"),
+            scope: key_scope("sk-bob"),
             ..input(body)
         };
         assert_ne!(b.key(&alice), b.key(&bob));
@@ -558,7 +588,7 @@ mod tests {
     fn the_key_is_the_documented_layout() {
         // Built here from the module docs, byte by byte: a refactor of `key` cannot move a key.
         let mut material = Vec::new();
-        let scope = Scope::from_api_key("sk-a");
+        let scope = key_scope("sk-a");
         let Scope::Key(scope_hash) = scope else {
             unreachable!()
         };
@@ -598,7 +628,7 @@ mod tests {
         ];
         for _ in 0..2 {
             for body in bodies {
-                for scope in [Scope::Global, Scope::from_api_key("k1")] {
+                for scope in [Scope::Global, key_scope("k1")] {
                     for ns in [None, Some("team")] {
                         for fields in [&ignore, &none] {
                             let i = KeyInput {
@@ -687,37 +717,67 @@ mod tests {
         assert_eq!(KeyPrefix::parse(&k.hex()).unwrap().full(), Some(k));
     }
 
+    /// The scope of a caller presenting `key`.
+    fn key_scope(key: &str) -> Scope {
+        Scope::of(&crate::caller::Identity::of(None, Some(key), "openai", &[]))
+    }
+
+    fn scope_of(h: &HeaderMap) -> Scope {
+        let presented = crate::wire::headers::presented_key(h);
+        Scope::of(&crate::caller::Identity::of(
+            None,
+            presented.as_deref(),
+            "openai",
+            &[],
+        ))
+    }
+
     #[test]
     fn scope_from_headers() {
         let mut h = HeaderMap::new();
-        assert_eq!(scope_for_api_key(&h), Scope::ANONYMOUS);
+        let keyless = scope_of(&h);
         h.insert("authorization", HeaderValue::from_static("Bearer sk-one"));
-        let bearer = scope_for_api_key(&h);
-        assert_eq!(bearer, Scope::from_api_key("sk-one"));
-        assert_ne!(bearer, Scope::ANONYMOUS);
+        let bearer = scope_of(&h);
+        assert_eq!(bearer, key_scope("sk-one"));
+        assert_ne!(bearer, keyless);
         h.insert(
             "authorization",
             HeaderValue::from_static("bearer   sk-one "),
         );
-        assert_eq!(scope_for_api_key(&h), bearer);
+        assert_eq!(scope_of(&h), bearer);
         // Authorization wins over x-api-key.
         h.insert("x-api-key", HeaderValue::from_static("sk-two"));
-        assert_eq!(scope_for_api_key(&h), bearer);
+        assert_eq!(scope_of(&h), bearer);
         h.remove("authorization");
-        assert_eq!(scope_for_api_key(&h), Scope::from_api_key("sk-two"));
-        // An empty bearer falls through to x-api-key, and to anonymous without one.
+        assert_eq!(scope_of(&h), key_scope("sk-two"));
+        // An empty bearer falls through to x-api-key, and to the provider's own key without one.
         h.insert("authorization", HeaderValue::from_static("Bearer "));
-        assert_eq!(scope_for_api_key(&h), Scope::from_api_key("sk-two"));
+        assert_eq!(scope_of(&h), key_scope("sk-two"));
         h.remove("x-api-key");
-        assert_eq!(scope_for_api_key(&h), Scope::ANONYMOUS);
+        assert_eq!(scope_of(&h), keyless);
         // Another scheme still isolates callers.
         h.insert("authorization", HeaderValue::from_static("Basic abc"));
-        assert_ne!(scope_for_api_key(&h), Scope::ANONYMOUS);
+        assert_ne!(scope_of(&h), keyless);
         // The raw key never shows up in the scope.
-        let Scope::Key(hash) = Scope::from_api_key("sk-one") else {
+        let Scope::Key(hash) = key_scope("sk-one") else {
             panic!("expected a key scope")
         };
         assert!(!hash.windows(6).any(|w| w == b"sk-one"));
-        assert!(!format!("{:?}", Scope::from_api_key("sk-one")).contains("sk-one"));
+        assert!(!format!("{:?}", key_scope("sk-one")).contains("sk-one"));
+    }
+
+    #[test]
+    fn v1_scopes_are_what_relay_stored_before_one_identity() {
+        use crate::caller::Identity;
+        let v1 = |key: &str| Scope::Key(blake3::derive_key("relay cache scope v1", key.as_bytes()));
+        let key = Identity::of(None, Some("sk-a"), "openai", &[]);
+        assert_eq!(Scope::v1(&key, Some("sk-a")), v1("sk-a"));
+        assert_ne!(Scope::v1(&key, Some("sk-a")), Scope::of(&key));
+        let relay_key = Identity::of(Some("ci"), Some("relay-abc"), "openai", &[]);
+        assert_eq!(Scope::v1(&relay_key, Some("relay-abc")), v1("relay key ci"));
+        // Callers presenting no key were one anonymous scope of zeros.
+        let own = Identity::of(None, None, "openai", &[]);
+        assert_eq!(Scope::v1(&own, None), Scope::Key([0; 32]));
+        assert_ne!(Scope::of(&own), Scope::Key([0; 32]));
     }
 }

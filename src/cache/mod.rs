@@ -42,8 +42,7 @@ pub(crate) mod tests;
 
 pub use entry::{CachedBody, Entry, EntryMeta, JsonlError, SseEvent};
 pub use key::{
-    scope_for_api_key, CacheKey, KeyBuilder, KeyInput, KeyMemo, KeyParseError, KeyPrefix, Scope,
-    KEY_VERSION,
+    CacheKey, KeyBuilder, KeyInput, KeyMemo, KeyParseError, KeyPrefix, Scope, KEY_VERSION,
 };
 pub use redb_store::{default_path, RedbStore};
 #[cfg(feature = "redis")]

@@ -89,6 +89,8 @@ pub struct ProviderKey {
     /// The environment variable it was read from.
     pub env: String,
     pub secret: Secret,
+    /// blake3 of the key: what it is booked by and named after (taken once, at load).
+    pub hash: blake3::Hash,
     /// Its `keys:` alias, else `key-` and the first 12 hex digits of its blake3 hash.
     pub label: String,
 }

@@ -68,7 +68,7 @@ pub fn estimate(body_len: usize, max_tokens: Option<u64>) -> u64 {
 /// What the limiter looks at in a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
-    /// The caller's key, hashed (its cache scope): the bucket of `key` rules.
+    /// Who the caller is ([`crate::caller::Identity::digest`]): the bucket of `key` rules.
     pub caller: [u8; 32],
     pub model: Option<&'a str>,
     /// The JSON body when relay read it whole (token estimates), else `None`.

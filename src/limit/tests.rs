@@ -32,10 +32,8 @@ async fn admit(
     body: &[u8],
 ) -> Result<Admitted, EdgeError> {
     // The caller as the pipeline works it out from the key headers.
-    let caller = match crate::cache::scope_for_api_key(&headers(key)) {
-        crate::cache::Scope::Key(h) => h,
-        crate::cache::Scope::Global => [0; 32],
-    };
+    let presented = crate::wire::headers::presented_key(&headers(key));
+    let caller = crate::caller::Identity::of(None, presented.as_deref(), "openai", &[]).digest();
     l.admit(
         &Request {
             caller,

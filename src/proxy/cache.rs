@@ -130,6 +130,9 @@ impl Match {
 /// What the cache decided for a request that goes (or may go) upstream.
 pub struct Lookup {
     pub key: CacheKey,
+    /// The request's key under scope v1, when it differs: where a recording made before the one
+    /// caller identity is found.
+    v1_key: Option<CacheKey>,
     /// Look the key up first.
     read: bool,
     /// Store the answer.
@@ -150,6 +153,8 @@ pub(super) struct KeyParts {
     pub(super) method: String,
     pub(super) path: String,
     pub(super) scope: Scope,
+    /// The caller's scope v1 ([`Scope::v1`]), when it differs and the lookup reads.
+    pub(super) v1: Option<Scope>,
     pub(super) namespace: Option<String>,
     pub(super) body: Bytes,
     pub(super) ignore: Arc<crate::fieldpath::FieldSet>,
@@ -176,9 +181,24 @@ impl KeyParts {
         crate::cache::KeyBuilder::portable_key(&self.ignore, &self.input())
     }
 
+    /// The keys of the portable form: under the caller's scope, then under its scope v1.
+    pub(super) fn portable_keys(&self) -> impl Iterator<Item = CacheKey> + '_ {
+        let input = self.input();
+        std::iter::once(self.scope)
+            .chain(self.v1)
+            .map(move |s| crate::cache::KeyBuilder::portable_key_in(&self.ignore, &input, s))
+    }
+
     /// The scope as an entry records it.
     pub(super) fn scope_label(&self) -> String {
         scope_label(self.scope)
+    }
+
+    /// Whether an entry recording scope `label` is this caller's (its scope, or its scope v1).
+    pub(super) fn same_caller(&self, label: &str) -> bool {
+        std::iter::once(self.scope)
+            .chain(self.v1)
+            .any(|s| scope_label(s) == label)
     }
 }
 
@@ -226,17 +246,19 @@ impl Cache {
             return Ok(Resolved::Forward(Some(lookup), None));
         }
         if lookup.read {
-            if let Some(entry) = self.get(lookup.key).await {
-                return Ok(Resolved::Served(Box::new(
-                    self.replay(lookup.key, entry, &lookup, request_id),
-                )));
+            // A recording made before the one caller identity is under the v1 key.
+            for key in std::iter::once(lookup.key).chain(lookup.v1_key) {
+                if let Some(entry) = self.get(key).await {
+                    return Ok(Resolved::Served(Box::new(
+                        self.replay(key, entry, &lookup, request_id),
+                    )));
+                }
             }
         }
         self.remember_miss(&lookup, request_id);
         if let Some(reason) = lookup.only {
             let parts = lookup.parts.as_deref().filter(|p| p.portable);
-            if let Some(parts) = parts {
-                let portable = parts.portable_key();
+            for portable in parts.into_iter().flat_map(KeyParts::portable_keys) {
                 if let Some(key) = self.portables.find(&*self.store, portable).await {
                     if let Some(entry) = self.get(key).await {
                         let mut resp = self.replay(key, entry, &lookup, request_id);

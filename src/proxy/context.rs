@@ -22,15 +22,14 @@ use crate::error::EdgeError;
 use crate::events::{Events, Live, Snapshot};
 use crate::metrics::Metrics;
 
-/// Who a request is from, worked out once ([`crate::wire::headers::presented_key`]): what the
-/// cache, the rate limits and the cost booking all read.
+/// Who a request is from, worked out once by one rule ([`crate::caller`]): what the cache, the
+/// rate limits and the cost booking all read.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
-    /// The caller's scope (cache entries, rate-limit buckets): its relay key's name, else the
-    /// presented key; anonymous without one.
-    pub scope: crate::cache::Scope,
-    /// Whom the request is booked to (ledger, budgets): the relay key; else the presented key;
-    /// else the key relay injects for the provider (that key pays).
+    /// The caller: its relay key, else the key it presents, else the provider's own key.
+    pub identity: crate::caller::Identity,
+    /// Whom the request is booked to (ledger, budgets): the relay key, else the key the request
+    /// is paid with ([`crate::caller::Identity::paid_by`]), else nobody.
     pub booked: crate::cost::Booked,
     /// The relay key the request presented (`auth.enabled`; set by [`super::stages::Authenticate`]).
     pub key: Option<Arc<crate::keys::KeyRecord>>,
@@ -42,33 +41,28 @@ impl Caller {
         provider: &crate::config::Provider,
         key: Option<Arc<crate::keys::KeyRecord>>,
     ) -> Caller {
+        use crate::caller::Identity;
         use crate::cost::Booked;
-        if let Some(k) = key {
-            // By name, so a rotated key keeps its cache entries and its buckets.
-            return Caller {
-                scope: crate::cache::Scope::from_api_key(&format!("relay key {}", k.name)),
-                booked: Booked::RelayKey {
-                    name: k.name.clone(),
-                    budget: k.budget(),
-                },
-                key: Some(k),
-            };
-        }
-        let presented = crate::wire::headers::presented_key(headers);
-        let scope = match &presented {
-            Some(key) => crate::cache::Scope::from_api_key(key),
-            None => crate::cache::Scope::ANONYMOUS,
+        let (name, keys) = (&provider.name, &provider.keys);
+        let identity = match &key {
+            Some(k) => Identity::of(Some(&k.name), None, name, keys),
+            None => {
+                let presented = crate::wire::headers::presented_key(headers);
+                Identity::of(None, presented.as_deref(), name, keys)
+            }
         };
-        let booked = match &presented {
-            Some(key) => Booked::Key(blake3::hash(key.as_bytes())),
-            None => provider.api_key().map_or(Booked::Nobody, |k| {
-                Booked::Key(blake3::hash(k.expose().as_bytes()))
-            }),
+        let booked = match (&key, identity.paid_by()) {
+            (Some(k), _) => Booked::RelayKey {
+                name: k.name.clone(),
+                budget: k.budget(),
+            },
+            (None, Some(hash)) => Booked::Key(hash),
+            (None, None) => Booked::Nobody,
         };
         Caller {
-            scope,
+            identity,
             booked,
-            key: None,
+            key,
         }
     }
 }

@@ -275,7 +275,7 @@ impl CacheLookup<'_> {
         let asked = Asked {
             method: &parts.method,
             headers: &parts.headers,
-            caller: x.caller.scope,
+            caller: &x.caller.identity,
             provider,
             upstream_path: path_and_query,
             endpoint: x.endpoint,
@@ -397,10 +397,7 @@ impl RateLimit<'_> {
         x: &mut RequestContext,
         whole: Option<&Bytes>,
     ) -> Result<Admitted, EdgeError> {
-        let caller = match x.caller.scope {
-            crate::cache::Scope::Key(h) => h,
-            crate::cache::Scope::Global => [0; 32],
-        };
+        let caller = x.caller.identity.digest();
         // A relay key's own limits (`relay keys create --rps --tpm`).
         let own = x.caller.key.as_ref().and_then(|k| k.limits());
         let limited = limit::Request {

@@ -79,8 +79,8 @@ pub fn format_reset(d: Duration) -> String {
 }
 
 /// The API key a request presents: `Authorization: Bearer <key>` (OpenAI style; any other
-/// `authorization` value is the key as a whole), else `x-api-key` (Anthropic style). The one rule
-/// for who the caller is: the cache scope, the rate-limit key and the cost booking all start here.
+/// `authorization` value is the key as a whole), else `x-api-key` (Anthropic style): where
+/// [`crate::caller::Identity`] starts, and what relay key authentication checks.
 pub fn presented_key(headers: &HeaderMap) -> Option<String> {
     let header = |name: &str| {
         headers

@@ -153,11 +153,15 @@ pub(super) fn resolve_provider_keys(
             return Err(cx.err(at, format!("{var} is listed twice")));
         }
         match env.get(var).filter(|v| !v.is_empty()) {
-            Some(v) => keys.push(ProviderKey {
-                env: var.clone(),
-                label: format!("key-{}", &blake3::hash(v.as_bytes()).to_hex()[..12]),
-                secret: Secret::new(v),
-            }),
+            Some(v) => {
+                let hash = blake3::hash(v.as_bytes());
+                keys.push(ProviderKey {
+                    env: var.clone(),
+                    label: format!("key-{}", &hash.to_hex()[..12]),
+                    hash,
+                    secret: Secret::new(v),
+                })
+            }
             None => warnings.push(if vars.len() == 1 {
                 format!(
                     "{at}: environment variable {var} is not set; clients must send their own key"
@@ -173,7 +177,7 @@ pub(super) fn resolve_provider_keys(
 /// Names each provider key by its `keys:` alias when one matches its hash.
 pub(super) fn label_keys(providers: &mut [Provider], aliases: &[KeyAlias]) {
     for key in providers.iter_mut().flat_map(|p| p.keys.iter_mut()) {
-        let hex = blake3::hash(key.secret.expose().as_bytes()).to_hex();
+        let hex = key.hash.to_hex();
         if let Some(a) = aliases
             .iter()
             .find(|a| a.hash.as_deref().is_some_and(|h| hex.starts_with(h)))

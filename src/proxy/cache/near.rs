@@ -64,13 +64,15 @@ const PATHS_SHOWN: usize = 5;
 pub(super) async fn nearest(store: &dyn Store, parts: &KeyParts) -> Option<Nearest> {
     let items = store.list(ListFilter::default()).await.ok()?;
     let path = crate::redact::query(&parts.path);
-    let scope = parts.scope_label();
     let mut best: Option<(usize, Nearest)> = None;
     let same = items.iter().filter(|(_, m, _)| {
         m.provider == parts.provider
             && m.method.eq_ignore_ascii_case(&parts.method)
             && m.path == path
-            && m.recorded.scope.as_deref() == Some(scope.as_str())
+            && m.recorded
+                .scope
+                .as_deref()
+                .is_some_and(|s| parts.same_caller(s))
     });
     for (key, meta, _) in same.take(CANDIDATES) {
         let Ok(Some(entry)) = store.get(*key).await else {
@@ -190,11 +192,16 @@ impl Cache {
     pub async fn why(&self, request_id: &str) -> Option<Why> {
         let miss = self.misses.find(request_id)?;
         let p = &miss.parts;
-        let portable = p.portable_key();
-        let portable_match = match self.portables.find(&*self.store, portable).await {
-            Some(k) if k != miss.key => Some(k.short()),
-            _ => None,
-        };
+        let mut portable_match = None;
+        for portable in p.portable_keys() {
+            match self.portables.find(&*self.store, portable).await {
+                Some(k) if k != miss.key => {
+                    portable_match = Some(k.short());
+                    break;
+                }
+                _ => {}
+            }
+        }
         Some(Why {
             request_id: miss.request_id.clone(),
             provider: p.provider.clone(),

@@ -7,8 +7,8 @@ use super::*;
 pub struct Asked<'a> {
     pub method: &'a Method,
     pub headers: &'a HeaderMap,
-    /// The caller's scope (its presented key's, worked out once by the pipeline).
-    pub caller: Scope,
+    /// Who the request is from (worked out once by the pipeline, [`crate::caller`]).
+    pub caller: &'a crate::caller::Identity,
     pub provider: &'a str,
     pub upstream_path: &'a str,
     /// What the path is for ([`crate::wire::Endpoint`], worked out once by the pipeline).
@@ -79,14 +79,29 @@ impl Cache {
         if decision.status == Status::Bypass {
             return Ok(Some(self.lookup_shell(Status::Bypass, c.replay_timing)));
         }
+        let Decision {
+            read,
+            write,
+            only,
+            status,
+        } = decision;
         let scope = match c.scope {
-            CacheScope::Key => caller,
+            CacheScope::Key => Scope::of(caller),
             CacheScope::Global => Scope::Global,
+        };
+        // What this request was recorded under before the one caller identity: a lookup that
+        // misses tries it too (see `Cache::resolve`).
+        let v1 = match c.scope {
+            CacheScope::Key if read => {
+                let presented = crate::wire::headers::presented_key(headers);
+                Some(Scope::v1(caller, presented.as_deref())).filter(|v| *v != scope)
+            }
+            _ => None,
         };
         let namespace = headers
             .get(names::X_RELAY_CACHE_NAMESPACE)
             .and_then(|v| v.to_str().ok());
-        let key = self.keys.key(
+        let (key, v1_key) = self.keys.keys(
             &c.ignore,
             &KeyInput {
                 provider,
@@ -96,18 +111,14 @@ impl Cache {
                 scope,
                 namespace,
             },
+            v1,
         );
-        let Decision {
-            read,
-            write,
-            only,
-            status,
-        } = decision;
         let parts = KeyParts {
             provider: provider.to_string(),
             method: method.as_str().to_string(),
             path: upstream_path.to_string(),
             scope,
+            v1,
             namespace: namespace.map(str::to_string),
             body: body.clone(),
             ignore: c.ignore.clone(),
@@ -117,6 +128,7 @@ impl Cache {
         };
         Ok(Some(Lookup {
             key,
+            v1_key,
             read,
             write,
             only,
@@ -130,6 +142,7 @@ impl Cache {
     pub(super) fn lookup_shell(&self, status: Status, timing: ReplayTiming) -> Lookup {
         Lookup {
             key: CacheKey::from_bytes([0; 32]),
+            v1_key: None,
             read: false,
             write: false,
             only: None,
