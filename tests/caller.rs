@@ -190,7 +190,8 @@ async fn move_to_v1(
         unreachable!()
     };
     entry.meta.recorded.scope = Some(relay::cache::CacheKey::from_bytes(v1_hash).hex());
-    entry.meta.recorded.portable = None;
+    let portable = KeyBuilder::portable_key(&ignore, &KeyInput { scope: v1, ..input });
+    entry.meta.recorded.portable = Some(portable.hex());
     store.put(old, entry).unwrap();
     assert!(store.remove(key).await.unwrap());
 }
@@ -205,7 +206,8 @@ async fn entries_recorded_under_scope_v1_still_replay() {
     );
     let mut first = Relay::start(&yaml).await;
     let alice = [("authorization", "Bearer sk-alice")];
-    let by_alice = post_json(&first, CHAT, &body("alice"), &alice).await;
+    let asked = "alice\nToday's date is 2026-12-01.";
+    let by_alice = post_json(&first, CHAT, &body(asked), &alice).await;
     let keyless = post_json(&first, CHAT, &body("anyone"), &[]).await;
     stop(&mut first).await;
 
@@ -217,7 +219,7 @@ async fn entries_recorded_under_scope_v1_still_replay() {
     move_to_v1(
         &store,
         &short(&by_alice),
-        "alice",
+        asked,
         &as_alice,
         Some("sk-alice"),
     )
@@ -228,7 +230,7 @@ async fn entries_recorded_under_scope_v1_still_replay() {
 
     let env = Env::empty().with("RELAY_CACHE_PATH", path.display().to_string());
     let mut second = Relay::start_with(&yaml, env.clone(), false).await;
-    let hit = post_json(&second, CHAT, &body("alice"), &alice).await;
+    let hit = post_json(&second, CHAT, &body(asked), &alice).await;
     assert_eq!(hit.header("x-relay-cache"), Some("HIT"));
     assert_eq!(hit.body, by_alice.body);
     let hit = post_json(&second, CHAT, &body("anyone"), &[]).await;
@@ -237,15 +239,24 @@ async fn entries_recorded_under_scope_v1_still_replay() {
     assert_eq!(openai.calls().get(), 2);
     // A v1 entry is still its caller's only: bob misses alice's.
     let bob = [("authorization", "Bearer sk-bob")];
-    let miss = post_json(&second, CHAT, &body("alice"), &bob).await;
+    let miss = post_json(&second, CHAT, &body(asked), &bob).await;
     assert_eq!(miss.header("x-relay-cache"), Some("MISS"));
     assert_eq!(openai.calls().get(), 3);
     stop(&mut second).await;
 
-    // And offline.
+    // And offline, the next day too (by its v1 portable key).
     let offline = Relay::start_full(&yaml, env, false, true).await;
-    let hit = post_json(&offline, CHAT, &body("alice"), &alice).await;
+    let hit = post_json(&offline, CHAT, &body(asked), &alice).await;
     assert_eq!(hit.header("x-relay-cache"), Some("HIT"));
+    let next_day = body("alice\nToday's date is 2026-12-02.");
+    let hit = post_json(&offline, CHAT, &next_day, &alice).await;
+    assert_eq!(hit.status, StatusCode::OK, "{:?}", hit.body);
+    assert_eq!(hit.header("x-relay-cache-match"), Some("portable"));
+    assert_eq!(hit.body, by_alice.body);
+    // Carol has no recording of her own (bob's, made above, would replay for bob).
+    let carol = [("authorization", "Bearer sk-carol")];
+    let miss = post_json(&offline, CHAT, &next_day, &carol).await;
+    assert_eq!(miss.status, StatusCode::BAD_REQUEST);
     let hit = post_json(&offline, CHAT, &body("anyone"), &[]).await;
     assert_eq!(hit.header("x-relay-cache"), Some("HIT"));
     let miss = post_json(
