@@ -104,9 +104,16 @@ impl Identity {
 }
 
 impl Default for Identity {
-    /// Before the request is routed: the own key of no provider.
+    /// Before the request is routed: the own key of no provider. Not hashed (every request
+    /// opens with it); nothing reads it before routing replaces it.
     fn default() -> Identity {
-        Identity::of(None, None, "", &[])
+        Identity {
+            who: Who::Provider {
+                name: String::new(),
+                key: None,
+            },
+            digest: [0; 32],
+        }
     }
 }
 
