@@ -182,11 +182,6 @@ impl Provider {
     pub fn api_key(&self) -> Option<&Secret> {
         self.keys.first().map(|k| &k.secret)
     }
-
-    /// blake3 of [`Provider::api_key`]: whom a caller presenting no key is booked to.
-    pub fn api_key_hash(&self) -> Option<blake3::Hash> {
-        self.keys.first().map(|k| k.hash)
-    }
 }
 
 /// A failure seen before the first byte reached the caller: what `retry.on` and
